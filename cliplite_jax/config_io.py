@@ -1,0 +1,51 @@
+"""Reading and saving configs and checking user-given paths."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+
+
+class UserError(Exception):
+  """Bad input from the user: the message names the problem and the fix."""
+
+
+def existing_workdir(workdir: str | None) -> str:
+  if not workdir:
+    raise UserError("--workdir is required")
+  if not os.path.isdir(workdir):
+    raise UserError(f"workdir {workdir} does not exist; train first: "
+                    f"python -m cliplite_jax.main --config=configs/default.py "
+                    f"--workdir={workdir}")
+  return workdir
+
+
+def load_saved(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in WORKDIR/config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"{path} not found: {workdir} is not a training workdir "
+                    f"(pass --config=FILE to evaluate with a given config)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` → its `get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise UserError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location("_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def save(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes WORKDIR/config.json."""
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json(indent=1, sort_keys=True))

@@ -1,0 +1,73 @@
+"""Caption cleaning and tokenisation (HF `tokenizers` WordPiece)."""
+from __future__ import annotations
+
+import os
+import re
+import string
+from typing import Iterable, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import processors, trainers
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+
+
+def clean_caption(caption: str | bytes, max_words: int = 30) -> str:
+  """Lower-cases, strips punctuation, keeps at most `max_words` words."""
+  if isinstance(caption, bytes):
+    caption = caption.decode("utf-8", errors="replace")
+  words = _PUNCTUATION.sub(" ", caption.lower()).split()
+  return " ".join(words[:max_words])
+
+
+def swap_left_right(caption: str) -> str:
+  """Swaps the words "left" and "right" (for horizontally flipped images)."""
+  return _LEFT_RIGHT.sub(
+      lambda m: "right" if m.group(1) == "left" else "left", caption)
+
+
+def train_wordpiece(captions: Iterable[str], vocab_size: int) -> Tokenizer:
+  """A BERT-style uncased WordPiece tokenizer trained on `captions`."""
+  tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+  tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tokenizer.decoder = decoders.WordPiece()
+  trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                      special_tokens=list(SPECIAL_TOKENS),
+                                      show_progress=False)
+  tokenizer.train_from_iterator(captions, trainer)
+  cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+  return tokenizer
+
+
+def load_tokenizer(path: str, max_tokens: int) -> Tokenizer:
+  """Loads `tokenizer.json` from `path` (a file or a directory), pads/truncates."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "tokenizer.json")
+  return fixed_length(Tokenizer.from_file(path), max_tokens)
+
+
+def fixed_length(tokenizer: Tokenizer, max_tokens: int) -> Tokenizer:
+  """Makes `tokenizer` pad and truncate every encoding to `max_tokens`."""
+  pad_id = tokenizer.token_to_id("[PAD]")
+  tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id,
+                           pad_token="[PAD]", length=max_tokens)
+  tokenizer.enable_truncation(max_tokens)
+  return tokenizer
+
+
+def tokenize(tokenizer: Tokenizer,
+             captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Cleaned captions → (input_ids int32 [N, L], attention_mask int32 [N, L]).
+
+  `tokenizer` must pad and truncate to a fixed length L (`load_tokenizer`).
+  """
+  encodings = tokenizer.encode_batch(list(captions))
+  ids = np.asarray([e.ids for e in encodings], np.int32)
+  mask = np.asarray([e.attention_mask for e in encodings], np.int32)
+  return ids, mask

@@ -1,0 +1,133 @@
+"""Contrastive objectives: CLIP-Lite's JSD bound (+ DIM priors), InfoNCE, SigLIP.
+
+All math is float32. Each objective is `fn(outputs, loss_config) -> (loss,
+metrics)` over the model's output dict (see `models.cliplite.CLIPLite`), and
+`LOSSES[name].device_local` says whether it must see one device's shard only
+(JSD: the negative is the next caption *in the same shard*) or the global batch
+(InfoNCE and SigLIP gather every embedding, like CLIP).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+  """x / max(‖x‖, eps) along the last axis (torch.nn.functional.normalize)."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def jsd_bound(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
+              log_scale: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+  """Negated Jensen-Shannon MI lower bound for one device-local batch.
+
+  T(x, y) = <x/‖x‖, y/‖y‖> · exp(log_scale). The negative for pair i is the
+  caption of pair (i + 1) mod B: captions rolled by one within this batch.
+
+  Args:
+    img_emb, txt_emb: projected, un-normalised embeddings [B, D], any float.
+    log_scale: scalar `t`, the log of the inverse temperature.
+
+  Returns:
+    (loss, metrics): loss = E_marginal − E_joint, a float32 scalar, with
+    E_joint = mean(−softplus(−T(x_i, y_i))) and
+    E_marginal = mean(softplus(T(x_i, y_{i+1}))).
+  """
+  img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
+  scale = jnp.exp(log_scale.astype(jnp.float32))
+  joint = jnp.sum(img * txt, axis=-1) * scale
+  marginal = jnp.sum(img * jnp.roll(txt, -1, axis=0), axis=-1) * scale
+  e_joint = jnp.mean(-jax.nn.softplus(-joint))
+  e_marginal = jnp.mean(jax.nn.softplus(marginal))
+  loss = e_marginal - e_joint
+  return loss, {"loss/jsd": loss, "jsd/e_joint": e_joint,
+                "jsd/e_marginal": e_marginal}
+
+
+def prior_loss(real_logits: jnp.ndarray,
+               noise_logits: jnp.ndarray) -> jnp.ndarray:
+  """Deep InfoMax prior term −(mean log D(noise) + mean log(1 − D(features))).
+
+  Args:
+    real_logits: discriminator logits on the encoder features, [B].
+    noise_logits: discriminator logits on U[0, 1) noise, [B].
+  Returns: a float32 scalar; log D and log(1 − D) come from log-sigmoid.
+  """
+  return -(jnp.mean(jax.nn.log_sigmoid(noise_logits.astype(jnp.float32)))
+           + jnp.mean(jax.nn.log_sigmoid(-real_logits.astype(jnp.float32))))
+
+
+def infonce(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
+            log_scale: jnp.ndarray) -> jnp.ndarray:
+  """CLIP's symmetric InfoNCE over the B×B logits; [B, D] inputs → scalar."""
+  img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
+  logits = img @ txt.T * jnp.exp(log_scale.astype(jnp.float32))
+  labels = jnp.arange(logits.shape[0])
+  return 0.5 * (
+      optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
+
+
+def sigmoid_pairwise(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
+                     log_scale: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+  """SigLIP: −Σ_ij log σ(z_ij (s·<x_i, y_j> + b)) / B, z = +1 on the diagonal."""
+  img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
+  logits = img @ txt.T * jnp.exp(log_scale.astype(jnp.float32)) + bias
+  signs = 2.0 * jnp.eye(logits.shape[0]) - 1.0
+  return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
+
+
+def _temperature(outputs) -> jnp.ndarray:
+  return jnp.exp(-outputs["log_scale"].astype(jnp.float32))
+
+
+def cliplite_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
+  """L = (1 − w) L_jsd + w (L_prior_img + L_prior_txt) on one device's shard."""
+  l_jsd, metrics = jsd_bound(outputs["img_emb"], outputs["txt_emb"],
+                             outputs["log_scale"])
+  priors = jnp.zeros((), jnp.float32)
+  for name in ("img", "txt"):
+    if f"prior_{name}_real" in outputs:
+      term = prior_loss(outputs[f"prior_{name}_real"],
+                        outputs[f"prior_{name}_noise"])
+      metrics[f"loss/prior_{name}"] = term
+      priors = priors + term
+  total = (1.0 - cfg.prior_weight) * l_jsd + cfg.prior_weight * priors
+  metrics.update({"loss/total": total, "temperature": _temperature(outputs)})
+  return total, metrics
+
+
+def clip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
+  """InfoNCE over the global batch."""
+  del cfg
+  loss = infonce(outputs["img_emb"], outputs["txt_emb"], outputs["log_scale"])
+  return loss, {"loss/infonce": loss, "loss/total": loss,
+                "temperature": _temperature(outputs)}
+
+
+def siglip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
+  """Pairwise sigmoid over the global batch."""
+  del cfg
+  loss = sigmoid_pairwise(outputs["img_emb"], outputs["txt_emb"],
+                          outputs["log_scale"], outputs["logit_bias"])
+  return loss, {"loss/sigmoid": loss, "loss/total": loss,
+                "temperature": _temperature(outputs),
+                "logit_bias": outputs["logit_bias"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  fn: Callable[[dict, object], tuple[jnp.ndarray, dict]]
+  device_local: bool
+
+
+LOSSES = {
+    "jsd": Objective(cliplite_objective, device_local=True),
+    "infonce": Objective(clip_objective, device_local=False),
+    "sigmoid": Objective(siglip_objective, device_local=False),
+}

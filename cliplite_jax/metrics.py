@@ -1,0 +1,65 @@
+"""Metric writers (JSONL + TensorBoard) and the progress line."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+class MetricWriter:
+  """Appends `{"step": N, **metrics}` to WORKDIR/metrics.jsonl and TensorBoard.
+
+  Only process 0 writes; other processes get a writer that does nothing.
+  """
+
+  def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self._active:
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      # Imported lazily: it pulls in TensorFlow.
+      from flax.metrics import tensorboard
+      self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self._active:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for key, value in metrics.items():
+      self._tb.scalar(key, float(value), int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._active:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class Progress:
+  """Throughput and ETA from wall-clock time between calls."""
+
+  def __init__(self, first_step: int, total_steps: int, batch_size: int):
+    self._total = total_steps
+    self._batch = batch_size
+    self._last_step, self._last_time = first_step, time.perf_counter()
+
+  def update(self, step: int) -> dict[str, float]:
+    """Returns {"img_per_s", "eta_s"} since the last call."""
+    now = time.perf_counter()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    return {"img_per_s": rate * self._batch,
+            "eta_s": (self._total - step) / max(rate, 1e-9)}
+
+
+def progress_line(step: int, total: int, metrics: dict[str, float],
+                  eta_s: float) -> str:
+  """"step 150/1500 | loss 0.812 | 410 img/s | ETA 3m12s"."""
+  minutes, seconds = divmod(int(eta_s), 60)
+  return (f"step {step}/{total} | loss {metrics['loss/total']:.4f} | "
+          f"{metrics['img_per_s']:.0f} img/s | ETA {minutes}m{seconds:02d}s")

@@ -1,0 +1,111 @@
+"""CLIP-Lite: two towers, a projection block per modality, priors, temperature."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cliplite_jax.models import heads, resnet, text
+
+# Parameter-tree names of the towers (the attribute names below).
+IMAGE_TOWER = "image_encoder"
+TEXT_TOWER = "text_encoder"
+
+
+class CLIPLite(nn.Module):
+  """Image and text towers with CLIP-Lite heads.
+
+  Attributes:
+    image_encoder, text_encoder: the towers (features of width d_img, d_txt).
+    proj_dim: output width of both MILinearBlocks (2048 in the paper).
+    init_log_scale: initial value of the unclamped log-temperature `t`
+      (log(1/0.07) in the paper); the critic scale is exp(t).
+    prior_img, prior_txt: build the Deep InfoMax prior discriminators.
+    prior_widths: hidden widths of each discriminator ((1000, 200)).
+    logit_bias: initial value of a learnable logit bias (SigLIP, -10), or None
+      for no bias parameter.
+  """
+  image_encoder: nn.Module
+  text_encoder: nn.Module
+  proj_dim: int = 2048
+  init_log_scale: float = math.log(1 / 0.07)
+  prior_img: bool = True
+  prior_txt: bool = True
+  prior_widths: tuple[int, ...] = (1000, 200)
+  logit_bias: float | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.image_head = heads.MILinearBlock(self.proj_dim, dtype=self.dtype)
+    self.text_head = heads.MILinearBlock(self.proj_dim, dtype=self.dtype)
+    if self.prior_img:
+      self.image_prior = heads.PriorDiscriminator(self.prior_widths)
+    if self.prior_txt:
+      self.text_prior = heads.PriorDiscriminator(self.prior_widths)
+    self.log_scale = self.param(
+        "log_scale", nn.initializers.constant(self.init_log_scale), ())
+    if self.logit_bias is not None:
+      self.bias = self.param(
+          "logit_bias", nn.initializers.constant(self.logit_bias), ())
+
+  def encode_image(self, images: jnp.ndarray, train: bool = False):
+    """images float [B, H, W, 3] → (features [B, d_img], embeddings [B, proj_dim]).
+
+    Embeddings are projected but not normalised; both are float32.
+    """
+    features = self.image_encoder(images, train=train)
+    return features, self.image_head(features, train=train)
+
+  def encode_text(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
+                  train: bool = False):
+    """int32 [B, L] ids and mask → (features [B, d_txt], embeddings [B, proj_dim])."""
+    features = self.text_encoder(input_ids, attention_mask, train=train)["features"]
+    return features, self.text_head(features, train=train)
+
+  def __call__(self, images, input_ids, attention_mask,
+               train: bool = False) -> dict[str, jnp.ndarray]:
+    """Forward pass for training.
+
+    Returns a dict of float32 arrays: "img_emb", "txt_emb" [B, proj_dim],
+    "log_scale" [] and, per enabled prior, "prior_img_real"/"prior_img_noise"
+    (resp. txt) logits [B] of the discriminator on the raw tower features and
+    on uniform noise U[0, 1) of the same shape (drawn from the "prior" rng).
+    """
+    img_features, img_emb = self.encode_image(images, train)
+    txt_features, txt_emb = self.encode_text(input_ids, attention_mask, train)
+    out = {"img_emb": img_emb, "txt_emb": txt_emb, "log_scale": self.log_scale}
+    if self.logit_bias is not None:
+      out["logit_bias"] = self.bias
+    for name, enabled, features in (("img", self.prior_img, img_features),
+                                    ("txt", self.prior_txt, txt_features)):
+      if enabled:
+        disc = self.image_prior if name == "img" else self.text_prior
+        noise = jax.random.uniform(self.make_rng("prior"), features.shape)
+        out[f"prior_{name}_real"] = disc(features)
+        out[f"prior_{name}_noise"] = disc(noise)
+    return out
+
+
+def build(config: ml_collections.ConfigDict) -> CLIPLite:
+  """The model described by `config.model` (and `config.loss` for priors/bias)."""
+  m = config.model
+  dtype = jnp.dtype(m.dtype)
+  image = resnet.ResNet(depth=m.image.depth, width=m.image.width, dtype=dtype)
+  txt = text.TextEncoder(
+      vocab_size=m.text.vocab_size, hidden=m.text.hidden, layers=m.text.layers,
+      heads=m.text.heads, mlp_dim=m.text.mlp_dim, max_len=m.text.max_len,
+      pooling=m.text.pooling, dropout=m.text.dropout, dtype=dtype)
+  is_jsd = config.loss.name == "jsd"
+  return CLIPLite(
+      image_encoder=image, text_encoder=txt, proj_dim=m.proj_dim,
+      init_log_scale=math.log(1.0 / m.init_temperature),
+      prior_img=is_jsd and config.loss.prior_img,
+      prior_txt=is_jsd and config.loss.prior_txt,
+      prior_widths=tuple(m.prior_widths),
+      logit_bias=(config.loss.init_logit_bias
+                  if config.loss.name == "sigmoid" else None),
+      dtype=dtype)

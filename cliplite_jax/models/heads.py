@@ -1,0 +1,79 @@
+"""Projection block and prior discriminator of CLIP-Lite.
+
+Linear layers use PyTorch's default `nn.Linear` init (weights and bias
+uniform(±1/sqrt(fan_in))), as the reference implementation does.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def torch_linear(features: int, fan_in: int, use_bias: bool = True,
+                 kernel_init=None, **kwargs) -> nn.Dense:
+  """nn.Dense initialised like torch.nn.Linear(fan_in, features).
+
+  `kernel_init` replaces the weight init only; the bias keeps torch's.
+  """
+  bound = 1.0 / fan_in**0.5
+  uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+  return nn.Dense(features, use_bias=use_bias,
+                  kernel_init=kernel_init or uniform, bias_init=uniform,
+                  **kwargs)
+
+
+def noisy_identity_init(key, shape, dtype=jnp.float32):
+  """uniform(-0.01, 0.01) everywhere, then 1.0 on (i, i) for i < min(d_in, d_out).
+
+  `shape` is flax's kernel layout [d_in, d_out].
+  """
+  kernel = jax.random.uniform(key, shape, dtype, -0.01, 0.01)
+  diagonal = jnp.arange(min(shape))
+  return kernel.at[diagonal, diagonal].set(1.0)
+
+
+class MILinearBlock(nn.Module):
+  """`LayerNorm(Linear(ReLU(BatchNorm(Linear_nobias(f)))) + Shortcut(f))`.
+
+  The shortcut is a Linear(d → out_dim) with the noisy-identity init.
+  """
+  out_dim: int = 2048
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """features: [B, d] → float32 [B, out_dim] (not normalised)."""
+    d = features.shape[-1]
+    x = features.astype(self.dtype)
+    h = torch_linear(self.out_dim, d, use_bias=False, dtype=self.dtype,
+                     name="linear1")(x)
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, name="norm")(h)
+    h = torch_linear(self.out_dim, self.out_dim, dtype=self.dtype,
+                     name="linear2")(nn.relu(h))
+    shortcut = torch_linear(self.out_dim, d, kernel_init=noisy_identity_init,
+                            dtype=self.dtype, name="shortcut")(x)
+    out = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="out_norm")(
+        h + shortcut)
+    return out.astype(jnp.float32)
+
+
+class PriorDiscriminator(nn.Module):
+  """Deep InfoMax prior discriminator: MLP (1000, 200, 1), ReLU.
+
+  Returns the logit; D = sigmoid(logit) is never formed, so losses can use
+  log-sigmoid directly.
+  """
+  widths: Sequence[int] = (1000, 200)
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """x: float [B, d] → logits float32 [B]."""
+    x = x.astype(jnp.float32)
+    for i, width in enumerate(self.widths):
+      x = nn.relu(torch_linear(width, x.shape[-1], name=f"dense{i}")(x))
+    return torch_linear(1, x.shape[-1], name="logit")(x)[:, 0]

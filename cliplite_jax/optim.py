@@ -1,0 +1,82 @@
+"""The optax optimiser of CLIP-Lite.
+
+clip_by_global_norm → per-group [add_decayed_weights → SGD momentum, LR
+schedule] → Lookahead. Order and semantics match PyTorch's
+`clip_grad_norm_` + `SGD(momentum, weight_decay)` (decay added to the gradient
+before momentum) wrapped in Lookahead(k, alpha). Groups are picked by regex
+over the '/'-joined parameter path; the first match wins and unmatched
+parameters fall into "other".
+"""
+from __future__ import annotations
+
+import re
+
+import jax
+import ml_collections
+import optax
+
+OTHER = "other"
+
+
+def param_labels(params, group_regex: dict[str, str]):
+  """A tree like `params` whose leaves are group names."""
+  patterns = [(name, re.compile(rx)) for name, rx in group_regex.items()]
+
+  def label(path, _):
+    key = "/".join(str(getattr(p, "key", p)) for p in path)
+    return next((name for name, rx in patterns if rx.search(key)), OTHER)
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def schedules(config: ml_collections.ConfigDict) -> dict[str, optax.Schedule]:
+  """Per group: linear warmup 0 → peak over `warmup_steps`, then cosine to 0."""
+  o = config.optim
+  return {
+      group: optax.warmup_cosine_decay_schedule(
+          init_value=0.0, peak_value=peak, warmup_steps=o.warmup_steps,
+          decay_steps=config.total_steps, end_value=0.0)
+      for group, peak in o.lr.items()
+  }
+
+
+def _group_optimizer(o, schedule) -> optax.GradientTransformation:
+  if o.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(o.weight_decay),
+                       optax.sgd(schedule, momentum=o.momentum))
+  if o.name == "adamw":
+    return optax.adamw(schedule, b1=o.b1, b2=o.b2,
+                       weight_decay=o.weight_decay)
+  raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {o.name!r}")
+
+
+def build(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The full gradient transformation for `config.optim`.
+
+  With `optim.lookahead_k > 0` it expects `optax.LookaheadParams` as params
+  (see `init_params`).
+  """
+  o = config.optim
+  per_group = {g: _group_optimizer(o, s) for g, s in schedules(config).items()}
+  if OTHER not in per_group:
+    raise ValueError(f"optim.lr needs an {OTHER!r} entry, got {list(o.lr)}")
+  tx = optax.chain(
+      optax.clip_by_global_norm(o.clip_norm),
+      optax.multi_transform(
+          per_group, lambda p: param_labels(p, dict(o.group_regex))))
+  if o.lookahead_k > 0:
+    tx = optax.lookahead(tx, sync_period=o.lookahead_k,
+                         slow_step_size=o.lookahead_alpha)
+  return tx
+
+
+def init_params(config: ml_collections.ConfigDict, params):
+  """Wraps fresh model params as the optimiser expects (Lookahead: fast = slow)."""
+  if config.optim.lookahead_k > 0:
+    return optax.LookaheadParams.init_synced(params)
+  return params
+
+
+def model_params(params):
+  """The weights the model runs with: Lookahead's fast weights, else `params`."""
+  return params.fast if isinstance(params, optax.LookaheadParams) else params

@@ -1,0 +1,28 @@
+"""Zero-shot classification by cosine similarity to class-prompt embeddings."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from cliplite_jax.losses import l2_normalize
+
+
+@functools.partial(jax.jit, static_argnames="ks")
+def accuracy(img_emb: jnp.ndarray, class_emb: jnp.ndarray,
+             labels: jnp.ndarray,
+             ks: tuple[int, ...] = (1,)) -> dict[str, jnp.ndarray]:
+  """Top-k accuracy of argmax cosine similarity.
+
+  Args:
+    img_emb: [N, D] image embeddings.
+    class_emb: [C, D] one embedding per class (e.g. averaged over prompts).
+    labels: int32 [N] true classes.
+  Returns: float32 scalars "top{k}" for each k ≤ C.
+  """
+  logits = l2_normalize(img_emb) @ l2_normalize(class_emb).T  # [N, C]
+  true_score = jnp.take_along_axis(logits, labels[:, None], axis=1)
+  rank = jnp.sum(logits > true_score, axis=1)
+  return {f"top{k}": jnp.mean((rank < k).astype(jnp.float32))
+          for k in ks if k <= class_emb.shape[0]}

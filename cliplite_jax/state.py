@@ -1,0 +1,81 @@
+"""The train state and how to create it (concretely or abstractly, sharded)."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from cliplite_jax import optim, parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue bit for bit.
+
+  step: int32 [] (updates done); params: model params, as
+  `optax.LookaheadParams` (fast, slow) when Lookahead is on; batch_stats:
+  BatchNorm running statistics; opt_state: optax state; rng: the base key,
+  folded with `step` to give each step's keys.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+  @property
+  def model_params(self):
+    """The parameters the model runs with (Lookahead's fast weights)."""
+    return optim.model_params(self.params)
+
+  @property
+  def variables(self) -> dict:
+    """Flax variables for `model.apply`."""
+    return {"params": self.model_params, "batch_stats": self.batch_stats}
+
+
+def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 2):
+  """(images float32 [b, S, S, 3], ids int32 [b, L], mask int32 [b, L])."""
+  size, length = config.data.image_size, config.data.max_tokens
+  return (jnp.zeros((batch, size, size, 3), jnp.float32),
+          jnp.zeros((batch, length), jnp.int32),
+          jnp.ones((batch, length), jnp.int32))
+
+
+def create_train_state(config: ml_collections.ConfigDict, model,
+                       tx: optax.GradientTransformation,
+                       rng: jax.Array) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and the optimiser state."""
+  init_rng, prior_rng, dropout_rng, state_rng = jax.random.split(rng, 4)
+  variables = model.init(
+      {"params": init_rng, "prior": prior_rng, "dropout": dropout_rng},
+      *dummy_inputs(config), train=False)
+  params = optim.init_params(config, variables["params"])
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables["batch_stats"],
+                    opt_state=tx.init(params), rng=state_rng)
+
+
+def init_sharded(config: ml_collections.ConfigDict, model, tx,
+                 mesh: Mesh) -> TrainState:
+  """`create_train_state` from `config.seed`, replicated over `mesh`."""
+  create = jax.jit(lambda rng: create_train_state(config, model, tx, rng),
+                   out_shardings=parallel.replicated(mesh))
+  return create(jax.random.key(config.seed))
+
+
+def abstract_state(config: ml_collections.ConfigDict, model, tx,
+                   mesh: Mesh) -> TrainState:
+  """Shapes, dtypes and (replicated) shardings of the state, without compute."""
+  shapes = jax.eval_shape(
+      lambda rng: create_train_state(config, model, tx, rng),
+      jax.random.key(config.seed))
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes)

@@ -1,0 +1,146 @@
+"""The CLIP-Lite train step and training loop."""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import ml_collections
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
+from cliplite_jax import optim, parallel, state as state_lib
+from cliplite_jax.data import augment, pipeline
+from cliplite_jax.models import cliplite
+
+
+def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
+  """outputs → (loss, metrics) for `config.loss.name`.
+
+  Device-local objectives (JSD) run per shard through `parallel.device_local`;
+  the others see the global batch.
+  """
+  objective = losses.LOSSES[config.loss.name]
+  fn = functools.partial(objective.fn, cfg=config.loss)
+  return parallel.device_local(fn, mesh) if objective.device_local else fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
+  """A jitted `(state, batch) -> (state, metrics)` over `mesh`.
+
+  batch: "images" uint8 [B, S, S, 3], "input_ids" / "attention_mask" int32
+  [B, L], sharded over `data`. The state is replicated and donated. BatchNorm
+  statistics are over the global batch (SyncBN semantics). Metrics are float32
+  scalars: the loss terms, temperature, grad_norm and lr/<group>.
+  """
+  objective = make_objective(config, mesh)
+  schedules = optim.schedules(config)
+
+  def step_fn(state: state_lib.TrainState, batch):
+    dropout_rng, prior_rng = jax.random.split(
+        jax.random.fold_in(state.rng, state.step))
+    images = augment.normalize(batch["images"])
+
+    def loss_fn(params):
+      outputs, updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats},
+          images, batch["input_ids"], batch["attention_mask"], train=True,
+          rngs={"dropout": dropout_rng, "prior": prior_rng},
+          mutable=["batch_stats"])
+      loss, metrics = objective(outputs)
+      return loss, (metrics, updates["batch_stats"])
+
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+        state.model_params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics.update({f"lr/{g}": s(state.step) for g, s in schedules.items()})
+    new_state = state.replace(step=state.step + 1, params=params,
+                              batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, metrics
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step_fn,
+                 in_shardings=(replicated, parallel.batch_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  if config.batch_size % mesh.devices.size:
+    raise config_io.UserError(
+        f"batch_size {config.batch_size} is not divisible by the "
+        f"{mesh.devices.size} devices; use a multiple of {mesh.devices.size}")
+  if not 0 <= config.optim.warmup_steps < config.total_steps:
+    raise config_io.UserError(
+        f"optim.warmup_steps ({config.optim.warmup_steps}) must be in "
+        f"[0, total_steps={config.total_steps})")
+  if config.loss.name not in losses.LOSSES:
+    raise config_io.UserError(f"loss.name {config.loss.name!r} is not one of "
+                              f"{sorted(losses.LOSSES)}")
+
+
+def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
+                      step) -> dict[str, float]:
+  results = evaluate.run_probes(config, model, state.variables, tokenizer, mesh)
+  writer.write(step, results)
+  evaluate.write_results(workdir, step, results)
+  if jax.process_index() == 0:
+    print(evaluate.format_table(step, results), flush=True)
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
+
+  Returns the final evaluation metrics (empty when `config.eval.probes` is).
+  """
+  mesh = parallel.make_mesh()
+  _validate(config, mesh)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    config_io.save(config, workdir)
+  tokenizer = pipeline.workdir_tokenizer(config, workdir)
+  model = cliplite.build(config)
+  tx = optim.build(config)
+  data_iter = iter(pipeline.train_dataset(
+      config, tokenizer, jax.process_index(), jax.process_count()))
+  mngr = checkpoint.manager(workdir, config)
+  state = state_lib.init_sharded(config, model, tx, mesh)
+  if mngr.latest_step() is not None:
+    state = checkpoint.restore(mngr, mngr.latest_step(), state, data_iter)
+    logging.info("resumed from step %d", int(state.step))
+    print(f"resuming from step {int(state.step)}", flush=True)
+  train_step = make_train_step(config, model, tx, mesh)
+  writer = metrics_lib.MetricWriter(workdir)
+  first_step = int(state.step)
+  progress = metrics_lib.Progress(first_step, config.total_steps,
+                                  config.batch_size)
+  for step in range(first_step + 1, config.total_steps + 1):
+    batch = parallel.shard_batch(next(data_iter), mesh)
+    state, step_metrics = train_step(state, batch)
+    if step % config.log_every_steps == 0 or step == config.total_steps:
+      logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      timing = progress.update(step)
+      logged["img_per_s"] = timing["img_per_s"]
+      writer.write(step, logged)
+      if jax.process_index() == 0:
+        print(metrics_lib.progress_line(step, config.total_steps, logged,
+                                        timing["eta_s"]), flush=True)
+    if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+      checkpoint.save(mngr, step, state, data_iter, config)
+    if (config.eval.every_steps and step % config.eval.every_steps == 0
+        and step != config.total_steps):
+      _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
+                        step)
+  mngr.wait_until_finished()
+  results = {}
+  if config.eval.probes:
+    results = _evaluate_and_log(config, model, state, tokenizer, mesh, workdir,
+                                writer, int(state.step))
+  writer.close()
+  mngr.close()
+  return results
