@@ -7,6 +7,8 @@ r"""Trains CLIP-Lite; resumes when WORKDIR already has checkpoints.
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -22,6 +24,35 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and "
                     "evaluation results; an existing one is resumed.")
 
 
+def _fail(message: str):
+  sys.exit(f"cliplite_jax.main: error: {message}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors for bad flags and config overrides."""
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = arg.partition("=")[2].partition(":")[0]
+      if not os.path.isfile(path):
+        _fail(f"config file {path} not found (configs live in configs/, "
+              f"e.g. --config=configs/default.py)")
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a key the config lacks.
+    message = str(e)
+    key = re.search(r"'(\w+)", message)
+    key = key.group(1) if key else message
+    overrides = [a for a in argv if a.startswith("--config.") and key in a]
+    where = f" in {overrides[0].partition('=')[0]}" if overrides else ""
+    suggestion = re.search(r'Did you mean "(\w+)"', message)
+    hint = (f"; did you mean {suggestion.group(1)!r}?" if suggestion else
+            "; overrides must name fields that the config file defines")
+    _fail(f"unknown config key {key!r}{where}{hint}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -35,4 +66,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,32 @@
+"""cliplite_jax: CLIP-Lite image–text pretraining in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="cliplite_jax",
+    version="0.1.0",
+    description=("CLIP-Lite (Jensen-Shannon MI bound, one negative per pair) "
+                 "image-text pretraining in JAX/Flax"),
+    python_requires=">=3.10",
+    packages=find_packages(include=["cliplite_jax", "cliplite_jax.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "grain>=0.2.18",
+        "tensorflow-datasets>=4.9.10",
+        # TFDS needs TensorFlow to build datasets with image features.
+        "tensorflow-cpu",
+        "tensorboard",
+        "importlib_resources",  # used by TFDS, not declared by it
+        "ml_collections>=1.1",
+        "tokenizers",
+        "absl-py",
+        "numpy",
+        "pillow",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest"],
+    },
+)

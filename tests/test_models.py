@@ -1,0 +1,119 @@
+"""Model structure against independent expectations (torchvision / HF counts)."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cliplite_jax.models import cliplite, heads, resnet, text
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("depth,expected", [
+    # torchvision resnetN parameter counts minus the 1000-way fc layer.
+    (18, 11_689_512 - (512 * 1000 + 1000)),
+    (50, 25_557_032 - (2048 * 1000 + 1000)),
+])
+def test_resnet_matches_torchvision_parameter_count(depth, expected):
+  model = resnet.ResNet(depth=depth)
+  variables = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  assert _count(variables["params"]) == expected
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 64, 64, 3)),
+                                             train=False), variables)
+  assert out.shape == (2, model.num_features) == (2, 512 * (4 if depth == 50 else 1))
+
+
+def test_resnet_v1_5_strides_on_3x3():
+  """v1.5 downsamples in the 3×3 conv: the first 1×1 conv keeps resolution."""
+  model = resnet.ResNet(depth=50, width=0.125)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, state = model.apply(variables, x, train=False,
+                         capture_intermediates=True, mutable=["intermediates"])
+  block = state["intermediates"]["stage2_block1"]
+  convs = {k: v["__call__"][0].shape for k, v in block.items()
+           if k.startswith("Conv")}
+  # Input to stage 2 is 16×16 (64 px / 4): 1×1 keeps it, 3×3 halves it.
+  assert convs["Conv_0"][1:3] == (16, 16)
+  assert convs["Conv_1"][1:3] == (8, 8)
+
+
+def test_bert_base_matches_hf_parameter_count():
+  """BertModel(bert-base-uncased) with pooler has 109,482,240 parameters."""
+  model = text.TextEncoder()
+  ids = jnp.zeros((1, 8), jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids,
+                                                train=False))
+  assert _count(variables["params"]) == 109_482_240
+
+
+@pytest.mark.parametrize("pooling", ["pooler", "mean", "cls"])
+def test_text_features_ignore_padding(pooling):
+  model = text.TextEncoder(vocab_size=50, hidden=16, layers=2, heads=2,
+                           mlp_dim=32, max_len=12, pooling=pooling)
+  ids = jnp.array([[2, 7, 9, 3, 0, 0, 0, 0]])
+  mask = (ids > 0).astype(jnp.int32)
+  variables = model.init(jax.random.key(0), ids, mask, train=False)
+  out = model.apply(variables, ids, mask, train=False)
+  other_padding = ids.at[0, 5:].set(11)
+  out2 = model.apply(variables, other_padding, mask, train=False)
+  np.testing.assert_allclose(out["features"], out2["features"], atol=1e-6)
+  assert out["features"].shape == (1, 16)
+  assert ("pooler_output" in out) == (pooling == "pooler")
+
+
+@pytest.mark.parametrize("d_in,d_out", [(8, 16), (16, 8), (12, 12)])
+def test_noisy_identity_init(d_in, d_out):
+  kernel = np.asarray(heads.noisy_identity_init(jax.random.key(1), (d_in, d_out)))
+  n = min(d_in, d_out)
+  np.testing.assert_array_equal(kernel[np.arange(n), np.arange(n)], 1.0)
+  off = kernel.copy()
+  off[np.arange(n), np.arange(n)] = 0.0
+  assert np.all(np.abs(off) <= 0.01)
+  assert np.abs(off).max() > 0.005  # really noisy, not zeros
+
+
+def test_milinear_block_structure_and_shortcut_init():
+  block = heads.MILinearBlock(out_dim=24)
+  x = jax.random.normal(jax.random.key(0), (5, 10))
+  variables = block.init(jax.random.key(1), x, train=False)
+  params = variables["params"]
+  kernel = np.asarray(params["shortcut"]["kernel"])
+  np.testing.assert_array_equal(np.diag(kernel[:, :10]), 1.0)
+  assert "bias" not in params["linear1"]  # Linear(2048, no bias)
+  assert set(variables["batch_stats"]["norm"]) == {"mean", "var"}
+  out, _ = block.apply(variables, x, train=True, mutable=["batch_stats"])
+  # LayerNorm output (scale 1, bias 0 at init): zero mean, unit variance rows.
+  np.testing.assert_allclose(out.mean(axis=1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(out.var(axis=1), 1.0, atol=1e-2)
+  # Recompute the block by hand from its parameters.
+  h = x @ params["linear1"]["kernel"]
+  h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
+  h = h * params["norm"]["scale"] + params["norm"]["bias"]
+  h = jax.nn.relu(h) @ params["linear2"]["kernel"] + params["linear2"]["bias"]
+  s = h + x @ kernel + params["shortcut"]["bias"]
+  s = (s - s.mean(1, keepdims=True)) / jnp.sqrt(s.var(1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(out, s, atol=1e-4)
+
+
+def test_cliplite_outputs_and_temperature_init(tiny):
+  model = cliplite.build(tiny)
+  images = jnp.zeros((4, 32, 32, 3))
+  ids = jnp.ones((4, 30), jnp.int32)
+  rngs = {"params": jax.random.key(0), "prior": jax.random.key(1),
+          "dropout": jax.random.key(2)}
+  variables = model.init(rngs, images, ids, ids, train=False)
+  assert float(variables["params"]["log_scale"]) == pytest.approx(
+      math.log(1 / 0.07))
+  out = model.apply(variables, images, ids, ids, train=False, rngs=rngs)
+  assert out["img_emb"].shape == out["txt_emb"].shape == (4, 32)
+  for key in ("prior_img_real", "prior_img_noise", "prior_txt_real",
+              "prior_txt_noise"):
+    assert out[key].shape == (4,)
+  d = variables["params"]["image_prior"]
+  assert [d[f"dense{i}"]["kernel"].shape[1] for i in range(2)] == [1000, 200]

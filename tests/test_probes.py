@@ -1,0 +1,66 @@
+"""Probes against brute-force NumPy loops on small hand-made data."""
+import numpy as np
+import pytest
+
+from cliplite_jax.probes import retrieval, zeroshot
+
+
+def _cosine(a, b):
+  a = a / np.linalg.norm(a, axis=1, keepdims=True)
+  b = b / np.linalg.norm(b, axis=1, keepdims=True)
+  return a @ b.T
+
+
+def _brute_force_recall(img, txt, owner, k):
+  sim = _cosine(img, txt)
+  i2t_hits = 0
+  for i in range(len(img)):
+    order = sorted(range(len(txt)), key=lambda j: -sim[i, j])
+    i2t_hits += any(owner[j] == i for j in order[:k])
+  t2i_hits = 0
+  for j in range(len(txt)):
+    order = sorted(range(len(img)), key=lambda i: -sim[i, j])
+    t2i_hits += owner[j] in order[:k]
+  return i2t_hits / len(img), t2i_hits / len(txt)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recall_matches_brute_force_with_several_captions(seed):
+  rng = np.random.default_rng(seed)
+  num_images, dim = 12, 6
+  # 1 to 5 captions per image, noisy copies of the image embedding.
+  counts = rng.integers(1, 6, size=num_images)
+  owner = np.repeat(np.arange(num_images), counts).astype(np.int32)
+  img = rng.normal(size=(num_images, dim))
+  txt = img[owner] + rng.normal(size=(len(owner), dim)) * 1.2
+  got = retrieval.recall_at_k(img.astype(np.float32), txt.astype(np.float32),
+                              owner, ks=(1, 3, 5))
+  for k in (1, 3, 5):
+    i2t, t2i = _brute_force_recall(img, txt, owner, k)
+    assert float(got[f"i2t_r{k}"]) == pytest.approx(i2t)
+    assert float(got[f"t2i_r{k}"]) == pytest.approx(t2i)
+
+
+def test_recall_hand_checked_case():
+  img = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+  # Image 0 owns captions 0, 1; image 1 owns caption 2. Caption 1 looks like
+  # image 1, so image 0 is still a hit through caption 0.
+  txt = np.array([[1.0, 0.1], [0.1, 1.0], [0.0, 1.0]], np.float32)
+  got = retrieval.recall_at_k(img, txt, np.array([0, 0, 1], np.int32), ks=(1,))
+  assert float(got["i2t_r1"]) == 1.0
+  assert float(got["t2i_r1"]) == pytest.approx(2 / 3)
+
+
+def test_zeroshot_accuracy_matches_numpy():
+  rng = np.random.default_rng(0)
+  classes = rng.normal(size=(5, 8))
+  labels = rng.integers(0, 5, size=40)
+  img = classes[labels] * rng.uniform(0.5, 3) + rng.normal(size=(40, 8)) * 1.5
+  got = zeroshot.accuracy(img, classes, labels.astype(np.int32), ks=(1, 3))
+  sim = _cosine(img, classes)
+  np.testing.assert_allclose(got["top1"], np.mean(sim.argmax(1) == labels),
+                             rtol=1e-6)
+  top3 = np.argsort(-sim, axis=1)[:, :3]
+  np.testing.assert_allclose(
+      got["top3"], np.mean([l in row for l, row in zip(labels, top3)]),
+      rtol=1e-6)

@@ -1,0 +1,115 @@
+"""The sharded train step and the training loop (resume)."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from cliplite_jax import losses, optim, parallel, state as state_lib, train
+from cliplite_jax.data import augment
+from cliplite_jax.models import cliplite
+
+
+def _random_batch(config, rng):
+  b, s, length = config.batch_size, config.data.image_size, config.data.max_tokens
+  lengths = rng.integers(4, length, size=b)
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+  return {"images": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+          "input_ids": (rng.integers(5, 200, (b, length)) * mask).astype(np.int32),
+          "attention_mask": mask}
+
+
+def _slice(outputs, start, stop):
+  return {k: v[start:stop] if v.ndim else v for k, v in outputs.items()}
+
+
+def test_sharded_step_rolls_captions_within_each_device(tiny):
+  assert jax.device_count() == 4
+  mesh = parallel.make_mesh(4)
+  model, tx = cliplite.build(tiny), optim.build(tiny)
+  state = state_lib.init_sharded(tiny, model, tx, mesh)
+  batch = _random_batch(tiny, np.random.default_rng(0))
+
+  # Reference on the host's default device: the same forward pass, then the
+  # objective on each quarter of the batch separately.
+  dropout_rng, prior_rng = jax.random.split(jax.random.fold_in(state.rng, 0))
+  outputs, _ = model.apply(
+      state.variables, augment.normalize(batch["images"]), batch["input_ids"],
+      batch["attention_mask"], train=True,
+      rngs={"dropout": dropout_rng, "prior": prior_rng},
+      mutable=["batch_stats"])
+  quarter = tiny.batch_size // 4
+  per_device = [losses.cliplite_objective(
+      _slice(outputs, i * quarter, (i + 1) * quarter), tiny.loss)[1]
+      for i in range(4)]
+  expected = {k: np.mean([m[k] for m in per_device]) for k in per_device[0]}
+  whole_batch_roll = losses.cliplite_objective(outputs, tiny.loss)[1]
+
+  step = train.make_train_step(tiny, model, tx, mesh)
+  new_state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  for key in ("loss/total", "loss/jsd", "loss/prior_img", "loss/prior_txt"):
+    np.testing.assert_allclose(metrics[key], expected[key], rtol=2e-5,
+                               atol=2e-6, err_msg=key)
+  assert abs(float(metrics["loss/jsd"]) - float(whole_batch_roll["loss/jsd"])) > 1e-4
+  assert int(new_state.step) == 1
+
+
+def test_step_on_one_device_rolls_the_whole_batch(tiny):
+  mesh = parallel.make_mesh(1)
+  model, tx = cliplite.build(tiny), optim.build(tiny)
+  state = state_lib.init_sharded(tiny, model, tx, mesh)
+  batch = _random_batch(tiny, np.random.default_rng(0))
+  dropout_rng, prior_rng = jax.random.split(jax.random.fold_in(state.rng, 0))
+  outputs, _ = model.apply(
+      state.variables, augment.normalize(batch["images"]), batch["input_ids"],
+      batch["attention_mask"], train=True,
+      rngs={"dropout": dropout_rng, "prior": prior_rng},
+      mutable=["batch_stats"])
+  expected = losses.cliplite_objective(outputs, tiny.loss)[1]
+  _, metrics = train.make_train_step(tiny, model, tx, mesh)(
+      state, parallel.shard_batch(batch, mesh))
+  np.testing.assert_allclose(metrics["loss/jsd"], expected["loss/jsd"],
+                             rtol=2e-5, atol=2e-6)
+
+
+def _final_params(workdir, config):
+  from cliplite_jax import checkpoint
+  mesh = parallel.make_mesh()
+  model, tx = cliplite.build(config), optim.build(config)
+  mngr = checkpoint.manager(workdir, config, read_only=True)
+  state = checkpoint.restore(mngr, mngr.latest_step(),
+                             state_lib.abstract_state(config, model, tx, mesh))
+  return int(state.step), jax.device_get(state.params)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return {r["step"]: r["loss/total"] for r in records if "loss/total" in r}
+
+
+def test_resume_continues_at_the_right_step_with_the_same_params(tiny, tmp_path,
+                                                                 capsys):
+  tiny.eval.probes = ()
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(tiny, straight)
+
+  resumed = str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny, resumed)
+  # As if the run had died right after its step-3 checkpoint.
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
+  capsys.readouterr()
+  train.train_and_evaluate(tiny, resumed)
+  assert "resuming from step 3" in capsys.readouterr().out
+
+  step_a, params_a = _final_params(straight, tiny)
+  step_b, params_b = _final_params(resumed, tiny)
+  assert step_a == step_b == 6
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  # The resumed run logged steps 4–6 again, with the same losses.
+  assert _losses(straight) == _losses(resumed)
+  assert sorted(_losses(straight)) == list(range(1, 7))
+  with open(os.path.join(straight, "config.json")) as f:
+    assert json.load(f)["total_steps"] == 6
