@@ -27,8 +27,6 @@ from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
 from cliplite_jax.probes import retrieval, zeroshot
 
-ZEROSHOT_PROMPT = "a picture of a {}."
-
 
 def batched_apply(fn, inputs: tuple[np.ndarray, ...], batch_size: int,
                   mesh: Mesh) -> np.ndarray:
@@ -87,8 +85,9 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
     recalls = retrieval.recall_at_k(img_emb, txt_emb, arrays["caption_image"])
     metrics.update({f"retrieval/{ds}/{k}": v for k, v in recalls.items()})
   if "zeroshot" in config.eval.probes:
-    for i, (task, (label_key, classes)) in enumerate(source.zeroshot.items()):
-      prompts = [text_lib.clean_caption(ZEROSHOT_PROMPT.format(c),
+    for i, (task, (label_key, classes, template)) in enumerate(
+        source.zeroshot.items()):
+      prompts = [text_lib.clean_caption(template.format(c),
                                         config.data.max_words) for c in classes]
       class_emb = batched_apply(text_fn, text_lib.tokenize(tokenizer, prompts),
                                 bs, mesh)

@@ -58,7 +58,7 @@ def test_captions_hand_checked():
   small = shapes._Object("circle", "red", 0.1, 0.2, 0.45)
   assert shapes.captions_for([big, small]) == [
       "a large blue square and a small red circle",
-      "a picture of a large blue square and a small red circle",
+      "a picture of a square and a circle",
       "a small red circle to the left of a large blue square",
       "two shapes: a blue square, a red circle",
       "the largest shape is a blue square with one other shape",

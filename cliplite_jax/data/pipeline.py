@@ -136,7 +136,7 @@ def eval_arrays(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   source, _ = sources.get(config.data.name)
   examples = sources.open_split(config.data.name, split, config.data.data_dir)
   images, captions, owner = [], [], []
-  labels = {key: [] for key, _ in source.zeroshot.values()}
+  labels = {key: [] for key, _, _ in source.zeroshot.values()}
   for i in range(len(examples)):
     ex = examples[i]
     images.append(augment.center_crop_resize(ex[source.image_key],

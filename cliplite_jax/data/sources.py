@@ -21,7 +21,8 @@ class Source:
   Attributes:
     tfds_name: default TFDS name (with builder config) for this dataset.
     image_key, captions_key: feature names of the image and caption list.
-    zeroshot: {task: (label feature, class names)} for zero-shot probes.
+    zeroshot: {task: (label feature, class names, prompt template)} for
+      zero-shot probes; the first task is the dataset's headline one.
     prepare: builds the dataset locally (embedded sets), or None when it must
       be prepared by the user (`tfds build`), e.g. for manual downloads.
   """
@@ -35,8 +36,11 @@ class Source:
 SOURCES = {
     "shapes_captions": Source(
         tfds_name="shapes_captions/default",
-        zeroshot={"shape": ("largest_shape", shapes.SHAPES),
-                  "color": ("largest_color", shapes.COLOR_NAMES)},
+        zeroshot={
+            "shape": ("largest_shape", shapes.SHAPES, "a picture of a {}."),
+            "color": ("largest_color", shapes.COLOR_NAMES,
+                      "a picture of a {} shape."),
+        },
         prepare=shapes.prepare),
 }
 
