@@ -21,6 +21,17 @@ def _random_batch(config, rng):
           "attention_mask": mask}
 
 
+def _reference_outputs(model, state, batch):
+  """The first step's forward pass, unsharded, with the step's own keys."""
+  dropout_rng, prior_rng = jax.random.split(jax.random.fold_in(state.rng, 0))
+  outputs, _ = model.apply(
+      state.variables, augment.normalize(batch["images"]), batch["input_ids"],
+      batch["attention_mask"], train=True,
+      rngs={"dropout": dropout_rng, "prior": prior_rng},
+      mutable=["batch_stats"])
+  return outputs
+
+
 def _slice(outputs, start, stop):
   return {k: v[start:stop] if v.ndim else v for k, v in outputs.items()}
 
@@ -34,12 +45,7 @@ def test_sharded_step_rolls_captions_within_each_device(tiny):
 
   # Reference on the host's default device: the same forward pass, then the
   # objective on each quarter of the batch separately.
-  dropout_rng, prior_rng = jax.random.split(jax.random.fold_in(state.rng, 0))
-  outputs, _ = model.apply(
-      state.variables, augment.normalize(batch["images"]), batch["input_ids"],
-      batch["attention_mask"], train=True,
-      rngs={"dropout": dropout_rng, "prior": prior_rng},
-      mutable=["batch_stats"])
+  outputs = _reference_outputs(model, state, batch)
   quarter = tiny.batch_size // 4
   per_device = [losses.cliplite_objective(
       _slice(outputs, i * quarter, (i + 1) * quarter), tiny.loss)[1]
@@ -61,12 +67,7 @@ def test_step_on_one_device_rolls_the_whole_batch(tiny):
   model, tx = cliplite.build(tiny), optim.build(tiny)
   state = state_lib.init_sharded(tiny, model, tx, mesh)
   batch = _random_batch(tiny, np.random.default_rng(0))
-  dropout_rng, prior_rng = jax.random.split(jax.random.fold_in(state.rng, 0))
-  outputs, _ = model.apply(
-      state.variables, augment.normalize(batch["images"]), batch["input_ids"],
-      batch["attention_mask"], train=True,
-      rngs={"dropout": dropout_rng, "prior": prior_rng},
-      mutable=["batch_stats"])
+  outputs = _reference_outputs(model, state, batch)
   expected = losses.cliplite_objective(outputs, tiny.loss)[1]
   _, metrics = train.make_train_step(tiny, model, tx, mesh)(
       state, parallel.shard_batch(batch, mesh))

@@ -6,7 +6,7 @@ width `512 * expansion * width` (2048 for ResNet-50 at width 1).
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,47 +24,44 @@ LAYOUTS = {
 }
 
 
-class BasicBlock(nn.Module):
-  """Two 3×3 convs; expansion 1."""
+class ResidualBlock(nn.Module):
+  """Fields shared by the blocks; `conv` and `norm` are layer factories."""
   filters: int
-  strides: int
+  strides: tuple[int, int]
   conv: Any
   norm: Any
-  expansion = 1
+
+  def shortcut(self, x, y):
+    """Identity, or a strided 1×1 conv + BN where the block changes shape.
+
+    Called from the subclass's compact __call__, so the layers belong to it.
+    """
+    if x.shape == y.shape:
+      return x
+    x = self.conv(y.shape[-1], (1, 1), self.strides, name="downsample_conv")(x)
+    return self.norm(name="downsample_norm")(x)
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3×3 convs (ResNet-18/34)."""
 
   @nn.compact
   def __call__(self, x):
-    residual = x
     y = self.conv(self.filters, (3, 3), self.strides)(x)
     y = nn.relu(self.norm()(y))
-    y = self.conv(self.filters, (3, 3))(y)
-    y = self.norm()(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), self.strides,
-                           name="downsample_conv")(residual)
-      residual = self.norm(name="downsample_norm")(residual)
-    return nn.relu(y + residual)
+    y = self.norm()(self.conv(self.filters, (3, 3))(y))
+    return nn.relu(y + self.shortcut(x, y))
 
 
-class Bottleneck(nn.Module):
-  """1×1 → 3×3 (strided, v1.5) → 1×1 ×4; expansion 4."""
-  filters: int
-  strides: int
-  conv: Any
-  norm: Any
-  expansion = 4
+class Bottleneck(ResidualBlock):
+  """1×1 → 3×3 (strided: v1.5) → 1×1 with 4× the channels (ResNet-50+)."""
 
   @nn.compact
   def __call__(self, x):
-    residual = x
     y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
     y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides)(y)))
     y = self.norm()(self.conv(self.filters * 4, (1, 1))(y))
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters * 4, (1, 1), self.strides,
-                           name="downsample_conv")(residual)
-      residual = self.norm(name="downsample_norm")(residual)
-    return nn.relu(y + residual)
+    return nn.relu(y + self.shortcut(x, y))
 
 
 class ResNet(nn.Module):
