@@ -7,14 +7,14 @@ import sys
 from conftest import REPO
 
 
-def _run(module, *args, env_extra=None):
+def _run(module, *args):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
                         capture_output=True, text=True, env=env, timeout=600)
 
 
 def _tiny_overrides(data_dir):
-  return [f"--config.data.name=shapes_captions/tiny",
+  return ["--config.data.name=shapes_captions/tiny",
           f"--config.data.data_dir={data_dir}", "--config.data.image_size=32",
           "--config.model.image.width=0.125", "--config.model.text.hidden=32",
           "--config.model.text.layers=1", "--config.model.text.mlp_dim=64",

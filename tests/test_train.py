@@ -5,7 +5,6 @@ import shutil
 
 import jax
 import numpy as np
-import pytest
 
 from cliplite_jax import losses, optim, parallel, state as state_lib, train
 from cliplite_jax.data import augment
