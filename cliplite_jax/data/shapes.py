@@ -1,7 +1,7 @@
 """`shapes_captions`: the embedded image–caption set, built locally by TFDS.
 
-Each image shows 1–3 coloured shapes (shape, colour, size, position) on a light
-background and comes with 5 templated captions ("a small red circle to the left
+Each image shows 1–3 coloured shapes (4 shapes × 4 colours; size, position) on
+a light background and comes with 5 templated captions ("a small red circle to the left
 of a large blue square") plus labels: the shapes present (multi-hot), and the
 shape and colour of the largest object. A few shape–colour combinations never
 appear in train or validation, only in test, so zero-shot and retrieval can be
@@ -26,13 +26,11 @@ COLORS = {
     "green": (40, 170, 60),
     "blue": (40, 80, 220),
     "yellow": (235, 200, 30),
-    "purple": (140, 50, 170),
-    "orange": (245, 130, 20),
 }
 COLOR_NAMES = tuple(COLORS)
 # (shape, colour) pairs that only the test split contains.
-HELD_OUT = frozenset({("circle", "yellow"), ("square", "purple"),
-                      ("triangle", "orange"), ("diamond", "green")})
+HELD_OUT = frozenset({("circle", "yellow"), ("square", "blue"),
+                      ("triangle", "green"), ("diamond", "red")})
 _NUMBER_WORDS = ("zero", "one", "two", "three")
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -57,7 +55,7 @@ class _Object:
 
   @property
   def size_word(self) -> str:
-    return "large" if self.radius >= 0.15 else "small"
+    return "large" if self.radius >= 0.2 else "small"
 
   def describe(self, with_size: bool = True) -> str:
     words = (self.size_word, self.color, self.shape) if with_size else (
@@ -66,11 +64,14 @@ class _Object:
 
 
 def _sample_objects(rng: np.random.Generator, split: str) -> list[_Object]:
-  """Objects sorted largest first, non-overlapping, allowed for `split`."""
-  count = int(rng.integers(1, 4))
-  # Distinct radii (as fractions of the image side) so "largest" is unambiguous.
-  radii = np.sort(rng.choice(np.arange(0.08, 0.23, 0.01), count,
-                             replace=False))[::-1]
+  """Objects sorted largest first, non-overlapping, allowed for `split`.
+
+  The largest object is clearly the largest (radius 0.2–0.3 of the side, the
+  others 0.08–0.15), so "the largest shape" is unambiguous and visible at 64 px.
+  """
+  count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+  radii = [rng.uniform(0.2, 0.3)]
+  radii += sorted(rng.uniform(0.08, 0.15, size=count - 1), reverse=True)
   objects: list[_Object] = []
   for radius in radii:
     while True:
@@ -169,8 +170,12 @@ def make_example(config: ShapesConfig, split: str, index: int) -> dict:
 class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
   """Synthetic coloured shapes with 5 templated captions per image."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "One clearly largest object (radius 0.2-0.3); 1-3 objects "
+               "drawn 40/35/25%.",
+  }
   BUILDER_CONFIGS = [
       ShapesConfig(name="default", description="6000/500/1000 images, 64 px."),
       ShapesConfig(name="tiny", description="For tests: 256/64/128 images.",
