@@ -45,6 +45,25 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """big_vision-style config argument "k1=v1,k2=v2" → ConfigDict.
+
+  Only the keys of `defaults` are allowed; each value is converted to its
+  default's type. Raises UserError naming an unknown key or a bad value.
+  """
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    if not eq or key not in defaults:
+      raise UserError(f"config argument {item!r}: expected one of "
+                      f"{', '.join(f'{k}=…' for k in defaults)}")
+    try:
+      parsed[key] = type(defaults[key])(value)
+    except ValueError as e:
+      raise UserError(f"config argument {item!r}: {e}") from e
+  return parsed
+
+
 def save(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes WORKDIR/config.json."""
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:

@@ -5,6 +5,7 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
@@ -31,9 +32,11 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   """A jitted `(state, batch) -> (state, metrics)` over `mesh`.
 
   batch: "images" uint8 [B, S, S, 3], "input_ids" / "attention_mask" int32
-  [B, L], sharded over `data`. The state is replicated and donated. BatchNorm
-  statistics are over the global batch (SyncBN semantics). Metrics are float32
-  scalars: the loss terms, temperature, grad_norm and lr/<group>.
+  [B, L], optionally "skipped" int32 [B], sharded over `data`. The state is
+  replicated and donated. BatchNorm statistics are over the global batch
+  (SyncBN semantics). Metrics are float32 scalars: the loss terms,
+  temperature, grad_norm, lr/<group> and data/skipped (examples dropped while
+  assembling this global batch).
   """
   objective = make_objective(config, mesh)
   schedules = optim.schedules(config)
@@ -57,6 +60,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
+    if "skipped" in batch:
+      metrics["data/skipped"] = jnp.sum(batch["skipped"]).astype(jnp.float32)
     metrics.update({f"lr/{g}": s(state.step) for g, s in schedules.items()})
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=batch_stats, opt_state=opt_state)
@@ -119,11 +124,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   first_step = int(state.step)
   progress = metrics_lib.Progress(first_step, config.total_steps,
                                   config.batch_size)
+  skipped = 0.0  # data/skipped is logged as the sum since the last log line
   for step in range(first_step + 1, config.total_steps + 1):
     batch = parallel.shard_batch(next(data_iter), mesh)
     state, step_metrics = train_step(state, batch)
+    skipped = skipped + step_metrics["data/skipped"]
     if step % config.log_every_steps == 0 or step == config.total_steps:
+      step_metrics["data/skipped"] = skipped
       logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      skipped = 0.0
       timing = progress.update(step)
       logged["img_per_s"] = timing["img_per_s"]
       writer.write(step, logged)

@@ -63,16 +63,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "shapes_captions"
   c.data.data_dir = ""  # "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-  c.data.train_split = "train"
+  c.data.train_split = "train"  # COCO: "train+restval"
+  c.data.fraction = 1.0  # seeded subset of the training images; paper: 0.1-1
+  c.data.fraction_seed = 0
   c.data.image_size = 64  # paper: 224
   # paper: (0.2, 1.0); tighter here so crops rarely cut away a captioned shape
   c.data.crop_scale = (0.7, 1.0)
   c.data.crop_ratio = (3 / 4, 4 / 3)
+  # (brightness, contrast, saturation, hue); paper: (0.4, 0.4, 0.4, 0.1) with
+  # probability 0.8. Off here: the shapes' captions name their colours.
+  c.data.color_jitter = (0.4, 0.4, 0.4, 0.1)
+  c.data.color_jitter_prob = 0.0
   c.data.flip = True  # horizontal flip that swaps "left" and "right"
   c.data.max_words = 30
   c.data.max_tokens = 30
-  c.data.tokenizer = "wordpiece"  # trained on the training captions
-  c.data.num_threads = 2  # grain prefetch threads
+  # "wordpiece": a vocabulary of model.text.vocab_size trained on the training
+  # captions; or a local directory/file with an HF tokenizer.json or a BERT
+  # vocab.txt (e.g. bert-base-uncased, paper: 30522 tokens).
+  c.data.tokenizer = "wordpiece"
+  c.data.rewrites = ""  # LaCLIP: JSON {image id: [rewritten captions]}; off
+  c.data.num_threads = 2  # grain read/transform threads per process
+  c.data.num_workers = 0  # grain worker processes (0: threads only)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"

@@ -1,10 +1,20 @@
 """The grain input pipeline: batches, epochs, flips, exact resume."""
+import io
+
 import grain
 import ml_collections
 import numpy as np
+import pytest
+from PIL import Image
 
-from cliplite_jax.data import pipeline, sources
+from cliplite_jax.data import augment, pipeline, sources
 from cliplite_jax.data import text as text_lib
+
+
+def _png(image: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG")
+  return buffer.getvalue()
 
 
 def _tokenizer(config):
@@ -57,19 +67,19 @@ def test_iterator_state_resumes_exactly(tiny):
 def test_flip_swaps_left_and_right_exactly_when_flipped():
   image = np.zeros((8, 8, 3), np.uint8)
   image[:, 4:] = 255  # bright right half
-  example = {"image": image,
+  example = {"image": _png(image),
              "captions": [b"a red circle to the left of a blue square"]}
   tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(
       ["a red circle to the left of a blue square right"], 64), 16)
   cfg = ml_collections.ConfigDict(dict(
       image_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=True,
-      max_words=30))
+      max_words=30, color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.0))
   transform = pipeline.TrainTransform(sources.SOURCES["shapes_captions"],
                                       tokenizer, cfg)
   left_id, right_id = tokenizer.token_to_id("left"), tokenizer.token_to_id("right")
   flips = 0
   for seed in range(40):
-    out = transform.random_map(example, np.random.default_rng(seed))
+    out = transform.random_map((0, example), np.random.default_rng(seed))
     flipped = out["images"][:, :4].mean() > out["images"][:, 4:].mean()
     flips += flipped
     ids = set(out["input_ids"].tolist())
@@ -83,3 +93,65 @@ def test_clean_caption():
   assert text_lib.clean_caption(" ".join(["w"] * 40)).count("w") == 30
   assert text_lib.swap_left_right("left of the right leftover") == (
       "right of the left leftover")
+
+
+def test_color_jitter_brightness_alone_scales_every_pixel_by_one_factor():
+  rng = np.random.default_rng(0)
+  image = rng.integers(20, 150, (16, 16, 3)).astype(np.uint8)
+  factors = []
+  for seed in range(20):
+    out = augment.color_jitter(image, np.random.default_rng(seed), 0.4, 0.0,
+                               0.0, 0.0, p=1.0)
+    pixels = image.astype(np.float64)
+    factor = np.sum(out * pixels) / np.sum(pixels ** 2)  # least squares
+    # PIL's brightness blend with black: round(pixel · f), clipped.
+    np.testing.assert_allclose(out, np.clip(image * factor, 0, 255), atol=1.01)
+    factors.append(factor)
+  assert 0.6 <= min(factors) and max(factors) <= 1.4
+  assert max(factors) - min(factors) > 0.3
+
+
+def test_color_jitter_probability_and_hue():
+  image = np.zeros((4, 4, 3), np.uint8)
+  image[..., 0] = 200  # pure red: hue 0
+  untouched = sum(np.array_equal(augment.color_jitter(
+      image, np.random.default_rng(s)), image) for s in range(200))
+  assert 20 < untouched < 60  # applied with probability 0.8
+  shifted = augment.color_jitter(image, np.random.default_rng(0), 0, 0, 0,
+                                 0.1, p=1.0)
+  # A hue shift keeps a saturated colour saturated but moves it off red.
+  assert shifted[..., 0].min() > 150
+  assert not np.array_equal(shifted, image)
+  np.testing.assert_array_equal(
+      augment.color_jitter(image, np.random.default_rng(0), p=0.0), image)
+
+
+def test_bert_vocab_txt_directory_loads_as_uncased_wordpiece(tmp_path):
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "on",
+           "the", "left", "run", "##s"]
+  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  tokenizer = text_lib.load_tokenizer(str(tmp_path), 8)
+  encoding = tokenizer.encode("A dog runs on the LEFT")
+  assert encoding.tokens == ["[CLS]", "a", "dog", "run", "##s", "on", "the",
+                             "[SEP]"]
+  assert encoding.ids == [2, 5, 6, 10, 11, 7, 8, 3]
+  with pytest.raises(FileNotFoundError, match="neither"):
+    text_lib.load_tokenizer(str(tmp_path / ".."), 8)
+
+
+def test_worker_processes_resume_exactly(tiny):
+  tiny.data.num_workers = 2
+  tokenizer = _tokenizer(tiny)
+  dataset = pipeline.train_dataset(tiny, tokenizer)
+  straight = iter(dataset)
+  batches = [next(straight) for _ in range(10)]
+  interrupted = iter(dataset)
+  for _ in range(4):
+    next(interrupted)
+  state = interrupted.get_state()
+  resumed = iter(pipeline.train_dataset(tiny, tokenizer))
+  resumed.set_state(state)
+  for expected in batches[4:]:
+    got = next(resumed)
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])

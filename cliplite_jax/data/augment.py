@@ -5,7 +5,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,6 +43,50 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
     top, left = (height - h) // 2, (width - w) // 2
   crop = Image.fromarray(image[top:top + h, left:left + w])
   return np.asarray(crop.resize((size, size), Image.BILINEAR))
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator,
+                 brightness: float = 0.4, contrast: float = 0.4,
+                 saturation: float = 0.4, hue: float = 0.1,
+                 p: float = 0.8) -> np.ndarray:
+  """torchvision's RandomApply([ColorJitter(b, c, s, h)], p) on PIL images.
+
+  With probability `p`, applies brightness, contrast and saturation factors
+  drawn uniformly from [max(0, 1 − x), 1 + x] and a hue shift drawn from
+  [−hue, hue] (fraction of the colour wheel), in a random order, each the
+  way torchvision's PIL backend does it; an adjustment of strength 0 is left
+  out, as in torchvision. uint8 [H, W, 3] → uint8 [H, W, 3].
+  """
+  if rng.random() >= p:
+    return image
+  factors = {
+      "brightness": rng.uniform(max(0.0, 1 - brightness), 1 + brightness),
+      "contrast": rng.uniform(max(0.0, 1 - contrast), 1 + contrast),
+      "saturation": rng.uniform(max(0.0, 1 - saturation), 1 + saturation),
+      "hue": rng.uniform(-hue, hue),
+  }
+  enhancers = {"brightness": ImageEnhance.Brightness,
+               "contrast": ImageEnhance.Contrast,
+               "saturation": ImageEnhance.Color}
+  pil = Image.fromarray(image)
+  strengths = {"brightness": brightness, "contrast": contrast,
+               "saturation": saturation, "hue": hue}
+  for name in np.asarray(list(factors))[rng.permutation(4)]:
+    if strengths[name] == 0:
+      continue
+    if name == "hue":
+      pil = _shift_hue(pil, factors["hue"])
+    else:
+      pil = enhancers[name](pil).enhance(factors[name])
+  return np.asarray(pil)
+
+
+def _shift_hue(image: Image.Image, shift: float) -> Image.Image:
+  """Rotates the hue channel by `shift` turns (uint8 wrap-around, as PIL HSV)."""
+  h, s, v = image.convert("HSV").split()
+  # Truncation toward zero, then uint8 wrap-around: what torchvision does.
+  h = np.asarray(h, np.uint8) + np.uint8(int(shift * 255) % 256)
+  return Image.merge("HSV", (Image.fromarray(h, "L"), s, v)).convert("RGB")
 
 
 def center_crop_resize(image: np.ndarray, size: int,

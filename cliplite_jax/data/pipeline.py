@@ -8,6 +8,7 @@ its iterator state (saved in every checkpoint) resumes it mid-epoch.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -15,6 +16,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from tokenizers import Tokenizer
 
 from cliplite_jax import config_io
@@ -58,28 +60,71 @@ class EpochShuffle(grain.MapDataset):
     return self._parent[int(self._permutation(epoch)[position])]
 
 
-class TrainTransform(grain.transforms.RandomMap):
-  """Decoded TFDS example → {"images", "input_ids", "attention_mask"}.
+class _Indexed:
+  """A random-access view of `examples[indices]` yielding (index, example)."""
 
-  images: uint8 [S, S, 3] (random resized crop, optional flip);
-  input_ids / attention_mask: int32 [L]. A flipped image gets its caption's
-  "left" and "right" swapped.
+  def __init__(self, examples, indices: np.ndarray):
+    self._examples, self._indices = examples, indices
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    index = int(self._indices[i])
+    return index, self._examples[index]
+
+
+def subset_indices(num_examples: int, fraction: float, seed: int) -> np.ndarray:
+  """The seeded, sorted subset of round(fraction · N) example indices (int64).
+
+  Subsets of one seed are nested: the 10 % subset lies inside the 25 % one.
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f"data.fraction must be in (0, 1], got {fraction}")
+  if fraction == 1:
+    return np.arange(num_examples)
+  count = max(1, round(fraction * num_examples))
+  order = np.random.default_rng([seed, num_examples]).permutation(num_examples)
+  return np.sort(order[:count])
+
+
+class TrainTransform(grain.transforms.RandomMap):
+  """(index, encoded TFDS example) → {"images", "input_ids", "attention_mask"}.
+
+  images: uint8 [S, S, 3] (random resized crop, colour jitter, optional flip);
+  input_ids / attention_mask: int32 [L]. One caption is drawn uniformly from
+  the example's captions plus its rewrites; a flipped image gets its caption's
+  "left" and "right" swapped. An example whose image does not decode or that
+  has no non-empty caption becomes `SKIPPED`.
   """
 
   def __init__(self, source: sources.Source, tokenizer: Tokenizer,
-               data_config: ml_collections.ConfigDict):
+               data_config: ml_collections.ConfigDict,
+               rewrites: dict[str, list[str]] | None = None):
     self._source = source
     self._tokenizer = tokenizer
     self._cfg = data_config
+    self._rewrites = rewrites or {}
 
-  def random_map(self, example, rng: np.random.Generator):
+  def _image_id(self, index: int, example) -> str:
+    if self._source.id_key is None:
+      return str(index)
+    return str(int(example[self._source.id_key]))
+
+  def random_map(self, element, rng: np.random.Generator):
     cfg = self._cfg
-    captions = example[self._source.captions_key]
+    index, example = element
+    image, captions = sources.decode(self._source, example)
+    if self._rewrites:
+      captions = captions + self._rewrites.get(self._image_id(index, example), [])
+    if image is None or not captions:
+      return SKIPPED
     caption = text_lib.clean_caption(captions[rng.integers(len(captions))],
                                      cfg.max_words)
     image = augment.random_resized_crop(
-        example[self._source.image_key], rng, cfg.image_size,
-        tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
+        image, rng, cfg.image_size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
+    image = augment.color_jitter(image, rng, *cfg.color_jitter,
+                                 p=cfg.color_jitter_prob)
     if cfg.flip and rng.random() < 0.5:
       image = np.ascontiguousarray(image[:, ::-1])
       caption = text_lib.swap_left_right(caption)
@@ -89,6 +134,56 @@ class TrainTransform(grain.transforms.RandomMap):
             "attention_mask": np.asarray(encoding.attention_mask, np.int32)}
 
 
+# Stands in for an unusable example until `SkipAndCount` drops it.
+SKIPPED = "skipped"
+
+
+class SkipAndCount(grain.IterDataset):
+  """Drops `SKIPPED` elements; each kept element records how many were
+  dropped just before it in "skipped" (int32), so a batch's sum is the number
+  of examples skipped while assembling it. Stateless beyond its parent."""
+
+  def __init__(self, parent: grain.IterDataset):
+    super().__init__(parent)
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _SkipAndCountIterator(self._parent.__iter__())
+
+  def __str__(self) -> str:
+    return "SkipAndCount"
+
+
+class _SkipAndCountIterator(grain.DatasetIterator):
+
+  def __next__(self):
+    skipped = 0
+    while isinstance(element := next(self._parent), str):
+      skipped += 1
+    return {**element, "skipped": np.int32(skipped)}
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+def load_rewrites(path: str) -> dict[str, list[str]]:
+  """LaCLIP-style rewritten captions: a JSON object {image id: [captions]}."""
+  if not path:
+    return {}
+  try:
+    with open(path) as f:
+      rewrites = json.load(f)
+  except (OSError, ValueError) as e:
+    raise config_io.UserError(f"cannot read data.rewrites {path}: {e}") from e
+  if not isinstance(rewrites, dict) or not all(
+      isinstance(v, list) for v in rewrites.values()):
+    raise config_io.UserError(
+        f"data.rewrites {path} must be a JSON object {{image id: [captions]}}")
+  return {str(k): [str(c) for c in v] for k, v in rewrites.items()}
+
+
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                   process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
@@ -96,7 +191,13 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
 
   Each batch is a dict of numpy arrays with leading size
   `config.batch_size // process_count`: "images" uint8 [b, S, S, 3],
-  "input_ids" and "attention_mask" int32 [b, L].
+  "input_ids" and "attention_mask" int32 [b, L], and "skipped" int32 [b]
+  (unusable examples dropped before each element; see `SkipAndCount`).
+  Epochs run over the `data.fraction` subset of the split; every batch holds
+  distinct images unless examples were skipped right at an epoch boundary.
+  The batch sequence is a function of the seed, the split, the fraction and
+  `data.num_workers` (k > 0 workers each batch every k-th element), so a run
+  resumes exactly with the same worker count.
   """
   if config.batch_size % process_count:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by "
@@ -105,13 +206,26 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   source, _ = sources.get(config.data.name)
   examples = sources.open_split(config.data.name, config.data.train_split,
                                 config.data.data_dir)
-  ds = grain.MapDataset.source(examples)[process_index::process_count]
-  ds = EpochShuffle(ds, seed=config.seed, batch_size=local_batch)
-  ds = ds.random_map(TrainTransform(source, tokenizer, config.data),
+  indices = subset_indices(len(examples), config.data.fraction,
+                           config.data.fraction_seed)
+  ds = grain.MapDataset.source(_Indexed(examples, indices))
+  ds = ds[process_index::process_count]
+  # With k workers, worker w batches elements w, w + k, ...: epochs of a
+  # multiple of k · b elements keep each of its batches inside one epoch.
+  ds = EpochShuffle(ds, seed=config.seed,
+                    batch_size=local_batch * max(1, config.data.num_workers))
+  ds = ds.random_map(TrainTransform(source, tokenizer, config.data,
+                                    load_rewrites(config.data.rewrites)),
                      seed=config.seed)
-  ds = ds.batch(local_batch, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(
+  ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=config.data.num_threads, prefetch_buffer_size=2))
+  ds = SkipAndCount(ds).batch(local_batch, drop_remainder=True)
+  if config.data.num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags in workers
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.data.num_workers))
+  return ds
 
 
 def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
@@ -120,7 +234,7 @@ def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
   examples = sources.open_split(config.data.name, split, config.data.data_dir)
   return [text_lib.clean_caption(c, config.data.max_words)
           for i in range(len(examples))
-          for c in examples[i][source.captions_key]]
+          for c in sources.decode_captions(source, examples[i])]
 
 
 def eval_arrays(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
@@ -131,21 +245,31 @@ def eval_arrays(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
     "images" uint8 [N, S, S, 3] (centre crop + resize), "input_ids" and
     "attention_mask" int32 [M, L] for all M captions, "caption_image" int32 [M]
     (the image each caption belongs to), and each zero-shot label feature of
-    the source as int32 [N].
+    the source as int32 [N]. Examples whose image does not decode or that have
+    no caption are left out (and counted on stderr).
   """
   source, _ = sources.get(config.data.name)
   examples = sources.open_split(config.data.name, split, config.data.data_dir)
   images, captions, owner = [], [], []
   labels = {key: [] for key, _, _ in source.zeroshot.values()}
+  skipped = 0
   for i in range(len(examples)):
     ex = examples[i]
-    images.append(augment.center_crop_resize(ex[source.image_key],
-                                             config.data.image_size))
-    for caption in ex[source.captions_key]:
+    image, raw_captions = sources.decode(source, ex)
+    if image is None or not raw_captions:
+      skipped += 1
+      continue
+    images.append(augment.center_crop_resize(image, config.data.image_size))
+    for caption in raw_captions:
       captions.append(text_lib.clean_caption(caption, config.data.max_words))
-      owner.append(i)
+      owner.append(len(images) - 1)
     for key in labels:
       labels[key].append(ex[key])
+  if skipped:
+    print(f"{split}: skipped {skipped} unusable examples of {len(examples)}",
+          file=sys.stderr)
+  if not images:
+    raise config_io.UserError(f"{config.data.name} {split}: no usable examples")
   ids, mask = text_lib.tokenize(tokenizer, captions)
   out = {"images": np.stack(images), "input_ids": ids, "attention_mask": mask,
          "caption_image": np.asarray(owner, np.int32)}
@@ -157,22 +281,34 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
                       create: bool = True) -> Tokenizer:
   """The run's tokenizer, WORKDIR/tokenizer.json.
 
-  On the first run (`create`) a WordPiece vocabulary of at most
-  `config.model.text.vocab_size` tokens is trained on the cleaned training
-  captions and saved there (process 0 writes; training is deterministic, so
-  every process builds the same one).
+  On the first run (`create`) it is made from `config.data.tokenizer`:
+  "wordpiece" trains a vocabulary of at most `config.model.text.vocab_size`
+  tokens on the cleaned training captions (deterministic, so every process
+  builds the same one); anything else is a local HF tokenizer path (see
+  `text.load_tokenizer`). Process 0 saves it, so a resumed or evaluated run
+  tokenises exactly as training did.
   """
   path = os.path.join(workdir, "tokenizer.json")
-  if not os.path.exists(path):
-    if not create:
-      raise config_io.UserError(f"{path} not found: was {workdir} trained?")
-    if config.data.tokenizer != "wordpiece":
-      raise ValueError(f"data.tokenizer must be 'wordpiece', got "
-                       f"{config.data.tokenizer!r}")
+  max_tokens = config.data.max_tokens
+  if os.path.exists(path):
+    return text_lib.load_tokenizer(path, max_tokens)
+  if not create:
+    raise config_io.UserError(f"{path} not found: was {workdir} trained?")
+  if config.data.tokenizer == "wordpiece":
     tokenizer = text_lib.train_wordpiece(
         all_captions(config, config.data.train_split),
         config.model.text.vocab_size)
-    if jax.process_index() == 0:
-      tokenizer.save(path)
-    return text_lib.fixed_length(tokenizer, config.data.max_tokens)
-  return text_lib.load_tokenizer(path, config.data.max_tokens)
+  else:
+    try:
+      tokenizer = text_lib.load_tokenizer(config.data.tokenizer, max_tokens)
+    except (FileNotFoundError, ValueError) as e:
+      raise config_io.UserError(f"data.tokenizer: {e}") from e
+  vocab = tokenizer.get_vocab_size()
+  if vocab > config.model.text.vocab_size:
+    raise config_io.UserError(
+        f"the tokenizer has {vocab} tokens but model.text.vocab_size is "
+        f"{config.model.text.vocab_size}; set --config.model.text.vocab_size="
+        f"{vocab}")
+  if jax.process_index() == 0:
+    tokenizer.save(path)
+  return text_lib.fixed_length(tokenizer, max_tokens)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Callable
 
+import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from cliplite_jax.data import shapes
 
@@ -20,7 +23,11 @@ class Source:
 
   Attributes:
     tfds_name: default TFDS name (with builder config) for this dataset.
-    image_key, captions_key: feature names of the image and caption list.
+    image_key: feature name of the (encoded) image.
+    captions_key: path to the list of captions, e.g. ("captions", "text")
+      for COCO's sequence of {id, text}.
+    id_key: feature that identifies an image across runs (keys of a caption
+      rewrites file), or None to use the example's index in its split.
     zeroshot: {task: (label feature, class names, prompt template)} for
       zero-shot probes; the first task is the dataset's headline one.
     prepare: builds the dataset locally (embedded sets), or None when it must
@@ -28,7 +35,8 @@ class Source:
   """
   tfds_name: str
   image_key: str = "image"
-  captions_key: str = "captions"
+  captions_key: tuple[str, ...] = ("captions",)
+  id_key: str | None = None
   zeroshot: dict = dataclasses.field(default_factory=dict)
   prepare: Callable[[str | None, str], None] | None = None
 
@@ -42,6 +50,12 @@ SOURCES = {
                       "a picture of a {} shape."),
         },
         prepare=shapes.prepare),
+    # Karpathy splits: train (82,783) + restval (30,504) for training, test
+    # and val (5,000 each) for evaluation.
+    "coco_captions": Source(
+        tfds_name="coco_captions/2014",
+        captions_key=("captions", "text"),
+        id_key="image/id"),
 }
 
 
@@ -63,18 +77,50 @@ def open_split(name: str, split: str, data_dir: str | None):
   """
   source, tfds_name = get(name)
   data_dir = data_dir or None
-  builder = tfds.builder(tfds_name, data_dir=data_dir)
-  if not builder.is_prepared():
-    if source.prepare is None:
-      where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+  if source.prepare is not None:
+    if not tfds.builder(tfds_name, data_dir=data_dir).is_prepared():
+      source.prepare(data_dir, tfds_name.partition("/")[2] or "default")
+  try:
+    # Images stay encoded: `decode` decodes them, so a corrupt file is
+    # skipped there instead of failing inside TFDS.
+    return tfds.data_source(
+        tfds_name, split=split, data_dir=data_dir, download=False,
+        decoders={source.image_key: tfds.decode.SkipDecoding()})
+  except (KeyError, ValueError, AssertionError, NotImplementedError) as e:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    fix = (f"`tfds build {tfds_name} --file_format=array_record "
+           f"--data_dir={where}` (or set --config.data.data_dir)")
+    if not builder.is_prepared():
       raise DatasetNotPreparedError(
           f"dataset {tfds_name} is not prepared under {where}: run "
-          f"`tfds build {tfds_name} --data_dir={where}` first (or set "
-          f"--config.data.data_dir)")
-    source.prepare(data_dir, tfds_name.partition("/")[2] or "default")
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
-  if split not in builder.info.splits:
-    raise ValueError(f"dataset {tfds_name} has no split {split!r}; it has "
-                     f"{sorted(builder.info.splits)}")
-  return tfds.data_source(tfds_name, split=split, data_dir=data_dir,
-                          download=False)
+          f"{fix}") from e
+    if isinstance(e, NotImplementedError):  # e.g. prepared as TFRecord
+      raise DatasetNotPreparedError(
+          f"dataset {tfds_name} under {where} is not in a random-access "
+          f"format: rebuild it with {fix}") from e
+    raise ValueError(f"dataset {tfds_name} cannot read split {split!r} "
+                     f"(it has {sorted(builder.info.splits)}): {e}") from e
+
+
+def decode_captions(source: Source, example: dict) -> list:
+  """The example's non-empty raw captions (bytes or str)."""
+  captions = example
+  for key in source.captions_key:
+    captions = captions[key]
+  return [c for c in captions if len(c.strip()) > 0]
+
+
+def decode(source: Source, example: dict) -> tuple[np.ndarray | None, list]:
+  """An example read by `open_split` → (image uint8 [H, W, 3], captions).
+
+  The image is None when its bytes do not decode; the captions are the
+  non-empty raw captions (bytes or str), possibly none.
+  """
+  captions = decode_captions(source, example)
+  try:
+    with Image.open(io.BytesIO(example[source.image_key])) as image:
+      pixels = np.asarray(image.convert("RGB"))
+  except (OSError, ValueError, SyntaxError):  # what PIL raises on bad bytes
+    return None, captions
+  return pixels, captions

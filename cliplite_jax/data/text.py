@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers import processors, trainers
+from tokenizers.implementations import BertWordPieceTokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -46,10 +47,27 @@ def train_wordpiece(captions: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def load_tokenizer(path: str, max_tokens: int) -> Tokenizer:
-  """Loads `tokenizer.json` from `path` (a file or a directory), pads/truncates."""
+  """A local HF tokenizer, padding/truncating to `max_tokens`.
+
+  `path` is a tokenizer.json, a BERT vocab.txt, or a directory holding either
+  (e.g. a downloaded bert-base-uncased); a vocab.txt becomes an uncased BERT
+  WordPiece tokenizer with [CLS] … [SEP]. Raises FileNotFoundError naming
+  what was looked for.
+  """
   if os.path.isdir(path):
-    path = os.path.join(path, "tokenizer.json")
-  return fixed_length(Tokenizer.from_file(path), max_tokens)
+    for name in ("tokenizer.json", "vocab.txt"):
+      if os.path.exists(os.path.join(path, name)):
+        path = os.path.join(path, name)
+        break
+    else:
+      raise FileNotFoundError(f"{path} has neither tokenizer.json nor vocab.txt")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"tokenizer {path} does not exist")
+  if path.endswith(".txt"):
+    tokenizer = BertWordPieceTokenizer(path, lowercase=True)._tokenizer
+  else:
+    tokenizer = Tokenizer.from_file(path)
+  return fixed_length(tokenizer, max_tokens)
 
 
 def fixed_length(tokenizer: Tokenizer, max_tokens: int) -> Tokenizer:

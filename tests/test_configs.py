@@ -1,0 +1,57 @@
+"""Every config of the paper's grid builds, and its model initialises."""
+import pytest
+
+from cliplite_jax import config_io, optim, parallel, state as state_lib
+from cliplite_jax.models import cliplite
+from conftest import REPO
+
+GRID = ([("coco_rn50_bert.py", "")]
+        + [("coco_rn50_bert.py", f"batch={b}") for b in (64, 128, 256, 512)]
+        + [("coco_rn50_bert.py", f"text_layers={n}") for n in (2, 4, 6)]
+        + [("coco_rn50_bert.py", f"backbone={b}") for b in ("rn18", "rn101", "rn152")]
+        + [("coco_rn50_bert.py", f"fraction={f}") for f in (0.1, 0.25, 0.5, 0.75)]
+        + [("clip_baseline.py", ""), ("siglip_baseline.py", "batch=256"),
+           ("default.py", "")])
+
+
+def _load(name, arg):
+  return config_io.load_file(f"{REPO}/configs/{name}" + (f":{arg}" if arg else ""))
+
+
+@pytest.mark.parametrize("name,arg", GRID)
+def test_config_builds_and_its_state_initialises_abstractly(name, arg):
+  c = _load(name, arg)
+  model = cliplite.build(c)
+  state = state_lib.abstract_state(c, model, optim.build(c),
+                                   parallel.make_mesh(1))
+  params = state.model_params
+  # ResNet features: 512 (basic blocks) or 2048 (bottlenecks) × width.
+  width = int((2048 if c.model.image.depth >= 50 else 512) * c.model.image.width)
+  assert params["image_head"]["shortcut"]["kernel"].shape == (
+      width, c.model.proj_dim)
+  assert params["text_head"]["shortcut"]["kernel"].shape == (
+      c.model.text.hidden, c.model.proj_dim)
+  layers = [k for k in params["text_encoder"] if k.startswith("layer_")]
+  assert len(layers) == c.model.text.layers
+
+
+def test_grid_values_follow_the_paper():
+  head = _load("coco_rn50_bert.py", "")
+  assert (head.batch_size, head.total_steps, head.optim.warmup_steps) == (
+      1024, 250_000, 10_000)
+  assert dict(head.optim.lr) == {"image": 0.2, "text": 0.001, "other": 0.001}
+  assert head.model.image.depth == 50 and head.data.image_size == 224
+  small = _load("coco_rn50_bert.py", "batch=128")
+  assert (small.batch_size, small.total_steps, small.model.text.layers) == (
+      128, 200_000, 2)
+  assert _load("coco_rn50_bert.py", "backbone=rn101").batch_size == 512
+  frac = _load("coco_rn50_bert.py", "fraction=0.25")
+  assert (frac.data.fraction, frac.total_steps) == (0.25, 62_500)
+  assert _load("clip_baseline.py", "").loss.name == "infonce"
+  assert _load("siglip_baseline.py", "").loss.name == "sigmoid"
+
+
+@pytest.mark.parametrize("arg", ["bach=64", "batch=63", "backbone=vgg", "batch"])
+def test_bad_config_argument_is_a_user_error(arg):
+  with pytest.raises(config_io.UserError):
+    _load("coco_rn50_bert.py", arg)
