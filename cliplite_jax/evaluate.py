@@ -10,6 +10,7 @@ config.json unless --config names another file.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -47,21 +48,27 @@ def batched_apply(fn, inputs: tuple[np.ndarray, ...], batch_size: int,
     if pad:
       chunk = [np.concatenate([c, np.zeros((pad,) + c.shape[1:], c.dtype)])
                for c in chunk]
-    out = fn(*(jax.device_put(c, sharding) for c in chunk))
+    # Every process holds the whole split and hands each of its devices that
+    # device's rows, so this also works across hosts.
+    out = fn(*(jax.make_array_from_callback(c.shape, sharding,
+                                            lambda index, c=c: c[index])
+               for c in chunk))
     outputs.append(np.asarray(out)[:batch_size - pad])
   return np.concatenate(outputs)
 
 
 def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh):
   """Jitted (image_fn(images uint8), text_fn(ids, mask)) → embeddings [b, D]."""
-  variables = jax.device_put(variables, parallel.replicated(mesh))
+  replicated = parallel.replicated(mesh)
+  variables = jax.device_put(variables, replicated)
 
-  @jax.jit
+  # Replicated outputs can be read on every process (np.asarray).
+  @functools.partial(jax.jit, out_shardings=replicated)
   def image_fn(images):
     return model.apply(variables, augment.normalize(images),
                        method=cliplite.CLIPLite.encode_image)[1]
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=replicated)
   def text_fn(ids, mask):
     return model.apply(variables, ids, mask,
                        method=cliplite.CLIPLite.encode_text)[1]

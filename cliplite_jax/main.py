@@ -22,6 +22,12 @@ config_flags.DEFINE_config_file("config", None, "Training config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and "
                     "evaluation results; an existing one is resumed.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
+                  "first (multi-host: TPU VM slices, SLURM, or the JAX_* "
+                  "coordinator environment variables).")
+flags.DEFINE_bool("allow_config_change", False, "Resume a workdir even though "
+                  "the model, loss or tokenisation config differs from the "
+                  "one saved there.")
 
 
 def _fail(message: str):
@@ -58,8 +64,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # Keep the progress lines readable.
+  if FLAGS.distributed:
+    import jax  # here, so that --help stays fast
+    jax.distributed.initialize()
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             FLAGS.allow_config_change)
   except (config_io.UserError, sources.DatasetNotPreparedError) as e:
     sys.exit(f"cliplite_jax.main: error: {e}")
 

@@ -11,15 +11,21 @@ import jax
 class MetricWriter:
   """Appends `{"step": N, **metrics}` to WORKDIR/metrics.jsonl and TensorBoard.
 
-  Only process 0 writes; other processes get a writer that does nothing.
+  Only process 0 writes; other processes get a writer that does nothing. A
+  resumed run passes `resume_step`: records after it (logged by the killed
+  run past its last checkpoint) are dropped, so metrics.jsonl reads as one
+  uninterrupted run.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resume_step: int | None = None):
     self._active = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if self._active:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step is not None and os.path.exists(path):
+        _truncate_after(path, resume_step)
+      self._jsonl = open(path, "a")
       # Imported lazily: it pulls in TensorFlow.
       from flax.metrics import tensorboard
       self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tb"))
@@ -38,6 +44,23 @@ class MetricWriter:
     if self._active:
       self._jsonl.close()
       self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Rewrites the JSONL file at `path` without records of steps > `step`."""
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError):  # a line cut short by a kill
+      continue
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 class Progress:

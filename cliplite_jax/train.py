@@ -12,8 +12,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
-from cliplite_jax import optim, parallel, state as state_lib
-from cliplite_jax.data import augment, pipeline
+from cliplite_jax import guards, optim, parallel, state as state_lib
+from cliplite_jax.data import augment, pipeline, sources
 from cliplite_jax.models import cliplite
 
 
@@ -97,59 +97,93 @@ def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
   return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, float]:
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  """Fails early, before anything is written, on an unreadable dataset."""
+  splits = [config.data.train_split]
+  if config.eval.probes:
+    splits.append(config.eval.split)
+  for split in splits:
+    try:
+      sources.open_split(config.data.name, split, config.data.data_dir)
+    except ValueError as e:
+      raise config_io.UserError(str(e)) from e
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> dict[str, float]:
   """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
 
-  Returns the final evaluation metrics (empty when `config.eval.probes` is).
+  Everything is checked before WORKDIR is touched. SIGTERM saves a checkpoint
+  at the current step and returns early (empty results); a non-finite loss or
+  gradient norm raises guards.NonFiniteError without saving. Returns the
+  final evaluation metrics (empty when `config.eval.probes` is).
   """
   mesh = parallel.make_mesh()
   _validate(config, mesh)
+  _check_data(config)
+  guards.check_config_change(config, workdir, allow_config_change)
   os.makedirs(workdir, exist_ok=True)
+  tokenizer = pipeline.workdir_tokenizer(config, workdir)
   if jax.process_index() == 0:
     config_io.save(config, workdir)
-  tokenizer = pipeline.workdir_tokenizer(config, workdir)
   model = cliplite.build(config)
   tx = optim.build(config)
   data_iter = iter(pipeline.train_dataset(
       config, tokenizer, jax.process_index(), jax.process_count()))
   mngr = checkpoint.manager(workdir, config)
   state = state_lib.init_sharded(config, model, tx, mesh)
-  if mngr.latest_step() is not None:
-    state = checkpoint.restore(mngr, mngr.latest_step(), state, data_iter)
+  last_saved = mngr.latest_step()
+  if last_saved is not None:
+    state = checkpoint.restore(mngr, last_saved, state, data_iter)
     logging.info("resumed from step %d", int(state.step))
     print(f"resuming from step {int(state.step)}", flush=True)
   train_step = make_train_step(config, model, tx, mesh)
-  writer = metrics_lib.MetricWriter(workdir)
   first_step = int(state.step)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=first_step)
   progress = metrics_lib.Progress(first_step, config.total_steps,
                                   config.batch_size)
+  nonfinite = guards.NonFiniteGuard()
   skipped = 0.0  # data/skipped is logged as the sum since the last log line
-  for step in range(first_step + 1, config.total_steps + 1):
-    batch = parallel.shard_batch(next(data_iter), mesh)
-    state, step_metrics = train_step(state, batch)
-    skipped = skipped + step_metrics["data/skipped"]
-    if step % config.log_every_steps == 0 or step == config.total_steps:
-      step_metrics["data/skipped"] = skipped
-      logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      skipped = 0.0
-      timing = progress.update(step)
-      logged["img_per_s"] = timing["img_per_s"]
-      writer.write(step, logged)
-      if jax.process_index() == 0:
-        print(metrics_lib.progress_line(step, config.total_steps, logged,
-                                        timing["eta_s"]), flush=True)
-    if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
-      checkpoint.save(mngr, step, state, data_iter, config)
-    if (config.eval.every_steps and step % config.eval.every_steps == 0
-        and step != config.total_steps):
-      _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
-                        step)
-  mngr.wait_until_finished()
-  results = {}
-  if config.eval.probes:
-    results = _evaluate_and_log(config, model, state, tokenizer, mesh, workdir,
-                                writer, int(state.step))
-  writer.close()
-  mngr.close()
+  try:
+    with guards.PreemptionSignal() as preemption:
+      for step in range(first_step + 1, config.total_steps + 1):
+        batch = parallel.shard_batch(next(data_iter), mesh)
+        state, step_metrics = train_step(state, batch)
+        nonfinite.update(step, step_metrics)
+        skipped = skipped + step_metrics["data/skipped"]
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+          nonfinite.check(last_saved)
+          step_metrics["data/skipped"] = skipped
+          logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+          skipped = 0.0
+          timing = progress.update(step)
+          logged["img_per_s"] = timing["img_per_s"]
+          writer.write(step, logged)
+          if jax.process_index() == 0:
+            print(metrics_lib.progress_line(step, config.total_steps, logged,
+                                            timing["eta_s"]), flush=True)
+        stop = preemption.requested(step)
+        if (step % config.checkpoint_every_steps == 0
+            or step == config.total_steps or stop):
+          nonfinite.check(last_saved)
+          checkpoint.save(mngr, step, state, data_iter, config)
+          last_saved = step
+        if stop:
+          mngr.wait_until_finished()
+          print(f"preempted: saved a checkpoint at step {step}; run the same "
+                f"command to resume", flush=True)
+          return {}
+        if (config.eval.every_steps and step % config.eval.every_steps == 0
+            and step != config.total_steps):
+          _evaluate_and_log(config, model, state, tokenizer, mesh, workdir,
+                            writer, step)
+    mngr.wait_until_finished()
+    results = {}
+    if config.eval.probes:
+      results = _evaluate_and_log(config, model, state, tokenizer, mesh,
+                                  workdir, writer, int(state.step))
+  finally:
+    mngr.wait_until_finished()  # an earlier save in flight completes intact
+    writer.close()
+    mngr.close()
   return results

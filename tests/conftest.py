@@ -1,10 +1,19 @@
 """Test set-up: 4 fake CPU devices (set before jax is imported) and a tiny
 `shapes_captions` build shared by the whole session."""
 import os
+import subprocess
+import sys
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One XLA compilation cache for the session, shared with the training
+# subprocesses: most of a tiny run is compiling the same programs again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="cliplite_jax_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
@@ -44,3 +53,29 @@ def tiny_config(data_dir: str):
 @pytest.fixture
 def tiny(tiny_data_dir):
   return tiny_config(tiny_data_dir)
+
+
+def run_module(module: str, *args, devices: int = 2, popen: bool = False):
+  """Runs `python -m module args` from the repository root, as a user would,
+  on `devices` fake CPU devices. Returns the CompletedProcess, or the Popen
+  (stdout/stderr piped) when `popen`."""
+  env = dict(os.environ,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  command = [sys.executable, "-m", module, *args]
+  if popen:
+    return subprocess.Popen(command, cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                        env=env, timeout=600)
+
+
+def tiny_overrides(data_dir: str) -> list[str]:
+  """Command-line overrides that shrink configs/default.py to seconds."""
+  return ["--config.data.name=shapes_captions/tiny",
+          f"--config.data.data_dir={data_dir}", "--config.data.image_size=32",
+          "--config.model.image.width=0.125", "--config.model.text.hidden=32",
+          "--config.model.text.layers=1", "--config.model.text.mlp_dim=64",
+          "--config.model.text.vocab_size=256", "--config.model.proj_dim=32",
+          "--config.batch_size=16", "--config.total_steps=4",
+          "--config.optim.warmup_steps=1", "--config.log_every_steps=2",
+          "--config.checkpoint_every_steps=2", "--config.eval.batch_size=64"]

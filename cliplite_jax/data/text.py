@@ -1,6 +1,7 @@
 """Caption cleaning and tokenisation (HF `tokenizers` WordPiece)."""
 from __future__ import annotations
 
+import collections
 import os
 import re
 import string
@@ -8,7 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-from tokenizers import processors, trainers
+from tokenizers import processors
 from tokenizers.implementations import BertWordPieceTokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -31,15 +32,36 @@ def swap_left_right(caption: str) -> str:
 
 
 def train_wordpiece(captions: Iterable[str], vocab_size: int) -> Tokenizer:
-  """A BERT-style uncased WordPiece tokenizer trained on `captions`."""
-  tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-  tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-  tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  """A BERT-style uncased WordPiece tokenizer whose vocabulary comes from
+  `captions`, deterministically.
+
+  The vocabulary is the special tokens, every character seen (as a word start
+  "c" and as a continuation "##c", so any word can be spelled), then whole
+  words by descending count (ties alphabetical) up to `vocab_size` (raised to
+  fit the characters if needed). HF's WordPiece trainer picks a different
+  vocabulary from run to run, which would break bit-exact reproduction; the
+  tokenizer itself (normaliser, pre-tokeniser, greedy longest-match) is HF's.
+  """
+  normalizer = normalizers.BertNormalizer(lowercase=True)
+  pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  counts = collections.Counter()
+  for caption in captions:
+    words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(caption))
+    counts.update(word for word, _ in words)
+  chars = sorted({c for word in counts for c in word})
+  vocab = list(SPECIAL_TOKENS) + chars + [f"##{c}" for c in chars]
+  taken = set(vocab)
+  for word, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])):
+    if len(vocab) >= vocab_size:
+      break
+    if word not in taken:
+      vocab.append(word)
+      taken.add(word)
+  tokenizer = Tokenizer(models.WordPiece(
+      {token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+  tokenizer.normalizer = normalizer
+  tokenizer.pre_tokenizer = pre_tokenizer
   tokenizer.decoder = decoders.WordPiece()
-  trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
-                                      special_tokens=list(SPECIAL_TOKENS),
-                                      show_progress=False)
-  tokenizer.train_from_iterator(captions, trainer)
   cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
   tokenizer.post_processor = processors.TemplateProcessing(
       single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

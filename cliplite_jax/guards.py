@@ -1,0 +1,124 @@
+"""What keeps long runs safe: preemption, non-finite values, config drift."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cliplite_jax import config_io
+
+# Sections of the config that a checkpoint's contents depend on: resuming
+# with other values would load mismatched weights or train something else.
+_CHECKPOINT_DEFINING = ("model", "loss", "data.name", "data.image_size",
+                        "data.max_tokens", "data.tokenizer")
+
+
+class PreemptionSignal:
+  """Context manager that turns SIGTERM into a flag the train loop polls.
+
+  `requested(step)` is True once SIGTERM arrived; in multi-process runs it
+  is JAX's preemption sync point, so all processes stop at the same step.
+  Outside the main thread it installs nothing.
+  """
+
+  def __init__(self):
+    self._received = False
+    self._previous = None
+
+  def __enter__(self) -> "PreemptionSignal":
+    # With several processes JAX's coordination service catches SIGTERM and
+    # agrees on a step; a handler here would hide the signal from it.
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self._received = True
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # no preemption service in this jax.distributed
+        return False
+    return self._received
+
+
+class NonFiniteError(config_io.UserError):
+  """The loss or gradient norm became NaN or infinite."""
+
+
+class NonFiniteGuard:
+  """Remembers, on device, the first step whose loss or grad norm is not finite.
+
+  `update` costs two tiny device ops per step and never waits for the step;
+  `check` (called before saving and at log lines) fetches the record and
+  raises NonFiniteError naming the step and the metric.
+  """
+
+  WATCHED = ("loss/total", "grad_norm")
+
+  def __init__(self):
+    self._first_bad = jnp.full((len(self.WATCHED),), -1, jnp.int32)
+
+  def update(self, step: int, metrics: dict) -> None:
+    finite = jnp.stack([jnp.isfinite(metrics[k]) for k in self.WATCHED])
+    self._first_bad = jnp.where((self._first_bad < 0) & ~finite, step,
+                                self._first_bad)
+
+  def check(self, last_good_checkpoint: int | None) -> None:
+    first_bad = jax.device_get(self._first_bad)
+    bad = {k: int(s) for k, s in zip(self.WATCHED, first_bad) if s >= 0}
+    if not bad:
+      return
+    step = min(bad.values())
+    names = " and ".join(k for k, s in bad.items() if s == step)
+    kept = ("no checkpoint was saved yet" if last_good_checkpoint is None else
+            f"the last good checkpoint, step {last_good_checkpoint}, is kept")
+    raise NonFiniteError(
+        f"{names} is not finite at step {step}; stopped without saving "
+        f"({kept}). Lower the learning rate or check the data.")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def check_config_change(config: ml_collections.ConfigDict, workdir: str,
+                        allow: bool) -> None:
+  """Refuses to resume WORKDIR with a config that changes what was trained.
+
+  Compares the model, loss and tokenisation fields with WORKDIR/config.json
+  (if any). Raises UserError listing each change unless `allow`.
+  """
+  path = os.path.join(workdir, config_io.CONFIG_FILE)
+  if allow or not os.path.exists(path):
+    return
+  saved = _flatten(config_io.load_saved(workdir).to_dict())
+  # A JSON round trip makes tuples lists, as in the saved file.
+  new = _flatten(json.loads(config.to_json()))
+  changes = []
+  for key in sorted(set(saved) | set(new)):
+    if key.startswith(_CHECKPOINT_DEFINING) and saved.get(key) != new.get(key):
+      changes.append(f"{key} ({saved.get(key)!r} -> {new.get(key)!r})")
+  if changes:
+    raise config_io.UserError(
+        f"the config differs from {path} in {', '.join(changes)}; resume with "
+        f"the saved config, use a new --workdir, or pass --allow_config_change")

@@ -1,0 +1,176 @@
+"""Killed, preempted, diverging and misconfigured runs, as subprocesses."""
+import json
+import os
+import random
+import shutil
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cliplite_jax import checkpoint, config_io, optim, parallel, state as state_lib
+from cliplite_jax.models import cliplite
+from conftest import run_module, tiny_overrides
+
+MAIN = "cliplite_jax.main"
+
+
+def _args(data_dir, workdir, *extra):
+  return ["--config=configs/default.py", f"--workdir={workdir}",
+          *tiny_overrides(data_dir), "--config.total_steps=8",
+          "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+          "--config.eval.probes=()", *extra]
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _losses(workdir):
+  return [(r["step"], {k: v for k, v in r.items() if k != "img_per_s"})
+          for r in _records(workdir)]
+
+
+def _final_params(workdir):
+  config = config_io.load_saved(workdir)
+  model, tx = cliplite.build(config), optim.build(config)
+  mngr = checkpoint.manager(workdir, config, read_only=True)
+  state = checkpoint.restore(mngr, mngr.latest_step(), state_lib.abstract_state(
+      config, model, tx, parallel.make_mesh(1)))
+  # Typed PRNG keys compare through their raw bits.
+  state = jax.tree.map(lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key) else x, state)
+  return mngr.latest_step(), jax.device_get(state)
+
+
+def _wait_for_step(workdir, step, process, timeout=300):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    if os.path.exists(path):
+      with open(path) as f:
+        steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
+      if steps and max(steps) >= step:
+        return max(steps)
+    time.sleep(0.05)
+  raise TimeoutError(f"step {step} not reached")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data_dir, tmp_path_factory):
+  """An uninterrupted 8-step run."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  result = run_module(MAIN, *_args(tiny_data_dir, workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_sigkill_at_a_random_step_then_rerun_is_bit_exact(
+    reference, tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  kill_at = random.Random().randint(2, 7)
+  process = run_module(MAIN, *_args(tiny_data_dir, workdir), popen=True)
+  _wait_for_step(workdir, kill_at, process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  result = run_module(MAIN, *_args(tiny_data_dir, workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _losses(workdir) == _losses(reference), f"killed at {kill_at}"
+  step, state = _final_params(workdir)
+  ref_step, ref_state = _final_params(reference)
+  assert step == ref_step == 8
+  jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+
+
+def test_half_written_checkpoint_is_ignored(reference, tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  for step in ("6", "8"):
+    shutil.rmtree(os.path.join(ckpts, step))
+  # What a kill during the save of step 6 leaves: an unfinalised temp folder.
+  partial = os.path.join(ckpts, "6.orbax-checkpoint-tmp-1700000000")
+  shutil.copytree(os.path.join(ckpts, "4"), partial)
+  shutil.rmtree(os.path.join(partial, "state"))
+  result = run_module(MAIN, *_args(tiny_data_dir, workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resuming from step 4" in result.stdout
+  jax.tree.map(np.testing.assert_array_equal, _final_params(workdir)[1],
+               _final_params(reference)[1])
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  process = run_module(MAIN, *_args(tiny_data_dir, workdir,
+                                    "--config.total_steps=500",
+                                    "--config.checkpoint_every_steps=400"),
+                       popen=True)
+  _wait_for_step(workdir, 3, process)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  saved = int(stdout.split("saved a checkpoint at step ")[1].split(";")[0])
+  assert 3 <= saved < 400
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved)]
+  assert max(r["step"] for r in _records(workdir)) == saved
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_good_checkpoints(
+    tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  huge = [f"--config.optim.lr.{g}=1e30" for g in ("image", "text", "other")]
+  result = run_module(MAIN, *_args(tiny_data_dir, workdir, *huge,
+                                   "--config.checkpoint_every_steps=1"))
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "is not finite at step" in lines[0], result.stderr
+  bad_step = int(lines[0].split("at step ")[1].split(";")[0])
+  saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+  assert saved and max(saved) < bad_step
+  assert f"the last good checkpoint, step {max(saved)}, is kept" in lines[0]
+  assert all(np.isfinite(v) for r in _records(workdir) for v in r.values())
+  step, _ = _final_params(workdir)  # the kept checkpoint restores
+  assert step == max(saved)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.batch_size=15", "not divisible by the 2 devices"),
+    ("--config.eval.split=nosuch", "nosuch"),
+    ("--config.optim.warmup_steps=8", "warmup_steps"),
+    ("--config.data.tokenizer=/nonexistent/vocab", "data.tokenizer"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(tiny_data_dir, tmp_path,
+                                                   override, needle):
+  workdir = str(tmp_path / "run")
+  result = run_module(MAIN, *_args(tiny_data_dir, workdir, override,
+                                   "--config.eval.probes=('retrieval',)"))
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and needle in lines[0], result.stderr[-2000:]
+  assert not os.path.exists(workdir) or not os.listdir(workdir)
+
+
+def test_changed_config_refuses_to_resume_unless_allowed(reference,
+                                                         tiny_data_dir,
+                                                         tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  before = {name: os.path.getmtime(os.path.join(workdir, name))
+            for name in ("config.json", "metrics.jsonl")}
+  changed = _args(tiny_data_dir, workdir, "--config.total_steps=10",
+                  "--config.loss.prior_weight=0.2")
+  result = run_module(MAIN, *changed)
+  assert result.returncode == 1
+  line, = result.stderr.strip().splitlines()
+  assert "loss.prior_weight (0.1 -> 0.2)" in line and "--allow_config_change" in line
+  assert {n: os.path.getmtime(os.path.join(workdir, n)) for n in before} == before
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6", "8"]
+  # Training longer is not a change of what was trained.
+  result = run_module(MAIN, *changed, "--allow_config_change")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resuming from step 8" in result.stdout
+  assert config_io.load_saved(workdir).loss.prior_weight == 0.2
