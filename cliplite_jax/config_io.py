@@ -45,6 +45,14 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
+def load_sibling(here: str, name: str,
+                 arg: str | None) -> ml_collections.ConfigDict:
+  """The config file `name` next to the file `here`, with argument `arg`
+  (for configs built on another one)."""
+  path = os.path.join(os.path.dirname(here), name)
+  return load_file(f"{path}:{arg}" if arg else path)
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """big_vision-style config argument "k1=v1,k2=v2" → ConfigDict.
 

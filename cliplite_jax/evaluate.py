@@ -19,23 +19,24 @@ import sys
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from jax.sharding import Mesh
 
 from cliplite_jax import checkpoint, config_io, optim, parallel, state as state_lib
 from cliplite_jax.data import augment, pipeline, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
-from cliplite_jax.probes import retrieval, zeroshot
+from cliplite_jax.probes import linear, modality_gap, retrieval, zeroshot
 
 
 def batched_apply(fn, inputs: tuple[np.ndarray, ...], batch_size: int,
                   mesh: Mesh) -> np.ndarray:
-  """Applies jitted `fn(*batch) -> [b, D]` over inputs with leading size N.
+  """Applies jitted `fn(*batch) -> [b, D]` (or a tuple of such) over inputs
+  with leading size N.
 
   Batches are sharded over `data`; the last one is padded with zeros and the
   padded rows are dropped (every encoder here is per-example in eval mode).
-  Returns float32 [N, D] on the host.
+  Returns float32 [N, D] (or the tuple of them) on the host.
   """
   devices = mesh.devices.size
   batch_size = math.ceil(batch_size / devices) * devices
@@ -53,12 +54,14 @@ def batched_apply(fn, inputs: tuple[np.ndarray, ...], batch_size: int,
     out = fn(*(jax.make_array_from_callback(c.shape, sharding,
                                             lambda index, c=c: c[index])
                for c in chunk))
-    outputs.append(np.asarray(out)[:batch_size - pad])
-  return np.concatenate(outputs)
+    outputs.append(jax.tree.map(lambda o: np.asarray(o)[:batch_size - pad],
+                                out))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
 def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh):
-  """Jitted (image_fn(images uint8), text_fn(ids, mask)) → embeddings [b, D]."""
+  """Jitted image_fn(images uint8) → (pooled features [b, F], embeddings
+  [b, D]) and text_fn(ids, mask) → embeddings [b, D]."""
   replicated = parallel.replicated(mesh)
   variables = jax.device_put(variables, replicated)
 
@@ -66,7 +69,7 @@ def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh):
   @functools.partial(jax.jit, out_shardings=replicated)
   def image_fn(images):
     return model.apply(variables, augment.normalize(images),
-                       method=cliplite.CLIPLite.encode_image)[1]
+                       method=cliplite.CLIPLite.encode_image)
 
   @functools.partial(jax.jit, out_shardings=replicated)
   def text_fn(ids, mask):
@@ -84,13 +87,28 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
   arrays = pipeline.eval_arrays(config, tokenizer, config.eval.split)
   image_fn, text_fn = make_encoders(model, variables, mesh)
   bs = config.eval.batch_size
-  img_emb = batched_apply(image_fn, (arrays["images"],), bs, mesh)
+  img_features, img_emb = batched_apply(image_fn, (arrays["images"],), bs, mesh)
   metrics = {}
-  if "retrieval" in config.eval.probes:
+  if {"retrieval", "gap"} & set(config.eval.probes):
     txt_emb = batched_apply(
         text_fn, (arrays["input_ids"], arrays["attention_mask"]), bs, mesh)
+  if "retrieval" in config.eval.probes:
     recalls = retrieval.recall_at_k(img_emb, txt_emb, arrays["caption_image"])
     metrics.update({f"retrieval/{ds}/{k}": v for k, v in recalls.items()})
+  if "gap" in config.eval.probes:
+    metrics[f"gap/{ds}/modality_gap"] = modality_gap.modality_gap(img_emb,
+                                                                  txt_emb)
+  if "linear" in config.eval.probes and source.linear_label:
+    train = pipeline.eval_arrays(config, None, config.eval.linear.train_split)
+    train_features, _ = batched_apply(image_fn, (train["images"],), bs, mesh)
+    label = source.linear_label
+    result = linear.train_and_score(
+        train_features, train[label], img_features, arrays[label],
+        num_classes=int(max(train[label].max(), arrays[label].max())) + 1,
+        epochs=config.eval.linear.epochs,
+        batch_size=config.eval.linear.batch_size,
+        learning_rate=config.eval.linear.learning_rate)
+    metrics[f"linear/{ds}/top1"] = result["top1"]
   if "zeroshot" in config.eval.probes:
     for i, (task, (label_key, classes, template)) in enumerate(
         source.zeroshot.items()):
@@ -158,6 +176,8 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # Keep the table readable.
   try:
     workdir = config_io.existing_workdir(FLAGS.workdir)
     config = (config_io.load_file(FLAGS.config) if FLAGS.config

@@ -4,16 +4,12 @@ InfoNCE over the global batch (B×B logits, embeddings gathered across
 devices) instead of CLIP-Lite's JSD bound; no Deep InfoMax priors. Accepts
 the same arguments as `coco_rn50_bert.py`, e.g. `clip_baseline.py:batch=256`.
 """
-import os
-
 from cliplite_jax import config_io
 
 
 def get_config(arg: str | None = None):
   """`coco_rn50_bert.py`'s config for `arg`, with the InfoNCE loss."""
-  here = os.path.dirname(__file__)
-  c = config_io.load_file(os.path.join(here, "coco_rn50_bert.py") +
-                          (f":{arg}" if arg else ""))
+  c = config_io.load_sibling(__file__, "coco_rn50_bert.py", arg)
   c.loss.name = "infonce"
   c.loss.prior_img = c.loss.prior_txt = False
   return c

@@ -16,8 +16,6 @@ Usage (data prepared with `tfds build coco_captions/2014`):
   python -m cliplite_jax.main --config=configs/coco_rn50_bert.py:batch=256 \
       --workdir=gs://bucket/cliplite/rn50_b256
 """
-import os
-
 from cliplite_jax import config_io
 
 _BACKBONES = {"rn18": 18, "rn50": 50, "rn101": 101, "rn152": 152}
@@ -27,7 +25,7 @@ def get_config(arg: str | None = None):
   """The headline config, or the ablation named by `arg` (see above)."""
   args = config_io.parse_arg(arg, batch=0, text_layers=0, backbone="",
                              fraction=0.0)
-  c = config_io.load_file(os.path.join(os.path.dirname(__file__), "default.py"))
+  c = config_io.load_sibling(__file__, "default.py", None)
   c.total_steps = 250_000
   c.batch_size = 1024
 
@@ -51,7 +49,7 @@ def get_config(arg: str | None = None):
   c.data.num_workers = 8
 
   c.eval.split = "test"  # Karpathy 5k test images
-  c.eval.probes = ("retrieval",)
+  c.eval.probes = ("retrieval", "gap")
   c.eval.batch_size = 1000
   c.eval.every_steps = 25_000
 

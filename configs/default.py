@@ -87,7 +87,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
-  c.eval.probes = ("retrieval", "zeroshot")
+  c.eval.probes = ("retrieval", "zeroshot", "gap", "linear")
+  # Linear probe on frozen pooled image features (shapes: the largest
+  # object's colour); the paper's ImageNet protocol: SGD momentum 0.9, no
+  # weight decay, cosine schedule, batch 256, ~100 epochs.
+  c.eval.linear = dict(train_split="train", epochs=30, batch_size=256,
+                       learning_rate=0.1)
   c.eval.batch_size = 250
   c.eval.every_steps = 0  # 0: only at the end of training
 

@@ -4,16 +4,12 @@ Every image–caption pair of the global batch is a binary problem with a
 learnable bias (init −10) and temperature (init 1/10, i.e. t = log 10), as in
 SigLIP; no Deep InfoMax priors. Accepts `coco_rn50_bert.py`'s arguments.
 """
-import os
-
 from cliplite_jax import config_io
 
 
 def get_config(arg: str | None = None):
   """`coco_rn50_bert.py`'s config for `arg`, with the sigmoid loss."""
-  here = os.path.dirname(__file__)
-  c = config_io.load_file(os.path.join(here, "coco_rn50_bert.py") +
-                          (f":{arg}" if arg else ""))
+  c = config_io.load_sibling(__file__, "coco_rn50_bert.py", arg)
   c.loss.name = "sigmoid"
   c.loss.prior_img = c.loss.prior_txt = False
   c.loss.init_logit_bias = -10.0

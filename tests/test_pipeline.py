@@ -47,21 +47,26 @@ def test_epoch_shuffle_batches_distinct_and_reshuffled():
   assert [ds[i] for i in range(8)] == first  # deterministic
 
 
-def test_iterator_state_resumes_exactly(tiny):
-  tokenizer = _tokenizer(tiny)
-  dataset = pipeline.train_dataset(tiny, tokenizer)
+def _assert_resumes_exactly(config, total: int, stop_after: int):
+  """A fresh iterator given the state after `stop_after` batches continues
+  with exactly the batches an uninterrupted one yields."""
+  tokenizer = _tokenizer(config)
+  dataset = pipeline.train_dataset(config, tokenizer)
   straight = iter(dataset)
-  batches = [next(straight) for _ in range(20)]  # crosses an epoch (16 steps)
+  batches = [next(straight) for _ in range(total)]
   interrupted = iter(dataset)
-  for _ in range(7):
+  for _ in range(stop_after):
     next(interrupted)
-  state = interrupted.get_state()
-  resumed = iter(pipeline.train_dataset(tiny, tokenizer))
-  resumed.set_state(state)
-  for expected in batches[7:]:
+  resumed = iter(pipeline.train_dataset(config, tokenizer))
+  resumed.set_state(interrupted.get_state())
+  for expected in batches[stop_after:]:
     got = next(resumed)
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_iterator_state_resumes_exactly(tiny):
+  _assert_resumes_exactly(tiny, total=20, stop_after=7)  # crosses an epoch
 
 
 def test_flip_swaps_left_and_right_exactly_when_flipped():
@@ -141,17 +146,4 @@ def test_bert_vocab_txt_directory_loads_as_uncased_wordpiece(tmp_path):
 
 def test_worker_processes_resume_exactly(tiny):
   tiny.data.num_workers = 2
-  tokenizer = _tokenizer(tiny)
-  dataset = pipeline.train_dataset(tiny, tokenizer)
-  straight = iter(dataset)
-  batches = [next(straight) for _ in range(10)]
-  interrupted = iter(dataset)
-  for _ in range(4):
-    next(interrupted)
-  state = interrupted.get_state()
-  resumed = iter(pipeline.train_dataset(tiny, tokenizer))
-  resumed.set_state(state)
-  for expected in batches[4:]:
-    got = next(resumed)
-    for key in expected:
-      np.testing.assert_array_equal(got[key], expected[key])
+  _assert_resumes_exactly(tiny, total=10, stop_after=4)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cliplite_jax.probes import retrieval, zeroshot
+from cliplite_jax.probes import linear, modality_gap, retrieval, zeroshot
 
 
 def _cosine(a, b):
@@ -64,3 +64,28 @@ def test_zeroshot_accuracy_matches_numpy():
   np.testing.assert_allclose(
       got["top3"], np.mean([l in row for l, row in zip(labels, top3)]),
       rtol=1e-6)
+
+
+def test_modality_gap_against_numpy():
+  rng = np.random.default_rng(0)
+  img, txt = rng.normal(size=(7, 5)) + 2.0, rng.normal(size=(11, 5)) - 1.0
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+  expected = np.linalg.norm(unit(img).mean(0) - unit(txt).mean(0))
+  np.testing.assert_allclose(modality_gap.modality_gap(img, txt), expected, rtol=1e-5)
+  assert float(modality_gap.modality_gap(img, img)) < 1e-6
+
+
+def test_linear_probe_separates_a_separable_set_and_fails_on_noise():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(3, 8)) * 4
+  y = rng.integers(0, 3, 600).astype(np.int32)
+  x = (centres[y] + rng.normal(size=(600, 8))).astype(np.float32)
+  out = linear.train_and_score(x[:400], y[:400], x[400:], y[400:],
+                               num_classes=3, epochs=30, batch_size=64)
+  # Bayes-optimal here is ~1.0: the classes are 4σ apart.
+  assert float(out["top1"]) >= 0.99
+  shuffled = rng.permutation(y)
+  noise = linear.train_and_score(x[:400], shuffled[:400], x[400:],
+                                 shuffled[400:], num_classes=3, epochs=30,
+                                 batch_size=64)
+  assert float(noise["top1"]) < 0.5  # labels unrelated to x: chance is 1/3

@@ -237,7 +237,7 @@ def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
           for c in sources.decode_captions(source, examples[i])]
 
 
-def eval_arrays(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
+def eval_arrays(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None,
                 split: str) -> dict[str, np.ndarray]:
   """A whole evaluation split in memory, deterministic transform.
 
@@ -246,12 +246,15 @@ def eval_arrays(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
     "attention_mask" int32 [M, L] for all M captions, "caption_image" int32 [M]
     (the image each caption belongs to), and each zero-shot label feature of
     the source as int32 [N]. Examples whose image does not decode or that have
-    no caption are left out (and counted on stderr).
+    no caption are left out (and counted on stderr). With no `tokenizer`
+    the caption arrays are left out.
   """
   source, _ = sources.get(config.data.name)
   examples = sources.open_split(config.data.name, split, config.data.data_dir)
   images, captions, owner = [], [], []
   labels = {key: [] for key, _, _ in source.zeroshot.values()}
+  if source.linear_label:
+    labels[source.linear_label] = []
   skipped = 0
   for i in range(len(examples)):
     ex = examples[i]
@@ -270,9 +273,11 @@ def eval_arrays(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
           file=sys.stderr)
   if not images:
     raise config_io.UserError(f"{config.data.name} {split}: no usable examples")
-  ids, mask = text_lib.tokenize(tokenizer, captions)
-  out = {"images": np.stack(images), "input_ids": ids, "attention_mask": mask,
-         "caption_image": np.asarray(owner, np.int32)}
+  out = {"images": np.stack(images)}
+  if tokenizer is not None:
+    out["input_ids"], out["attention_mask"] = text_lib.tokenize(tokenizer,
+                                                                captions)
+    out["caption_image"] = np.asarray(owner, np.int32)
   out.update({k: np.asarray(v, np.int32) for k, v in labels.items()})
   return out
 

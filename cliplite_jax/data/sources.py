@@ -30,6 +30,8 @@ class Source:
       rewrites file), or None to use the example's index in its split.
     zeroshot: {task: (label feature, class names, prompt template)} for
       zero-shot probes; the first task is the dataset's headline one.
+    linear_label: the class-label feature the linear probe predicts from
+      frozen image features, or None.
     prepare: builds the dataset locally (embedded sets), or None when it must
       be prepared by the user (`tfds build`), e.g. for manual downloads.
   """
@@ -38,6 +40,7 @@ class Source:
   captions_key: tuple[str, ...] = ("captions",)
   id_key: str | None = None
   zeroshot: dict = dataclasses.field(default_factory=dict)
+  linear_label: str | None = None
   prepare: Callable[[str | None, str], None] | None = None
 
 
@@ -49,6 +52,7 @@ SOURCES = {
             "color": ("largest_color", shapes.COLOR_NAMES,
                       "a picture of a {} shape."),
         },
+        linear_label="largest_color",
         prepare=shapes.prepare),
     # Karpathy splits: train (82,783) + restval (30,504) for training, test
     # and val (5,000 each) for evaluation.
