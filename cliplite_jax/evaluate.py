@@ -110,14 +110,18 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
         learning_rate=config.eval.linear.learning_rate)
     metrics[f"linear/{ds}/top1"] = result["top1"]
   if "zeroshot" in config.eval.probes:
-    for i, (task, (label_key, classes, template)) in enumerate(
+    for i, (task, (label_key, classes, templates)) in enumerate(
         source.zeroshot.items()):
-      prompts = [text_lib.clean_caption(template.format(c),
-                                        config.data.max_words) for c in classes]
-      class_emb = batched_apply(text_fn, text_lib.tokenize(tokenizer, prompts),
-                                bs, mesh)
+      templates = (templates,) if isinstance(templates, str) else templates
+      prompts = [text_lib.clean_caption(t.format(c), config.data.max_words)
+                 for c in classes for t in templates]
+      prompt_emb = batched_apply(text_fn, text_lib.tokenize(tokenizer, prompts),
+                                 bs, mesh)
+      class_emb = zeroshot.class_embeddings(
+          prompt_emb.reshape(len(classes), len(templates), -1))
       name = ds if i == 0 else f"{ds}_{task}"
-      accuracy = zeroshot.accuracy(img_emb, class_emb, arrays[label_key])
+      accuracy = zeroshot.accuracy(img_emb, class_emb, arrays[label_key],
+                                   ks=(1, 5))
       metrics.update({f"zeroshot/{name}/{k}": v for k, v in accuracy.items()})
   return {k: float(v) for k, v in sorted(metrics.items())}
 

@@ -66,6 +66,17 @@ def test_zeroshot_accuracy_matches_numpy():
       rtol=1e-6)
 
 
+def test_prompt_ensemble_averages_unit_template_embeddings():
+  rng = np.random.default_rng(1)
+  prompts = rng.normal(size=(3, 4, 6)) * rng.uniform(0.1, 9, size=(3, 4, 1))
+  unit = prompts / np.linalg.norm(prompts, axis=-1, keepdims=True)
+  np.testing.assert_allclose(zeroshot.class_embeddings(prompts),
+                             unit.mean(axis=1), rtol=1e-5, atol=1e-6)
+  # One template: the class embedding points along the prompt embedding.
+  single = zeroshot.class_embeddings(prompts[:, :1])
+  np.testing.assert_allclose(single, unit[:, 0], rtol=1e-5, atol=1e-6)
+
+
 def test_modality_gap_against_numpy():
   rng = np.random.default_rng(0)
   img, txt = rng.normal(size=(7, 5)) + 2.0, rng.normal(size=(11, 5)) - 1.0

@@ -28,8 +28,9 @@ class Source:
       for COCO's sequence of {id, text}.
     id_key: feature that identifies an image across runs (keys of a caption
       rewrites file), or None to use the example's index in its split.
-    zeroshot: {task: (label feature, class names, prompt template)} for
-      zero-shot probes; the first task is the dataset's headline one.
+    zeroshot: {task: (label feature, class names, prompt template or a
+      tuple of templates, averaged)} for zero-shot probes; the first task is
+      the dataset's headline one.
     linear_label: the class-label feature the linear probe predicts from
       frozen image features, or None.
     prepare: builds the dataset locally (embedded sets), or None when it must

@@ -26,3 +26,10 @@ def accuracy(img_emb: jnp.ndarray, class_emb: jnp.ndarray,
   rank = jnp.sum(logits > true_score, axis=1)
   return {f"top{k}": jnp.mean((rank < k).astype(jnp.float32))
           for k in ks if k <= class_emb.shape[0]}
+
+
+@jax.jit
+def class_embeddings(prompt_emb: jnp.ndarray) -> jnp.ndarray:
+  """Prompt ensembling: [C, T, D] embeddings of T templates per class → the
+  mean of the L2-normalised templates per class, [C, D] (CLIP's recipe)."""
+  return jnp.mean(l2_normalize(prompt_emb), axis=1)
