@@ -177,7 +177,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             and step != config.total_steps):
           _evaluate_and_log(config, model, state, tokenizer, mesh, workdir,
                             writer, step)
-    mngr.wait_until_finished()
     results = {}
     if config.eval.probes:
       results = _evaluate_and_log(config, model, state, tokenizer, mesh,

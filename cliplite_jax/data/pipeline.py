@@ -143,9 +143,6 @@ class SkipAndCount(grain.IterDataset):
   dropped just before it in "skipped" (int32), so a batch's sum is the number
   of examples skipped while assembling it. Stateless beyond its parent."""
 
-  def __init__(self, parent: grain.IterDataset):
-    super().__init__(parent)
-
   def __iter__(self) -> grain.DatasetIterator:
     return _SkipAndCountIterator(self._parent.__iter__())
 

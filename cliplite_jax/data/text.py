@@ -10,7 +10,6 @@ from typing import Iterable, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers import processors
-from tokenizers.implementations import BertWordPieceTokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -42,8 +41,7 @@ def train_wordpiece(captions: Iterable[str], vocab_size: int) -> Tokenizer:
   vocabulary from run to run, which would break bit-exact reproduction; the
   tokenizer itself (normaliser, pre-tokeniser, greedy longest-match) is HF's.
   """
-  normalizer = normalizers.BertNormalizer(lowercase=True)
-  pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  normalizer, pre_tokenizer = _bert_normalizer(), _bert_pre_tokenizer()
   counts = collections.Counter()
   for caption in captions:
     words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(caption))
@@ -57,10 +55,24 @@ def train_wordpiece(captions: Iterable[str], vocab_size: int) -> Tokenizer:
     if word not in taken:
       vocab.append(word)
       taken.add(word)
-  tokenizer = Tokenizer(models.WordPiece(
+  return _bert_uncased(models.WordPiece(
       {token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
-  tokenizer.normalizer = normalizer
-  tokenizer.pre_tokenizer = pre_tokenizer
+
+
+def _bert_normalizer():
+  return normalizers.BertNormalizer(lowercase=True)
+
+
+def _bert_pre_tokenizer():
+  return pre_tokenizers.BertPreTokenizer()
+
+
+def _bert_uncased(wordpiece: models.WordPiece) -> Tokenizer:
+  """`wordpiece` inside BERT's uncased pipeline: normaliser, pre-tokeniser,
+  WordPiece decoder and [CLS] … [SEP] around each caption."""
+  tokenizer = Tokenizer(wordpiece)
+  tokenizer.normalizer = _bert_normalizer()
+  tokenizer.pre_tokenizer = _bert_pre_tokenizer()
   tokenizer.decoder = decoders.WordPiece()
   cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
   tokenizer.post_processor = processors.TemplateProcessing(
@@ -86,7 +98,8 @@ def load_tokenizer(path: str, max_tokens: int) -> Tokenizer:
   if not os.path.exists(path):
     raise FileNotFoundError(f"tokenizer {path} does not exist")
   if path.endswith(".txt"):
-    tokenizer = BertWordPieceTokenizer(path, lowercase=True)._tokenizer
+    tokenizer = _bert_uncased(models.WordPiece.from_file(path,
+                                                         unk_token="[UNK]"))
   else:
     tokenizer = Tokenizer.from_file(path)
   return fixed_length(tokenizer, max_tokens)
