@@ -9,8 +9,10 @@ The argument picks one ablation of the paper (at most one of each key):
   :text_layers=2|4|6      text depth at batch 1024
   :backbone=rn18|rn101|rn152  backbone at batch 512
   :fraction=0.1|0.25|0.5|0.75 seeded subset of the images, steps scaled
-(The paper's data-fraction runs start from a pretrained BERT-base; give its
-local path with --config.data.tokenizer and the text-tower options.)
+(The paper's data-fraction runs start from a pretrained BERT-base. Its
+vocabulary can be given with --config.data.tokenizer=PATH and
+--config.model.text.vocab_size=30522; loading its weights is not supported
+yet, so here the text tower starts from random init.)
 
 Usage (data prepared with `tfds build coco_captions/2014`):
   python -m cliplite_jax.main --config=configs/coco_rn50_bert.py:batch=256 \
