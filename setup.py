@@ -27,6 +27,6 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "scikit-learn"],
     },
 )
