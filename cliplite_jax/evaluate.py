@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 
@@ -22,108 +21,134 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh
 
-from cliplite_jax import checkpoint, config_io, optim, parallel, state as state_lib
-from cliplite_jax.data import augment, pipeline, sources
+from cliplite_jax import (checkpoint, config_io, features, optim, parallel,
+                          state as state_lib)
+from cliplite_jax.data import eval_input, pipeline, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
-from cliplite_jax.probes import linear, modality_gap, retrieval, zeroshot
+from cliplite_jax.probes import (linear, modality_gap, retrieval, svm,
+                                 zeroshot)
 
 
-def batched_apply(fn, inputs: tuple[np.ndarray, ...], batch_size: int,
-                  mesh: Mesh) -> np.ndarray:
-  """Applies jitted `fn(*batch) -> [b, D]` (or a tuple of such) over inputs
-  with leading size N.
-
-  Batches are sharded over `data`; the last one is padded with zeros and the
-  padded rows are dropped (every encoder here is per-example in eval mode).
-  Returns float32 [N, D] (or the tuple of them) on the host.
-  """
-  devices = mesh.devices.size
-  batch_size = math.ceil(batch_size / devices) * devices
-  n = len(inputs[0])
-  sharding = parallel.batch_sharded(mesh)
-  outputs = []
-  for start in range(0, n, batch_size):
-    chunk = [x[start:start + batch_size] for x in inputs]
-    pad = batch_size - len(chunk[0])
-    if pad:
-      chunk = [np.concatenate([c, np.zeros((pad,) + c.shape[1:], c.dtype)])
-               for c in chunk]
-    # Every process holds the whole split and hands each of its devices that
-    # device's rows, so this also works across hosts.
-    out = fn(*(jax.make_array_from_callback(c.shape, sharding,
-                                            lambda index, c=c: c[index])
-               for c in chunk))
-    outputs.append(jax.tree.map(lambda o: np.asarray(o)[:batch_size - pad],
-                                out))
-  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+PROBES = ("retrieval", "gap", "zeroshot", "svm", "linear")
 
 
-def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh):
-  """Jitted image_fn(images uint8) → (pooled features [b, F], embeddings
-  [b, D]) and text_fn(ids, mask) → embeddings [b, D]."""
-  replicated = parallel.replicated(mesh)
-  variables = jax.device_put(variables, replicated)
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """UserError for an unknown probe or dataset in the eval section."""
+  unknown = sorted(set(config.eval.probes) - set(PROBES))
+  if unknown:
+    raise config_io.UserError(f"eval.probes: unknown {unknown}; known: "
+                              f"{list(PROBES)}")
+  for name in (config.data.name, *config.eval.transfer):
+    try:
+      sources.get(name)
+    except ValueError as e:
+      raise config_io.UserError(str(e)) from e
 
-  # Replicated outputs can be read on every process (np.asarray).
-  @functools.partial(jax.jit, out_shardings=replicated)
-  def image_fn(images):
-    return model.apply(variables, augment.normalize(images),
-                       method=cliplite.CLIPLite.encode_image)
 
-  @functools.partial(jax.jit, out_shardings=replicated)
-  def text_fn(ids, mask):
-    return model.apply(variables, ids, mask,
-                       method=cliplite.CLIPLite.encode_text)[1]
+def datasets(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+  """(dataset name, scored split, probe-training split) of every dataset
+  evaluated: the training dataset, then `config.eval.transfer`."""
+  out = [(config.data.name, config.eval.split, config.eval.fit_split)]
+  for name in config.eval.transfer:
+    source, _ = sources.get(name)
+    out.append((name, source.eval_split, source.fit_split))
+  return out
 
-  return image_fn, text_fn
+
+def eval_reads(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """The (dataset, split) pairs evaluation reads."""
+  reads = []
+  for name, split, fit_split in datasets(config):
+    probes = set(config.eval.probes) & sources.get(name)[0].probes
+    reads += [(name, split)] if probes else []
+    reads += [(name, fit_split)] if probes & {"svm", "linear"} else []
+  return reads
+
+
+def check_reads(reads: list[tuple[str, str]], data_dir: str | None) -> None:
+  """Opens each (dataset, split): a missing split is a UserError, an
+  unprepared dataset a DatasetNotPreparedError, both naming the fix."""
+  for name, split in reads:
+    try:
+      sources.open_split(name, split, data_dir)
+    except ValueError as e:
+      raise config_io.UserError(str(e)) from e
 
 
 def run_probes(config: ml_collections.ConfigDict, model, variables,
                tokenizer, mesh: Mesh) -> dict[str, float]:
-  """Runs `config.eval.probes` on `config.eval.split`; flat {key: float}."""
-  source, _ = sources.get(config.data.name)
-  ds = config.data.name.partition("/")[0]
-  arrays = pipeline.eval_arrays(config, tokenizer, config.eval.split)
-  image_fn, text_fn = make_encoders(model, variables, mesh)
-  bs = config.eval.batch_size
-  img_features, img_emb = batched_apply(image_fn, (arrays["images"],), bs, mesh)
+  """Runs the probes of `config.eval.probes` that each evaluated dataset
+  supports; returns flat {"probe/dataset/metric": float}."""
+  encoders = features.make_encoders(model, variables, mesh)
   metrics = {}
-  if {"retrieval", "gap"} & set(config.eval.probes):
-    txt_emb = batched_apply(
-        text_fn, (arrays["input_ids"], arrays["attention_mask"]), bs, mesh)
-  if "retrieval" in config.eval.probes:
-    recalls = retrieval.recall_at_k(img_emb, txt_emb, arrays["caption_image"])
+  for name, split, fit_split in datasets(config):
+    source, _ = sources.get(name)
+    probes = set(config.eval.probes) & source.probes
+    if probes:
+      metrics.update(_probe_dataset(config, name, split, fit_split, probes,
+                                    encoders, tokenizer, mesh))
+  return {k: float(v) for k, v in sorted(metrics.items())}
+
+
+def _probe_dataset(config, name, split, fit_split, probes, encoders,
+                   tokenizer, mesh) -> dict:
+  source, _ = sources.get(name)
+  ds = name.partition("/")[0]
+  image_fn, text_fn = encoders
+  bs = config.eval.batch_size
+  extract = functools.partial(
+      features.extract_images, image_fn, name, data_dir=config.data.data_dir,
+      image_size=config.data.image_size, batch_size=bs, mesh=mesh,
+      num_threads=config.data.num_threads)
+  test = extract(split)
+  metrics = {}
+  if {"retrieval", "gap"} & probes:
+    texts, owner = eval_input.captions(
+        source, sources.open_split(name, split, config.data.data_dir),
+        config.data.max_words)
+    # Captions of left-out images go too; the rest point at their image row.
+    keep = np.isin(owner, test["index"])
+    caption_image = np.searchsorted(test["index"], owner[keep]).astype(np.int32)
+    txt_emb = features.batched_apply(
+        text_fn, text_lib.tokenize(tokenizer, [t for t, k in zip(texts, keep)
+                                               if k]), bs, mesh)
+  if "retrieval" in probes:
+    recalls = retrieval.recall_at_k(test["embeddings"], txt_emb, caption_image)
     metrics.update({f"retrieval/{ds}/{k}": v for k, v in recalls.items()})
-  if "gap" in config.eval.probes:
-    metrics[f"gap/{ds}/modality_gap"] = modality_gap.modality_gap(img_emb,
-                                                                  txt_emb)
-  if "linear" in config.eval.probes and source.linear_label:
-    train = pipeline.eval_arrays(config, None, config.eval.linear.train_split)
-    train_features, _ = batched_apply(image_fn, (train["images"],), bs, mesh)
-    label = source.linear_label
-    result = linear.train_and_score(
-        train_features, train[label], img_features, arrays[label],
-        num_classes=int(max(train[label].max(), arrays[label].max())) + 1,
-        epochs=config.eval.linear.epochs,
-        batch_size=config.eval.linear.batch_size,
-        learning_rate=config.eval.linear.learning_rate)
-    metrics[f"linear/{ds}/top1"] = result["top1"]
-  if "zeroshot" in config.eval.probes:
-    for i, (task, (label_key, classes, templates)) in enumerate(
+  if "gap" in probes:
+    metrics[f"gap/{ds}/modality_gap"] = modality_gap.modality_gap(
+        test["embeddings"], txt_emb)
+  if "zeroshot" in probes:
+    for i, (task, (label, classes, templates)) in enumerate(
         source.zeroshot.items()):
       templates = (templates,) if isinstance(templates, str) else templates
       prompts = [text_lib.clean_caption(t.format(c), config.data.max_words)
                  for c in classes for t in templates]
-      prompt_emb = batched_apply(text_fn, text_lib.tokenize(tokenizer, prompts),
-                                 bs, mesh)
+      prompt_emb = features.batched_apply(
+          text_fn, text_lib.tokenize(tokenizer, prompts), bs, mesh)
       class_emb = zeroshot.class_embeddings(
           prompt_emb.reshape(len(classes), len(templates), -1))
-      name = ds if i == 0 else f"{ds}_{task}"
-      accuracy = zeroshot.accuracy(img_emb, class_emb, arrays[label_key],
+      task_name = ds if i == 0 else f"{ds}_{task}"
+      accuracy = zeroshot.accuracy(test["embeddings"], class_emb, test[label],
                                    ks=(1, 5))
-      metrics.update({f"zeroshot/{name}/{k}": v for k, v in accuracy.items()})
-  return {k: float(v) for k, v in sorted(metrics.items())}
+      metrics.update({f"zeroshot/{task_name}/{k}": v
+                      for k, v in accuracy.items()})
+  if {"svm", "linear"} & probes:
+    fit = extract(fit_split)
+  if "svm" in probes:
+    metrics[f"svm/{ds}/map"] = svm.voc07_map(
+        fit["features"], fit["svm_targets"], test["features"],
+        test["svm_targets"])["map"]
+  if "linear" in probes:
+    label = source.linear_label
+    metrics[f"linear/{ds}/top1"] = linear.train_and_score(
+        fit["features"], fit[label], test["features"], test[label],
+        num_classes=int(max(fit[label].max(), test[label].max())) + 1,
+        epochs=config.eval.linear.epochs,
+        batch_size=config.eval.linear.batch_size,
+        learning_rate=config.eval.linear.learning_rate)["top1"]
+  return metrics
 
 
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
@@ -186,6 +211,8 @@ def main(argv):
     workdir = config_io.existing_workdir(FLAGS.workdir)
     config = (config_io.load_file(FLAGS.config) if FLAGS.config
               else config_io.load_saved(workdir))
+    check_config(config)
+    check_reads(eval_reads(config), config.data.data_dir)
     step, metrics = evaluate_checkpoint(workdir, config, FLAGS.step)
   except (config_io.UserError, sources.DatasetNotPreparedError) as e:
     sys.exit(f"cliplite_jax.evaluate: error: {e}")

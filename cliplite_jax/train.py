@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
 from cliplite_jax import guards, optim, parallel, state as state_lib
-from cliplite_jax.data import augment, pipeline, sources
+from cliplite_jax.data import augment, pipeline
 from cliplite_jax.models import cliplite
 
 
@@ -85,6 +85,7 @@ def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   if config.loss.name not in losses.LOSSES:
     raise config_io.UserError(f"loss.name {config.loss.name!r} is not one of "
                               f"{sorted(losses.LOSSES)}")
+  evaluate.check_config(config)
 
 
 def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
@@ -99,14 +100,8 @@ def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
   """Fails early, before anything is written, on an unreadable dataset."""
-  splits = [config.data.train_split]
-  if config.eval.probes:
-    splits.append(config.eval.split)
-  for split in splits:
-    try:
-      sources.open_split(config.data.name, split, config.data.data_dir)
-    except ValueError as e:
-      raise config_io.UserError(str(e)) from e
+  evaluate.check_reads([(config.data.name, config.data.train_split)]
+                       + evaluate.eval_reads(config), config.data.data_dir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -51,7 +51,12 @@ def get_config(arg: str | None = None):
   c.data.num_workers = 8
 
   c.eval.split = "test"  # Karpathy 5k test images
-  c.eval.probes = ("retrieval", "gap")
+  c.eval.probes = ("retrieval", "gap", "zeroshot", "svm", "linear")
+  # The paper's transfer protocols (VOC07 SVM; CIFAR-10 zero-shot and linear).
+  # Its ImageNet linear probe needs a manual download; add it with
+  # --config.eval.transfer='("voc/2007","cifar10","imagenet2012")'.
+  c.eval.transfer = ("voc/2007", "cifar10")
+  c.eval.linear = dict(epochs=100, batch_size=256, learning_rate=0.1)
   c.eval.batch_size = 1000
   c.eval.every_steps = 25_000
 

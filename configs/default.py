@@ -86,12 +86,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_workers = 0  # grain worker processes (0: threads only)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.split = "test"
-  c.eval.probes = ("retrieval", "zeroshot", "gap", "linear")
+  c.eval.split = "test"  # scored split of the training dataset
+  c.eval.fit_split = "train"  # its split the SVM and linear probes learn on
+  c.eval.probes = ("retrieval", "zeroshot", "gap", "svm", "linear")
+  # More datasets scored with the probes they support, each on its own
+  # splits (see cliplite_jax/data/sources.py), e.g. ("voc/2007", "cifar10").
+  c.eval.transfer = ()
   # Linear probe on frozen pooled image features (shapes: the largest
   # object's colour); the paper's ImageNet protocol: SGD momentum 0.9, no
   # weight decay, cosine schedule, batch 256, ~100 epochs.
-  c.eval.linear = dict(train_split="train", epochs=30, batch_size=256,
+  c.eval.linear = dict(epochs=30, batch_size=256,
                        learning_rate=0.1)
   c.eval.batch_size = 250
   c.eval.every_steps = 0  # 0: only at the end of training

@@ -30,6 +30,7 @@ def test_train_then_evaluate(tiny_data_dir, tmp_path):
     assert 0.0 <= results[f"retrieval/shapes_captions/t2i_r{k}"] <= 1.0
   assert 0.0 <= results["zeroshot/shapes_captions/top1"] <= 1.0
   assert 0.0 <= results["linear/shapes_captions/top1"] <= 1.0
+  assert 0.0 <= results["svm/shapes_captions/map"] <= 1.0
   assert 0.0 <= results["gap/shapes_captions/modality_gap"] <= 2.0
   assert all(isinstance(v, float) for v in results.values())
 

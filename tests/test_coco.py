@@ -1,49 +1,13 @@
 """COCO Captions through TFDS (mocked: no download), bad data, fractions."""
-import io
 import json
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-from PIL import Image
 
 from cliplite_jax import config_io
 from cliplite_jax.data import pipeline, sources
 from cliplite_jax.data import text as text_lib
-
-WORDS = "a man dog cat sits stands on the left right of red blue table".split()
-
-
-def _jpeg(rng, height, width) -> bytes:
-  pixels = rng.integers(0, 256, (height, width, 3), np.uint8)
-  buffer = io.BytesIO()
-  Image.fromarray(pixels).save(buffer, format="JPEG")
-  return buffer.getvalue()
-
-
-def fake_coco(num_examples: int, corrupt=(), empty=()):
-  """mock_data serving COCO-like examples as TFDS stores them (JPEG bytes,
-  a sequence of {id, text} captions); `corrupt` images do not decode and
-  `empty` examples have only blank captions."""
-  def as_data_source(self, split, decoders=None, **kwargs):
-    del self, split, kwargs
-    assert isinstance(decoders["image"], tfds.decode.SkipDecoding)
-    examples = []
-    for i in range(num_examples):
-      rng = np.random.default_rng(i)
-      texts = [" ".join(rng.choice(WORDS, 8)).capitalize() + "."
-               for _ in range(5)]
-      if i in empty:
-        texts = ["", "  "]
-      examples.append({
-          "image": b"\xff\xd8 not a jpeg" if i in corrupt else _jpeg(
-              rng, int(rng.integers(40, 80)), int(rng.integers(40, 80))),
-          "image/id": np.int64(1000 + i),
-          "captions": {"id": np.arange(len(texts)),
-                       "text": np.asarray([t.encode() for t in texts])},
-      })
-    return examples
-  return tfds.testing.mock_data(as_data_source_fn=as_data_source)
+from fakes import fake_coco
 
 
 @pytest.fixture
@@ -90,15 +54,6 @@ def test_corrupt_images_and_empty_captions_are_skipped_and_counted(coco):
   positions = [order[i] for i in range(consumed)]
   assert sum(p in bad for p in positions) == consumed - 12 > 0
   assert positions[-1] not in bad  # the last consumed element was kept
-
-
-def test_eval_arrays_leave_out_bad_examples(coco, capsys):
-  with fake_coco(6, corrupt={1}, empty={4}):
-    arrays = pipeline.eval_arrays(coco, _tokenizer(coco), "test")
-  assert arrays["images"].shape == (4, 32, 32, 3)
-  assert arrays["input_ids"].shape[0] == 20
-  np.testing.assert_array_equal(np.bincount(arrays["caption_image"]), 5)
-  assert "skipped 2 unusable examples of 6" in capsys.readouterr().err
 
 
 def test_fraction_subsets_are_seeded_nested_and_sized():

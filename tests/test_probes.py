@@ -24,8 +24,9 @@ def _brute_force_recall(img, txt, owner, k):
   return i2t_hits / len(img), t2i_hits / len(txt)
 
 
+@pytest.mark.parametrize("chunk", [1024, 5], ids=["whole", "chunked"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_recall_matches_brute_force_with_several_captions(seed):
+def test_recall_matches_brute_force_with_several_captions(seed, chunk):
   rng = np.random.default_rng(seed)
   num_images, dim = 12, 6
   # 1 to 5 captions per image, noisy copies of the image embedding.
@@ -34,7 +35,7 @@ def test_recall_matches_brute_force_with_several_captions(seed):
   img = rng.normal(size=(num_images, dim))
   txt = img[owner] + rng.normal(size=(len(owner), dim)) * 1.2
   got = retrieval.recall_at_k(img.astype(np.float32), txt.astype(np.float32),
-                              owner, ks=(1, 3, 5))
+                              owner, ks=(1, 3, 5), chunk=chunk)
   for k in (1, 3, 5):
     i2t, t2i = _brute_force_recall(img, txt, owner, k)
     assert float(got[f"i2t_r{k}"]) == pytest.approx(i2t)

@@ -60,7 +60,7 @@ class EpochShuffle(grain.MapDataset):
     return self._parent[int(self._permutation(epoch)[position])]
 
 
-class _Indexed:
+class IndexedExamples:
   """A random-access view of `examples[indices]` yielding (index, example)."""
 
   def __init__(self, examples, indices: np.ndarray):
@@ -205,7 +205,7 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                                 config.data.data_dir)
   indices = subset_indices(len(examples), config.data.fraction,
                            config.data.fraction_seed)
-  ds = grain.MapDataset.source(_Indexed(examples, indices))
+  ds = grain.MapDataset.source(IndexedExamples(examples, indices))
   ds = ds[process_index::process_count]
   # With k workers, worker w batches elements w, w + k, ...: epochs of a
   # multiple of k · b elements keep each of its batches inside one epoch.
@@ -232,51 +232,6 @@ def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
   return [text_lib.clean_caption(c, config.data.max_words)
           for i in range(len(examples))
           for c in sources.decode_captions(source, examples[i])]
-
-
-def eval_arrays(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None,
-                split: str) -> dict[str, np.ndarray]:
-  """A whole evaluation split in memory, deterministic transform.
-
-  Returns:
-    "images" uint8 [N, S, S, 3] (centre crop + resize), "input_ids" and
-    "attention_mask" int32 [M, L] for all M captions, "caption_image" int32 [M]
-    (the image each caption belongs to), and each zero-shot label feature of
-    the source as int32 [N]. Examples whose image does not decode or that have
-    no caption are left out (and counted on stderr). With no `tokenizer`
-    the caption arrays are left out.
-  """
-  source, _ = sources.get(config.data.name)
-  examples = sources.open_split(config.data.name, split, config.data.data_dir)
-  images, captions, owner = [], [], []
-  labels = {key: [] for key, _, _ in source.zeroshot.values()}
-  if source.linear_label:
-    labels[source.linear_label] = []
-  skipped = 0
-  for i in range(len(examples)):
-    ex = examples[i]
-    image, raw_captions = sources.decode(source, ex)
-    if image is None or not raw_captions:
-      skipped += 1
-      continue
-    images.append(augment.center_crop_resize(image, config.data.image_size))
-    for caption in raw_captions:
-      captions.append(text_lib.clean_caption(caption, config.data.max_words))
-      owner.append(len(images) - 1)
-    for key in labels:
-      labels[key].append(ex[key])
-  if skipped:
-    print(f"{split}: skipped {skipped} unusable examples of {len(examples)}",
-          file=sys.stderr)
-  if not images:
-    raise config_io.UserError(f"{config.data.name} {split}: no usable examples")
-  out = {"images": np.stack(images)}
-  if tokenizer is not None:
-    out["input_ids"], out["attention_mask"] = text_lib.tokenize(tokenizer,
-                                                                captions)
-    out["caption_image"] = np.asarray(owner, np.int32)
-  out.update({k: np.asarray(v, np.int32) for k, v in labels.items()})
-  return out
 
 
 def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,

@@ -17,6 +17,28 @@ class DatasetNotPreparedError(RuntimeError):
   """A TFDS dataset that must be prepared before training or evaluation."""
 
 
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
+    "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                   "frog", "horse", "ship", "truck")
+
+
+def voc_targets(example: dict) -> np.ndarray:
+  """VOC's per-class targets, int32 [20]: 1 for a class with a non-difficult
+  object, -1 for one with only difficult objects, 0 for an absent one."""
+  targets = np.zeros(len(VOC_CLASSES), np.int32)
+  targets[np.asarray(example["labels"], np.int64)] = -1
+  targets[np.asarray(example["labels_no_difficult"], np.int64)] = 1
+  return targets
+
+
+def shapes_present(example: dict) -> np.ndarray:
+  """shapes_captions' multi-hot "shapes present" as SVM targets, int32 [4]."""
+  return np.asarray(example["shapes_present"], np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
   """Where an image–caption dataset lives and how its features are named.
@@ -25,7 +47,7 @@ class Source:
     tfds_name: default TFDS name (with builder config) for this dataset.
     image_key: feature name of the (encoded) image.
     captions_key: path to the list of captions, e.g. ("captions", "text")
-      for COCO's sequence of {id, text}.
+      for COCO's sequence of {id, text}; None for a classification set.
     id_key: feature that identifies an image across runs (keys of a caption
       rewrites file), or None to use the example's index in its split.
     zeroshot: {task: (label feature, class names, prompt template or a
@@ -33,16 +55,47 @@ class Source:
       the dataset's headline one.
     linear_label: the class-label feature the linear probe predicts from
       frozen image features, or None.
+    svm_targets: example → int32 [K] targets of the VOC07 SVM probe (1
+      present, 0 absent, -1 difficult), or None.
+    eval_split: the split probes are scored on when this is a transfer
+      dataset (for the training dataset, `config.eval.split`).
+    fit_split: the split the SVM and linear probes are trained on (for the
+      training dataset, `config.eval.fit_split`).
     prepare: builds the dataset locally (embedded sets), or None when it must
-      be prepared by the user (`tfds build`), e.g. for manual downloads.
+      be prepared by the user (`tfds build`).
+    build_flags: extra `tfds build` flags the error message suggests, e.g.
+      for a manual download.
   """
   tfds_name: str
   image_key: str = "image"
-  captions_key: tuple[str, ...] = ("captions",)
+  captions_key: tuple[str, ...] | None = ("captions",)
   id_key: str | None = None
   zeroshot: dict = dataclasses.field(default_factory=dict)
   linear_label: str | None = None
+  svm_targets: Callable[[dict], np.ndarray] | None = None
+  eval_split: str = "test"
+  fit_split: str = "train"
   prepare: Callable[[str | None, str], None] | None = None
+  build_flags: str = ""
+
+  @property
+  def probes(self) -> frozenset[str]:
+    """The probes this dataset can be scored with."""
+    return frozenset(
+        ({"retrieval", "gap"} if self.captions_key else set())
+        | ({"zeroshot"} if self.zeroshot else set())
+        | ({"linear"} if self.linear_label else set())
+        | ({"svm"} if self.svm_targets else set()))
+
+  def labels(self, example: dict) -> dict[str, np.ndarray]:
+    """The example's probe labels: int32 [] per zero-shot or linear label
+    feature, and "svm_targets" int32 [K]."""
+    keys = {key for key, _, _ in self.zeroshot.values()}
+    keys |= {self.linear_label} if self.linear_label else set()
+    out = {key: np.int32(example[key]) for key in sorted(keys)}
+    if self.svm_targets:
+      out["svm_targets"] = self.svm_targets(example)
+    return out
 
 
 SOURCES = {
@@ -54,6 +107,7 @@ SOURCES = {
                       "a picture of a {} shape."),
         },
         linear_label="largest_color",
+        svm_targets=shapes_present,
         prepare=shapes.prepare),
     # Karpathy splits: train (82,783) + restval (30,504) for training, test
     # and val (5,000 each) for evaluation.
@@ -61,6 +115,16 @@ SOURCES = {
         tfds_name="coco_captions/2014",
         captions_key=("captions", "text"),
         id_key="image/id"),
+    # Transfer sets for the paper's protocols.
+    "voc": Source(tfds_name="voc/2007", captions_key=None,
+                  svm_targets=voc_targets, fit_split="train+validation"),
+    "cifar10": Source(
+        tfds_name="cifar10", captions_key=None, linear_label="label",
+        zeroshot={"class": ("label", CIFAR10_CLASSES, "a picture of a {}.")}),
+    "imagenet2012": Source(
+        tfds_name="imagenet2012", captions_key=None, linear_label="label",
+        eval_split="validation",
+        build_flags=" --manual_dir=DIR_WITH_ILSVRC2012_TARS"),
 }
 
 
@@ -95,7 +159,8 @@ def open_split(name: str, split: str, data_dir: str | None):
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
     fix = (f"`tfds build {tfds_name} --file_format=array_record "
-           f"--data_dir={where}` (or set --config.data.data_dir)")
+           f"--data_dir={where}{source.build_flags}` (or set "
+           f"--config.data.data_dir)")
     if not builder.is_prepared():
       raise DatasetNotPreparedError(
           f"dataset {tfds_name} is not prepared under {where}: run "
@@ -109,7 +174,10 @@ def open_split(name: str, split: str, data_dir: str | None):
 
 
 def decode_captions(source: Source, example: dict) -> list:
-  """The example's non-empty raw captions (bytes or str)."""
+  """The example's non-empty raw captions (bytes or str); none for a
+  classification set."""
+  if source.captions_key is None:
+    return []
   captions = example
   for key in source.captions_key:
     captions = captions[key]

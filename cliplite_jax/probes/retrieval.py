@@ -9,17 +9,30 @@ import jax.numpy as jnp
 from cliplite_jax.losses import l2_normalize
 
 
-@functools.partial(jax.jit, static_argnames="ks")
+def _in_chunks(fn, xs: tuple[jnp.ndarray, ...], chunk: int) -> jnp.ndarray:
+  """fn over `chunk`-row blocks of xs (sequentially), concatenated; pads the
+  last block and drops its padded outputs."""
+  n = xs[0].shape[0]
+  blocks = -(-n // chunk)
+  padded = [jnp.pad(x, [(0, blocks * chunk - n)] + [(0, 0)] * (x.ndim - 1))
+            .reshape((blocks, chunk) + x.shape[1:]) for x in xs]
+  return jax.lax.map(lambda args: fn(*args), tuple(padded)).reshape(-1)[:n]
+
+
+@functools.partial(jax.jit, static_argnames=("ks", "chunk"))
 def recall_at_k(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
-                caption_image: jnp.ndarray,
-                ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, jnp.ndarray]:
+                caption_image: jnp.ndarray, ks: tuple[int, ...] = (1, 5, 10),
+                chunk: int = 1024) -> dict[str, jnp.ndarray]:
   """Cosine-similarity retrieval in both directions.
+
+  The N×M similarity matrix is computed `chunk` rows (images) or columns
+  (captions) at a time, so COCO's 5k × 25k never has to fit at once.
 
   Args:
     img_emb: [N, D] image embeddings (any scale; normalised here).
     txt_emb: [M, D] caption embeddings.
     caption_image: int32 [M], the image index each caption belongs to.
-    ks: the k of Recall@k.
+    ks: the k of Recall@k; chunk: block size.
 
   Returns:
     float32 scalars "i2t_r{k}" (an image is a hit when any of its captions is
@@ -27,13 +40,21 @@ def recall_at_k(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
     image is among the k best images). Ties count against the query: the rank
     is the number of candidates scoring strictly higher than the best match.
   """
-  sim = l2_normalize(img_emb) @ l2_normalize(txt_emb).T  # [N, M]
-  num_images, num_captions = sim.shape
-  owns = caption_image[None, :] == jnp.arange(num_images)[:, None]
-  best_own = jnp.max(jnp.where(owns, sim, -jnp.inf), axis=1)
-  rank_i2t = jnp.sum(sim > best_own[:, None], axis=1)
-  own_image_score = sim[caption_image, jnp.arange(num_captions)]
-  rank_t2i = jnp.sum(sim > own_image_score[None, :], axis=0)
+  img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
+
+  def image_ranks(rows, image_ids):  # [c, D], [c]
+    sim = rows @ txt.T
+    owns = caption_image[None, :] == image_ids[:, None]
+    best_own = jnp.max(jnp.where(owns, sim, -jnp.inf), axis=1)
+    return jnp.sum(sim > best_own[:, None], axis=1)
+
+  def caption_ranks(cols, owners):  # [c, D], [c]
+    sim = img @ cols.T  # [N, c]
+    own_score = sim[owners, jnp.arange(cols.shape[0])]
+    return jnp.sum(sim > own_score[None, :], axis=0)
+
+  rank_i2t = _in_chunks(image_ranks, (img, jnp.arange(img.shape[0])), chunk)
+  rank_t2i = _in_chunks(caption_ranks, (txt, caption_image), chunk)
   out = {}
   for k in ks:
     out[f"i2t_r{k}"] = jnp.mean((rank_i2t < k).astype(jnp.float32))
