@@ -1,6 +1,7 @@
 r"""Evaluates a checkpoint with the configured probes.
 
   python -m cliplite_jax.evaluate --workdir=WORKDIR [--step=N] [--config=FILE]
+                                 [--gallery]
 
 Restores the latest (or `--step`) checkpoint of WORKDIR onto the devices at
 hand (any count), extracts embeddings with jitted, sharded, batched encoders,
@@ -21,9 +22,9 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh
 
-from cliplite_jax import (checkpoint, config_io, features, optim, parallel,
-                          state as state_lib)
-from cliplite_jax.data import eval_input, pipeline, sources
+from cliplite_jax import (checkpoint, config_io, features, losses, optim,
+                          parallel, plots, state as state_lib)
+from cliplite_jax.data import augment, eval_input, pipeline, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
 from cliplite_jax.probes import (linear, modality_gap, retrieval, svm,
@@ -167,9 +168,12 @@ def format_table(step: int, metrics: dict[str, float]) -> str:
   return "\n".join([f"evaluation at step {step}:"] + rows)
 
 
-def evaluate_checkpoint(workdir: str, config: ml_collections.ConfigDict,
-                        step: int | None = None) -> tuple[int, dict]:
-  """Restores `step` (latest if None) from WORKDIR and runs the probes."""
+def restore(workdir: str, config: ml_collections.ConfigDict,
+            step: int | None = None):
+  """Restores `step` (latest if None) of WORKDIR onto the devices at hand.
+
+  Returns (step, model, variables, tokenizer, mesh).
+  """
   mesh = parallel.make_mesh()
   model = cliplite.build(config)
   tx = optim.build(config)
@@ -186,7 +190,54 @@ def evaluate_checkpoint(workdir: str, config: ml_collections.ConfigDict,
   abstract = state_lib.abstract_state(config, model, tx, mesh)
   state = checkpoint.restore(mngr, step, abstract)
   tokenizer = pipeline.workdir_tokenizer(config, workdir, create=False)
-  return step, run_probes(config, model, state.variables, tokenizer, mesh)
+  return step, model, state.variables, tokenizer, mesh
+
+
+def write_pictures(workdir: str, step: int, config: ml_collections.ConfigDict,
+                   model, variables, tokenizer, mesh,
+                   num_queries: int = 6, top_k: int = 5) -> list[str]:
+  """WORKDIR/eval/gallery_step_N.png: for `num_queries` captions of the
+  scored split (the first caption of evenly spaced images), the `top_k`
+  retrieved images; and WORKDIR/eval/curves.png from metrics.jsonl.
+  Returns the paths written (process 0 writes)."""
+  name, split = config.data.name, config.eval.split
+  source, _ = sources.get(name)
+  if source.captions_key is None:
+    raise config_io.UserError(f"--gallery needs a caption dataset; "
+                              f"{name} has none")
+  image_fn, text_fn = features.make_encoders(model, variables, mesh)
+  test = features.extract_images(
+      image_fn, name, split, config.data.data_dir, config.data.image_size,
+      config.eval.batch_size, mesh, config.data.num_threads)
+  examples = sources.open_split(name, split, config.data.data_dir)
+  rows = np.linspace(0, len(test["index"]) - 1, num_queries).astype(int)
+  queries = [text_lib.clean_caption(sources.decode_captions(
+      source, examples[int(test["index"][r])])[0], config.data.max_words)
+             for r in rows]
+  query_emb = features.batched_apply(
+      text_fn, text_lib.tokenize(tokenizer, queries), config.eval.batch_size,
+      mesh)
+  sim = (losses.l2_normalize(query_emb)
+         @ losses.l2_normalize(test["embeddings"]).T)
+  top = np.argsort(-np.asarray(sim), axis=1, kind="stable")[:, :top_k]
+
+  def picture(row):
+    image, _ = sources.decode(source, examples[int(test["index"][row])])
+    return augment.center_crop_resize(image, max(config.data.image_size, 96))
+
+  paths = [os.path.join(workdir, "eval", f"gallery_step_{step}.png"),
+           os.path.join(workdir, "eval", "curves.png")]
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
+    plots.gallery_png(
+        paths[0], queries, [[picture(r) for r in ranked] for ranked in top],
+        [[r == own for r in ranked] for ranked, own in zip(top, rows)],
+        f"{name} {split}: caption → top-{top_k} images, step {step}")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    records = (plots.read_metrics(metrics_path)
+               if os.path.exists(metrics_path) else [])
+    plots.curves_png(paths[1], records, f"{os.path.basename(workdir)}")
+  return paths
 
 
 FLAGS = flags.FLAGS
@@ -199,6 +250,9 @@ def _define_flags():
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("config", None,
                       "Config file overriding WORKDIR/config.json (optional).")
+  flags.DEFINE_bool("gallery", False,
+                    "Also write eval/gallery_step_N.png (caption → top-5 "
+                    "images) and eval/curves.png (from metrics.jsonl).")
   flags.mark_flag_as_required("workdir")
 
 
@@ -213,12 +267,18 @@ def main(argv):
               else config_io.load_saved(workdir))
     check_config(config)
     check_reads(eval_reads(config), config.data.data_dir)
-    step, metrics = evaluate_checkpoint(workdir, config, FLAGS.step)
+    step, model, variables, tokenizer, mesh = restore(workdir, config,
+                                                      FLAGS.step)
+    metrics = run_probes(config, model, variables, tokenizer, mesh)
+    path = write_results(workdir, step, metrics)
+    print(format_table(step, metrics))
+    print(f"wrote {path}")
+    if FLAGS.gallery:
+      for path in write_pictures(workdir, step, config, model, variables,
+                                 tokenizer, mesh):
+        print(f"wrote {path}")
   except (config_io.UserError, sources.DatasetNotPreparedError) as e:
     sys.exit(f"cliplite_jax.evaluate: error: {e}")
-  path = write_results(workdir, step, metrics)
-  print(format_table(step, metrics))
-  print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,15 @@
 import json
 import os
 
+import numpy as np
+from PIL import Image
+
+from cliplite_jax import plots
 from conftest import run_module, tiny_overrides
+
+
+def _rgb(hex_colour: str) -> np.ndarray:
+  return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
 
 
 def test_train_then_evaluate(tiny_data_dir, tmp_path):
@@ -21,8 +29,19 @@ def test_train_then_evaluate(tiny_data_dir, tmp_path):
     assert key in logged[0], key
   assert os.listdir(os.path.join(workdir, "tb"))
 
-  evaluate = run_module("cliplite_jax.evaluate", f"--workdir={workdir}", "--step=2")
+  evaluate = run_module("cliplite_jax.evaluate", f"--workdir={workdir}",
+                        "--step=2", "--gallery")
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  for name in ("gallery_step_2.png", "curves.png"):
+    with Image.open(os.path.join(workdir, "eval", name)) as picture:
+      pixels = np.asarray(picture.convert("RGB")).astype(int)
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 800, name
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, name
+    if name.startswith("gallery"):
+      # 6 queries × 5 retrieved images, each framed green or red.
+      frames = sum(np.all(np.abs(pixels - _rgb(colour)) < 8, axis=-1).sum()
+                   for colour in (plots.CORRECT, plots.WRONG))
+      assert frames > 30 * 4 * 100
   with open(os.path.join(workdir, "eval", "step_2.json")) as f:
     results = json.load(f)
   for k in (1, 5, 10):

@@ -137,17 +137,22 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_good_checkpoints(
   assert step == max(saved)
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("--config.batch_size=15", "not divisible by the 2 devices"),
-    ("--config.eval.split=nosuch", "nosuch"),
-    ("--config.optim.warmup_steps=8", "warmup_steps"),
-    ("--config.data.tokenizer=/nonexistent/vocab", "data.tokenizer"),
+@pytest.mark.parametrize("overrides,needle", [
+    (["--config.batch_size=15"], "not divisible by the 2 devices"),
+    (["--config.eval.split=nosuch"], "nosuch"),
+    (["--config.optim.warmup_steps=8"], "warmup_steps"),
+    (["--config.data.tokenizer=/nonexistent/vocab"], "data.tokenizer"),
+    (["--config.eval.probes=('svm',)", "--config.eval.transfer=('voc/2007',)"],
+     "tfds build voc/2007 --file_format=array_record"),
+    (["--config.eval.transfer=('nosuch',)"], "unknown dataset 'nosuch'"),
+    (["--config.eval.probes=('retreival',)"], "eval.probes: unknown"),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tiny_data_dir, tmp_path,
-                                                   override, needle):
+                                                   overrides, needle):
   workdir = str(tmp_path / "run")
-  result = run_module(MAIN, *_args(tiny_data_dir, workdir, override,
-                                   "--config.eval.probes=('retrieval',)"))
+  result = run_module(MAIN, *_args(tiny_data_dir, workdir,
+                                   "--config.eval.probes=('retrieval',)",
+                                   *overrides))
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and needle in lines[0], result.stderr[-2000:]
