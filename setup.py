@@ -24,9 +24,11 @@ setup(
         "absl-py",
         "numpy",
         "pillow",
+        "safetensors",
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "scikit-learn"],
+        "test": ["pytest", "scikit-learn", "transformers>=5",
+                 "torch==2.13.0"],
     },
 )

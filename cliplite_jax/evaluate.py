@@ -40,7 +40,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise config_io.UserError(f"eval.probes: unknown {unknown}; known: "
                               f"{list(PROBES)}")
-  for name in (config.data.name, *config.eval.transfer):
+  for name in (config.data.name, *config.eval.get("transfer", ())):
     try:
       sources.get(name)
     except ValueError as e:
@@ -50,8 +50,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def datasets(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
   """(dataset name, scored split, probe-training split) of every dataset
   evaluated: the training dataset, then `config.eval.transfer`."""
-  out = [(config.data.name, config.eval.split, config.eval.fit_split)]
-  for name in config.eval.transfer:
+  # Configs saved before transfer sets existed fitted probes on "train".
+  out = [(config.data.name, config.eval.split,
+          config.eval.get("fit_split", "train"))]
+  for name in config.eval.get("transfer", ()):
     source, _ = sources.get(name)
     out.append((name, source.eval_split, source.fit_split))
   return out

@@ -5,7 +5,9 @@ schedule] → Lookahead. Order and semantics match PyTorch's
 `clip_grad_norm_` + `SGD(momentum, weight_decay)` (decay added to the gradient
 before momentum) wrapped in Lookahead(k, alpha). Groups are picked by regex
 over the '/'-joined parameter path; the first match wins and unmatched
-parameters fall into "other".
+parameters fall into "other". Text-tower parameters frozen by
+`model.text.train_last_layers` get neither gradient (they are left out of the
+clipping norm too) nor update nor weight decay.
 """
 from __future__ import annotations
 
@@ -16,14 +18,35 @@ import ml_collections
 import optax
 
 OTHER = "other"
+FROZEN = "frozen"
+_TEXT_LAYER = re.compile(r"^text_encoder/layer_(\d+)/")
 
 
-def param_labels(params, group_regex: dict[str, str]):
-  """A tree like `params` whose leaves are group names."""
+def is_frozen(key: str, layers: int, train_last_layers: int) -> bool:
+  """Whether the parameter at '/'-joined path `key` is frozen.
+
+  train_last_layers < 0 trains everything; 0 freezes the whole text tower;
+  N > 0 trains only its last N transformer layers and its pooler.
+  """
+  if train_last_layers < 0 or not key.startswith("text_encoder/"):
+    return False
+  layer = _TEXT_LAYER.match(key)
+  if layer:
+    return int(layer.group(1)) < layers - train_last_layers
+  if key.startswith("text_encoder/pooler/"):
+    return train_last_layers == 0
+  return True  # embeddings
+
+
+def param_labels(params, group_regex: dict[str, str], text_layers: int = 0,
+                 train_last_layers: int = -1):
+  """A tree like `params` whose leaves are group names (or FROZEN)."""
   patterns = [(name, re.compile(rx)) for name, rx in group_regex.items()]
 
   def label(path, _):
     key = "/".join(str(getattr(p, "key", p)) for p in path)
+    if is_frozen(key, text_layers, train_last_layers):
+      return FROZEN
     return next((name for name, rx in patterns if rx.search(key)), OTHER)
 
   return jax.tree_util.tree_map_with_path(label, params)
@@ -60,10 +83,20 @@ def build(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   per_group = {g: _group_optimizer(o, s) for g, s in schedules(config).items()}
   if OTHER not in per_group:
     raise ValueError(f"optim.lr needs an {OTHER!r} entry, got {list(o.lr)}")
-  tx = optax.chain(
-      optax.clip_by_global_norm(o.clip_norm),
-      optax.multi_transform(
-          per_group, lambda p: param_labels(p, dict(o.group_regex))))
+  # Configs saved before freezing existed train everything.
+  train_last_layers = config.model.text.get("train_last_layers", -1)
+
+  def labels(params):
+    return param_labels(params, dict(o.group_regex), config.model.text.layers,
+                        train_last_layers)
+
+  stages = [optax.clip_by_global_norm(o.clip_norm)]
+  if train_last_layers >= 0:  # else the optimiser state is as without it
+    per_group[FROZEN] = optax.set_to_zero()
+    stages.insert(0, optax.masked(
+        optax.set_to_zero(),
+        lambda p: jax.tree.map(lambda g: g == FROZEN, labels(p))))
+  tx = optax.chain(*stages, optax.multi_transform(per_group, labels))
   if o.lookahead_k > 0:
     tx = optax.lookahead(tx, sync_period=o.lookahead_k,
                          slow_step_size=o.lookahead_alpha)

@@ -11,6 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from cliplite_jax import optim, parallel
+from cliplite_jax.models import cliplite, text
 
 
 @flax.struct.dataclass
@@ -48,25 +49,42 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 2):
 
 
 def create_train_state(config: ml_collections.ConfigDict, model,
-                       tx: optax.GradientTransformation,
-                       rng: jax.Array) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and the optimiser state."""
+                       tx: optax.GradientTransformation, rng: jax.Array,
+                       text_params: dict | None = None) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and the optimiser state;
+  `text_params` (e.g. pretrained BERT weights) replace the text tower's."""
   init_rng, prior_rng, dropout_rng, state_rng = jax.random.split(rng, 4)
   variables = model.init(
       {"params": init_rng, "prior": prior_rng, "dropout": dropout_rng},
       *dummy_inputs(config), train=False)
-  params = optim.init_params(config, variables["params"])
+  params = dict(variables["params"])
+  if text_params is not None:
+    params[cliplite.TEXT_TOWER] = text_params
+  params = optim.init_params(config, params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables["batch_stats"],
                     opt_state=tx.init(params), rng=state_rng)
 
 
+def pretrained_text_params(config: ml_collections.ConfigDict) -> dict | None:
+  """The text tower's weights from `model.text.pretrained` (None if unset)."""
+  path = config.model.text.pretrained
+  if not path:
+    return None
+  _, variables = text.load_pretrained(path, pooling=config.model.text.pooling)
+  return variables["params"]
+
+
 def init_sharded(config: ml_collections.ConfigDict, model, tx,
-                 mesh: Mesh) -> TrainState:
-  """`create_train_state` from `config.seed`, replicated over `mesh`."""
-  create = jax.jit(lambda rng: create_train_state(config, model, tx, rng),
-                   out_shardings=parallel.replicated(mesh))
-  return create(jax.random.key(config.seed))
+                 mesh: Mesh, pretrained: bool = True) -> TrainState:
+  """`create_train_state` from `config.seed`, replicated over `mesh`, with
+  the text tower from `model.text.pretrained` when `pretrained`."""
+  text_params = pretrained_text_params(config) if pretrained else None
+  create = jax.jit(
+      lambda rng, text_params: create_train_state(config, model, tx, rng,
+                                                  text_params),
+      out_shardings=parallel.replicated(mesh))
+  return create(jax.random.key(config.seed), text_params)
 
 
 def abstract_state(config: ml_collections.ConfigDict, model, tx,

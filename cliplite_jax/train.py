@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
 from cliplite_jax import guards, optim, parallel, state as state_lib
 from cliplite_jax.data import augment, pipeline
-from cliplite_jax.models import cliplite
+from cliplite_jax.models import cliplite, hf_bert
 
 
 def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -73,6 +73,30 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
+def _adopt_pretrained_text(config: ml_collections.ConfigDict) -> None:
+  """With `model.text.pretrained`, takes the text architecture (and, unless
+  another tokenizer is named, the tokenizer) from that checkpoint, so the
+  saved config.json describes the model that is trained."""
+  path = config.model.text.pretrained
+  if not path:
+    return
+  try:
+    fields = hf_bert.encoder_fields(hf_bert.read_config(path))
+  except hf_bert.PretrainedError as e:
+    raise config_io.UserError(f"model.text.pretrained: {e}") from e
+  fixed = (fields.pop("type_vocab_size"), fields.pop("layer_norm_eps"))
+  if fixed != (2, 1e-12):
+    raise config_io.UserError(
+        f"model.text.pretrained: {path} has type_vocab_size, layer_norm_eps = "
+        f"{fixed}; the config supports BERT's (2, 1e-12) only")
+  del fields["dropout"]  # a training choice: the config's stays
+  config.model.text.update(fields)
+  if config.data.tokenizer == "wordpiece":
+    config.data.tokenizer = path
+  print(f"text tower from {path}: {fields['layers']} layers, hidden "
+        f"{fields['hidden']}, vocabulary {fields['vocab_size']}", flush=True)
+
+
 def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   if config.batch_size % mesh.devices.size:
     raise config_io.UserError(
@@ -114,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   final evaluation metrics (empty when `config.eval.probes` is).
   """
   mesh = parallel.make_mesh()
+  _adopt_pretrained_text(config)
   _validate(config, mesh)
   _check_data(config)
   guards.check_config_change(config, workdir, allow_config_change)
@@ -126,8 +151,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_iter = iter(pipeline.train_dataset(
       config, tokenizer, jax.process_index(), jax.process_count()))
   mngr = checkpoint.manager(workdir, config)
-  state = state_lib.init_sharded(config, model, tx, mesh)
   last_saved = mngr.latest_step()
+  state = state_lib.init_sharded(config, model, tx, mesh,
+                                 pretrained=last_saved is None)
   if last_saved is not None:
     state = checkpoint.restore(mngr, last_saved, state, data_iter)
     logging.info("resumed from step %d", int(state.step))

@@ -9,10 +9,10 @@ The argument picks one ablation of the paper (at most one of each key):
   :text_layers=2|4|6      text depth at batch 1024
   :backbone=rn18|rn101|rn152  backbone at batch 512
   :fraction=0.1|0.25|0.5|0.75 seeded subset of the images, steps scaled
-(The paper's data-fraction runs start from a pretrained BERT-base. Its
-vocabulary can be given with --config.data.tokenizer=PATH and
---config.model.text.vocab_size=30522; loading its weights is not supported
-yet, so here the text tower starts from random init.)
+  :bert=DIR               start the text tower from a local Hugging Face
+                          BERT-base directory (weights and tokenizer), as
+                          the paper's data-fraction runs do; combine with
+                          fraction, e.g. :fraction=0.2,bert=/data/bert-base-uncased
 
 Usage (data prepared with `tfds build coco_captions/2014`):
   python -m cliplite_jax.main --config=configs/coco_rn50_bert.py:batch=256 \
@@ -26,7 +26,7 @@ _BACKBONES = {"rn18": 18, "rn50": 50, "rn101": 101, "rn152": 152}
 def get_config(arg: str | None = None):
   """The headline config, or the ablation named by `arg` (see above)."""
   args = config_io.parse_arg(arg, batch=0, text_layers=0, backbone="",
-                             fraction=0.0)
+                             fraction=0.0, bert="")
   c = config_io.load_sibling(__file__, "default.py", None)
   c.total_steps = 250_000
   c.batch_size = 1024
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
   c.model.image = dict(depth=50, width=1.0)
   c.model.text = dict(vocab_size=30522, hidden=768, layers=12, heads=12,
                       mlp_dim=3072, max_len=512, pooling="pooler",
-                      dropout=0.1)
+                      dropout=0.1, pretrained="", train_last_layers=-1)
   c.model.proj_dim = 2048
 
   c.optim.lr = dict(image=0.2, text=0.001, other=0.001)
@@ -83,4 +83,6 @@ def get_config(arg: str | None = None):
     c.total_steps = round(c.total_steps * args.fraction)
     c.optim.warmup_steps = round(c.optim.warmup_steps * args.fraction)
     c.eval.every_steps = round(c.eval.every_steps * args.fraction)
+  if args.bert:
+    c.model.text.pretrained = args.bert
   return c

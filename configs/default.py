@@ -34,6 +34,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 1000-step demo bind shape words to shapes (pooler stays at chance).
       pooling="mean",
       dropout=0.1,
+      # A local Hugging Face BERT-architecture directory (config.json +
+      # model.safetensors or pytorch_model.bin, tokenizer files) to start the
+      # text tower from; its architecture and tokenizer replace the fields
+      # above. Empty: random init.
+      pretrained="",
+      # -1 trains the whole text tower; 0 freezes it; N trains only its last
+      # N layers and pooler (frozen parameters get no update, no decay).
+      train_last_layers=-1,
   )
   c.model.proj_dim = 256  # paper: 2048
   c.model.init_temperature = 0.07  # t = log(1/0.07), unclamped

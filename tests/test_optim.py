@@ -20,7 +20,59 @@ def _config(**optim_overrides):
       group_regex=dict(image="^image_encoder/", text="^text_encoder/"),
       b1=0.9, b2=0.999))
   c.optim.update(optim_overrides)
+  c.model = ml_collections.ConfigDict(
+      dict(text=dict(layers=3, train_last_layers=-1)))
   return c
+
+
+def test_is_frozen_by_last_layers():
+  keys = ["text_encoder/word_embeddings/embedding", "text_encoder/layer_0/x",
+          "text_encoder/layer_1/x", "text_encoder/layer_2/x",
+          "text_encoder/pooler/kernel", "image_encoder/conv/kernel",
+          "text_head/dense/kernel"]
+  frozen = {n: [optim.is_frozen(k, 3, n) for k in keys] for n in (-1, 0, 1)}
+  assert frozen[-1] == [False] * 7
+  assert frozen[0] == [True, True, True, True, True, False, False]
+  assert frozen[1] == [True, True, True, False, False, False, False]
+
+
+def test_frozen_params_get_no_update_no_decay_and_no_share_of_the_clip():
+  params = {"text_encoder": {"layer_0": {"w": jnp.ones(2)},
+                             "layer_1": {"w": jnp.ones(2)}},
+            "image_encoder": {"w": jnp.ones(2)}}
+  config = _config(weight_decay=0.1, momentum=0.9, clip_norm=1.0,
+                   lookahead_k=2)
+  config.model.text.update(layers=2, train_last_layers=1)
+  tx = optim.build(config)
+  wrapped = optim.init_params(config, params)
+  opt_state = tx.init(wrapped)
+  # Huge gradients on the frozen layer must not shrink the others' step.
+  grads = {"text_encoder": {"layer_0": {"w": jnp.full(2, 1e6)},
+                            "layer_1": {"w": jnp.full(2, 0.1)}},
+           "image_encoder": {"w": jnp.full(2, 0.1)}}
+  for _ in range(5):
+    updates, opt_state = tx.update(grads, opt_state, wrapped)
+    wrapped = optax.apply_updates(wrapped, updates)
+  out = optim.model_params(wrapped)
+  np.testing.assert_array_equal(out["text_encoder"]["layer_0"]["w"], 1.0)
+  unclipped = _config(weight_decay=0.1, momentum=0.9, clip_norm=1.0,
+                      lookahead_k=2)
+  tx2 = optim.build(unclipped)
+  alone = {"text_encoder": {"layer_1": {"w": jnp.ones(2)}},
+           "image_encoder": {"w": jnp.ones(2)}}
+  wrapped2 = optim.init_params(unclipped, alone)
+  state2 = tx2.init(wrapped2)
+  for _ in range(5):
+    updates, state2 = tx2.update(
+        {"text_encoder": {"layer_1": {"w": jnp.full(2, 0.1)}},
+         "image_encoder": {"w": jnp.full(2, 0.1)}}, state2, wrapped2)
+    wrapped2 = optax.apply_updates(wrapped2, updates)
+  want = optim.model_params(wrapped2)
+  np.testing.assert_allclose(out["image_encoder"]["w"],
+                             want["image_encoder"]["w"], rtol=1e-6)
+  np.testing.assert_allclose(out["text_encoder"]["layer_1"]["w"],
+                             want["text_encoder"]["layer_1"]["w"], rtol=1e-6)
+  assert np.all(out["image_encoder"]["w"] != 1.0)
 
 
 def _params():

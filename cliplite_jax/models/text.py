@@ -7,10 +7,16 @@ it one to one.
 from __future__ import annotations
 
 import functools
+import json
+import os
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+
+from cliplite_jax.models import hf_bert
 
 POOLINGS = ("pooler", "mean", "cls")
 _init = nn.initializers.normal(stddev=0.02)  # BERT's initializer_range.
@@ -22,12 +28,14 @@ class TransformerLayer(nn.Module):
   heads: int
   mlp_dim: int
   dropout: float
+  layer_norm_eps: float
   dtype: Any
 
   @nn.compact
   def __call__(self, x, key_mask, train: bool):
     dense = functools.partial(nn.Dense, kernel_init=_init, dtype=self.dtype)
-    norm = functools.partial(nn.LayerNorm, epsilon=1e-12, dtype=self.dtype)
+    norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps,
+                             dtype=self.dtype)
     drop = functools.partial(nn.Dropout, rate=self.dropout,
                              deterministic=not train)
     attended = nn.MultiHeadDotProductAttention(
@@ -49,6 +57,7 @@ class TextEncoder(nn.Module):
     pooling: "pooler" (tanh dense on the first token, BERT's pooler_output),
       "mean" (over unmasked tokens) or "cls" (first token, no dense).
     dropout: on embeddings, attention probabilities and residual branches.
+    type_vocab_size, layer_norm_eps: as BERT's config (2, 1e-12).
     dtype: compute dtype; parameters stay float32.
   """
   vocab_size: int = 30522
@@ -59,6 +68,8 @@ class TextEncoder(nn.Module):
   max_len: int = 512
   pooling: str = "pooler"
   dropout: float = 0.1
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
   dtype: Any = jnp.float32
 
   @property
@@ -67,7 +78,7 @@ class TextEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
-               train: bool) -> dict[str, jnp.ndarray]:
+               train: bool = False) -> dict[str, jnp.ndarray]:
     """Encodes token ids.
 
     Args:
@@ -88,14 +99,17 @@ class TextEncoder(nn.Module):
     x = (embed(self.vocab_size, name="word_embeddings")(input_ids)
          + embed(self.max_len, name="position_embeddings")(
              jnp.arange(length)[None])
-         + embed(2, name="token_type_embeddings")(jnp.zeros_like(input_ids)))
-    x = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name="embeddings_norm")(x)
+         + embed(self.type_vocab_size, name="token_type_embeddings")(
+             jnp.zeros_like(input_ids)))
+    x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                     name="embeddings_norm")(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x).astype(self.dtype)
     # Masks keys only, as BERT does; padded query rows still get outputs.
     key_mask = attention_mask[:, None, None, :].astype(bool)
     for i in range(self.layers):
       x = TransformerLayer(self.hidden, self.heads, self.mlp_dim, self.dropout,
-                           self.dtype, name=f"layer_{i}")(x, key_mask, train)
+                           self.layer_norm_eps, self.dtype,
+                           name=f"layer_{i}")(x, key_mask, train)
     out = {"last_hidden_state": x}
     if self.pooling == "pooler":
       first = x[:, 0]
@@ -110,3 +124,71 @@ class TextEncoder(nn.Module):
       out["features"] = x[:, 0]
     out["features"] = out["features"].astype(jnp.float32)
     return out
+
+
+def load_pretrained(path: str, dtype: Any = jnp.float32,
+                    pooling: str | None = None) -> tuple[TextEncoder, dict]:
+  """A local Hugging Face BERT-architecture checkpoint as our encoder.
+
+  Reads PATH/config.json and PATH/model.safetensors (or pytorch_model.bin,
+  which needs torch). `pooling` defaults to "pooler" when the checkpoint has
+  BERT's pooler, else "cls". The matching tokenizer is
+  `data.text.load_tokenizer(PATH)`.
+
+  Returns (module, variables): `module.apply(variables, input_ids int32
+  [B, L], attention_mask int32 [B, L])` gives "last_hidden_state" [B, L, H]
+  and, with a pooler, "pooler_output" [B, H]. Raises
+  hf_bert.PretrainedError (one line naming what was found) for a missing
+  file, tensor or unsupported architecture.
+  """
+  fields = hf_bert.encoder_fields(hf_bert.read_config(path))
+  weights = hf_bert.read_weights(path)
+  has_pooler = "pooler.dense.weight" in weights
+  pooling = pooling or ("pooler" if has_pooler else "cls")
+  if pooling == "pooler" and not has_pooler:
+    raise hf_bert.PretrainedError(f"{path} has no pooler weights; use "
+                                  f"pooling 'mean' or 'cls'")
+  module = TextEncoder(**fields, pooling=pooling, dtype=dtype)
+  params = hf_bert.params_from_weights(weights, fields["layers"],
+                                       fields["heads"], pooling == "pooler",
+                                       path)
+  _check_shapes(module, params, path)
+  return module, {"params": jax.tree.map(jnp.asarray, params)}
+
+
+def _check_shapes(module: TextEncoder, params: dict, where: str) -> None:
+  ids = jnp.zeros((1, 2), jnp.int32)
+  expected = jax.eval_shape(lambda: module.init(jax.random.key(0), ids,
+                                                jnp.ones_like(ids)))["params"]
+  bad = [f"{jax.tree_util.keystr(path)} {got.shape} vs {want.shape}"
+         for (path, got), want in zip(
+             jax.tree_util.tree_flatten_with_path(params)[0],
+             jax.tree.leaves(expected)) if got.shape != want.shape]
+  if jax.tree.structure(params) != jax.tree.structure(expected) or bad:
+    raise hf_bert.PretrainedError(f"{where}: tensor shapes do not match its "
+                                  f"config.json: {bad[:3]}")
+
+
+def export_pretrained(module: TextEncoder, params: dict, path: str,
+                      tokenizer=None) -> None:
+  """Writes `params` (of `module`) as a transformers `BertModel` directory:
+  config.json, model.safetensors and, given a `tokenizers.Tokenizer`, its
+  tokenizer.json and vocab.txt. Without a pooler (pooling "mean"/"cls")
+  transformers initialises `BertModel.pooler` itself."""
+  from safetensors.numpy import save_file
+  fields = {f: getattr(module, f) for f in (
+      "vocab_size", "hidden", "layers", "heads", "mlp_dim", "max_len",
+      "dropout", "type_vocab_size", "layer_norm_eps")}
+  pooler = module.pooling == "pooler"
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, hf_bert.CONFIG_FILE), "w") as f:
+    json.dump(hf_bert.hf_config(fields, pooler), f, indent=2)
+  weights = hf_bert.weights_from_params(
+      jax.tree.map(np.asarray, params), module.layers, pooler)
+  save_file(weights, os.path.join(path, hf_bert.SAFETENSORS_FILE),
+            metadata={"format": "pt"})
+  if tokenizer is not None:
+    tokenizer.save(os.path.join(path, "tokenizer.json"))
+    vocab = tokenizer.get_vocab()
+    with open(os.path.join(path, "vocab.txt"), "w") as f:
+      f.writelines(f"{token}\n" for token in sorted(vocab, key=vocab.get))

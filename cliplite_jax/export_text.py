@@ -1,0 +1,56 @@
+r"""Exports a trained text tower as a Hugging Face `BertModel` directory.
+
+  python -m cliplite_jax.export_text --workdir=WORKDIR --out=DIR [--step=N]
+
+Writes DIR/config.json, DIR/model.safetensors and the run's tokenizer
+(tokenizer.json, vocab.txt), which `transformers.BertModel.from_pretrained`
+and `cliplite_jax.models.text.load_pretrained` both read.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+
+from cliplite_jax import config_io, evaluate
+from cliplite_jax.models import cliplite, text
+
+FLAGS = flags.FLAGS
+
+
+def export(workdir: str, out: str, step: int | None = None) -> int:
+  """Restores `step` (latest if None) of WORKDIR and writes its text tower
+  to `out`; returns the step exported."""
+  config = config_io.load_saved(workdir)
+  step, model, variables, tokenizer, _ = evaluate.restore(workdir, config,
+                                                          step)
+  params = jax.device_get(variables["params"][cliplite.TEXT_TOWER])
+  if jax.process_index() == 0:
+    text.export_pretrained(model.text_encoder, params, out, tokenizer)
+  return step
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)
+  try:
+    workdir = config_io.existing_workdir(FLAGS.workdir)
+    if os.path.exists(FLAGS.out) and os.listdir(FLAGS.out):
+      raise config_io.UserError(f"--out {FLAGS.out} exists and is not empty; "
+                                f"name a new directory")
+    step = export(workdir, FLAGS.out, FLAGS.step)
+  except config_io.UserError as e:
+    sys.exit(f"cliplite_jax.export_text: error: {e}")
+  print(f"wrote the text tower of step {step} to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Training directory.")
+  flags.DEFINE_string("out", None, "New directory for the HF checkpoint.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)
