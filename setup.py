@@ -13,6 +13,7 @@ setup(
         "flax>=0.12",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12",
+        "etils[epath]",  # workdir files, local or gs://
         "grain>=0.2.18",
         "tensorflow-datasets>=4.9.10",
         # TFDS needs TensorFlow to build datasets with image features.

@@ -1,4 +1,8 @@
-"""Reading and saving configs and checking user-given paths."""
+"""Reading and saving configs and checking user-given paths.
+
+Workdir files go through `etils.epath`, so a workdir can be local or a
+gs:// path (TensorFlow's filesystems).
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -6,6 +10,7 @@ import json
 import os
 
 import ml_collections
+from etils import epath
 
 CONFIG_FILE = "config.json"
 
@@ -17,7 +22,7 @@ class UserError(Exception):
 def existing_workdir(workdir: str | None) -> str:
   if not workdir:
     raise UserError("--workdir is required")
-  if not os.path.isdir(workdir):
+  if not epath.Path(workdir).is_dir():
     raise UserError(f"workdir {workdir} does not exist; train first: "
                     f"python -m cliplite_jax.main --config=configs/default.py "
                     f"--workdir={workdir}")
@@ -26,12 +31,11 @@ def existing_workdir(workdir: str | None) -> str:
 
 def load_saved(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
     raise UserError(f"{path} not found: {workdir} is not a training workdir "
                     f"(pass --config=FILE to evaluate with a given config)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def load_file(spec: str) -> ml_collections.ConfigDict:
@@ -74,5 +78,5 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def save(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes WORKDIR/config.json."""
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json(indent=1, sort_keys=True))
+  (epath.Path(workdir) / CONFIG_FILE).write_text(
+      config.to_json(indent=1, sort_keys=True))

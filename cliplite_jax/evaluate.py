@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from jax.sharding import Mesh
 
 from cliplite_jax import (checkpoint, config_io, features, losses, optim,
@@ -156,12 +157,11 @@ def _probe_dataset(config, name, split, fit_split, probes, encoders,
 
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
   """Writes WORKDIR/eval/step_N.json (process 0 only); returns its path."""
-  path = os.path.join(workdir, "eval", f"step_{step}.json")
+  path = epath.Path(workdir) / "eval" / f"step_{step}.json"
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(metrics, f, indent=1, sort_keys=True)
-  return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+  return str(path)
 
 
 def format_table(step: int, metrics: dict[str, float]) -> str:
@@ -227,18 +227,19 @@ def write_pictures(workdir: str, step: int, config: ml_collections.ConfigDict,
     image, _ = sources.decode(source, examples[int(test["index"][row])])
     return augment.center_crop_resize(image, max(config.data.image_size, 96))
 
-  paths = [os.path.join(workdir, "eval", f"gallery_step_{step}.png"),
-           os.path.join(workdir, "eval", "curves.png")]
+  eval_dir = epath.Path(workdir) / "eval"
+  paths = [str(eval_dir / f"gallery_step_{step}.png"),
+           str(eval_dir / "curves.png")]
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
+    eval_dir.mkdir(parents=True, exist_ok=True)
     plots.gallery_png(
         paths[0], queries, [[picture(r) for r in ranked] for ranked in top],
         [[r == own for r in ranked] for ranked, own in zip(top, rows)],
         f"{name} {split}: caption → top-{top_k} images, step {step}")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    records = (plots.read_metrics(metrics_path)
-               if os.path.exists(metrics_path) else [])
-    plots.curves_png(paths[1], records, f"{os.path.basename(workdir)}")
+    metrics_path = epath.Path(workdir) / "metrics.jsonl"
+    records = (plots.read_metrics(str(metrics_path))
+               if metrics_path.exists() else [])
+    plots.curves_png(paths[1], records, epath.Path(workdir).name)
   return paths
 
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from cliplite_jax import config_io
 
@@ -16,6 +16,8 @@ from cliplite_jax import config_io
 # with other values would load mismatched weights or train something else.
 _CHECKPOINT_DEFINING = ("model", "loss", "data.name", "data.image_size",
                         "data.max_tokens", "data.tokenizer")
+# Memory/speed choices under those prefixes: changing them changes no result.
+_FREE_TO_CHANGE = ("model.remat",)
 
 
 class PreemptionSignal:
@@ -108,15 +110,16 @@ def check_config_change(config: ml_collections.ConfigDict, workdir: str,
   Compares the model, loss and tokenisation fields with WORKDIR/config.json
   (if any). Raises UserError listing each change unless `allow`.
   """
-  path = os.path.join(workdir, config_io.CONFIG_FILE)
-  if allow or not os.path.exists(path):
+  path = epath.Path(workdir) / config_io.CONFIG_FILE
+  if allow or not path.exists():
     return
   saved = _flatten(config_io.load_saved(workdir).to_dict())
   # A JSON round trip makes tuples lists, as in the saved file.
   new = _flatten(json.loads(config.to_json()))
   changes = []
   for key in sorted(set(saved) | set(new)):
-    if key.startswith(_CHECKPOINT_DEFINING) and saved.get(key) != new.get(key):
+    if (key.startswith(_CHECKPOINT_DEFINING) and key not in _FREE_TO_CHANGE
+        and saved.get(key) != new.get(key)):
       changes.append(f"{key} ({saved.get(key)!r} -> {new.get(key)!r})")
   if changes:
     raise config_io.UserError(

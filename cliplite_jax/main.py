@@ -22,9 +22,16 @@ config_flags.DEFINE_config_file("config", None, "Training config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and "
                     "evaluation results; an existing one is resumed.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
-                  "first (multi-host: TPU VM slices, SLURM, or the JAX_* "
-                  "coordinator environment variables).")
+flags.DEFINE_bool("distributed", False, "Multi-process run: call "
+                  "jax.distributed.initialize() first, which finds the "
+                  "coordinator, process count and id on TPU VM slices and "
+                  "under SLURM, or from the three flags below.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 "
+                    "(implies --distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes "
+                     "(with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index "
+                     "(with --coordinator_address).")
 flags.DEFINE_bool("allow_config_change", False, "Resume a workdir even though "
                   "the model, loss or tokenisation config differs from the "
                   "one saved there.")
@@ -59,14 +66,36 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(f"unknown config key {key!r}{where}{hint}")
 
 
+def initialize_distributed(coordinator_address: str | None,
+                           num_processes: int | None,
+                           process_id: int | None) -> None:
+  """jax.distributed.initialize, explicit or auto-detected (all None).
+
+  CPU processes exchange their collectives over gloo (the default CPU
+  backend has none across processes); GPUs and TPUs ignore that setting.
+  """
+  import jax  # here, so that --help stays fast
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in explicit) and None in explicit:
+    _fail("--coordinator_address, --num_processes and --process_id go "
+          "together")
+  if num_processes is not None and not 0 <= process_id < num_processes:
+    _fail(f"--process_id={process_id} must be in [0, {num_processes})")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (RuntimeError, ValueError) as e:
+    _fail(f"jax.distributed.initialize failed: {str(e).splitlines()[0]}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # Keep the progress lines readable.
-  if FLAGS.distributed:
-    import jax  # here, so that --help stays fast
-    jax.distributed.initialize()
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                              FLAGS.allow_config_change)

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
+from etils import epath
 
 
 class MetricWriter:
@@ -22,13 +22,13 @@ class MetricWriter:
     self._jsonl = None
     self._tb = None
     if self._active:
-      path = os.path.join(workdir, "metrics.jsonl")
-      if resume_step is not None and os.path.exists(path):
+      path = epath.Path(workdir) / "metrics.jsonl"
+      if resume_step is not None and path.exists():
         _truncate_after(path, resume_step)
-      self._jsonl = open(path, "a")
+      self._jsonl = path.open("a")
       # Imported lazily: it pulls in TensorFlow.
       from flax.metrics import tensorboard
-      self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tb"))
+      self._tb = tensorboard.SummaryWriter(str(epath.Path(workdir) / "tb"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self._active:
@@ -46,10 +46,9 @@ class MetricWriter:
       self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
+def _truncate_after(path: epath.Path, step: int) -> None:
   """Rewrites the JSONL file at `path` without records of steps > `step`."""
-  with open(path) as f:
-    lines = f.readlines()
+  lines = path.read_text().splitlines(keepends=True)
   kept = []
   for line in lines:
     try:
@@ -58,9 +57,9 @@ def _truncate_after(path: str, step: int) -> None:
     except (ValueError, KeyError):  # a line cut short by a kill
       continue
   if len(kept) != len(lines):
-    with open(path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(kept))
+    temporary.replace(path)
 
 
 class Progress:

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on a training host
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
 CORRECT, WRONG = "#1a9850", "#d73027"
 
@@ -49,14 +50,15 @@ def gallery_png(path: str, queries: list[str], images: list[list[np.ndarray]],
                     color=colour, fontsize=9)
   fig.suptitle(title, fontsize=12)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
 
 
 def read_metrics(path: str) -> list[dict]:
   """The records of a metrics.jsonl (one JSON object per line)."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines()
+          if line.strip()]
 
 
 _PANELS = (
@@ -92,5 +94,6 @@ def curves_png(path: str, records: list[dict], title: str) -> None:
     ax.legend(fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)

@@ -77,23 +77,33 @@ def pretrained_text_params(config: ml_collections.ConfigDict) -> dict | None:
 
 def init_sharded(config: ml_collections.ConfigDict, model, tx,
                  mesh: Mesh, pretrained: bool = True) -> TrainState:
-  """`create_train_state` from `config.seed`, replicated over `mesh`, with
-  the text tower from `model.text.pretrained` when `pretrained`."""
+  """`create_train_state` from `config.seed`, laid out on `mesh`
+  (`parallel.state_shardings`), with the text tower from
+  `model.text.pretrained` when `pretrained`."""
   text_params = pretrained_text_params(config) if pretrained else None
   create = jax.jit(
       lambda rng, text_params: create_train_state(config, model, tx, rng,
                                                   text_params),
-      out_shardings=parallel.replicated(mesh))
+      out_shardings=state_shardings(config, model, tx, mesh))
   return create(jax.random.key(config.seed), text_params)
+
+
+def state_shardings(config: ml_collections.ConfigDict, model, tx,
+                    mesh: Mesh) -> TrainState:
+  """The train state's shardings on `mesh` (a TrainState of NamedSharding)."""
+  shapes = jax.eval_shape(
+      lambda rng: create_train_state(config, model, tx, rng),
+      jax.random.key(config.seed))
+  return parallel.state_shardings(shapes, mesh)
 
 
 def abstract_state(config: ml_collections.ConfigDict, model, tx,
                    mesh: Mesh) -> TrainState:
-  """Shapes, dtypes and (replicated) shardings of the state, without compute."""
+  """Shapes, dtypes and shardings of the state on `mesh`, without compute."""
   shapes = jax.eval_shape(
       lambda rng: create_train_state(config, model, tx, rng),
       jax.random.key(config.seed))
-  sharding = parallel.replicated(mesh)
   return jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      lambda s: jax.ShapeDtypeStruct(
+          s.shape, s.dtype, sharding=parallel.state_sharding(s.shape, mesh)),
       shapes)

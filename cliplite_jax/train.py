@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh
 
 from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
@@ -28,35 +28,76 @@ def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
   return parallel.device_local(fn, mesh) if objective.device_local else fn
 
 
+def step_rngs(rng: jax.Array, step: jax.Array, micro: int | None = None):
+  """The (dropout, prior) keys of `step` (and of micro-batch `micro` when
+  the step accumulates several)."""
+  key = jax.random.fold_in(rng, step)
+  if micro is not None:
+    key = jax.random.fold_in(key, micro)
+  return tuple(jax.random.split(key))
+
+
 def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   """A jitted `(state, batch) -> (state, metrics)` over `mesh`.
 
   batch: "images" uint8 [B, S, S, 3], "input_ids" / "attention_mask" int32
-  [B, L], optionally "skipped" int32 [B], sharded over `data`. The state is
-  replicated and donated. BatchNorm statistics are over the global batch
-  (SyncBN semantics). Metrics are float32 scalars: the loss terms,
-  temperature, grad_norm, lr/<group> and data/skipped (examples dropped while
-  assembling this global batch).
+  [B, L], optionally "skipped" int32 [B], sharded over the devices. The
+  state is laid out by `parallel.state_shardings` and donated. BatchNorm
+  statistics are over the global (micro-)batch (SyncBN semantics).
+
+  With `config.accum_steps` = M > 1, each device's rows are split into M
+  micro-batches (`parallel.split_micro_batches`); the loss (and the JSD
+  roll) is computed per micro-batch, the gradients are averaged over them,
+  BatchNorm statistics are updated after each one in turn, and the
+  optimiser steps once. Metrics are float32 scalars (loss terms averaged
+  over micro-batches): the loss terms, temperature, grad_norm, lr/<group>
+  and data/skipped (examples dropped while assembling this global batch).
   """
   objective = make_objective(config, mesh)
   schedules = optim.schedules(config)
+  num_micro = config.get("accum_steps", 1)
 
-  def step_fn(state: state_lib.TrainState, batch):
-    dropout_rng, prior_rng = jax.random.split(
-        jax.random.fold_in(state.rng, state.step))
-    images = augment.normalize(batch["images"])
+  def micro_grads(params, batch_stats, batch, rngs):
+    """Gradients, metrics and new BatchNorm statistics of one (micro-)batch."""
+    dropout_rng, prior_rng = rngs
 
     def loss_fn(params):
       outputs, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats},
-          images, batch["input_ids"], batch["attention_mask"], train=True,
+          {"params": params, "batch_stats": batch_stats},
+          augment.normalize(batch["images"]), batch["input_ids"],
+          batch["attention_mask"], train=True,
           rngs={"dropout": dropout_rng, "prior": prior_rng},
           mutable=["batch_stats"])
       loss, metrics = objective(outputs)
       return loss, (metrics, updates["batch_stats"])
 
-    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
-        state.model_params)
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
+    return grads, metrics, batch_stats
+
+  def step_fn(state: state_lib.TrainState, batch):
+    inputs = {k: batch[k] for k in ("images", "input_ids", "attention_mask")}
+    if num_micro == 1:
+      grads, metrics, batch_stats = micro_grads(
+          state.model_params, state.batch_stats, inputs,
+          step_rngs(state.rng, state.step))
+    else:
+      micro_batches = jax.tree.map(
+          lambda x: parallel.split_micro_batches(x, num_micro, mesh), inputs)
+
+      def accumulate(carry, micro):
+        grad_sum, batch_stats = carry
+        index, micro_batch = micro
+        grads, metrics, batch_stats = micro_grads(
+            state.model_params, batch_stats, micro_batch,
+            step_rngs(state.rng, state.step, index))
+        return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), metrics
+
+      zeros = jax.tree.map(jnp.zeros_like, state.model_params)
+      (grad_sum, batch_stats), metrics = jax.lax.scan(
+          accumulate, (zeros, state.batch_stats),
+          (jnp.arange(num_micro), micro_batches))
+      grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
+      metrics = jax.tree.map(jnp.mean, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
@@ -67,10 +108,11 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
                               batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
 
-  replicated = parallel.replicated(mesh)
+  state_shardings = state_lib.state_shardings(config, model, tx, mesh)
   return jax.jit(step_fn,
-                 in_shardings=(replicated, parallel.batch_sharded(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+                 in_shardings=(state_shardings, parallel.batch_sharded(mesh)),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)),
+                 donate_argnums=0)
 
 
 def _adopt_pretrained_text(config: ml_collections.ConfigDict) -> None:
@@ -97,11 +139,24 @@ def _adopt_pretrained_text(config: ml_collections.ConfigDict) -> None:
         f"{fields['hidden']}, vocabulary {fields['vocab_size']}", flush=True)
 
 
+def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+  """Every visible device, `config.mesh.fsdp` of them along `fsdp`."""
+  try:
+    return parallel.make_mesh(fsdp=config.get("mesh", {}).get("fsdp", 1))
+  except ValueError as e:
+    raise config_io.UserError(str(e)) from e
+
+
 def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-  if config.batch_size % mesh.devices.size:
+  accum = config.get("accum_steps", 1)
+  rows = mesh.devices.size * accum
+  if accum < 1 or config.batch_size % rows:
     raise config_io.UserError(
-        f"batch_size {config.batch_size} is not divisible by the "
-        f"{mesh.devices.size} devices; use a multiple of {mesh.devices.size}")
+        f"batch_size {config.batch_size} must be a multiple of devices × "
+        f"accum_steps = {mesh.devices.size} × {accum} = {rows}")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    raise config_io.UserError(f"model.dtype must be 'float32' or 'bfloat16', "
+                              f"got {config.model.dtype!r}")
   if not 0 <= config.optim.warmup_steps < config.total_steps:
     raise config_io.UserError(
         f"optim.warmup_steps ({config.optim.warmup_steps}) must be in "
@@ -114,7 +169,9 @@ def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
 
 def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
                       step) -> dict[str, float]:
-  results = evaluate.run_probes(config, model, state.variables, tokenizer, mesh)
+  # The probes run data-parallel on replicated weights (fsdp shards them).
+  variables = jax.device_put(state.variables, parallel.replicated(mesh))
+  results = evaluate.run_probes(config, model, variables, tokenizer, mesh)
   writer.write(step, results)
   evaluate.write_results(workdir, step, results)
   if jax.process_index() == 0:
@@ -137,12 +194,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   gradient norm raises guards.NonFiniteError without saving. Returns the
   final evaluation metrics (empty when `config.eval.probes` is).
   """
-  mesh = parallel.make_mesh()
+  mesh = make_mesh(config)
   _adopt_pretrained_text(config)
   _validate(config, mesh)
   _check_data(config)
   guards.check_config_change(config, workdir, allow_config_change)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   tokenizer = pipeline.workdir_tokenizer(config, workdir)
   if jax.process_index() == 0:
     config_io.save(config, workdir)
@@ -155,7 +212,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = state_lib.init_sharded(config, model, tx, mesh,
                                  pretrained=last_saved is None)
   if last_saved is not None:
-    state = checkpoint.restore(mngr, last_saved, state, data_iter)
+    state = checkpoint.restore(mngr, last_saved, state, data_iter,
+                               config.batch_size)
     logging.info("resumed from step %d", int(state.step))
     print(f"resuming from step {int(state.step)}", flush=True)
   train_step = make_train_step(config, model, tx, mesh)

@@ -19,9 +19,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.total_steps = 1000  # paper: 250_000
   c.batch_size = 64  # global; paper: 1024 (128 per accelerator on 8)
+  # Micro-batches per step: each device's rows are split into this many, the
+  # loss (and the JSD roll) is taken per micro-batch and the gradients are
+  # averaged, so a device needs activation memory for B / devices / this.
+  c.accum_steps = 1
+  # Devices along the mesh's `fsdp` axis: parameters and optimizer state are
+  # split over them (1: replicated everywhere, plain data parallelism).
+  c.mesh = dict(fsdp=1)
 
   c.model = ml_collections.ConfigDict()
-  c.model.dtype = "float32"  # paper: mixed precision (bfloat16 compute)
+  # "bfloat16": compute in bf16; parameters, optimizer state, the critic, the
+  # losses and the prior discriminators stay float32. paper: mixed precision.
+  c.model.dtype = "float32"
+  c.model.remat = False  # recompute ResNet blocks and BERT layers in backward
   c.model.image = dict(depth=18, width=0.25)  # paper: depth=50, width=1.0
   c.model.text = dict(
       vocab_size=512,  # paper: 30522 (BERT uncased); here the trained WordPiece

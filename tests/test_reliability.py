@@ -138,7 +138,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_good_checkpoints(
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["--config.batch_size=15"], "not divisible by the 2 devices"),
+    (["--config.batch_size=15"], "multiple of devices × accum_steps = 2 × 1"),
     (["--config.eval.split=nosuch"], "nosuch"),
     (["--config.optim.warmup_steps=8"], "warmup_steps"),
     (["--config.data.tokenizer=/nonexistent/vocab"], "data.tokenizer"),

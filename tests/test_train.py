@@ -5,6 +5,7 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from cliplite_jax import losses, optim, parallel, state as state_lib, train
 from cliplite_jax.data import augment
@@ -90,6 +91,7 @@ def _losses(workdir):
   return {r["step"]: r["loss/total"] for r in records if "loss/total" in r}
 
 
+@pytest.mark.slow  # bit-exact resume is also covered by test_reliability
 def test_resume_continues_at_the_right_step_with_the_same_params(tiny, tmp_path,
                                                                  capsys):
   tiny.eval.probes = ()

@@ -9,7 +9,6 @@ its iterator state (saved in every checkpoint) resumes it mid-epoch.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import grain
@@ -17,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 from tokenizers import Tokenizer
 
 from cliplite_jax import config_io
@@ -37,7 +37,7 @@ class EpochShuffle(grain.MapDataset):
     self._epoch_size = len(parent) // batch_size * batch_size
     if self._epoch_size == 0:
       raise ValueError(f"dataset of {len(parent)} examples is smaller than "
-                       f"one per-process batch of {batch_size}")
+                       f"one batch of {batch_size}")
     self._seed = seed
     self._cached = (-1, None)
 
@@ -58,6 +58,35 @@ class EpochShuffle(grain.MapDataset):
       return self.slice(index)
     epoch, position = divmod(index, self._epoch_size)
     return self._parent[int(self._permutation(epoch)[position])]
+
+
+class ProcessRows(grain.MapDataset):
+  """This process's rows of each global batch of an infinite `parent` stream.
+
+  Element j is parent[g·B + p·b + r] with (g, r) = divmod(j, b), B the global
+  batch, b = B / process count and p the process index: the processes' rows
+  of global batch g are consecutive, as the devices' are within a process,
+  so a run sees the same global batches on any number of processes.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int,
+               process_index: int, process_count: int):
+    super().__init__(parent)
+    self._global_batch = global_batch
+    self._local_batch = global_batch // process_count
+    self._offset = process_index * self._local_batch
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f"ProcessRows(offset={self._offset}, rows={self._local_batch})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._local_batch)
+    return self._parent[batch * self._global_batch + self._offset + row]
 
 
 class IndexedExamples:
@@ -192,6 +221,8 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   (unusable examples dropped before each element; see `SkipAndCount`).
   Epochs run over the `data.fraction` subset of the split; every batch holds
   distinct images unless examples were skipped right at an epoch boundary.
+  The processes take consecutive rows of one global stream (`ProcessRows`),
+  so the global batches do not depend on the process count.
   The batch sequence is a function of the seed, the split, the fraction and
   `data.num_workers` (k > 0 workers each batch every k-th element), so a run
   resumes exactly with the same worker count.
@@ -206,14 +237,19 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   indices = subset_indices(len(examples), config.data.fraction,
                            config.data.fraction_seed)
   ds = grain.MapDataset.source(IndexedExamples(examples, indices))
-  ds = ds[process_index::process_count]
   # With k workers, worker w batches elements w, w + k, ...: epochs of a
-  # multiple of k · b elements keep each of its batches inside one epoch.
+  # multiple of k · B elements keep each of its batches inside one epoch.
+  workers = max(1, config.data.num_workers)
   ds = EpochShuffle(ds, seed=config.seed,
-                    batch_size=local_batch * max(1, config.data.num_workers))
+                    batch_size=config.batch_size * workers)
+  # Augmentation randomness is keyed by the position in the global stream,
+  # so it too is the same on any number of processes.
   ds = ds.random_map(TrainTransform(source, tokenizer, config.data,
                                     load_rewrites(config.data.rewrites)),
                      seed=config.seed)
+  if process_count > 1:
+    ds = ProcessRows(ds, config.batch_size * workers, process_index,
+                     process_count)
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=config.data.num_threads, prefetch_buffer_size=2))
   ds = SkipAndCount(ds).batch(local_batch, drop_remainder=True)
@@ -245,10 +281,11 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
   `text.load_tokenizer`). Process 0 saves it, so a resumed or evaluated run
   tokenises exactly as training did.
   """
-  path = os.path.join(workdir, "tokenizer.json")
+  path = epath.Path(workdir) / "tokenizer.json"
   max_tokens = config.data.max_tokens
-  if os.path.exists(path):
-    return text_lib.load_tokenizer(path, max_tokens)
+  if path.exists():
+    return text_lib.fixed_length(Tokenizer.from_str(path.read_text()),
+                                 max_tokens)
   if not create:
     raise config_io.UserError(f"{path} not found: was {workdir} trained?")
   if config.data.tokenizer == "wordpiece":
@@ -267,5 +304,5 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
         f"{config.model.text.vocab_size}; set --config.model.text.vocab_size="
         f"{vocab}")
   if jax.process_index() == 0:
-    tokenizer.save(path)
+    path.write_text(tokenizer.to_str())
   return text_lib.fixed_length(tokenizer, max_tokens)

@@ -94,11 +94,13 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
   """The model described by `config.model` (and `config.loss` for priors/bias)."""
   m = config.model
   dtype = jnp.dtype(m.dtype)
-  image = resnet.ResNet(depth=m.image.depth, width=m.image.width, dtype=dtype)
+  remat = m.get("remat", False)
+  image = resnet.ResNet(depth=m.image.depth, width=m.image.width, dtype=dtype,
+                        remat=remat)
   txt = text.TextEncoder(
       vocab_size=m.text.vocab_size, hidden=m.text.hidden, layers=m.text.layers,
       heads=m.text.heads, mlp_dim=m.text.mlp_dim, max_len=m.text.max_len,
-      pooling=m.text.pooling, dropout=m.text.dropout, dtype=dtype)
+      pooling=m.text.pooling, dropout=m.text.dropout, dtype=dtype, remat=remat)
   is_jsd = config.loss.name == "jsd"
   return CLIPLite(
       image_encoder=image, text_encoder=txt, proj_dim=m.proj_dim,

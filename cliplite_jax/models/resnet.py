@@ -71,10 +71,13 @@ class ResNet(nn.Module):
     depth: one of LAYOUTS.
     width: multiplier on every stage's channel count (1.0 is torchvision's).
     dtype: compute dtype; parameters stay float32.
+    remat: recompute each block's activations in the backward pass instead
+      of storing them (less memory, about one more forward of compute).
   """
   depth: int = 50
   width: float = 1.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @property
   def num_features(self) -> int:
@@ -87,6 +90,8 @@ class ResNet(nn.Module):
     """images: float [B, H, W, 3] → pooled features float32 [B, num_features]."""
     kind, stages = LAYOUTS[self.depth]
     block_cls = Bottleneck if kind == "bottleneck" else BasicBlock
+    if self.remat:
+      block_cls = nn.remat(block_cls)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=_conv_init, padding="SAME")
     # torch BatchNorm2d: momentum 0.1 (= flax 0.9), eps 1e-5.

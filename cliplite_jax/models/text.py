@@ -59,6 +59,7 @@ class TextEncoder(nn.Module):
     dropout: on embeddings, attention probabilities and residual branches.
     type_vocab_size, layer_norm_eps: as BERT's config (2, 1e-12).
     dtype: compute dtype; parameters stay float32.
+    remat: recompute each layer's activations in the backward pass.
   """
   vocab_size: int = 30522
   hidden: int = 768
@@ -71,6 +72,7 @@ class TextEncoder(nn.Module):
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @property
   def num_features(self) -> int:
@@ -106,8 +108,11 @@ class TextEncoder(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x).astype(self.dtype)
     # Masks keys only, as BERT does; padded query rows still get outputs.
     key_mask = attention_mask[:, None, None, :].astype(bool)
+    # `train` (argument 3, counting self) decides dropout: static under remat.
+    layer_cls = (nn.remat(TransformerLayer, static_argnums=(3,)) if self.remat
+                 else TransformerLayer)
     for i in range(self.layers):
-      x = TransformerLayer(self.hidden, self.heads, self.mlp_dim, self.dropout,
+      x = layer_cls(self.hidden, self.heads, self.mlp_dim, self.dropout,
                            self.layer_norm_eps, self.dtype,
                            name=f"layer_{i}")(x, key_mask, train)
     out = {"last_hidden_state": x}
