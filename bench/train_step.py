@@ -1,0 +1,174 @@
+r"""Times the jitted CLIP-Lite train step, beside the same step in PyTorch.
+
+  python bench/train_step.py --preset=demo            # configs/default.py
+  python bench/train_step.py --preset=rn50_112        # RN50 + BERT-base, 112 px, batch 16
+  python bench/train_step.py --preset=rn50_224_bf16 --notorch --peak_tflops=989  # a GPU
+
+Prints compile time, the median step time over interleaved rounds (JAX
+steps, then PyTorch steps, repeated, so both see the same machine state),
+images/s, the FLOPs of one step from the compiled program's cost analysis,
+and the achieved FLOP/s as a fraction of this machine's measured matmul peak
+(and of `--peak_tflops`, the accelerator's datasheet peak, when given: MFU).
+`--set key=value` overrides config fields (e.g. --set model.dtype=bfloat16).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cliplite_jax import config_io, optim, parallel  # noqa: E402
+from cliplite_jax import state as state_lib, train  # noqa: E402
+from cliplite_jax.models import cliplite  # noqa: E402
+
+PRESETS = {
+    "demo": ("configs/default.py", {}),
+    "rn50_112": ("configs/coco_rn50_bert.py",
+                 {"data.image_size": 112, "batch_size": 16}),
+    "rn50_224_bf16": ("configs/coco_rn50_bert.py",
+                      {"batch_size": 128, "model.dtype": "bfloat16"}),
+}
+
+
+def load_config(args):
+  path, overrides = PRESETS[args.preset]
+  config = config_io.load_file(args.config or path)
+  overrides = dict(overrides)
+  for item in args.set:
+    key, _, value = item.partition("=")
+    overrides[key] = value
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value) if not isinstance(value, type(
+        node[leaf])) else value
+  config.optim.warmup_steps = min(config.optim.warmup_steps,
+                                  config.total_steps - 1)
+  return config
+
+
+def random_batch(config, seed=0):
+  """uint8 images [B, S, S, 3]; int32 ids and mask [B, L] (lengths 8 … L)."""
+  rng = np.random.default_rng(seed)
+  b, s, length = config.batch_size, config.data.image_size, config.data.max_tokens
+  lengths = rng.integers(8, length + 1, size=b)
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+  ids = rng.integers(5, config.model.text.vocab_size, (b, length)) * mask
+  return {"images": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+          "input_ids": ids.astype(np.int32), "attention_mask": mask}
+
+
+def matmul_peak(dtype) -> float:
+  """Best FLOP/s of a square matmul on the default device (f32 on CPU)."""
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(5):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+class JaxStep:
+  def __init__(self, config):
+    mesh = parallel.make_mesh()
+    model, tx = cliplite.build(config), optim.build(config)
+    self.state = state_lib.init_sharded(config, model, tx, mesh)
+    self.batch = parallel.shard_batch(random_batch(config), mesh)
+    step = train.make_train_step(config, model, tx, mesh)
+    start = time.perf_counter()
+    self.compiled = step.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get("flops", float("nan")))
+    self.run()  # the first call allocates
+
+  def run(self) -> float:
+    start = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - start
+
+
+class TorchStep:
+  def __init__(self, config, channels_last: bool):
+    import torch
+    import torch_cliplite
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count())
+    batch = random_batch(config)
+    self.inputs = [torch.from_numpy(batch[k]).long() if k != "images"
+                   else torch.from_numpy(batch[k])
+                   for k in ("images", "input_ids", "attention_mask")]
+    self.step = torch_cliplite.make_step(config, channels_last)
+    self.run()
+
+  def run(self) -> float:
+    start = time.perf_counter()
+    self.step(*self.inputs)
+    return time.perf_counter() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+  parser.add_argument("--config", help="a config file[:arg] instead of the "
+                      "preset's (the preset's overrides still apply)")
+  parser.add_argument("--set", action="append", default=[],
+                      metavar="KEY=VALUE")
+  parser.add_argument("--steps", type=int, default=5, help="per round")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--notorch", dest="torch", action="store_false")
+  parser.add_argument("--channels_last", action="store_true",
+                      help="PyTorch in channels-last memory format")
+  parser.add_argument("--peak_tflops", type=float, default=0.0,
+                      help="datasheet peak of the accelerator, for MFU")
+  args = parser.parse_args()
+  config = load_config(args)
+  b, s = config.batch_size, config.data.image_size
+  print(f"{args.preset}: ResNet-{config.model.image.depth} "
+        f"(width {config.model.image.width}) + {config.model.text.layers}-layer "
+        f"BERT ({config.model.text.hidden}), {s} px, batch {b}, "
+        f"{config.model.dtype}, {jax.device_count()} × "
+        f"{jax.devices()[0].device_kind}", flush=True)
+  ours = JaxStep(config)
+  theirs = TorchStep(config, args.channels_last) if args.torch else None
+  times = {"jax": [], "torch": []}
+  for _ in range(args.rounds):
+    times["jax"] += [ours.run() for _ in range(args.steps)]
+    if theirs:
+      times["torch"] += [theirs.run() for _ in range(args.steps)]
+  peak = matmul_peak(jnp.float32 if jax.default_backend() == "cpu"
+                     else jnp.bfloat16)
+  jax_s = statistics.median(times["jax"])
+  print(f"  compile          {ours.compile_s:8.1f} s")
+  print(f"  jax step         {jax_s * 1e3:8.1f} ms   {b / jax_s:8.1f} img/s")
+  print(f"  step FLOPs       {ours.flops / 1e9:8.2f} GFLOP (XLA cost analysis)")
+  print(f"  achieved         {ours.flops / jax_s / 1e9:8.1f} GFLOP/s = "
+        f"{ours.flops / jax_s / peak:.3f} of the measured matmul peak "
+        f"({peak / 1e9:.0f} GFLOP/s)")
+  if args.peak_tflops:
+    print(f"  MFU              {ours.flops / jax_s / args.peak_tflops / 1e12:8.3f}"
+          f" (of {args.peak_tflops:g} TFLOP/s)")
+  if theirs:
+    torch_s = statistics.median(times["torch"])
+    print(f"  torch step       {torch_s * 1e3:8.1f} ms   {b / torch_s:8.1f} img/s")
+    print(f"  jax / torch speed {torch_s / jax_s:7.2f}  (> 1: JAX faster)")
+
+
+if __name__ == "__main__":
+  main()
