@@ -27,7 +27,14 @@ def test_train_then_evaluate(tiny_data_dir, tmp_path):
   for key in ("loss/jsd", "loss/prior_img", "loss/prior_txt", "temperature",
               "lr/image", "lr/text", "lr/other", "grad_norm", "img_per_s"):
     assert key in logged[0], key
-  assert os.listdir(os.path.join(workdir, "tb"))
+  # TensorBoard reads the same scalars back.
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tb"))
+  events.Reload()
+  assert "loss/total" in events.Tags()["scalars"]
+  tb_losses = [(e.step, e.value) for e in events.Scalars("loss/total")]
+  assert tb_losses == [(r["step"], np.float32(r["loss/total"]))
+                       for r in logged]
 
   evaluate = run_module("cliplite_jax.evaluate", f"--workdir={workdir}",
                         "--step=2", "--gallery")

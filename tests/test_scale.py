@@ -66,7 +66,7 @@ def test_accumulation_equals_one_step_with_the_roll_per_micro_batch(tiny):
         jsd += metrics["loss/jsd"] / (devices * micro)
     return total, (jsd, batch_stats)
 
-  grads, (jsd, batch_stats) = jax.grad(mean_loss, has_aux=True)(
+  grads, (jsd, batch_stats) = jax.jit(jax.grad(mean_loss, has_aux=True))(
       host_state.model_params)
   updates, _ = tx.update(grads, host_state.opt_state, host_state.params)
   expected_params = optax.apply_updates(host_state.params, updates)
@@ -138,16 +138,17 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(tiny):
       v, images, batch["input_ids"][:4], batch["attention_mask"][:4],
       rngs={"prior": jax.random.key(0)}))(new_state.variables))
   assert "bf16[4,16,16" in jaxpr  # the stem conv's output
-  outputs = model.apply(new_state.variables, images, batch["input_ids"][:4],
-                        batch["attention_mask"][:4],
-                        rngs={"prior": jax.random.key(0)})
+  def embed(model):
+    return jax.jit(lambda v: model.apply(
+        v, images, batch["input_ids"][:4], batch["attention_mask"][:4],
+        rngs={"prior": jax.random.key(0)}))(new_state.variables)
+
+  outputs = embed(model)
   assert all(v.dtype == jnp.float32 for v in outputs.values())
 
   # Same weights, so bf16's embeddings are f32's up to bf16 rounding.
   tiny.model.dtype = "float32"
-  outputs32 = cliplite.build(tiny).apply(
-      new_state.variables, images, batch["input_ids"][:4],
-      batch["attention_mask"][:4], rngs={"prior": jax.random.key(0)})
+  outputs32 = embed(cliplite.build(tiny))
   for key in ("img_emb", "txt_emb"):
     np.testing.assert_allclose(outputs[key], outputs32[key], atol=0.1)
     assert not np.array_equal(outputs[key], outputs32[key])
