@@ -79,3 +79,12 @@ def tiny_overrides(data_dir: str) -> list[str]:
           "--config.batch_size=16", "--config.total_steps=4",
           "--config.optim.warmup_steps=1", "--config.log_every_steps=2",
           "--config.checkpoint_every_steps=2", "--config.eval.batch_size=64"]
+
+
+def quick_init(module, *args, **kwargs):
+  """`module.init(*args, **kwargs)` as one program compiled without LLVM
+  optimisation: eagerly every op compiles on its own, and optimised the
+  threefry expansions take ~20 s (see `state.init_sharded`)."""
+  import jax
+  return jax.jit(lambda: module.init(*args, **kwargs)).lower().compile(
+      {"xla_backend_optimization_level": 0})()

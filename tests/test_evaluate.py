@@ -14,6 +14,7 @@ from cliplite_jax.data import augment, eval_input, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
 from cliplite_jax.probes import linear, retrieval, svm, zeroshot
+from conftest import quick_init
 from fakes import (cifar10_examples, coco_examples, fake_coco, fake_tfds,
                    voc_examples)
 
@@ -23,9 +24,9 @@ def setup(tiny):
   """A randomly initialised tiny model and a tokenizer for any caption."""
   tiny.eval.batch_size = 12  # several batches, the last one padded
   model = cliplite.build(tiny)
-  variables = model.init(
-      {"params": jax.random.key(0), "prior": jax.random.key(1),
-       "dropout": jax.random.key(2)},
+  variables = quick_init(
+      model, {"params": jax.random.key(0), "prior": jax.random.key(1),
+              "dropout": jax.random.key(2)},
       *state_lib.dummy_inputs(tiny), train=False)
   words = [" ".join(sources.CIFAR10_CLASSES + ("a picture of",))] + [
       " ".join(ex["captions"]["text"][0].decode().lower().split())

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cliplite_jax.models import cliplite, heads, resnet, text
+from conftest import quick_init
 
 
 def _count(tree):
@@ -32,9 +33,10 @@ def test_resnet_v1_5_strides_on_3x3():
   """v1.5 downsamples in the 3×3 conv: the first 1×1 conv keeps resolution."""
   model = resnet.ResNet(depth=50, width=0.125)
   x = jnp.zeros((1, 64, 64, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
-  _, state = model.apply(variables, x, train=False,
-                         capture_intermediates=True, mutable=["intermediates"])
+  variables = quick_init(model, jax.random.key(0), x, train=False)
+  _, state = jax.jit(lambda v: model.apply(
+      v, x, train=False, capture_intermediates=True,
+      mutable=["intermediates"]))(variables)
   block = state["intermediates"]["stage2_block1"]
   convs = {k: v["__call__"][0].shape for k, v in block.items()
            if k.startswith("Conv")}
@@ -107,10 +109,11 @@ def test_cliplite_outputs_and_temperature_init(tiny):
   ids = jnp.ones((4, 30), jnp.int32)
   rngs = {"params": jax.random.key(0), "prior": jax.random.key(1),
           "dropout": jax.random.key(2)}
-  variables = model.init(rngs, images, ids, ids, train=False)
+  variables = quick_init(model, rngs, images, ids, ids, train=False)
   assert float(variables["params"]["log_scale"]) == pytest.approx(
       math.log(1 / 0.07))
-  out = model.apply(variables, images, ids, ids, train=False, rngs=rngs)
+  out = jax.jit(lambda v: model.apply(v, images, ids, ids, train=False,
+                                      rngs=rngs))(variables)
   assert out["img_emb"].shape == out["txt_emb"].shape == (4, 32)
   for key in ("prior_img_real", "prior_img_noise", "prior_txt_real",
               "prior_txt_noise"):

@@ -24,12 +24,12 @@ def _random_batch(config, rng):
 def _reference_outputs(model, state, batch):
   """The first step's forward pass, unsharded, with the step's own keys."""
   dropout_rng, prior_rng = jax.random.split(jax.random.fold_in(state.rng, 0))
-  outputs, _ = model.apply(
-      state.variables, augment.normalize(batch["images"]), batch["input_ids"],
+  forward = jax.jit(lambda variables, batch: model.apply(
+      variables, augment.normalize(batch["images"]), batch["input_ids"],
       batch["attention_mask"], train=True,
       rngs={"dropout": dropout_rng, "prior": prior_rng},
-      mutable=["batch_stats"])
-  return outputs
+      mutable=["batch_stats"])[0])
+  return forward(jax.device_get(state.variables), batch)
 
 
 def _slice(outputs, start, stop):
