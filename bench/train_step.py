@@ -1,7 +1,7 @@
 r"""Times the jitted CLIP-Lite train step, beside the same step in PyTorch.
 
   python bench/train_step.py --preset=demo            # configs/default.py
-  python bench/train_step.py --preset=rn50_112        # RN50 + BERT-base, 112 px, batch 16
+  python bench/train_step.py --preset=rn50_112        # RN50 + BERT-base, 112 px, batch 16, f32
   python bench/train_step.py --preset=rn50_224_bf16 --notorch --peak_tflops=989  # a GPU
 
 Prints compile time, the median step time over interleaved rounds (JAX
@@ -32,7 +32,8 @@ from cliplite_jax.models import cliplite  # noqa: E402
 PRESETS = {
     "demo": ("configs/default.py", {}),
     "rn50_112": ("configs/coco_rn50_bert.py",
-                 {"data.image_size": 112, "batch_size": 16}),
+                 {"data.image_size": 112, "batch_size": 16,
+                  "model.dtype": "float32", "model.image.im2col": True}),
     "rn50_224_bf16": ("configs/coco_rn50_bert.py",
                       {"batch_size": 128, "model.dtype": "bfloat16"}),
 }

@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
   c.batch_size = 1024
 
   c.model.dtype = "bfloat16"  # mixed precision: bf16 compute, f32 params
-  c.model.image = dict(depth=50, width=1.0)
+  c.model.image = dict(depth=50, width=1.0, im2col=False)  # True on CPU
   c.model.text = dict(vocab_size=30522, hidden=768, layers=12, heads=12,
                       mlp_dim=3072, max_len=512, pooling="pooler",
                       dropout=0.1, pretrained="", train_last_layers=-1)

@@ -32,7 +32,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # losses and the prior discriminators stay float32. paper: mixed precision.
   c.model.dtype = "float32"
   c.model.remat = False  # recompute ResNet blocks and BERT layers in backward
-  c.model.image = dict(depth=18, width=0.25)  # paper: depth=50, width=1.0
+  c.model.image = dict(
+      depth=18,  # paper: 50
+      width=0.25,  # paper: 1.0
+      # Strided and small 3×3 convs as patch matrix products: faster on CPU
+      # (BENCHMARKS.md); False on GPU/TPU, where XLA's convs are the fast path.
+      im2col=True)
   c.model.text = dict(
       vocab_size=512,  # paper: 30522 (BERT uncased); here the trained WordPiece
       hidden=128,  # paper: 768

@@ -45,6 +45,62 @@ def test_resnet_v1_5_strides_on_3x3():
   assert convs["Conv_1"][1:3] == (8, 8)
 
 
+def _torch_style_conv(x, kernel, stride):
+  """The reference: XLA's convolution with torch's symmetric k // 2 padding."""
+  pad = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), [(pad, pad), (pad, pad)],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("size,k,stride,im2col", [
+    (9, 1, 1, False), (9, 1, 2, False), (8, 3, 2, False), (8, 3, 1, True),
+    (8, 3, 2, True), (9, 3, 2, True), (12, 3, 1, True), (10, 7, 2, True)])
+def test_conv_matches_torch_padded_convolution_and_its_gradients(
+    size, k, stride, im2col):
+  """Every formulation (matrix product, patches, XLA conv) is one function."""
+  conv = resnet.Conv(5, (k, k), (stride, stride), im2col=im2col)
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  variables = conv.init(jax.random.key(1), x)
+  kernel = variables["params"]["kernel"]
+  assert kernel.shape == (k, k, 3, 5)
+  cotangent = jax.random.normal(jax.random.key(2),
+                                (2, -(-size // stride), -(-size // stride), 5))
+  ours = jax.vjp(lambda x, w: conv.apply({"params": {"kernel": w}}, x),
+                 x, kernel)
+  ref = jax.vjp(lambda x, w: _torch_style_conv(x, w, stride), x, kernel)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+  for got, want in zip(ours[1](cotangent), ref[1](cotangent)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_conv_centres_output_i_on_input_2i_like_torch():
+  """A centre-tap kernel picks x[2i, 2j] (flax's "SAME" would pick 2i + 1)."""
+  x = jnp.arange(2 * 8 * 8, dtype=jnp.float32).reshape(2, 8, 8, 1)
+  centre = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
+  for im2col in (False, True):
+    conv = resnet.Conv(1, (3, 3), (2, 2), im2col=im2col)
+    y = conv.apply({"params": {"kernel": centre}}, x)
+    np.testing.assert_array_equal(y, x[:, ::2, ::2])
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_max_pool_matches_reduce_window_and_its_gradient(size):
+  """Same values and, on tie-free inputs, the same gradient as torch's pool."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 4))
+  reference = lambda x: jax.lax.reduce_window(  # noqa: E731
+      x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+      ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ours, ours_vjp = jax.vjp(resnet.max_pool_3x3_stride_2, x)
+  want, want_vjp = jax.vjp(reference, x)
+  assert ours.shape == (2, (size + 1) // 2, (size + 1) // 2, 4)
+  np.testing.assert_array_equal(ours, want)
+  cotangent = jax.random.normal(jax.random.key(1), ours.shape)
+  # Overlapping windows add their gradients in another order: 1-ulp noise.
+  np.testing.assert_allclose(ours_vjp(cotangent)[0], want_vjp(cotangent)[0],
+                             rtol=1e-6, atol=1e-6)
+
+
 def test_bert_base_matches_hf_parameter_count():
   """BertModel(bert-base-uncased) with pooler has 109,482,240 parameters."""
   model = text.TextEncoder()

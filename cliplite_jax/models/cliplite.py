@@ -96,7 +96,7 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
   dtype = jnp.dtype(m.dtype)
   remat = m.get("remat", False)
   image = resnet.ResNet(depth=m.image.depth, width=m.image.width, dtype=dtype,
-                        remat=remat)
+                        remat=remat, im2col=m.image.get("im2col", False))
   txt = text.TextEncoder(
       vocab_size=m.text.vocab_size, hidden=m.text.hidden, layers=m.text.layers,
       heads=m.text.heads, mlp_dim=m.text.mlp_dim, max_len=m.text.max_len,

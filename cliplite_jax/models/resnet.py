@@ -2,6 +2,13 @@
 
 The classifier is removed: the model returns global-average-pooled features of
 width `512 * expansion * width` (2048 for ResNet-50 at width 1).
+
+Convolutions pad like torch (k // 2 on every side), so a strided 3×3 conv's
+output i is centred on input 2i as in torchvision. Two formulations keep the
+backward pass on fast kernels (BENCHMARKS.md, "Where the CPU step's time
+went"): 1×1 convs are matrix products on (strided) pixels, and the max pool is
+a separable maximum over strided slices instead of a reduce-window, whose
+gradient XLA's CPU backend runs as a slow variadic select-and-scatter.
 """
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -22,6 +30,66 @@ LAYOUTS = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
+
+
+class Conv(nn.Module):
+  """Bias-free 2-D conv with torch padding; parameters as `nn.Conv`'s.
+
+  Attributes:
+    features: output channels O.
+    kernel_size: (kh, kw), odd.
+    strides: (sh, sw).
+    im2col: run strided k×k convs, and k×k convs with at most 64 output
+      pixels, as one matrix product on gathered patches: faster there than
+      XLA's CPU convolution (forward and both gradients). For CPU runs;
+      leave False on accelerators.
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  im2col: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Any = _conv_init
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """x: [B, H, W, C] → [B, ceil(H / sh), ceil(W / sw), O] in `dtype`."""
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init,
+                        (kh, kw, x.shape[-1], self.features), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    sh, sw = self.strides
+    if (kh, kw) == (1, 1):
+      return x[:, ::sh, ::sw] @ kernel[0, 0]
+    ph, pw = kh // 2, kw // 2
+    _, h, w, _ = x.shape
+    out_h, out_w = (h - 1) // sh + 1, (w - 1) // sw + 1
+    if not (self.im2col and (sh > 1 or sw > 1 or out_h * out_w <= 64)):
+      return jax.lax.conv_general_dilated(
+          x, kernel, self.strides, [(ph, ph), (pw, pw)],
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    # Patch features ordered (i, j, c), matching kernel.reshape below.
+    patches = jnp.concatenate(
+        [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
+         for i in range(kh) for j in range(kw)], axis=-1)
+    return patches @ kernel.reshape(-1, self.features)
+
+
+def max_pool_3x3_stride_2(x: jnp.ndarray) -> jnp.ndarray:
+  """torch's MaxPool2d(3, 2, padding=1): [B, H, W, C] → [B, ⌈H/2⌉, ⌈W/2⌉, C].
+
+  A maximum over rows, then over columns, of three strided slices each. Ties
+  share the gradient (jnp.maximum) where a reduce-window gives it to one
+  element; after a ReLU, ties are zeros, whose gradient the ReLU drops.
+  """
+  out_h, out_w = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  x = jnp.maximum(jnp.maximum(x[:, 0:2 * out_h:2], x[:, 1:2 * out_h + 1:2]),
+                  x[:, 2:2 * out_h + 2:2])
+  return jnp.maximum(jnp.maximum(x[:, :, 0:2 * out_w:2],
+                                 x[:, :, 1:2 * out_w + 1:2]),
+                     x[:, :, 2:2 * out_w + 2:2])
 
 
 class ResidualBlock(nn.Module):
@@ -73,11 +141,13 @@ class ResNet(nn.Module):
     dtype: compute dtype; parameters stay float32.
     remat: recompute each block's activations in the backward pass instead
       of storing them (less memory, about one more forward of compute).
+    im2col: `Conv.im2col` for the blocks' convs (CPU runs).
   """
   depth: int = 50
   width: float = 1.0
   dtype: Any = jnp.float32
   remat: bool = False
+  im2col: bool = False
 
   @property
   def num_features(self) -> int:
@@ -92,16 +162,15 @@ class ResNet(nn.Module):
     block_cls = Bottleneck if kind == "bottleneck" else BasicBlock
     if self.remat:
       block_cls = nn.remat(block_cls)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=_conv_init, padding="SAME")
+    conv = functools.partial(Conv, dtype=self.dtype, im2col=self.im2col)
     # torch BatchNorm2d: momentum 0.1 (= flax 0.9), eps 1e-5.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     x = images.astype(self.dtype)
-    x = conv(int(64 * self.width), (7, 7), (2, 2),
-             padding=[(3, 3), (3, 3)], name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_norm")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # XLA's own convolution is the faster stem on CPU too (3 input channels).
+    x = Conv(int(64 * self.width), (7, 7), (2, 2), dtype=self.dtype,
+             name="stem_conv")(x)
+    x = max_pool_3x3_stride_2(nn.relu(norm(name="stem_norm")(x)))
     for stage, num_blocks in enumerate(stages):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
