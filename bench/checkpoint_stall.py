@@ -28,14 +28,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 
 from cliplite_jax import checkpoint, config_io  # noqa: E402
-from cliplite_jax.data import pipeline, shapes  # noqa: E402
+from cliplite_jax.data import pipeline  # noqa: E402
 import train_step  # noqa: E402
 
 
 def demo_iterator(workdir: str):
   """A training-data iterator of the demo config (its position is saved)."""
-  config = config_io.load_file("configs/default.py")
-  shapes.prepare(config.data.data_dir)
+  config = config_io.load_file(
+      os.path.join(train_step.REPO, "configs", "default.py"))
   tokenizer = pipeline.workdir_tokenizer(config, workdir)
   return iter(pipeline.train_dataset(config, tokenizer))
 

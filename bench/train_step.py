@@ -19,7 +19,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -41,7 +42,7 @@ PRESETS = {
 
 def load_config(args):
   path, overrides = PRESETS[args.preset]
-  config = config_io.load_file(args.config or path)
+  config = config_io.load_file(args.config or os.path.join(REPO, path))
   overrides = dict(overrides)
   for item in args.set:
     key, _, value = item.partition("=")

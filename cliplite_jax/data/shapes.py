@@ -215,8 +215,9 @@ def prepare(data_dir: str | None, config_name: str = "default") -> None:
   """Builds `shapes_captions/<config_name>` as ArrayRecord under `data_dir`.
 
   A no-op when it is already prepared. Takes seconds for the default config.
+  `data_dir` None or "": TFDS's default (~/tensorflow_datasets).
   """
-  builder = ShapesCaptions(config=config_name, data_dir=data_dir)
+  builder = ShapesCaptions(config=config_name, data_dir=data_dir or None)
   if builder.is_prepared():
     return
   print(f"building shapes_captions/{config_name} under {builder.data_dir} "
