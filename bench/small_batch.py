@@ -1,7 +1,7 @@
 r"""The paper's small-batch claim on the embedded set: JSD (one negative per
 pair) against InfoNCE (B − 1 negatives) at per-device batch 16, 32, 64.
 
-  python bench/small_batch.py            # ~10 minutes on 2 cores
+  python bench/small_batch.py            # ~14 minutes on 2 cores
 
 Every run is `python -m cliplite_jax.main --config=configs/default.py` on one
 device with the same model, data, seed and number of steps; only
