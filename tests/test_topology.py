@@ -73,6 +73,7 @@ def test_two_processes_match_one_and_resume_each_others_checkpoints(
     assert a[step] == pytest.approx(b[step], rel=2e-4)
 
 
+@pytest.mark.slow
 def test_a_4_device_checkpoint_evaluates_and_trains_on_1(tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   result = run_module("cliplite_jax.main",
