@@ -10,6 +10,8 @@ images/s, the FLOPs of one step from the compiled program's cost analysis,
 and the achieved FLOP/s as a fraction of this machine's measured matmul peak
 (and of `--peak_tflops`, the accelerator's datasheet peak, when given: MFU).
 `--set key=value` overrides config fields (e.g. --set model.dtype=bfloat16).
+`--xla_defaults` also times the JAX step compiled with XLA's default CPU
+options instead of the config's `cpu_compiler_options`, in the same rounds.
 """
 from __future__ import annotations
 
@@ -137,6 +139,8 @@ def main():
   parser.add_argument("--notorch", dest="torch", action="store_false")
   parser.add_argument("--channels_last", action="store_true",
                       help="PyTorch in channels-last memory format")
+  parser.add_argument("--xla_defaults", action="store_true",
+                      help="also time the step without cpu_compiler_options")
   parser.add_argument("--peak_tflops", type=float, default=0.0,
                       help="datasheet peak of the accelerator, for MFU")
   args = parser.parse_args()
@@ -147,11 +151,19 @@ def main():
         f"BERT ({config.model.text.hidden}), {s} px, batch {b}, "
         f"{config.model.dtype}, {jax.device_count()} × "
         f"{jax.devices()[0].device_kind}", flush=True)
+  print(f"  XLA options      {parallel.compiler_options(config) or 'defaults'}")
   ours = JaxStep(config)
+  defaults = None
+  if args.xla_defaults:
+    config_defaults = config.copy_and_resolve_references()
+    config_defaults.cpu_compiler_options = {}
+    defaults = JaxStep(config_defaults)
   theirs = TorchStep(config, args.channels_last) if args.torch else None
-  times = {"jax": [], "torch": []}
+  times = {"jax": [], "defaults": [], "torch": []}
   for _ in range(args.rounds):
     times["jax"] += [ours.run() for _ in range(args.steps)]
+    if defaults:
+      times["defaults"] += [defaults.run() for _ in range(args.steps)]
     if theirs:
       times["torch"] += [theirs.run() for _ in range(args.steps)]
   peak = matmul_peak(jnp.float32 if jax.default_backend() == "cpu"
@@ -163,6 +175,11 @@ def main():
   print(f"  achieved         {ours.flops / jax_s / 1e9:8.1f} GFLOP/s = "
         f"{ours.flops / jax_s / peak:.3f} of the measured matmul peak "
         f"({peak / 1e9:.0f} GFLOP/s)")
+  if defaults:
+    defaults_s = statistics.median(times["defaults"])
+    print(f"  jax, XLA defaults {defaults_s * 1e3:7.1f} ms   (compile "
+          f"{defaults.compile_s:.1f} s; config options / defaults speed "
+          f"{defaults_s / jax_s:.2f})")
   if args.peak_tflops:
     print(f"  MFU              {ours.flops / jax_s / args.peak_tflops / 1e12:8.3f}"
           f" (of {args.peak_tflops:g} TFLOP/s)")

@@ -84,7 +84,8 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
                tokenizer, mesh: Mesh) -> dict[str, float]:
   """Runs the probes of `config.eval.probes` that each evaluated dataset
   supports; returns flat {"probe/dataset/metric": float}."""
-  encoders = features.make_encoders(model, variables, mesh)
+  encoders = features.make_encoders(
+      model, variables, mesh, parallel.compiler_options(config))
   metrics = {}
   for name, split, fit_split in datasets(config):
     source, _ = sources.get(name)
@@ -207,7 +208,8 @@ def write_pictures(workdir: str, step: int, config: ml_collections.ConfigDict,
   if source.captions_key is None:
     raise config_io.UserError(f"--gallery needs a caption dataset; "
                               f"{name} has none")
-  image_fn, text_fn = features.make_encoders(model, variables, mesh)
+  image_fn, text_fn = features.make_encoders(
+      model, variables, mesh, parallel.compiler_options(config))
   test = features.extract_images(
       image_fn, name, split, config.data.data_dir, config.data.image_size,
       config.eval.batch_size, mesh, config.data.num_threads)

@@ -21,17 +21,20 @@ from cliplite_jax.data import augment, eval_input, sources
 from cliplite_jax.models import cliplite
 
 
-def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh):
+def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh,
+                  compiler_options: dict[str, str] | None = None):
   """Jitted encoders with replicated outputs (readable on every process).
 
   image_fn(batch) takes an `eval_input` batch and returns it with "images"
   replaced by "features" (pooled, float32 [b, F]) and "embeddings" (projected,
   [b, D]); text_fn(ids, mask) returns caption embeddings [b, D].
+  `compiler_options` are XLA options for both (`parallel.compiler_options`).
   """
   replicated = parallel.replicated(mesh)
   variables = jax.device_put(variables, replicated)
 
-  @functools.partial(jax.jit, out_shardings=replicated)
+  @functools.partial(jax.jit, out_shardings=replicated,
+                     compiler_options=compiler_options)
   def image_fn(batch):
     batch = dict(batch)
     features, embeddings = model.apply(
@@ -39,7 +42,8 @@ def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh):
         method=cliplite.CLIPLite.encode_image)
     return dict(batch, features=features, embeddings=embeddings)
 
-  @functools.partial(jax.jit, out_shardings=replicated)
+  @functools.partial(jax.jit, out_shardings=replicated,
+                     compiler_options=compiler_options)
   def text_fn(ids, mask):
     return model.apply(variables, ids, mask,
                        method=cliplite.CLIPLite.encode_text)[1]

@@ -36,6 +36,19 @@ def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> Mesh:
   return Mesh(np.asarray(devices).reshape(-1, fsdp), BATCH)
 
 
+def compiler_options(config) -> dict[str, str] | None:
+  """XLA options for the train step and the encoders: the config's
+  `cpu_compiler_options` when JAX runs on CPU, none on accelerators.
+
+  They are per-program compile options (`jax.jit(compiler_options=...)`),
+  so nothing global changes and other programs keep XLA's defaults.
+  """
+  options = dict(config.get("cpu_compiler_options", None) or {})
+  if not options or jax.default_backend() != "cpu":
+    return None
+  return options
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

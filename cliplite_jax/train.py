@@ -112,7 +112,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   return jax.jit(step_fn,
                  in_shardings=(state_shardings, parallel.batch_sharded(mesh)),
                  out_shardings=(state_shardings, parallel.replicated(mesh)),
-                 donate_argnums=0)
+                 donate_argnums=0,
+                 compiler_options=parallel.compiler_options(config))
 
 
 def _adopt_pretrained_text(config: ml_collections.ConfigDict) -> None:

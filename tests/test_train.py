@@ -1,5 +1,6 @@
 """The sharded train step and the training loop (resume)."""
 import json
+import re
 import os
 import shutil
 
@@ -115,3 +116,39 @@ def test_resume_continues_at_the_right_step_with_the_same_params(tiny, tmp_path,
   assert sorted(_losses(straight)) == list(range(1, 7))
   with open(os.path.join(straight, "config.json")) as f:
     assert json.load(f)["total_steps"] == 6
+
+
+def _ynnpack_ops(hlo_text: str) -> set[str]:
+  """Kinds of the matrix ops (dot, convolution) that compiled CPU HLO hands to
+  YNNPACK fusions."""
+  called = {re.search(r"calls=(%[\w.\-]+)", line).group(1)
+            for line in hlo_text.splitlines() if '"__ynn_fusion"' in line}
+  kinds = set()
+  for block in re.split(r"\n\n", hlo_text):
+    header = block.lstrip().split(" ", 1)[0]
+    if header in called:
+      kinds |= set(re.findall(r" (dot|convolution)\(", block))
+  return kinds
+
+
+def test_cpu_compiler_options_reach_the_train_step(tiny):
+  """The demo config keeps YNNPACK to reductions (configs/default.py): no
+  matrix product or convolution of the compiled step runs in it."""
+  assert jax.default_backend() == "cpu"
+  options = parallel.compiler_options(tiny)
+  assert options == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+  mesh = parallel.make_mesh(1)
+  model, tx = cliplite.build(tiny), optim.build(tiny)
+  state = state_lib.init_sharded(tiny, model, tx, mesh)
+  batch = parallel.shard_batch(_random_batch(tiny, np.random.default_rng(0)),
+                               mesh)
+  step = train.make_train_step(tiny, model, tx, mesh)
+  hlo = step.lower(state, batch).compile().as_text()
+  assert " dot(" in hlo or "dot_general" in hlo or "convolution(" in hlo
+  assert _ynnpack_ops(hlo) == set()
+  # {} (or a config saved before the field existed) keeps XLA's defaults.
+  tiny.cpu_compiler_options = {}
+  assert parallel.compiler_options(tiny) is None
+  del tiny["cpu_compiler_options"]
+  assert parallel.compiler_options(tiny) is None
