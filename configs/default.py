@@ -28,9 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(fsdp=1)
   # XLA options for the jitted train step and encoders when running on CPU
   # (ignored on GPU/TPU). XLA's CPU default hands every matrix product and
-  # the convs' kernel gradients to YNNPACK, which is slow on this model's
-  # small shapes; keeping only its reduction fusions makes the demo's step
-  # ~10% faster (BENCHMARKS.md, "XLA CPU options"). {} keeps XLA's defaults.
+  # some conv gradients to YNNPACK, slow on this model's small shapes;
+  # keeping it to reduction fusions ran the demo's step 0-12% faster
+  # (BENCHMARKS.md, "XLA CPU options"). {} keeps XLA's defaults.
   c.cpu_compiler_options = dict(
       xla_cpu_experimental_ynn_fusion_type="LIBRARY_FUSION_TYPE_REDUCE")
 
