@@ -37,6 +37,19 @@ def _slice(outputs, start, stop):
   return {k: v[start:stop] if v.ndim else v for k, v in outputs.items()}
 
 
+def _ynnpack_ops(hlo_text: str) -> set[str]:
+  """Kinds of the matrix ops (dot, convolution) that compiled CPU HLO hands to
+  YNNPACK fusions."""
+  called = {re.search(r"calls=(%[\w.\-]+)", line).group(1)
+            for line in hlo_text.splitlines() if '"__ynn_fusion"' in line}
+  kinds = set()
+  for block in re.split(r"\n\n", hlo_text):
+    header = block.lstrip().split(" ", 1)[0]
+    if header in called:
+      kinds |= set(re.findall(r" (dot|convolution)\(", block))
+  return kinds
+
+
 def test_sharded_step_rolls_captions_within_each_device(tiny):
   assert jax.device_count() == 4
   mesh = parallel.make_mesh(4)
@@ -64,16 +77,25 @@ def test_sharded_step_rolls_captions_within_each_device(tiny):
 
 
 def test_step_on_one_device_rolls_the_whole_batch(tiny):
+  """Also: the demo config keeps YNNPACK to reductions (configs/default.py),
+  so no matrix product or convolution of the compiled step runs in it."""
   mesh = parallel.make_mesh(1)
   model, tx = cliplite.build(tiny), optim.build(tiny)
   state = state_lib.init_sharded(tiny, model, tx, mesh)
   batch = _random_batch(tiny, np.random.default_rng(0))
   outputs = _reference_outputs(model, state, batch)
   expected = losses.cliplite_objective(outputs, tiny.loss)[1]
-  _, metrics = train.make_train_step(tiny, model, tx, mesh)(
-      state, parallel.shard_batch(batch, mesh))
+  sharded = parallel.shard_batch(batch, mesh)
+  step = train.make_train_step(tiny, model, tx, mesh).lower(
+      state, sharded).compile()
+  _, metrics = step(state, sharded)
   np.testing.assert_allclose(metrics["loss/jsd"], expected["loss/jsd"],
                              rtol=2e-5, atol=2e-6)
+  assert parallel.compiler_options(tiny) == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+  hlo = step.as_text()
+  assert re.search(r" (dot|convolution)\(", hlo)
+  assert _ynnpack_ops(hlo) == set()
 
 
 def _final_params(workdir, config):
@@ -118,36 +140,8 @@ def test_resume_continues_at_the_right_step_with_the_same_params(tiny, tmp_path,
     assert json.load(f)["total_steps"] == 6
 
 
-def _ynnpack_ops(hlo_text: str) -> set[str]:
-  """Kinds of the matrix ops (dot, convolution) that compiled CPU HLO hands to
-  YNNPACK fusions."""
-  called = {re.search(r"calls=(%[\w.\-]+)", line).group(1)
-            for line in hlo_text.splitlines() if '"__ynn_fusion"' in line}
-  kinds = set()
-  for block in re.split(r"\n\n", hlo_text):
-    header = block.lstrip().split(" ", 1)[0]
-    if header in called:
-      kinds |= set(re.findall(r" (dot|convolution)\(", block))
-  return kinds
-
-
-def test_cpu_compiler_options_reach_the_train_step(tiny):
-  """The demo config keeps YNNPACK to reductions (configs/default.py): no
-  matrix product or convolution of the compiled step runs in it."""
-  assert jax.default_backend() == "cpu"
-  options = parallel.compiler_options(tiny)
-  assert options == {
-      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
-  mesh = parallel.make_mesh(1)
-  model, tx = cliplite.build(tiny), optim.build(tiny)
-  state = state_lib.init_sharded(tiny, model, tx, mesh)
-  batch = parallel.shard_batch(_random_batch(tiny, np.random.default_rng(0)),
-                               mesh)
-  step = train.make_train_step(tiny, model, tx, mesh)
-  hlo = step.lower(state, batch).compile().as_text()
-  assert " dot(" in hlo or "dot_general" in hlo or "convolution(" in hlo
-  assert _ynnpack_ops(hlo) == set()
-  # {} (or a config saved before the field existed) keeps XLA's defaults.
+def test_cpu_compiler_options_default_to_none(tiny):
+  """{} (or a config saved before the field existed) keeps XLA's defaults."""
   tiny.cpu_compiler_options = {}
   assert parallel.compiler_options(tiny) is None
   del tiny["cpu_compiler_options"]
