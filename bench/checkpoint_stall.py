@@ -4,13 +4,16 @@ r"""How long the training loop pauses when an async Orbax save starts.
   python bench/checkpoint_stall.py --preset=rn50_112   # 1.6 GB of state
 
 Runs windows of --window train steps exactly as `train.train_and_evaluate`
-does (no host sync between steps), alternately without and with a
-`checkpoint.save` (state, data-iterator position, config) after the middle
-step, each window ending when its last step's result is on the host. The
-stall is the median extra wall time of a window with a save, in steps; the
-time the save call itself blocks is shown too (the rest is the background
-write sharing the CPU with the steps after it). Checkpoints go to a
-temporary directory that is removed afterwards.
+does (no host sync between steps), in interleaved rounds: without a save;
+with the loop's `checkpoint.OverlappedSaver` (the state staged after the
+middle step, saved once the next step is dispatched); and with
+`checkpoint.save` straight after the middle step. Each window ends when its
+last step's result is on the host. The stall is the median extra wall time
+of a window with a save, in steps; "loop blocked" is the time the loop spent
+in the save calls (for a direct save it includes waiting for the steps still
+queued). What the stall adds beyond that is the background write sharing
+the CPU with the steps. Checkpoints go to a temporary directory that is
+removed afterwards.
 """
 from __future__ import annotations
 
@@ -27,9 +30,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 
-from cliplite_jax import checkpoint, config_io  # noqa: E402
+from cliplite_jax import checkpoint, config_io, guards  # noqa: E402
 from cliplite_jax.data import pipeline  # noqa: E402
 import train_step  # noqa: E402
+
+
+# The training loop's way (stage after the step, save after the next one is
+# dispatched) and a save straight after the step it saves.
+MODES = ("overlapped", "direct")
+SAVE_AFTER = 3
+LABELS = ("OverlappedSaver (train loop)", "checkpoint.save after the step")
 
 
 def demo_iterator(workdir: str):
@@ -47,7 +57,8 @@ def main():
   parser.add_argument("--config", help="a config file[:arg] instead")
   parser.add_argument("--set", action="append", default=[],
                       metavar="KEY=VALUE")
-  parser.add_argument("--window", type=int, default=6, help="steps per window")
+  parser.add_argument("--window", type=int, default=12,
+                      help=f"steps per window (the save after step {SAVE_AFTER})")
   parser.add_argument("--rounds", type=int, default=5)
   args = parser.parse_args()
   config = train_step.load_config(args)
@@ -61,40 +72,59 @@ def main():
     mngr = checkpoint.manager(os.path.join(root, "run"), config)
     step_number = 0
 
-    def window(save: bool) -> tuple[float, float]:
+    guard = guards.NonFiniteGuard()
+    saver = checkpoint.OverlappedSaver(mngr, config, guard, None)
+
+    def window(mode: str | None) -> tuple[float, float, float]:
+      """Wall time of one window, how long the save calls blocked, and how
+      long the write went on after the window."""
       nonlocal step_number
       blocked = 0.0
       start = time.perf_counter()
       for i in range(args.window):
         ours.state, metrics = ours.compiled(ours.state, ours.batch)
         step_number += 1
-        if save and i == args.window // 2:
-          t = time.perf_counter()
+        t = time.perf_counter()
+        saver.flush()  # as the loop does: the staged one, while this step runs
+        if mode == "direct" and i == SAVE_AFTER - 1:
           checkpoint.save(mngr, step_number, ours.state, data_iter, config)
-          blocked = time.perf_counter() - t
+        if mode == "overlapped" and i == SAVE_AFTER - 1:
+          saver.stage(step_number, ours.state, data_iter)
+        blocked += time.perf_counter() - t
       jax.block_until_ready(metrics)
-      return time.perf_counter() - start, blocked
+      elapsed = time.perf_counter() - start
+      t = time.perf_counter()
+      saver.wait()  # and a direct save
+      return elapsed, blocked, time.perf_counter() - t
 
-    window(True)  # the first save sets up directories and threads
-    mngr.wait_until_finished()
-    plain, saving, blocked = [], [], []
+    for mode in MODES:  # the first save sets up directories and threads
+      window(mode)
+    wall = {mode: [] for mode in (None,) + MODES}
+    blocked = {mode: [] for mode in MODES}
+    after = {mode: [] for mode in MODES}
     for _ in range(args.rounds):
-      plain.append(window(False)[0])
-      mngr.wait_until_finished()  # each save starts with none in flight
-      elapsed, block = window(True)
-      saving.append(elapsed)
-      blocked.append(block)
-      mngr.wait_until_finished()
+      for mode in (None,) + MODES:  # each save starts with none in flight
+        elapsed, block, late = window(mode)
+        wall[mode].append(elapsed)
+        if mode:
+          blocked[mode].append(block)
+          after[mode].append(late)
+    saver.close()
     mngr.close()
   finally:
     shutil.rmtree(root, ignore_errors=True)
-  step_s = statistics.median(plain) / args.window
-  stall = statistics.median(s - p for s, p in zip(saving, plain))
-  print(f"  step                {step_s * 1e3:8.1f} ms")
-  print(f"  save call blocks    {statistics.median(blocked) * 1e3:8.1f} ms"
-        f" = {statistics.median(blocked) / step_s:5.2f} steps")
-  print(f"  window stall        {stall * 1e3:8.1f} ms = {stall / step_s:5.2f} "
-        f"steps  (window of {args.window} with a save − without)")
+  step_s = statistics.median(wall[None]) / args.window
+  print(f"  step {step_s * 1e3:.1f} ms; windows of {args.window} steps, the "
+        f"save after step {SAVE_AFTER}, {args.rounds} rounds")
+  print(f"  {'':30s} {'loop blocked':>18s} {'window stall':>18s}"
+        f" {'write after window':>20s}")
+  for mode, label in zip(MODES, LABELS):
+    block = statistics.median(blocked[mode])
+    stall = statistics.median(s - p for s, p in zip(wall[mode], wall[None]))
+    late = statistics.median(after[mode])
+    print(f"  {label:30s} {block * 1e3:7.1f} ms {block / step_s:5.2f} st"
+          f" {stall * 1e3:7.1f} ms {stall / step_s:5.2f} st"
+          f" {late * 1e3:11.1f} ms")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""Orbax checkpoints under WORKDIR/checkpoints: train state, grain iterator, config."""
+"""Orbax checkpoints under WORKDIR/checkpoints: train state, grain iterator, config.
+
+The state is saved packed (`packing`): a few large arrays and their layout.
+"""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
+import sys
+import threading
 
 import grain
 import jax
@@ -11,7 +17,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-STATE, DATA_ITER, CONFIG = "state", "data_iter", "config"
+from cliplite_jax import packing
+
+STATE, LAYOUT, DATA_ITER, CONFIG = "state", "state_layout", "data_iter", "config"
 
 
 def manager(workdir: str, config: ml_collections.ConfigDict,
@@ -27,17 +35,124 @@ def manager(workdir: str, config: ml_collections.ConfigDict,
       # Orbax wants absolute paths; gs:// ones already are.
       os.path.join(workdir if "://" in workdir else os.path.abspath(workdir),
                    "checkpoints"), options=options,
-      item_names=(STATE, DATA_ITER, CONFIG))
+      item_names=(STATE, LAYOUT, DATA_ITER, CONFIG))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iter,
          config: ml_collections.ConfigDict) -> None:
-  """Starts an async save of `state`, the iterator position and the config."""
+  """Starts an async save of `state`, the iterator position and the config.
+
+  `data_iter` is the grain iterator (or anything with its `get_state`).
+  """
+  layout = packing.layout(state)
+  _save_packed(mngr, step, packing.pack(state, layout), layout, data_iter,
+               config)
+
+
+def _save_packed(mngr, step, packed, layout, data_iter, config) -> None:
   mngr.save(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.StandardSave(state),
+      STATE: ocp.args.StandardSave(packed),
+      LAYOUT: ocp.args.JsonSave(layout),
       DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
       CONFIG: ocp.args.JsonSave(config.to_dict()),
   }))
+
+
+class _Position:
+  """A data iterator's position, frozen when its checkpoint was staged.
+
+  Stands in for the iterator in `grain.checkpoint.CheckpointSave`, which
+  writes `get_state()` bytes as they are.
+  """
+
+  def __init__(self, data_iter):
+    state = data_iter.get_state()
+    self._state = (state if isinstance(state, bytes)
+                   else json.dumps(state, indent=4).encode())
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+class OverlappedSaver:
+  """Writes step N's checkpoint while the steps after it run.
+
+  Orbax's `save` returns only after copying every array to the host and
+  doing its per-array bookkeeping (about one demo step for 434 arrays), and
+  its async write then competes for the CPU. Here `stage` keeps the packed
+  state (a copy on the device: one extra state's memory until the save, and
+  the next step may donate the original), the iterator position and
+  `guard`'s non-finite record, without waiting for the step.
+  `flush`, called once the next step is dispatched, checks the record and
+  hands the save to a writer thread at low CPU priority (Linux); Orbax's
+  own write threads, started from it, inherit that priority. With several
+  processes `flush` waits for Orbax's `save` to return, so its cross-process
+  barrier keeps its place among the steps' collectives.
+  """
+
+  NICENESS = 10
+
+  def __init__(self, mngr: ocp.CheckpointManager,
+               config: ml_collections.ConfigDict, guard,
+               last_saved: int | None):
+    """`guard` has `record()` and `check(last_saved, record)`
+    (guards.NonFiniteGuard); `last_saved` is the latest step on disk."""
+    self._mngr, self._config, self._guard = mngr, config, guard
+    self._staged = None
+    self._pending = None
+    self._writer = concurrent.futures.ThreadPoolExecutor(
+        1, "checkpoint", initializer=self._lower_priority)
+    self.last_saved = last_saved
+
+  def stage(self, step: int, state, data_iter) -> None:
+    """Takes step `step`'s checkpoint; an earlier staged one is saved first."""
+    self.flush()
+    layout = packing.layout(state)
+    self._staged = (step, packing.pack(state, layout), layout,
+                    _Position(data_iter), self._guard.record())
+
+  def flush(self) -> None:
+    """Starts saving the staged checkpoint, if any. Raises
+    guards.NonFiniteError, saving nothing, if a step up to the staged one had
+    a non-finite loss or gradient norm; re-raises an earlier save's error."""
+    if self._staged is None:
+      return
+    step, packed, layout, position, record = self._staged
+    self._staged = None
+    self._guard.check(self.last_saved, record)
+    self._wait_for_save_call()
+    self._pending = self._writer.submit(_save_packed, self._mngr, step, packed,
+                                        layout, position, self._config)
+    if jax.process_count() > 1:
+      self._wait_for_save_call()
+    self.last_saved = step
+
+  def wait(self) -> None:
+    """Returns when every flushed checkpoint is on disk (a staged one is
+    not flushed)."""
+    self._wait_for_save_call()
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    """`wait`, then stops the writer thread."""
+    try:
+      self.wait()
+    finally:
+      self._writer.shutdown()
+
+  def _wait_for_save_call(self) -> None:
+    pending, self._pending = self._pending, None
+    if pending is not None:
+      pending.result()
+
+  @classmethod
+  def _lower_priority(cls) -> None:
+    if sys.platform == "linux":
+      try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       cls.NICENESS)
+      except OSError:
+        pass  # best effort: the save still runs, at normal priority
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state,
@@ -50,13 +165,24 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state,
   (`global_batch`, the config's batch_size, is then needed).
   Returns the train state.
   """
-  args = {STATE: ocp.args.StandardRestore(abstract_state)}
+  layout = None
+  if (epath.Path(mngr.directory) / str(step) / LAYOUT).exists():
+    layout = mngr.restore(step, args=ocp.args.Composite(**{
+        LAYOUT: ocp.args.JsonRestore()}))[LAYOUT]
+    packing.check_matches(layout, abstract_state,
+                          f"the checkpoint at step {step}")
+    args = {STATE: ocp.args.StandardRestore(
+        packing.abstract_packed(layout, abstract_state))}
+  else:  # saved before packing: one array per leaf
+    args = {STATE: ocp.args.StandardRestore(abstract_state)}
   translated = None
   if data_iter is not None:
     translated = _position_on_this_topology(mngr, step, global_batch)
     if translated is None:
       args[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
   state = mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
+  if layout is not None:
+    state = packing.unpack(state, layout, abstract_state)
   if translated is not None:
     data_iter.set_state(translated)
   return state

@@ -80,8 +80,15 @@ class NonFiniteGuard:
     self._first_bad = jnp.where((self._first_bad < 0) & ~finite, step,
                                 self._first_bad)
 
-  def check(self, last_good_checkpoint: int | None) -> None:
-    first_bad = jax.device_get(self._first_bad)
+  def record(self) -> jax.Array:
+    """The record so far: int32[2], per watched metric the first bad step
+    or -1. Taking it does not wait for the steps."""
+    return self._first_bad
+
+  def check(self, last_good_checkpoint: int | None,
+            record: jax.Array | None = None) -> None:
+    """Raises NonFiniteError if `record` (default: the latest) names a step."""
+    first_bad = jax.device_get(self._first_bad if record is None else record)
     bad = {k: int(s) for k, s in zip(self.WATCHED, first_bad) if s >= 0}
     if not bad:
       return

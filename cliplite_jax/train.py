@@ -223,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   progress = metrics_lib.Progress(first_step, config.total_steps,
                                   config.batch_size)
   nonfinite = guards.NonFiniteGuard()
+  saver = checkpoint.OverlappedSaver(mngr, config, nonfinite, last_saved)
   skipped = 0.0  # data/skipped is logged as the sum since the last log line
   try:
     with guards.PreemptionSignal() as preemption:
@@ -230,9 +231,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batch = parallel.shard_batch(next(data_iter), mesh)
         state, step_metrics = train_step(state, batch)
         nonfinite.update(step, step_metrics)
+        saver.flush()  # the previous step's checkpoint, while this step runs
         skipped = skipped + step_metrics["data/skipped"]
         if step % config.log_every_steps == 0 or step == config.total_steps:
-          nonfinite.check(last_saved)
+          nonfinite.check(saver.last_saved)
           step_metrics["data/skipped"] = skipped
           logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
           skipped = 0.0
@@ -245,24 +247,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         stop = preemption.requested(step)
         if (step % config.checkpoint_every_steps == 0
             or step == config.total_steps or stop):
-          nonfinite.check(last_saved)
-          checkpoint.save(mngr, step, state, data_iter, config)
-          last_saved = step
+          saver.stage(step, state, data_iter)
         if stop:
-          mngr.wait_until_finished()
+          saver.flush()
+          saver.wait()
           print(f"preempted: saved a checkpoint at step {step}; run the same "
                 f"command to resume", flush=True)
           return {}
         if (config.eval.every_steps and step % config.eval.every_steps == 0
             and step != config.total_steps):
+          saver.flush()
           _evaluate_and_log(config, model, state, tokenizer, mesh, workdir,
                             writer, step)
+    saver.flush()
     results = {}
     if config.eval.probes:
       results = _evaluate_and_log(config, model, state, tokenizer, mesh,
                                   workdir, writer, int(state.step))
   finally:
-    mngr.wait_until_finished()  # an earlier save in flight completes intact
+    saver.close()  # a save in flight completes intact
     writer.close()
     mngr.close()
   return results
