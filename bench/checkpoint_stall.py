@@ -5,20 +5,23 @@ r"""How long the training loop pauses when an async Orbax save starts.
 
 Runs windows of --window train steps exactly as `train.train_and_evaluate`
 does (no host sync between steps), in interleaved rounds: without a save;
-with the loop's `checkpoint.OverlappedSaver` (the state staged after the
-middle step, saved once the next step is dispatched); and with
-`checkpoint.save` straight after the middle step. Each window ends when its
-last step's result is on the host. The stall is the median extra wall time
-of a window with a save, in steps; "loop blocked" is the time the loop spent
-in the save calls (for a direct save it includes waiting for the steps still
-queued). What the stall adds beyond that is the background write sharing
-the CPU with the steps. Checkpoints go to a temporary directory that is
-removed afterwards.
+with the loop's `checkpoint.OverlappedSaver` (the packed state staged after
+step 3, saved once step 4 is dispatched); with `checkpoint.save` (packed)
+straight after step 3; and with a per-leaf Orbax save (the format before
+packing) straight after step 3. Each window ends when its last step's
+result is on the host. The stall is the median extra wall time of a window
+with a save, in steps; "loop blocked" is the time the loop spent in the
+save calls (for a save straight after a step it includes waiting for the
+steps still queued); "write after window" is how long the write went on
+after the window ended (0 when it finished inside). Then one packed and one
+per-leaf save with the loop idle give the CPU time a save costs.
+Checkpoints go to a temporary directory that is removed afterwards.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -28,7 +31,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
+import grain  # noqa: E402
 import jax  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
 
 from cliplite_jax import checkpoint, config_io, guards  # noqa: E402
 from cliplite_jax.data import pipeline  # noqa: E402
@@ -37,9 +42,23 @@ import train_step  # noqa: E402
 
 # The training loop's way (stage after the step, save after the next one is
 # dispatched) and a save straight after the step it saves.
-MODES = ("overlapped", "direct")
+MODES = ("overlapped", "direct", "per_leaf")
 SAVE_AFTER = 3
-LABELS = ("OverlappedSaver (train loop)", "checkpoint.save after the step")
+LABELS = ("OverlappedSaver (train loop)", "checkpoint.save after the step",
+          "per-leaf save after the step")
+
+
+def per_leaf_save(mngr, step: int, state, data_iter, config) -> None:
+  """The save before packing: one Orbax array per leaf of the state."""
+  mngr.save(step, args=ocp.args.Composite(**{
+      checkpoint.STATE: ocp.args.StandardSave(state),
+      checkpoint.DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
+      checkpoint.CONFIG: ocp.args.JsonSave(config.to_dict())}))
+
+
+def cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 def demo_iterator(workdir: str):
@@ -58,7 +77,7 @@ def main():
   parser.add_argument("--set", action="append", default=[],
                       metavar="KEY=VALUE")
   parser.add_argument("--window", type=int, default=12,
-                      help=f"steps per window (the save after step {SAVE_AFTER})")
+                      help=f"steps per window (a save after step {SAVE_AFTER})")
   parser.add_argument("--rounds", type=int, default=5)
   args = parser.parse_args()
   config = train_step.load_config(args)
@@ -88,6 +107,8 @@ def main():
         saver.flush()  # as the loop does: the staged one, while this step runs
         if mode == "direct" and i == SAVE_AFTER - 1:
           checkpoint.save(mngr, step_number, ours.state, data_iter, config)
+        if mode == "per_leaf" and i == SAVE_AFTER - 1:
+          per_leaf_save(mngr, step_number, ours.state, data_iter, config)
         if mode == "overlapped" and i == SAVE_AFTER - 1:
           saver.stage(step_number, ours.state, data_iter)
         blocked += time.perf_counter() - t
@@ -109,6 +130,18 @@ def main():
         if mode:
           blocked[mode].append(block)
           after[mode].append(late)
+    # One save with the loop idle: all of its CPU, call and background write.
+    jax.block_until_ready(ours.state)
+    save_cpu = {"packed": [], "per_leaf": []}
+    for _ in range(3):
+      for kind, save in (("packed", checkpoint.save),
+                         ("per_leaf", per_leaf_save)):
+        step_number += 1
+        start, start_cpu = time.perf_counter(), cpu_seconds()
+        save(mngr, step_number, ours.state, data_iter, config)
+        saver.wait()
+        save_cpu[kind].append((cpu_seconds() - start_cpu,
+                               time.perf_counter() - start))
     saver.close()
     mngr.close()
   finally:
@@ -125,6 +158,10 @@ def main():
     print(f"  {label:30s} {block * 1e3:7.1f} ms {block / step_s:5.2f} st"
           f" {stall * 1e3:7.1f} ms {stall / step_s:5.2f} st"
           f" {late * 1e3:11.1f} ms")
+  for kind, runs in save_cpu.items():
+    print(f"  one {kind} save, loop idle: "
+          f"CPU {statistics.median(c for c, _ in runs) * 1e3:.0f} ms, "
+          f"wall {statistics.median(w for _, w in runs) * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

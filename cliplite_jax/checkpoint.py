@@ -19,7 +19,8 @@ from etils import epath
 
 from cliplite_jax import packing
 
-STATE, LAYOUT, DATA_ITER, CONFIG = "state", "state_layout", "data_iter", "config"
+STATE, LAYOUT = "state", "state_layout"
+DATA_ITER, CONFIG = "data_iter", "config"
 
 
 def manager(workdir: str, config: ml_collections.ConfigDict,

@@ -43,7 +43,8 @@ def layout(tree) -> dict:
     if not _is_key(x) and x.size and x.sharding.is_fully_replicated:
       dtype = str(x.dtype)
       b = open_bucket.get(dtype)
-      if b is None or (buckets[b]["size"] + x.size) * x.dtype.itemsize > BUCKET_BYTES:
+      if (b is None or (buckets[b]["size"] + x.size) * x.dtype.itemsize
+          > BUCKET_BYTES):
         b = open_bucket[dtype] = len(buckets)
         buckets.append({"dtype": dtype, "size": 0})
       entry["bucket"], entry["offset"] = b, buckets[b]["size"]
@@ -92,7 +93,8 @@ def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
   return sharding  # a single device's sharding fits any array
 
 
-def abstract_packed(lay: dict, abstract_tree) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_packed(lay: dict,
+                    abstract_tree) -> dict[str, jax.ShapeDtypeStruct]:
   """The Orbax restore targets of a packed tree: buckets replicated over
   the mesh of `abstract_tree` (ShapeDtypeStructs or arrays, with
   shardings), whole leaves on their own shardings."""

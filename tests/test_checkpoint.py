@@ -119,20 +119,22 @@ def test_pack_then_unpack_onto_other_shardings(monkeypatch):
   tree["key"] = _put(jax.random.key(3), mesh)
   lay = packing.layout(tree)
   entries = {e["path"]: e for e in lay["leaves"]}
-  assert [entries[f"['{k}']"]["bucket"] for k in ("big", "e", "key")] == [None] * 3
+  bucket_of = {path[2:-2]: e["bucket"] for path, e in entries.items()}
+  assert [bucket_of[k] for k in ("big", "e", "key")] == [None] * 3
   members = {}
   for e in lay["leaves"]:
     if e["bucket"] is not None:
       members.setdefault(e["bucket"], []).append(e)
   for b, bucket in enumerate(lay["buckets"]):
     sizes = [int(np.prod(e["shape"])) for e in members[b]]
-    assert [e["offset"] for e in members[b]] == list(np.cumsum([0] + sizes[:-1]))
+    offsets = [e["offset"] for e in members[b]]
+    assert offsets == list(np.cumsum([0] + sizes[:-1]))
     assert bucket["size"] == sum(sizes)
     assert {e["dtype"] for e in members[b]} == {bucket["dtype"]}
     itemsize = np.dtype(bucket["dtype"]).itemsize
     assert bucket["size"] * itemsize <= 64 or len(sizes) == 1
   # w and b (48 + 28 bytes) need two buckets; c (8 bytes) joins b's.
-  assert entries["['b']"]["bucket"] == entries["['c']"]["bucket"] != entries["['w']"]["bucket"]
+  assert bucket_of["b"] == bucket_of["c"] != bucket_of["w"]
 
   packed = packing.pack(tree, lay)
   other = _mesh((1, 4))  # the same devices, another mesh
@@ -143,7 +145,8 @@ def test_pack_then_unpack_onto_other_shardings(monkeypatch):
   target["big"] = target["big"].update(sharding=_sharding(other, "fsdp"))
   # Whole leaves restore on their own target shardings (as Orbax would).
   targets = packing.abstract_packed(lay, target)
-  packed = {k: jax.device_put(v, targets[k].sharding) for k, v in packed.items()}
+  packed = {k: jax.device_put(v, targets[k].sharding)
+            for k, v in packed.items()}
   restored = packing.unpack(packed, lay, target)
   for k, v in values.items():
     np.testing.assert_array_equal(jax.device_get(restored[k]), v)
