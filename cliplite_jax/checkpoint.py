@@ -78,8 +78,8 @@ class _Position:
 class OverlappedSaver:
   """Writes step N's checkpoint while the steps after it run.
 
-  Orbax's `save` returns only after copying every array to the host and
-  doing its per-array bookkeeping (about one demo step for 434 arrays), and
+  Orbax's `save` first waits for the state it saves (so for the steps
+  still queued), then copies it to the host and does its bookkeeping, and
   its async write then competes for the CPU. Here `stage` keeps the packed
   state (a copy on the device: one extra state's memory until the save, and
   the next step may donate the original), the iterator position and
