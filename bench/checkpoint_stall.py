@@ -35,7 +35,8 @@ import grain  # noqa: E402
 import jax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from cliplite_jax import checkpoint, config_io, guards  # noqa: E402
+from cliplite_jax import (checkpoint, config_io, guards,  # noqa: E402
+                          host_memory)
 from cliplite_jax.data import pipeline  # noqa: E402
 import train_step  # noqa: E402
 
@@ -165,4 +166,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as the training command runs
   main()

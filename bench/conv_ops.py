@@ -24,6 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cliplite_jax import host_memory  # noqa: E402
 from cliplite_jax.models import resnet  # noqa: E402
 
 PRESETS = {"demo": (64, 64, 18, 0.25), "rn50_112": (16, 112, 50, 1.0)}
@@ -137,4 +138,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as the training command runs
   main()

@@ -12,6 +12,10 @@ and the achieved FLOP/s as a fraction of this machine's measured matmul peak
 `--set key=value` overrides config fields (e.g. --set model.dtype=bfloat16).
 `--xla_defaults` also times the JAX step compiled with XLA's default CPU
 options instead of the config's `cpu_compiler_options`, in the same rounds.
+Like `cliplite_jax.main`, it runs with malloc on transparent huge pages
+(cliplite_jax/host_memory.py; both frameworks share the process, so both get
+them) and prints the kernel CPU time per step beside each step time;
+`bench/huge_pages.py` compares the two malloc settings.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cliplite_jax import config_io, optim, parallel  # noqa: E402
+from cliplite_jax import config_io, host_memory, optim, parallel  # noqa: E402
 from cliplite_jax import state as state_lib, train  # noqa: E402
 from cliplite_jax.models import cliplite  # noqa: E402
 
@@ -54,6 +58,8 @@ def load_config(args):
     node = config
     for p in parents:
       node = node[p]
+    if isinstance(node[leaf], bool) and isinstance(value, str):
+      value = value.lower() in ("1", "true", "yes")
     node[leaf] = type(node[leaf])(value) if not isinstance(value, type(
         node[leaf])) else value
   config.optim.warmup_steps = min(config.optim.warmup_steps,
@@ -101,11 +107,9 @@ class JaxStep:
     self.flops = float(cost.get("flops", float("nan")))
     self.run()  # the first call allocates
 
-  def run(self) -> float:
-    start = time.perf_counter()
+  def run(self):
     self.state, metrics = self.compiled(self.state, self.batch)
     jax.block_until_ready(metrics)
-    return time.perf_counter() - start
 
 
 class TorchStep:
@@ -121,10 +125,20 @@ class TorchStep:
     self.step = torch_cliplite.make_step(config, channels_last)
     self.run()
 
-  def run(self) -> float:
-    start = time.perf_counter()
+  def run(self):
     self.step(*self.inputs)
-    return time.perf_counter() - start
+
+
+def timed(step) -> tuple[float, float]:
+  """(wall, kernel CPU) seconds of one `step.run()`.
+
+  Kernel (system) CPU is mostly page faults on freshly mapped buffers: what
+  the host-memory setting changes (cliplite_jax/host_memory.py).
+  """
+  cpu, start = os.times(), time.perf_counter()
+  step.run()
+  wall, after = time.perf_counter() - start, os.times()
+  return wall, after.system - cpu.system
 
 
 def main():
@@ -159,18 +173,23 @@ def main():
     config_defaults.cpu_compiler_options = {}
     defaults = JaxStep(config_defaults)
   theirs = TorchStep(config, args.channels_last) if args.torch else None
-  times = {"jax": [], "defaults": [], "torch": []}
+  steps = {"jax": ours, "defaults": defaults, "torch": theirs}
+  times = {name: [] for name in steps}
+  system = {name: [] for name in steps}
   for _ in range(args.rounds):
-    times["jax"] += [ours.run() for _ in range(args.steps)]
-    if defaults:
-      times["defaults"] += [defaults.run() for _ in range(args.steps)]
-    if theirs:
-      times["torch"] += [theirs.run() for _ in range(args.steps)]
+    for name, step in steps.items():
+      for _ in range(args.steps if step else 0):
+        wall, kernel = timed(step)
+        times[name].append(wall)
+        system[name].append(kernel)
   peak = matmul_peak(jnp.float32 if jax.default_backend() == "cpu"
                      else jnp.bfloat16)
   jax_s = statistics.median(times["jax"])
+  tunables = os.environ.get("GLIBC_TUNABLES", "glibc defaults")
+  print(f"  malloc tunables  {tunables}")
   print(f"  compile          {ours.compile_s:8.1f} s")
-  print(f"  jax step         {jax_s * 1e3:8.1f} ms   {b / jax_s:8.1f} img/s")
+  print(f"  jax step         {jax_s * 1e3:8.1f} ms   {b / jax_s:8.1f} img/s   "
+        f"(kernel CPU {statistics.mean(system['jax']) * 1e3:.1f} ms/step)")
   print(f"  step FLOPs       {ours.flops / 1e9:8.2f} GFLOP (XLA cost analysis)")
   print(f"  achieved         {ours.flops / jax_s / 1e9:8.1f} GFLOP/s = "
         f"{ours.flops / jax_s / peak:.3f} of the measured matmul peak "
@@ -185,9 +204,11 @@ def main():
           f" (of {args.peak_tflops:g} TFLOP/s)")
   if theirs:
     torch_s = statistics.median(times["torch"])
-    print(f"  torch step       {torch_s * 1e3:8.1f} ms   {b / torch_s:8.1f} img/s")
+    print(f"  torch step       {torch_s * 1e3:8.1f} ms   "
+          f"{b / torch_s:8.1f} img/s   (kernel CPU {statistics.mean(system['torch']) * 1e3:.1f} ms/step)")
     print(f"  jax / torch speed {torch_s / jax_s:7.2f}  (> 1: JAX faster)")
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as the training command runs
   main()

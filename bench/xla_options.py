@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import train_step  # noqa: E402
-from cliplite_jax import optim, parallel  # noqa: E402
+from cliplite_jax import host_memory, optim, parallel  # noqa: E402
 from cliplite_jax import state as state_lib, train  # noqa: E402
 from cliplite_jax.models import cliplite  # noqa: E402
 
@@ -79,4 +79,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.reexec_with_huge_pages()  # as the training command runs
   main()

@@ -16,6 +16,11 @@ import json
 import os
 import sys
 
+if __name__ == "__main__":
+  # First, before the heavy imports: this may replace the process once.
+  from cliplite_jax import host_memory
+  host_memory.reexec_with_huge_pages()
+
 import jax
 import ml_collections
 import numpy as np
