@@ -1,12 +1,12 @@
 """Transparent huge pages for the host buffers XLA:CPU allocates every step.
 
-XLA:CPU allocates an executable's temporaries afresh at each call: one ~70 MB
-block (plus smaller ones) for the demo's train step. glibc serves blocks that
-large with a new anonymous mmap, and the kernel zero-fills it 4 KiB page by
-page when the step first touches it: a page fault per page, every step. On a
-2-core VM that was a quarter of the demo step (BENCHMARKS.md, "Host memory").
-glibc's `glibc.malloc.hugetlb=1` tunable (glibc ≥ 2.35) makes malloc ask for
-transparent huge pages instead: 512× fewer faults and faster zeroing.
+XLA:CPU allocates an executable's temporaries afresh at each call: one 138 MB
+block for the demo's train step. glibc serves blocks that large with a new
+anonymous mmap, and the kernel zero-fills it 4 KiB page by page when the
+step first touches it: a page fault per page, every step. glibc's
+`glibc.malloc.hugetlb=1` tunable (glibc ≥ 2.35) makes malloc ask for
+transparent huge pages instead: 512× fewer faults. On a 2-core VM the demo's
+step became 1.25× faster (BENCHMARKS.md, "Host memory").
 
 Tunables are read only when a process starts, so the command-line entry
 points call `reexec_with_huge_pages()` first: it replaces the process (same
