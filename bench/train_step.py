@@ -173,23 +173,29 @@ def main():
     config_defaults.cpu_compiler_options = {}
     defaults = JaxStep(config_defaults)
   theirs = TorchStep(config, args.channels_last) if args.torch else None
-  steps = {"jax": ours, "defaults": defaults, "torch": theirs}
+  steps = {name: step for name, step in
+           (("jax", ours), ("defaults", defaults), ("torch", theirs)) if step}
   times = {name: [] for name in steps}
   system = {name: [] for name in steps}
   for _ in range(args.rounds):
     for name, step in steps.items():
-      for _ in range(args.steps if step else 0):
+      for _ in range(args.steps):
         wall, kernel = timed(step)
         times[name].append(wall)
         system[name].append(kernel)
+
+  def step_line(name: str) -> str:
+    seconds = statistics.median(times[name])
+    return (f"  {name} step{' ' * (12 - len(name))}{seconds * 1e3:8.1f} ms   "
+            f"{b / seconds:8.1f} img/s   (kernel CPU "
+            f"{statistics.mean(system[name]) * 1e3:.1f} ms/step)")
   peak = matmul_peak(jnp.float32 if jax.default_backend() == "cpu"
                      else jnp.bfloat16)
   jax_s = statistics.median(times["jax"])
   tunables = os.environ.get("GLIBC_TUNABLES", "glibc defaults")
   print(f"  malloc tunables  {tunables}")
   print(f"  compile          {ours.compile_s:8.1f} s")
-  print(f"  jax step         {jax_s * 1e3:8.1f} ms   {b / jax_s:8.1f} img/s   "
-        f"(kernel CPU {statistics.mean(system['jax']) * 1e3:.1f} ms/step)")
+  print(step_line("jax"))
   print(f"  step FLOPs       {ours.flops / 1e9:8.2f} GFLOP (XLA cost analysis)")
   print(f"  achieved         {ours.flops / jax_s / 1e9:8.1f} GFLOP/s = "
         f"{ours.flops / jax_s / peak:.3f} of the measured matmul peak "
@@ -204,8 +210,7 @@ def main():
           f" (of {args.peak_tflops:g} TFLOP/s)")
   if theirs:
     torch_s = statistics.median(times["torch"])
-    print(f"  torch step       {torch_s * 1e3:8.1f} ms   "
-          f"{b / torch_s:8.1f} img/s   (kernel CPU {statistics.mean(system['torch']) * 1e3:.1f} ms/step)")
+    print(step_line("torch"))
     print(f"  jax / torch speed {torch_s / jax_s:7.2f}  (> 1: JAX faster)")
 
 
