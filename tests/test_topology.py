@@ -44,11 +44,11 @@ def _single(data_dir, workdir, steps):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.slow  # ~4 minutes on 2 cores: four launches, each compiling
+@pytest.mark.slow  # ~4 minutes on 2 cores: six launches, each compiling
 def test_two_processes_match_one_and_resume_each_others_checkpoints(
     tiny_data_dir, tmp_path):
   """2 processes × 2 devices and 1 process × 4 devices: same global batch,
-  same seed, same losses; each resumes the other's checkpoint."""
+  same seed, same losses; a checkpoint continues the same on either."""
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
   _launch(2, tiny_data_dir, multi, steps=4)
   _single(tiny_data_dir, single, steps=4)
@@ -56,23 +56,25 @@ def test_two_processes_match_one_and_resume_each_others_checkpoints(
   assert sorted(multi_losses) == [1, 2, 3, 4]
   # Step 1 sees the same weights: only the all-reduce order differs.
   assert multi_losses[1] == pytest.approx(single_losses[1], rel=1e-6)
+  # Later steps start from weights that differ in the last bits, and this
+  # tiny run (lr 0.2, gradients clipped at 10) grows such differences about
+  # tenfold a step: one process with other XLA kernels moves step 4 by ~5e-6
+  # and step 6 by 3e-3. A wrong batch moves the loss by ~1e-1.
   for step in multi_losses:
-    assert multi_losses[step] == pytest.approx(single_losses[step], rel=1e-5)
+    assert multi_losses[step] == pytest.approx(single_losses[step], rel=1e-4)
 
-  # Swap: the single-process run continues the 2-process checkpoint and
-  # vice versa; both go on with the same batches. (Their step-4 weights
-  # differ in the last bits, gloo and in-process all-reduces summing in
-  # another order, so the tolerance is looser; a different batch would move
-  # the loss by ~1e-2.)
-  shutil.copytree(multi, str(tmp_path / "multi_then_single"))
-  shutil.copytree(single, str(tmp_path / "single_then_multi"))
-  _single(tiny_data_dir, str(tmp_path / "multi_then_single"), steps=6)
-  _launch(2, tiny_data_dir, str(tmp_path / "single_then_multi"), steps=6)
-  a = _losses(str(tmp_path / "multi_then_single"))
-  b = _losses(str(tmp_path / "single_then_multi"))
-  assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
-  for step in (5, 6):
-    assert a[step] == pytest.approx(b[step], rel=2e-4)
+  # So the resume check starts both topologies from one checkpoint: each
+  # step-4 checkpoint continues on 1 process and on 2, with the same batches.
+  for name in ("multi", "single"):
+    on_one, on_two = (str(tmp_path / f"{name}_then_{n}") for n in (1, 2))
+    shutil.copytree(str(tmp_path / name), on_one)
+    shutil.copytree(str(tmp_path / name), on_two)
+    _single(tiny_data_dir, on_one, steps=6)
+    _launch(2, tiny_data_dir, on_two, steps=6)
+    a, b = _losses(on_one), _losses(on_two)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert a[5] == pytest.approx(b[5], rel=1e-6), name
+    assert a[6] == pytest.approx(b[6], rel=1e-5), name
 
 
 @pytest.mark.slow
