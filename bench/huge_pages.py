@@ -3,8 +3,8 @@ r"""The train step with and without transparent huge pages for malloc.
   python bench/huge_pages.py --preset=demo --pairs=3
 
 glibc tunables are fixed when a process starts, so each setting runs in its
-own `bench/train_step.py` process (JAX and PyTorch steps interleaved inside
-it), alternating `glibc.malloc.hugetlb=0` (glibc's default) and `=1` (what
+own `bench/train_step.py` run (JAX steps interleaved with PyTorch's, which
+run in a child process with the same setting), alternating `glibc.malloc.hugetlb=0` (glibc's default) and `=1` (what
 `cliplite_jax.main` runs with, cliplite_jax/host_memory.py) for `--pairs`
 pairs, the order flipped every pair. Prints each run's step times and kernel
 CPU per step, then the medians and the speed-ups.

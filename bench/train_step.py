@@ -5,7 +5,9 @@ r"""Times the jitted CLIP-Lite train step, beside the same step in PyTorch.
   python bench/train_step.py --preset=rn50_224_bf16 --notorch --peak_tflops=989  # a GPU
 
 Prints compile time, the median step time over interleaved rounds (JAX
-steps, then PyTorch steps, repeated, so both see the same machine state),
+steps, then PyTorch steps, repeated, so both see the same machine state;
+PyTorch runs in a process of its own, as a training job would, so neither
+framework's heap or idle thread pool weighs on the other's steps),
 images/s, the FLOPs of one step from the compiled program's cost analysis,
 and the achieved FLOP/s as a fraction of this machine's measured matmul peak
 (and of `--peak_tflops`, the accelerator's datasheet peak, when given: MFU).
@@ -13,15 +15,16 @@ and the achieved FLOP/s as a fraction of this machine's measured matmul peak
 `--xla_defaults` also times the JAX step compiled with XLA's default CPU
 options instead of the config's `cpu_compiler_options`, in the same rounds.
 Like `cliplite_jax.main`, it runs with malloc on transparent huge pages
-(cliplite_jax/host_memory.py; both frameworks share the process, so both get
-them) and prints the kernel CPU time per step beside each step time;
+(cliplite_jax/host_memory.py; the PyTorch process inherits the setting) and prints the kernel CPU time per step beside each step time;
 `bench/huge_pages.py` compares the two malloc settings.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -129,6 +132,38 @@ class TorchStep:
     self.step(*self.inputs)
 
 
+class TorchProcess:
+  """`TorchStep` in a child process, timed there a round at a time."""
+
+  def __init__(self, argv: list[str]):
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *argv, "--torch_worker"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if self.proc.stdout.readline().strip() != "ready":
+      raise RuntimeError("the PyTorch worker failed to start (see above)")
+
+  def round(self, steps: int) -> list[tuple[float, float]]:
+    """`steps` × (wall, kernel CPU) seconds, timed in the child."""
+    self.proc.stdin.write(f"{steps}\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError("the PyTorch worker stopped (see above)")
+    return [tuple(t) for t in json.loads(line)]
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def serve_torch_rounds(config, channels_last: bool) -> None:
+  """The child's side of `TorchProcess`: one JSON line per round."""
+  step = TorchStep(config, channels_last)
+  print("ready", flush=True)
+  for line in sys.stdin:
+    print(json.dumps([timed(step) for _ in range(int(line))]), flush=True)
+
+
 def timed(step) -> tuple[float, float]:
   """(wall, kernel CPU) seconds of one `step.run()`.
 
@@ -157,8 +192,12 @@ def main():
                       help="also time the step without cpu_compiler_options")
   parser.add_argument("--peak_tflops", type=float, default=0.0,
                       help="datasheet peak of the accelerator, for MFU")
+  parser.add_argument("--torch_worker", action="store_true",
+                      help=argparse.SUPPRESS)
   args = parser.parse_args()
   config = load_config(args)
+  if args.torch_worker:
+    return serve_torch_rounds(config, args.channels_last)
   b, s = config.batch_size, config.data.image_size
   print(f"{args.preset}: ResNet-{config.model.image.depth} "
         f"(width {config.model.image.width}) + {config.model.text.layers}-layer "
@@ -172,17 +211,21 @@ def main():
     config_defaults = config.copy_and_resolve_references()
     config_defaults.cpu_compiler_options = {}
     defaults = JaxStep(config_defaults)
-  theirs = TorchStep(config, args.channels_last) if args.torch else None
+  theirs = TorchProcess(sys.argv[1:]) if args.torch else None
   steps = {name: step for name, step in
            (("jax", ours), ("defaults", defaults), ("torch", theirs)) if step}
   times = {name: [] for name in steps}
   system = {name: [] for name in steps}
   for _ in range(args.rounds):
     for name, step in steps.items():
-      for _ in range(args.steps):
-        wall, kernel = timed(step)
-        times[name].append(wall)
-        system[name].append(kernel)
+      if name == "torch":
+        timings = step.round(args.steps)
+      else:
+        timings = [timed(step) for _ in range(args.steps)]
+      times[name] += [wall for wall, _ in timings]
+      system[name] += [kernel for _, kernel in timings]
+  if theirs:
+    theirs.close()
 
   def step_line(name: str) -> str:
     seconds = statistics.median(times[name])
