@@ -54,13 +54,18 @@ def _torch_style_conv(x, kernel, stride):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("size,k,stride,im2col", [
-    (9, 1, 1, False), (9, 1, 2, False), (8, 3, 1, True), (8, 3, 2, True),
-    (9, 3, 2, True), (12, 3, 1, True), (10, 5, 2, True)])
+@pytest.mark.parametrize("size,k,stride,im2col,space_to_depth", [
+    (9, 1, 1, False, False), (9, 1, 2, False, False), (4, 3, 1, True, False),
+    (3, 3, 1, True, False), (8, 3, 1, True, False), (8, 3, 2, True, False),
+    (9, 3, 2, True, False), (12, 3, 1, True, False), (10, 5, 2, True, False),
+    (8, 7, 2, False, True), (9, 7, 2, False, True), (11, 3, 2, False, True),
+    (6, 5, 2, False, True), (7, 3, 1, False, True)])
 def test_conv_matches_torch_padded_convolution_and_its_gradients(
-    size, k, stride, im2col):
-  """Every formulation (matrix product, patches, XLA conv) is one function."""
-  conv = resnet.Conv(5, (k, k), (stride, stride), im2col=im2col)
+    size, k, stride, im2col, space_to_depth):
+  """Every formulation (matrix product, patches, space-to-depth, XLA conv)
+  is one function, forward and both gradients."""
+  conv = resnet.Conv(5, (k, k), (stride, stride), im2col=im2col,
+                     space_to_depth=space_to_depth)
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
   variables = conv.init(jax.random.key(1), x)
   kernel = variables["params"]["kernel"]
@@ -83,12 +88,24 @@ def test_conv_matches_torch_padded_convolution_and_its_gradients(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_space_to_depth_conv_on_rectangular_inputs_and_kernels():
+  """Odd and even heights and widths, a 7×5 kernel: the folded stride-1 conv
+  samples the same pixels as the stride-2 one."""
+  kernel = jax.random.normal(jax.random.key(1), (7, 5, 3, 4))
+  for h, w in ((9, 6), (8, 11), (1, 2)):
+    x = jax.random.normal(jax.random.key(h * w), (2, h, w, 3))
+    np.testing.assert_allclose(
+        resnet.space_to_depth_conv(x, kernel),
+        resnet.torch_padded_conv(x, kernel, (2, 2)), rtol=1e-5, atol=1e-5)
+
+
 def test_strided_conv_centres_output_i_on_input_2i_like_torch():
   """A centre-tap kernel picks x[2i, 2j] (flax's "SAME" would pick 2i + 1)."""
   x = jnp.arange(2 * 8 * 8, dtype=jnp.float32).reshape(2, 8, 8, 1)
   centre = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
-  for im2col in (False, True):
-    conv = resnet.Conv(1, (3, 3), (2, 2), im2col=im2col)
+  for im2col, space_to_depth in ((False, False), (True, False), (False, True)):
+    conv = resnet.Conv(1, (3, 3), (2, 2), im2col=im2col,
+                       space_to_depth=space_to_depth)
     y = conv.apply({"params": {"kernel": centre}}, x)
     np.testing.assert_array_equal(y, x[:, ::2, ::2])
 

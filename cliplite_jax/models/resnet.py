@@ -39,15 +39,21 @@ class Conv(nn.Module):
     features: output channels O.
     kernel_size: (kh, kw), odd.
     strides: (sh, sw).
-    im2col: run strided k×k convs, and k×k convs with at most 64 output
+    im2col: run strided k×k convs, and k×k convs with at most 16 output
       pixels, as one matrix product on gathered patches: faster there than
       XLA's CPU convolution (forward and both gradients). For CPU runs;
       leave False on accelerators.
+    space_to_depth: run a stride-2 conv's forward as a stride-1 conv on 2×2
+      blocks of pixels (`space_to_depth_conv`); its gradients stay XLA's
+      own. 1.6× faster on CPU for the 3-channel stem, where XLA's
+      convolution gathers 3 floats at a time; when `im2col` also applies,
+      `im2col` wins.
   """
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
   im2col: bool = False
+  space_to_depth: bool = False
   dtype: Any = jnp.float32
   kernel_init: Any = _conv_init
 
@@ -64,16 +70,76 @@ class Conv(nn.Module):
     ph, pw = kh // 2, kw // 2
     _, h, w, _ = x.shape
     out_h, out_w = (h - 1) // sh + 1, (w - 1) // sw + 1
-    if not (self.im2col and (sh > 1 or sw > 1 or out_h * out_w <= 64)):
-      return jax.lax.conv_general_dilated(
-          x, kernel, self.strides, [(ph, ph), (pw, pw)],
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if not (self.im2col and (sh > 1 or sw > 1 or out_h * out_w <= 16)):
+      if self.space_to_depth and (sh, sw) == (2, 2):
+        return _stride_2_conv_via_space_to_depth(x, kernel)
+      return torch_padded_conv(x, kernel, self.strides)
     x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     # Patch features ordered (i, j, c), matching kernel.reshape below.
     patches = jnp.concatenate(
         [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
          for i in range(kh) for j in range(kw)], axis=-1)
     return patches @ kernel.reshape(-1, self.features)
+
+
+def torch_padded_conv(x: jnp.ndarray, kernel: jnp.ndarray,
+                      strides: tuple[int, int]) -> jnp.ndarray:
+  """XLA's conv with torch's k // 2 padding: x [B, H, W, C], kernel
+  [kh, kw, C, O] (odd sizes) → [B, ceil(H / sh), ceil(W / sw), O], x's dtype."""
+  kh, kw = kernel.shape[:2]
+  return jax.lax.conv_general_dilated(
+      x, kernel, strides, [(kh // 2, kh // 2), (kw // 2, kw // 2)],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """`torch_padded_conv(x, kernel, (2, 2))` as a stride-1 conv on 2×2 blocks.
+
+  x [B, H, W, C] is padded, then each 2×2 block of pixels becomes one pixel
+  of 4C channels; the kernel [kh, kw, C, O] (odd sizes) is zero-padded to
+  even sizes and folded the same way into [⌈kh/2⌉, ⌈kw/2⌉, 4C, O]. Same
+  values up to float rounding; returns [B, ⌈H/2⌉, ⌈W/2⌉, O] in x's dtype.
+  """
+  kh, kw, c, o = kernel.shape
+  b, h, w, _ = x.shape
+  out_h, out_w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+  taps_h, taps_w = (kh + 1) // 2, (kw + 1) // 2
+  # Padded so that the last output's taps, zero ones included, are inside.
+  rows, cols = 2 * (out_h - 1 + taps_h), 2 * (out_w - 1 + taps_w)
+  x = jnp.pad(x, ((0, 0), (kh // 2, rows - h - kh // 2),
+                  (kw // 2, cols - w - kw // 2), (0, 0)))
+  x = x.reshape(b, rows // 2, 2, cols // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, rows // 2, cols // 2, 4 * c)
+  kernel = jnp.pad(kernel, ((0, 2 * taps_h - kh), (0, 2 * taps_w - kw),
+                            (0, 0), (0, 0)))
+  kernel = kernel.reshape(taps_h, 2, taps_w, 2, c, o).transpose(0, 2, 1, 3, 4, 5)
+  return jax.lax.conv_general_dilated(
+      x, kernel.reshape(taps_h, taps_w, 4 * c, o), (1, 1), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def _stride_2_conv_via_space_to_depth(x, kernel):
+  """Forward: `space_to_depth_conv`; gradients: `torch_padded_conv`'s.
+
+  XLA's kernel gradient of the direct conv is 1.7× faster than that of the
+  space-to-depth one on the stem (BENCHMARKS.md), so each pass takes its
+  faster form.
+  """
+  return space_to_depth_conv(x, kernel)
+
+
+def _stride_2_conv_fwd(x, kernel):
+  return space_to_depth_conv(x, kernel), (x, kernel)
+
+
+def _stride_2_conv_bwd(residuals, cotangent):
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda x, k: torch_padded_conv(x, k, (2, 2)), x, kernel)
+  return vjp(cotangent)
+
+
+_stride_2_conv_via_space_to_depth.defvjp(_stride_2_conv_fwd, _stride_2_conv_bwd)
 
 
 def max_pool_3x3_stride_2(x: jnp.ndarray) -> jnp.ndarray:
@@ -141,7 +207,8 @@ class ResNet(nn.Module):
     dtype: compute dtype; parameters stay float32.
     remat: recompute each block's activations in the backward pass instead
       of storing them (less memory, about one more forward of compute).
-    im2col: `Conv.im2col` for the blocks' convs (CPU runs).
+    im2col: `Conv.im2col` for the blocks' convs and `Conv.space_to_depth`
+      for the stem (CPU runs).
   """
   depth: int = 50
   width: float = 1.0
@@ -167,9 +234,8 @@ class ResNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     x = images.astype(self.dtype)
-    # XLA's own convolution is the faster stem on CPU too (3 input channels).
     x = Conv(int(64 * self.width), (7, 7), (2, 2), dtype=self.dtype,
-             name="stem_conv")(x)
+             space_to_depth=self.im2col, name="stem_conv")(x)
     x = max_pool_3x3_stride_2(nn.relu(norm(name="stem_norm")(x)))
     for stage, num_blocks in enumerate(stages):
       for block in range(num_blocks):
