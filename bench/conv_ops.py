@@ -90,7 +90,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
   parser.add_argument("--im2col", type=int, default=1,
-                      help="ours: resnet.Conv(im2col=...) (the CPU configs: 1)")
+                      help="ours: ResNet(im2col=...) (the CPU configs: 1)")
   args = parser.parse_args()
   import torch
   import torch.nn.functional as F
@@ -108,12 +108,14 @@ def main():
     xla = lambda x, w, s=s, pad=pad: jax.lax.conv_general_dilated(  # noqa: E731
         x, w, (s, s), [(pad, pad)] * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    conv = resnet.Conv(o, (k, k), (s, s), im2col=bool(args.im2col) and k < 7)
+    stem = name.startswith("stem")
+    # As resnet.ResNet builds them: the stem on space-to-depth input.
+    conv = resnet.Conv(o, (k, k), (s, s), im2col=bool(args.im2col) and not stem,
+                       space_to_depth=bool(args.im2col) and stem)
     ours = lambda x, w, conv=conv: conv.apply(  # noqa: E731
         {"params": {"kernel": w}}, x)
     theirs = lambda x, w, s=s, pad=pad: F.conv2d(  # noqa: E731
         x, w, stride=s, padding=pad)
-    stem = name.startswith("stem")
     argnums = 1 if stem else (0, 1)
     row = [jax_timer(xla, (x, w), argnums), jax_timer(ours, (x, w), argnums),
            torch_timer(theirs, (x, w), (not stem, True))]

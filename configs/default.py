@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.image = dict(
       depth=18,  # paper: 50
       width=0.25,  # paper: 1.0
-      # Strided and small 3×3 convs as patch matrix products: faster on CPU
+      # 3×3 convs on the last stages' small maps as patch matrix products and
+      # the 7×7/2 stem's forward on space-to-depth input: faster on CPU
       # (BENCHMARKS.md); False on GPU/TPU, where XLA's convs are the fast path.
       im2col=True)
   c.model.text = dict(

@@ -39,10 +39,10 @@ class Conv(nn.Module):
     features: output channels O.
     kernel_size: (kh, kw), odd.
     strides: (sh, sw).
-    im2col: run strided k×k convs, and k×k convs with at most 16 output
-      pixels, as one matrix product on gathered patches: faster there than
-      XLA's CPU convolution (forward and both gradients). For CPU runs;
-      leave False on accelerators.
+    im2col: run k×k convs with at most 16 output pixels (the last stages'
+      small maps) as one matrix product on gathered patches: faster there
+      than XLA's CPU convolution (forward and both gradients), slower on
+      larger maps. For CPU runs; leave False on accelerators.
     space_to_depth: run a stride-2 conv's forward as a stride-1 conv on 2×2
       blocks of pixels (`space_to_depth_conv`); its gradients stay XLA's
       own. 1.6× faster on CPU for the 3-channel stem, where XLA's
@@ -70,7 +70,7 @@ class Conv(nn.Module):
     ph, pw = kh // 2, kw // 2
     _, h, w, _ = x.shape
     out_h, out_w = (h - 1) // sh + 1, (w - 1) // sw + 1
-    if not (self.im2col and (sh > 1 or sw > 1 or out_h * out_w <= 16)):
+    if not (self.im2col and out_h * out_w <= 16):
       if self.space_to_depth and (sh, sw) == (2, 2):
         return _stride_2_conv_via_space_to_depth(x, kernel)
       return torch_padded_conv(x, kernel, self.strides)
