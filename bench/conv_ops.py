@@ -140,5 +140,5 @@ def main():
 
 
 if __name__ == "__main__":
-  host_memory.reexec_with_huge_pages()  # as the training command runs
+  host_memory.reexec_with_fast_malloc()  # as the training command runs
   main()

@@ -1,13 +1,18 @@
 r"""The train step with and without transparent huge pages for malloc.
 
   python bench/huge_pages.py --preset=demo --pairs=3
+  python bench/huge_pages.py --notorch \
+      --preload=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 
 glibc tunables are fixed when a process starts, so each setting runs in its
 own `bench/train_step.py` run (JAX steps interleaved with PyTorch's, which
-run in a child process with the same setting), alternating `glibc.malloc.hugetlb=0` (glibc's default) and `=1` (what
-`cliplite_jax.main` runs with, cliplite_jax/host_memory.py) for `--pairs`
-pairs, the order flipped every pair. Prints each run's step times and kernel
-CPU per step, then the medians and the speed-ups.
+run in a child process with the same setting): `glibc.malloc.hugetlb=0`
+(glibc's default) and `=1` (what `cliplite_jax.main` runs with,
+cliplite_jax/host_memory.py) and, given `--preload`, another malloc loaded
+with LD_PRELOAD (tcmalloc keeps freed blocks mapped, so XLA's per-step
+temporaries stop costing page faults). `--pairs` rounds, one process per
+setting each, the order rotated every round. Prints each run's step times
+and kernel CPU per step, then the medians and the speed-ups.
 """
 from __future__ import annotations
 
@@ -19,15 +24,19 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SETTINGS = {"glibc default": "glibc.malloc.hugetlb=0",
-            "huge pages": "glibc.malloc.hugetlb=1"}
+# LD_PRELOAD set (empty): no tcmalloc, even where the machine has it.
+SETTINGS = {"glibc default": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0",
+                              "LD_PRELOAD": ""},
+            "huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+                           "LD_PRELOAD": ""}}
 # "  jax step   97.2 ms   658.2 img/s   (kernel CPU 12.3 ms/step)"
 _LINE = re.compile(r"^\s+(jax|torch) step\s+([\d.]+) ms.*kernel CPU ([\d.]+)")
 
 
-def run_once(preset: str, tunables: str, extra: list[str]) -> dict:
-  """{"jax": (ms, kernel ms), "torch": ...} from one train_step.py process."""
-  env = dict(os.environ, GLIBC_TUNABLES=tunables)
+def run_once(preset: str, setting: dict[str, str], extra: list[str]) -> dict:
+  """{"jax": (ms, kernel ms), "torch": ...} from one train_step.py process
+  run with the environment variables of `setting`."""
+  env = dict(os.environ, **setting)
   out = subprocess.run(
       [sys.executable, os.path.join(HERE, "train_step.py"),
        f"--preset={preset}", *extra],
@@ -45,19 +54,31 @@ def run_once(preset: str, tunables: str, extra: list[str]) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", default="demo")
-  parser.add_argument("--pairs", type=int, default=3)
+  parser.add_argument("--pairs", type=int, default=3,
+                      help="rounds of one process per setting")
   parser.add_argument("--rounds", type=int, default=3,
                       help="train_step.py rounds per process")
   parser.add_argument("--notorch", action="store_true")
+  parser.add_argument("--preload", default="",
+                      help="also time a malloc library loaded with LD_PRELOAD")
   args = parser.parse_args()
+  settings = dict(SETTINGS)
+  if args.preload:
+    if not os.path.isfile(args.preload):
+      sys.exit(f"--preload: no such file: {args.preload}")
+    # Both variables set, so train_step.py does not re-run itself.
+    settings[os.path.basename(args.preload).split(".so")[0]] = {
+        "LD_PRELOAD": args.preload, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
   extra = [f"--rounds={args.rounds}"] + (["--notorch"] if args.notorch else [])
-  results = {name: [] for name in SETTINGS}
+  names = list(settings)
+  width = max(map(len, names))
+  results = {name: [] for name in names}
   for pair in range(args.pairs):
-    order = list(SETTINGS) if pair % 2 == 0 else list(SETTINGS)[::-1]
-    for name in order:
-      found = run_once(args.preset, SETTINGS[name], extra)
+    shift = pair % len(names)
+    for name in names[shift:] + names[:shift]:
+      found = run_once(args.preset, settings[name], extra)
       results[name].append(found)
-      print(f"pair {pair + 1} {name:13s} " + "   ".join(
+      print(f"round {pair + 1} {name:{width}s} " + "   ".join(
           f"{fw} {ms:6.1f} ms (kernel {kernel:4.1f})"
           for fw, (ms, kernel) in found.items()), flush=True)
   print(f"\n{args.preset}, medians of {args.pairs} processes per setting")
@@ -66,12 +87,14 @@ def main():
     medians[name] = {fw: statistics.median(r[fw][0] for r in runs)
                      for fw in runs[0]}
     kernel = {fw: statistics.median(r[fw][1] for r in runs) for fw in runs[0]}
-    print(f"  {name:13s} " + "   ".join(
+    print(f"  {name:{width}s} " + "   ".join(
         f"{fw} {medians[name][fw]:6.1f} ms (kernel CPU {kernel[fw]:4.1f} ms)"
         for fw in medians[name]))
-  base, huge = medians["glibc default"], medians["huge pages"]
-  for fw in base:
-    print(f"  {fw}: huge pages / default speed {base[fw] / huge[fw]:.2f}")
+  base = medians["glibc default"]
+  for name in names[1:]:
+    for fw in base:
+      print(f"  {fw}: {name} / glibc default speed "
+            f"{base[fw] / medians[name][fw]:.2f}")
   if "torch" in base:
     for name, m in medians.items():
       print(f"  jax / torch speed, {name}: {m['torch'] / m['jax']:.2f}")

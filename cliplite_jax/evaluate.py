@@ -19,7 +19,7 @@ import sys
 if __name__ == "__main__":
   # First, before the heavy imports: this may replace the process once.
   from cliplite_jax import host_memory
-  host_memory.reexec_with_huge_pages()
+  host_memory.reexec_with_fast_malloc()
 
 import jax
 import ml_collections

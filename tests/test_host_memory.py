@@ -1,4 +1,6 @@
-"""The entry points' re-execution with malloc on transparent huge pages."""
+"""The entry points' re-execution with malloc on transparent huge pages and,
+where the machine has it, tcmalloc."""
+import ctypes.util
 import os
 import subprocess
 import sys
@@ -17,17 +19,21 @@ _PROGRAM = """
 import os, sys
 print("start", os.getpid(), flush=True)
 from cliplite_jax import host_memory
-host_memory.reexec_with_huge_pages()
+host_memory.reexec_with_fast_malloc()
 print("after", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:])
 """
 
 
-def _run(tunables):
+def _run(tunables, program=_PROGRAM, preload=""):
+  """Output lines, split; `preload` None leaves LD_PRELOAD unset."""
   env = dict(os.environ)
   env.pop("GLIBC_TUNABLES", None)
+  env.pop("LD_PRELOAD", None)
   if tunables is not None:
     env["GLIBC_TUNABLES"] = tunables
-  out = subprocess.run([sys.executable, "-c", _PROGRAM, "--flag=1", "x"],
+  if preload is not None:
+    env["LD_PRELOAD"] = preload
+  out = subprocess.run([sys.executable, "-c", program, "--flag=1", "x"],
                        env=env, capture_output=True, text=True, check=True)
   return [line.split(" ", 2) for line in out.stdout.splitlines()]
 
@@ -62,3 +68,41 @@ def test_opting_out_runs_once_unchanged():
   lines = _run("glibc.malloc.hugetlb=0")
   assert [line[0] for line in lines] == ["start", "after"]
   assert lines[1][2].startswith("glibc.malloc.hugetlb=0 ")
+
+
+def test_tcmalloc_is_found_by_name_minimal_first():
+  libraries = {"tcmalloc_minimal": "libtcmalloc_minimal.so.4",
+               "tcmalloc": "libtcmalloc.so.4"}
+  assert (host_memory.tcmalloc_preload({}, libraries.get)
+          == "libtcmalloc_minimal.so.4")
+  assert (host_memory.tcmalloc_preload({}, {"tcmalloc": "libtcmalloc.so.4"}.get)
+          == "libtcmalloc.so.4")
+  assert host_memory.tcmalloc_preload({}, {}.get) is None
+
+
+def test_any_ld_preload_keeps_tcmalloc_out():
+  def finder(name):
+    raise AssertionError("searched despite LD_PRELOAD")
+  for value in ("", "/opt/other.so"):
+    assert host_memory.tcmalloc_preload({"LD_PRELOAD": value}, finder) is None
+  assert host_memory.fast_malloc_environment(
+      {"LD_PRELOAD": "", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == {}
+
+
+_MAPS_PROGRAM = """
+import os
+print("start", os.getpid(), flush=True)
+from cliplite_jax import host_memory
+host_memory.reexec_with_fast_malloc()
+with open("/proc/self/maps") as f:
+  print("after", os.getpid(), "tcmalloc" in f.read())
+"""
+
+
+@pytest.mark.skipif(not ctypes.util.find_library("tcmalloc_minimal"),
+                    reason="needs libtcmalloc_minimal (libtcmalloc-minimal4)")
+def test_process_reexecutes_with_tcmalloc_loaded_where_installed():
+  lines = _run("glibc.malloc.hugetlb=0", _MAPS_PROGRAM, preload=None)
+  assert [line[0] for line in lines] == ["start", "start", "after"]
+  assert lines[2] == ["after", lines[0][1], "True"]
+  assert _run("glibc.malloc.hugetlb=0", _MAPS_PROGRAM)[-1][2] == "False"
