@@ -7,12 +7,16 @@ For each distinct conv of the network (and the stem's max pool): the median
 time of jit(grad) with respect to input and kernel of XLA's own convolution
 (`lax.conv_general_dilated`, or the reduce-window max pool), of ours
 (`resnet.Conv` with the preset's `im2col` setting, `max_pool_3x3_stride_2`),
-and of torch's conv2d / max_pool2d (NCHW, all cores), interleaved. The stem
-has no input gradient in training, so its row times the kernel gradient only.
+and of torch's conv2d / max_pool2d (NCHW, all cores), interleaved. JAX's
+programs get the preset config's `cpu_compiler_options`, as in training. The
+stem has no input gradient in training, so its row times the kernel gradient
+only; its forward and kernel gradient are then timed apart, as XLA's conv and
+on space-to-depth input.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -24,10 +28,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cliplite_jax import host_memory  # noqa: E402
+from cliplite_jax import config_io, host_memory, parallel  # noqa: E402
 from cliplite_jax.models import resnet  # noqa: E402
 
-PRESETS = {"demo": (64, 64, 18, 0.25), "rn50_112": (16, 112, 50, 1.0)}
+# (batch, size, depth, width, the config whose XLA CPU options the step uses)
+PRESETS = {"demo": (64, 64, 18, 0.25, "configs/default.py"),
+           "rn50_112": (16, 112, 50, 1.0, "configs/coco_rn50_bert.py")}
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def conv_shapes(batch, size, depth, width):
@@ -66,10 +73,11 @@ def median_time(fn, repeats=7):
   return statistics.median(times)
 
 
-def jax_timer(forward, args, argnums):
-  """Median seconds of the gradient of sum(forward(*args)²) / 2."""
+def jax_timer(forward, args, argnums, options=None):
+  """Median seconds of the gradient of sum(forward(*args)²) / 2, compiled
+  with the XLA `options` (a config's `cpu_compiler_options`)."""
   loss = lambda *a: 0.5 * jnp.sum(forward(*a) ** 2)  # noqa: E731
-  grad = jax.jit(jax.grad(loss, argnums=argnums))
+  grad = jax.jit(jax.grad(loss, argnums=argnums), compiler_options=options)
   return median_time(lambda: jax.block_until_ready(grad(*args)))
 
 
@@ -95,9 +103,12 @@ def main():
   import torch
   import torch.nn.functional as F
   torch.set_num_threads(os.cpu_count())
-  batch, size, depth, width = PRESETS[args.preset]
+  batch, size, depth, width, config_file = PRESETS[args.preset]
+  options = parallel.compiler_options(
+      config_io.load_file(os.path.join(REPO, config_file)))
+  timer = functools.partial(jax_timer, options=options)
   print(f"{args.preset}: ResNet-{depth} × {width}, {size} px, batch {batch}; "
-        "fwd + bwd, ms", flush=True)
+        f"fwd + bwd, ms; XLA options {options or 'defaults'}", flush=True)
   print(f"  {'op':24s} {'shape':>22s} {'XLA':>8s} {'ours':>8s} {'torch':>8s}")
   totals = np.zeros(3)
   key = jax.random.key(0)
@@ -117,7 +128,7 @@ def main():
     theirs = lambda x, w, s=s, pad=pad: F.conv2d(  # noqa: E731
         x, w, stride=s, padding=pad)
     argnums = 1 if stem else (0, 1)
-    row = [jax_timer(xla, (x, w), argnums), jax_timer(ours, (x, w), argnums),
+    row = [timer(xla, (x, w), argnums), timer(ours, (x, w), argnums),
            torch_timer(theirs, (x, w), (not stem, True))]
     totals += row
     print(f"  {name:24s} {f'{b}×{h}×{h}×{c}→{o}':>22s} "
@@ -127,8 +138,8 @@ def main():
       window = lambda x: jax.lax.reduce_window(  # noqa: E731
           x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
           ((0, 0), (1, 1), (1, 1), (0, 0)))
-      row = [jax_timer(window, (x,), 0),
-             jax_timer(resnet.max_pool_3x3_stride_2, (x,), 0),
+      row = [timer(window, (x,), 0),
+             timer(resnet.max_pool_3x3_stride_2, (x,), 0),
              torch_timer(lambda x: F.max_pool2d(x, 3, 2, 1), (x,), (True,))]
       totals += row
       print(f"  {'max pool 3×3/2':24s} {f'{b}×{h // 2}×{h // 2}×{o}':>22s} "
@@ -137,6 +148,45 @@ def main():
         + " ".join(f"{t * 1e3:8.1f}" for t in totals))
   print(f"  ours / XLA speed {totals[0] / totals[1]:.2f}, "
         f"ours / torch speed {totals[2] / totals[1]:.2f}  (> 1: ours faster)")
+  stem_passes(batch, size, int(64 * width), options)
+
+
+def stem_passes(batch, size, out, options):
+  """The 7×7/2 stem's forward and kernel gradient apart, in both forms."""
+  import torch
+  import torch.nn.functional as F
+  x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
+  w = 0.1 * jax.random.normal(jax.random.key(1), (7, 7, 3, out))
+  g = jax.random.normal(jax.random.key(2), (batch, size // 2, size // 2, out))
+  row = {}
+  for name, conv in (("XLA conv", lambda x, w: resnet.torch_padded_conv(
+      x, w, (2, 2))), ("space-to-depth", resnet.space_to_depth_conv)):
+    forward = jax.jit(conv, compiler_options=options)
+    kernel_grad = jax.jit(
+        lambda x, w, g, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
+        compiler_options=options)
+    row[f"{name} forward"] = median_time(
+        lambda: jax.block_until_ready(forward(x, w)), 15)
+    row[f"{name} kernel gradient"] = median_time(
+        lambda: jax.block_until_ready(kernel_grad(x, w, g)), 15)
+  tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
+  tw = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous()
+  tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous()
+  tw.requires_grad_(True)
+
+  def torch_forward():
+    with torch.no_grad():
+      F.conv2d(tx, tw, stride=2, padding=3)
+
+  def torch_forward_and_kernel_gradient():
+    tw.grad = None
+    F.conv2d(tx, tw, stride=2, padding=3).backward(tg)
+  row["torch forward"] = median_time(torch_forward, 15)
+  row["torch forward + kernel gradient"] = median_time(
+      torch_forward_and_kernel_gradient, 15)
+  print(f"stem {batch}×{size}×{size}×3→{out}, per pass, ms")
+  for name, seconds in row.items():
+    print(f"  {name:32s} {seconds * 1e3:8.2f}")
 
 
 if __name__ == "__main__":

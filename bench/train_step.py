@@ -14,9 +14,10 @@ and the achieved FLOP/s as a fraction of this machine's measured matmul peak
 `--set key=value` overrides config fields (e.g. --set model.dtype=bfloat16).
 `--xla_defaults` also times the JAX step compiled with XLA's default CPU
 options instead of the config's `cpu_compiler_options`, in the same rounds.
-Like `cliplite_jax.main`, it runs with malloc on transparent huge pages
-(cliplite_jax/host_memory.py; the PyTorch process inherits the setting) and prints the kernel CPU time per step beside each step time;
-`bench/huge_pages.py` compares the two malloc settings.
+Like `cliplite_jax.main`, it runs with malloc on transparent huge pages and,
+where the machine has it, tcmalloc (cliplite_jax/host_memory.py; the PyTorch
+process inherits the setting), and prints the kernel CPU time per step beside
+each step time; `bench/huge_pages.py` compares the malloc settings.
 """
 from __future__ import annotations
 
@@ -237,6 +238,7 @@ def main():
   jax_s = statistics.median(times["jax"])
   tunables = os.environ.get("GLIBC_TUNABLES", "glibc defaults")
   print(f"  malloc tunables  {tunables}")
+  print(f"  LD_PRELOAD       {os.environ.get('LD_PRELOAD') or 'none'}")
   print(f"  compile          {ours.compile_s:8.1f} s")
   print(step_line("jax"))
   print(f"  step FLOPs       {ours.flops / 1e9:8.2f} GFLOP (XLA cost analysis)")
