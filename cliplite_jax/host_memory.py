@@ -103,7 +103,8 @@ def reexec_with_fast_malloc() -> None:
 
   Returns without doing anything when there is nothing to change (as after
   the re-run); otherwise does not return. Call it first thing in a
-  command's __main__, before threads start or files are written.
+  command's __main__, before threads start or files are written. Silent, so
+  that a bad command line still gets exactly one error line.
   """
   changes = fast_malloc_environment(os.environ)
   if not changes:
@@ -111,9 +112,6 @@ def reexec_with_fast_malloc() -> None:
   argv = list(getattr(sys, "orig_argv", []))
   if len(argv) < 2:  # an embedded interpreter: nothing to re-run
     return
-  if "LD_PRELOAD" in changes:
-    print(f"cliplite_jax: malloc from {changes['LD_PRELOAD']} (LD_PRELOAD; "
-          f"set LD_PRELOAD= to keep glibc's)", file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
   try:
