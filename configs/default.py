@@ -2,7 +2,7 @@
 
 A narrow ResNet-18 (width 1/4) and a 2-layer BERT (width 128), 256-wide
 projection blocks, global batch 64, 1000 steps: it trains and evaluates in
-about 6 minutes on 2 CPU cores. Every hyperparameter of the paper is a field here;
+about 3 minutes on 2 CPU cores. Every hyperparameter of the paper is a field here;
 where the demo departs from the paper's value (COCO, 250k steps) the paper's
 value is written beside it.
 

@@ -47,10 +47,11 @@ def test_resnet_v1_5_strides_on_3x3():
 
 
 def _torch_style_conv(x, kernel, stride):
-  """The reference: XLA's convolution with torch's symmetric k // 2 padding."""
-  pad = kernel.shape[0] // 2
+  """The reference: XLA's convolution with torch's symmetric k // 2 padding
+  on each axis."""
+  kh, kw = kernel.shape[:2]
   return jax.lax.conv_general_dilated(
-      x, kernel, (stride, stride), [(pad, pad), (pad, pad)],
+      x, kernel, (stride, stride), [(kh // 2, kh // 2), (kw // 2, kw // 2)],
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -97,7 +98,7 @@ def test_space_to_depth_conv_on_rectangular_inputs_and_kernels():
     x = jax.random.normal(jax.random.key(h * w), (2, h, w, 3))
     np.testing.assert_allclose(
         resnet.space_to_depth_conv(x, kernel),
-        resnet.torch_padded_conv(x, kernel, (2, 2)), rtol=1e-5, atol=1e-5)
+        _torch_style_conv(x, kernel, 2), rtol=1e-5, atol=1e-5)
 
 
 def test_strided_conv_centres_output_i_on_input_2i_like_torch():

@@ -122,8 +122,8 @@ def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
 def _stride_2_conv_via_space_to_depth(x, kernel):
   """Forward: `space_to_depth_conv`; gradients: `torch_padded_conv`'s.
 
-  XLA's kernel gradient of the direct conv is 1.7× faster than that of the
-  space-to-depth one on the stem (BENCHMARKS.md), so each pass takes its
+  XLA's kernel gradient of the direct conv is 1.5–1.7× faster than that of
+  the space-to-depth one on the stem (BENCHMARKS.md), so each pass takes its
   faster form.
   """
   return space_to_depth_conv(x, kernel)
