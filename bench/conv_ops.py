@@ -6,7 +6,8 @@ r"""Forward + backward of every conv shape of a ResNet, three ways, side by side
 For each distinct conv of the network (and the stem's max pool): the median
 time of jit(grad) with respect to input and kernel of XLA's own convolution
 (`lax.conv_general_dilated`, or the reduce-window max pool), of ours
-(`resnet.Conv` with the preset's `im2col` setting, `max_pool_3x3_stride_2`),
+(`resnet.Conv` with the preset's `im2col` setting, which also swaps the
+stride-1 kernel gradients, and `max_pool_3x3_stride_2`),
 and of torch's conv2d / max_pool2d (NCHW, all cores), interleaved. JAX's
 programs get the preset config's `cpu_compiler_options`, as in training. The
 stem has no input gradient in training, so its row times the kernel gradient
@@ -122,7 +123,8 @@ def main():
     stem = name.startswith("stem")
     # As resnet.ResNet builds them: the stem on space-to-depth input.
     conv = resnet.Conv(o, (k, k), (s, s), im2col=bool(args.im2col) and not stem,
-                       space_to_depth=bool(args.im2col) and stem)
+                       space_to_depth=bool(args.im2col) and stem,
+                       swap_kernel_grad=bool(args.im2col) and not stem)
     ours = lambda x, w, conv=conv: conv.apply(  # noqa: E731
         {"params": {"kernel": w}}, x)
     theirs = lambda x, w, s=s, pad=pad: F.conv2d(  # noqa: E731

@@ -12,7 +12,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
-from cliplite_jax import guards, optim, parallel, state as state_lib
+from cliplite_jax import guards, optim, parallel, prng, state as state_lib
 from cliplite_jax.data import augment, pipeline
 from cliplite_jax.models import cliplite, hf_bert
 
@@ -30,11 +30,15 @@ def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
 
 def step_rngs(rng: jax.Array, step: jax.Array, micro: int | None = None):
   """The (dropout, prior) keys of `step` (and of micro-batch `micro` when
-  the step accumulates several)."""
+  the step accumulates several).
+
+  They draw threefry's bits in one fused loop (`prng.with_unrolled_bits`):
+  the same masks and noise as plain threefry keys, faster on CPU.
+  """
   key = jax.random.fold_in(rng, step)
   if micro is not None:
     key = jax.random.fold_in(key, micro)
-  return tuple(jax.random.split(key))
+  return tuple(prng.with_unrolled_bits(jax.random.split(key)))
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):

@@ -55,19 +55,24 @@ def _torch_style_conv(x, kernel, stride):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("size,k,stride,im2col,space_to_depth", [
-    (9, 1, 1, False, False), (9, 1, 2, False, False), (4, 3, 1, True, False),
-    (3, 3, 1, True, False), (8, 3, 1, True, False), (8, 3, 2, True, False),
-    (9, 3, 2, True, False), (12, 3, 1, True, False), (10, 5, 2, True, False),
-    (7, 5, 2, True, False),
-    (8, 7, 2, False, True), (9, 7, 2, False, True), (11, 3, 2, False, True),
-    (6, 5, 2, False, True), (7, 3, 1, False, True)])
+@pytest.mark.parametrize("size,k,stride,im2col,space_to_depth,swap", [
+    (9, 1, 1, False, False, False), (9, 1, 2, False, False, False),
+    (4, 3, 1, True, False, False), (3, 3, 1, True, False, False),
+    (8, 3, 1, True, False, False), (8, 3, 2, True, False, False),
+    (9, 3, 2, True, False, False), (12, 3, 1, True, False, False),
+    (10, 5, 2, True, False, False), (7, 5, 2, True, False, False),
+    (8, 7, 2, False, True, False), (9, 7, 2, False, True, False),
+    (11, 3, 2, False, True, False), (6, 5, 2, False, True, False),
+    (7, 3, 1, False, True, False),
+    (8, 3, 1, False, False, True), (9, 5, 1, False, False, True),
+    (1, 3, 1, False, False, True), (8, 3, 2, False, False, True),
+    (9, 3, 1, True, True, True)])
 def test_conv_matches_torch_padded_convolution_and_its_gradients(
-    size, k, stride, im2col, space_to_depth):
-  """Every formulation (matrix product, patches, space-to-depth, XLA conv)
-  is one function, forward and both gradients."""
+    size, k, stride, im2col, space_to_depth, swap):
+  """Every formulation (matrix product, patches, space-to-depth, swapped
+  kernel gradient, XLA conv) is one function, forward and both gradients."""
   conv = resnet.Conv(5, (k, k), (stride, stride), im2col=im2col,
-                     space_to_depth=space_to_depth)
+                     space_to_depth=space_to_depth, swap_kernel_grad=swap)
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
   variables = conv.init(jax.random.key(1), x)
   kernel = variables["params"]["kernel"]
@@ -99,6 +104,19 @@ def test_space_to_depth_conv_on_rectangular_inputs_and_kernels():
     np.testing.assert_allclose(
         resnet.space_to_depth_conv(x, kernel),
         _torch_style_conv(x, kernel, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_swapped_kernel_gradient_on_rectangular_inputs_and_kernels():
+  """A 5×3 kernel over 9×6, 4×11 and 1×1 maps: `stride_1_kernel_grad` is the
+  gradient of the torch-padded stride-1 conv with respect to its kernel."""
+  kernel = jax.random.normal(jax.random.key(1), (5, 3, 4, 6))
+  for h, w in ((9, 6), (4, 11), (1, 1)):
+    x = jax.random.normal(jax.random.key(h * w), (3, h, w, 4))
+    _, vjp = jax.vjp(lambda k: _torch_style_conv(x, k, 1), kernel)
+    cotangent = jax.random.normal(jax.random.key(h + w), (3, h, w, 6))
+    np.testing.assert_allclose(
+        resnet.stride_1_kernel_grad(x, cotangent, (5, 3)), vjp(cotangent)[0],
+        rtol=1e-4, atol=1e-4)
 
 
 def test_strided_conv_centres_output_i_on_input_2i_like_torch():

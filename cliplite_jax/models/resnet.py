@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# `Conv.im2col` applies to maps of at most this many output pixels.
+_IM2COL_MAX_PIXELS = 16
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -48,12 +50,17 @@ class Conv(nn.Module):
       own. 1.6× faster on CPU for the 3-channel stem, where XLA's
       convolution gathers 3 floats at a time; when `im2col` also applies,
       `im2col` wins.
+    swap_kernel_grad: take a stride-1 conv's kernel gradient as a conv of
+      the output gradient over the input (`stride_1_kernel_grad`); forward
+      and input gradient stay XLA's. For CPU runs; when `im2col` also
+      applies, `im2col` wins.
   """
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
   im2col: bool = False
   space_to_depth: bool = False
+  swap_kernel_grad: bool = False
   dtype: Any = jnp.float32
   kernel_init: Any = _conv_init
 
@@ -70,9 +77,11 @@ class Conv(nn.Module):
     ph, pw = kh // 2, kw // 2
     _, h, w, _ = x.shape
     out_h, out_w = (h - 1) // sh + 1, (w - 1) // sw + 1
-    if not (self.im2col and out_h * out_w <= 16):
+    if not (self.im2col and out_h * out_w <= _IM2COL_MAX_PIXELS):
       if self.space_to_depth and (sh, sw) == (2, 2):
         return _stride_2_conv_via_space_to_depth(x, kernel)
+      if self.swap_kernel_grad and (sh, sw) == (1, 1):
+        return _stride_1_conv_with_swapped_kernel_grad(x, kernel)
       return torch_padded_conv(x, kernel, self.strides)
     x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     # Patch features ordered (i, j, c), matching kernel.reshape below.
@@ -142,6 +151,54 @@ def _stride_2_conv_bwd(residuals, cotangent):
 _stride_2_conv_via_space_to_depth.defvjp(_stride_2_conv_fwd, _stride_2_conv_bwd)
 
 
+# Roles for `stride_1_kernel_grad`'s conv: the output gradient [B, H, W, O]
+# is the input with O as batch and B as features; x [B, H, W, C] is the
+# kernel with B in and C out; the result is [O, kh, kw, C].
+_SWAPPED_ROLES = jax.lax.ConvDimensionNumbers(
+    lhs_spec=(3, 0, 1, 2), rhs_spec=(3, 0, 1, 2), out_spec=(0, 3, 1, 2))
+
+
+def stride_1_kernel_grad(x: jnp.ndarray, cotangent: jnp.ndarray,
+                         window: tuple[int, int]) -> jnp.ndarray:
+  """Kernel gradient of `torch_padded_conv(x, kernel, (1, 1))`.
+
+  x [B, H, W, C] and cotangent [B, H, W, O] (same dtype), window (kh, kw)
+  odd → [kh, kw, C, O]. XLA's own kernel gradient is a conv of x over the
+  cotangent, for which XLA:CPU lays x out channels-first, batch-last: an
+  element-by-element transpose that also recomputes the BatchNorm and ReLU
+  that produced x. Here the cotangent, already in memory, takes that role
+  and x is only reordered by rows (each pixel's channels stay contiguous):
+  1.3× faster on the demo's 16-channel stage (BENCHMARKS.md).
+  """
+  kh, kw = window
+  swapped = jax.lax.conv_general_dilated(
+      cotangent, x, (1, 1), [(kh // 2, kh // 2), (kw // 2, kw // 2)],
+      dimension_numbers=_SWAPPED_ROLES)
+  # Output position (u, v) holds kernel tap (kh - 1 - u, kw - 1 - v).
+  return jnp.flip(swapped, (1, 2)).transpose(1, 2, 3, 0)
+
+
+@jax.custom_vjp
+def _stride_1_conv_with_swapped_kernel_grad(x, kernel):
+  """`torch_padded_conv` at stride 1; kernel gradient `stride_1_kernel_grad`."""
+  return torch_padded_conv(x, kernel, (1, 1))
+
+
+def _stride_1_conv_fwd(x, kernel):
+  return torch_padded_conv(x, kernel, (1, 1)), (x, kernel)
+
+
+def _stride_1_conv_bwd(residuals, cotangent):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: torch_padded_conv(x, kernel, (1, 1)), x)
+  return (input_vjp(cotangent)[0],
+          stride_1_kernel_grad(x, cotangent, kernel.shape[:2]))
+
+
+_stride_1_conv_with_swapped_kernel_grad.defvjp(_stride_1_conv_fwd,
+                                               _stride_1_conv_bwd)
+
+
 def max_pool_3x3_stride_2(x: jnp.ndarray) -> jnp.ndarray:
   """torch's MaxPool2d(3, 2, padding=1): [B, H, W, C] → [B, ⌈H/2⌉, ⌈W/2⌉, C].
 
@@ -207,8 +264,9 @@ class ResNet(nn.Module):
     dtype: compute dtype; parameters stay float32.
     remat: recompute each block's activations in the backward pass instead
       of storing them (less memory, about one more forward of compute).
-    im2col: `Conv.im2col` for the blocks' convs and `Conv.space_to_depth`
-      for the stem (CPU runs).
+    im2col: the CPU formulations: `Conv.im2col` and
+      `Conv.swap_kernel_grad` for the blocks' convs, `Conv.space_to_depth`
+      for the stem.
   """
   depth: int = 50
   width: float = 1.0
@@ -229,7 +287,8 @@ class ResNet(nn.Module):
     block_cls = Bottleneck if kind == "bottleneck" else BasicBlock
     if self.remat:
       block_cls = nn.remat(block_cls)
-    conv = functools.partial(Conv, dtype=self.dtype, im2col=self.im2col)
+    conv = functools.partial(Conv, dtype=self.dtype, im2col=self.im2col,
+                             swap_kernel_grad=self.im2col)
     # torch BatchNorm2d: momentum 0.1 (= flax 0.9), eps 1e-5.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.9, epsilon=1e-5, dtype=self.dtype)
