@@ -3,8 +3,8 @@
 jax lowers the threefry2x32 hash on CPU as a loop over its five blocks of
 four rounds (quicker to compile), and XLA:CPU copies both counter arrays at
 every iteration. The demo's text tower draws ~1.7M dropout decisions per step,
-7.2 ms that way; the same hash written out in straight-line code is one
-elementwise fusion, 1.7 ms (BENCHMARKS.md, "Dropout masks").
+8.6 ms that way; the same hash written out in straight-line code is one
+elementwise fusion, 1.5 ms (BENCHMARKS.md, "CPU formulations").
 
 `UNROLLED_THREEFRY` is jax's threefry implementation (same key data, seed,
 split and fold_in) with that straight-line `random_bits`. Its bits equal

@@ -19,11 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# `Conv.im2col` applies to maps of at most this many output pixels: the
-# demo's 2×2 maps (2.1 against XLA's 13 ms, fwd + both gradients). On 4×4
-# maps XLA's conv (with the swapped kernel gradient at stride 1) is as fast
-# or faster: 2.0 vs 2.3 ms (demo), 29.7 vs 32.2 ms (RN50 at 112 px).
-_IM2COL_MAX_PIXELS = 4
+# `Conv.im2col` applies to maps of at most this many output pixels.
+_IM2COL_MAX_PIXELS = 16
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -44,8 +41,8 @@ class Conv(nn.Module):
     features: output channels O.
     kernel_size: (kh, kw), odd.
     strides: (sh, sw).
-    im2col: run k×k convs with at most 4 output pixels (the last stage's
-      2×2 maps) as one matrix product on gathered patches: faster there
+    im2col: run k×k convs with at most 16 output pixels (the last stages'
+      small maps) as one matrix product on gathered patches: faster there
       than XLA's CPU convolution (forward and both gradients), slower on
       larger maps. For CPU runs; leave False on accelerators.
     space_to_depth: run a stride-2 conv's forward as a stride-1 conv on 2×2
@@ -171,7 +168,8 @@ def stride_1_kernel_grad(x: jnp.ndarray, cotangent: jnp.ndarray,
   element-by-element transpose that also recomputes the BatchNorm and ReLU
   that produced x. Here the cotangent, already in memory, takes that role
   and x is only reordered by rows (each pixel's channels stay contiguous):
-  1.3× faster on the demo's 16-channel stage (BENCHMARKS.md).
+  1.4× faster on the demo's 16-channel stage (BENCHMARKS.md, "CPU
+  formulations").
   """
   kh, kw = window
   swapped = jax.lax.conv_general_dilated(
