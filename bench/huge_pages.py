@@ -1,4 +1,4 @@
-r"""The train step with and without transparent huge pages for malloc.
+r"""The train step under each malloc setting, and under the default.
 
   python bench/huge_pages.py --preset=demo --pairs=3
   python bench/huge_pages.py --notorch \
@@ -6,13 +6,21 @@ r"""The train step with and without transparent huge pages for malloc.
 
 glibc tunables are fixed when a process starts, so each setting runs in its
 own `bench/train_step.py` run (JAX steps interleaved with PyTorch's, which
-run in a child process with the same setting): `glibc.malloc.hugetlb=0`
-(glibc's default) and `=1` (what `cliplite_jax.main` runs with,
-cliplite_jax/host_memory.py) and, given `--preload`, another malloc loaded
-with LD_PRELOAD (tcmalloc keeps freed blocks mapped, so XLA's per-step
-temporaries stop costing page faults). `--pairs` rounds, one process per
-setting each, the order rotated every round. Prints each run's step times
-and kernel CPU per step, then the medians and the speed-ups.
+run in a child process with the same setting):
+
+- "glibc default": `glibc.malloc.hugetlb=0`, the step's temporaries in one
+  block (`xla_multiheap_size_constraint_per_heap=-1`);
+- "huge pages": `glibc.malloc.hugetlb=1`, one block;
+- "huge pages, heaps kept": what `cliplite_jax.main` runs with
+  (cliplite_jax/host_memory.py): huge pages, glibc keeping freed memory, and
+  the config's own XLA options (the demo's split temporaries into blocks
+  malloc keeps);
+- given `--preload`, another malloc loaded with LD_PRELOAD, one block
+  (tcmalloc keeps freed blocks mapped).
+
+`--pairs` rounds, one process per setting each, the order rotated every
+round. Prints each run's step times and kernel CPU per step, then the
+medians and the speed-ups.
 """
 from __future__ import annotations
 
@@ -24,22 +32,36 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# LD_PRELOAD set (empty): no tcmalloc, even where the machine has it.
-SETTINGS = {"glibc default": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0",
-                              "LD_PRELOAD": ""},
-            "huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
-                           "LD_PRELOAD": ""}}
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from cliplite_jax import host_memory  # noqa: E402
+
+ONE_BLOCK = ["--set=cpu_compiler_options."
+             "xla_multiheap_size_constraint_per_heap=-1"]
+# name: (environment, train_step.py arguments). LD_PRELOAD set (empty): no
+# tcmalloc, even where the machine has it.
+SETTINGS = {
+    "glibc default": ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0",
+                       "LD_PRELOAD": ""}, ONE_BLOCK),
+    "huge pages": ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+                    "LD_PRELOAD": ""}, ONE_BLOCK),
+    "huge pages, heaps kept": (
+        {"GLIBC_TUNABLES": host_memory.tunables_with_huge_pages({}) or "",
+         "LD_PRELOAD": ""}, []),
+}
 # "  jax step   97.2 ms   658.2 img/s   (kernel CPU 12.3 ms/step)"
 _LINE = re.compile(r"^\s+(jax|torch) step\s+([\d.]+) ms.*kernel CPU ([\d.]+)")
 
 
-def run_once(preset: str, setting: dict[str, str], extra: list[str]) -> dict:
+def run_once(preset: str, setting: tuple[dict[str, str], list[str]],
+             extra: list[str]) -> dict:
   """{"jax": (ms, kernel ms), "torch": ...} from one train_step.py process
-  run with the environment variables of `setting`."""
-  env = dict(os.environ, **setting)
+  run with the environment variables and arguments of `setting`."""
+  variables, arguments = setting
+  env = dict(os.environ, **variables)
   out = subprocess.run(
       [sys.executable, os.path.join(HERE, "train_step.py"),
-       f"--preset={preset}", *extra],
+       f"--preset={preset}", *arguments, *extra],
       env=env, check=True, capture_output=True, text=True).stdout
   found = {}
   for line in out.splitlines():
@@ -67,8 +89,9 @@ def main():
     if not os.path.isfile(args.preload):
       sys.exit(f"--preload: no such file: {args.preload}")
     # Both variables set, so train_step.py does not re-run itself.
-    settings[os.path.basename(args.preload).split(".so")[0]] = {
-        "LD_PRELOAD": args.preload, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+    settings[os.path.basename(args.preload).split(".so")[0]] = ({
+        "LD_PRELOAD": args.preload, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+        ONE_BLOCK)
   extra = [f"--rounds={args.rounds}"] + (["--notorch"] if args.notorch else [])
   names = list(settings)
   width = max(map(len, names))

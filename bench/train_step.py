@@ -50,6 +50,16 @@ PRESETS = {
 }
 
 
+def _literal(text: str) -> int | float | str:
+  """`text` as an int or a float where it reads as one."""
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
 def load_config(args):
   path, overrides = PRESETS[args.preset]
   config = config_io.load_file(args.config or os.path.join(REPO, path))
@@ -62,6 +72,9 @@ def load_config(args):
     node = config
     for p in parents:
       node = node[p]
+    if leaf not in node:  # a new field, e.g. one more XLA option
+      node[leaf] = _literal(value)
+      continue
     if isinstance(node[leaf], bool) and isinstance(value, str):
       value = value.lower() in ("1", "true", "yes")
     node[leaf] = type(node[leaf])(value) if not isinstance(value, type(

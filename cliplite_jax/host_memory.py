@@ -10,6 +10,13 @@ since glibc and the dynamic loader read them only when a process starts:
 - glibc's `glibc.malloc.hugetlb=1` tunable (glibc ≥ 2.35): malloc asks for
   transparent huge pages, 512× fewer faults. The demo's step became 1.18–1.25×
   faster on a 2-core VM.
+- three more glibc tunables that keep freed memory instead of returning it to
+  the kernel: `mmap_threshold=32 MiB` (blocks below it come from malloc's
+  heaps, not a fresh mmap), `trim_threshold=4 GiB` (a heap's free top is not
+  given back) and `top_pad=64 MiB` (heaps grow in steps that large, and an
+  emptied thread heap is kept). With the demo config's XLA option that puts
+  the temporaries in blocks of at most 16 MiB (configs/default.py), the
+  step's ~480 page faults drop to a few (BENCHMARKS.md, "Host memory").
 - tcmalloc, when the machine has it (Debian/Ubuntu: `apt install
   libtcmalloc-minimal4`), loaded with LD_PRELOAD: it keeps freed blocks
   mapped, so the pages are zero-filled once, not every step. Another 1.14×
@@ -26,6 +33,12 @@ import sys
 from typing import Callable
 
 TUNABLE = "glibc.malloc.hugetlb"
+# Each is added unless the user's GLIBC_TUNABLES already sets it.
+RETAIN_TUNABLES = {
+    "glibc.malloc.mmap_threshold": 32 << 20,
+    "glibc.malloc.trim_threshold": 4 << 30,
+    "glibc.malloc.top_pad": 64 << 20,
+}
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 # gperftools' libraries, the minimal one (no heap profiler) first.
 TCMALLOC_NAMES = ("tcmalloc_minimal", "tcmalloc")
@@ -53,8 +66,10 @@ def _thp_available() -> bool:
 def tunables_with_huge_pages(environ: dict[str, str]) -> str | None:
   """The GLIBC_TUNABLES value to run with, or None to leave `environ` as is.
 
-  None when the tunable is already set (to any value: the user's choice) or
-  when this machine cannot use it (not Linux/glibc ≥ 2.35, THP off).
+  `glibc.malloc.hugetlb=1` and RETAIN_TUNABLES are appended to the user's
+  own tunables, skipping any the user already sets. None when hugetlb is
+  already set (to any value: the user's choice) or when this machine cannot
+  use it (not Linux/glibc ≥ 2.35, THP off).
   """
   current = environ.get("GLIBC_TUNABLES", "")
   if TUNABLE + "=" in current:
@@ -64,7 +79,10 @@ def tunables_with_huge_pages(environ: dict[str, str]) -> str | None:
     return None
   if not _thp_available():
     return None
-  return f"{current}:{TUNABLE}=1" if current else f"{TUNABLE}=1"
+  added = [f"{TUNABLE}=1"] + [
+      f"{name}={value}" for name, value in RETAIN_TUNABLES.items()
+      if name + "=" not in current]
+  return ":".join(([current] if current else []) + added)
 
 
 def tcmalloc_preload(

@@ -36,14 +36,26 @@ def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> Mesh:
   return Mesh(np.asarray(devices).reshape(-1, fsdp), BATCH)
 
 
+# Split temporaries ("Multiple temp buffer allocations") cannot be serialised
+# into JAX's persistent compilation cache.
+UNCACHEABLE_OPTIONS = ("xla_multiheap_size_constraint_per_heap",)
+
+
 def compiler_options(config) -> dict[str, str] | None:
   """XLA options for the train step and the encoders: the config's
   `cpu_compiler_options` when JAX runs on CPU, none on accelerators.
 
   They are per-program compile options (`jax.jit(compiler_options=...)`),
-  so nothing global changes and other programs keep XLA's defaults.
+  so nothing global changes and other programs keep XLA's defaults. With
+  JAX's persistent compilation cache on, UNCACHEABLE_OPTIONS are left out:
+  the cache cannot store the programs they make, and a cached compile saves
+  more than they do.
   """
   options = dict(config.get("cpu_compiler_options", None) or {})
+  if jax.config.jax_enable_compilation_cache and (
+      jax.config.jax_compilation_cache_dir):
+    for name in UNCACHEABLE_OPTIONS:
+      options.pop(name, None)
   if not options or jax.default_backend() != "cpu":
     return None
   return options

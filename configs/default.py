@@ -30,9 +30,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (ignored on GPU/TPU). XLA's CPU default hands every matrix product and
   # some conv gradients to YNNPACK, slow on this model's small shapes;
   # keeping it to reduction fusions ran the demo's step 0-12% faster
-  # (BENCHMARKS.md, "XLA CPU options"). {} keeps XLA's defaults.
+  # (BENCHMARKS.md, "XLA CPU options"). The step's temporaries in blocks of
+  # at most 16 MiB, which malloc keeps between steps (cliplite_jax/
+  # host_memory.py), instead of one 100+ MiB block the kernel zero-fills at
+  # every step (-1: one block, XLA's default). {} keeps XLA's defaults.
   c.cpu_compiler_options = dict(
-      xla_cpu_experimental_ynn_fusion_type="LIBRARY_FUSION_TYPE_REDUCE")
+      xla_cpu_experimental_ynn_fusion_type="LIBRARY_FUSION_TYPE_REDUCE",
+      xla_multiheap_size_constraint_per_heap=16 << 20)
 
   c.model = ml_collections.ConfigDict()
   # "bfloat16": compute in bf16; parameters, optimizer state, the critic, the

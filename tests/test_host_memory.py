@@ -38,13 +38,27 @@ def _run(tunables, program=_PROGRAM, preload=""):
   return [line.split(" ", 2) for line in out.stdout.splitlines()]
 
 
+RETAIN = ("glibc.malloc.mmap_threshold=33554432"
+          ":glibc.malloc.trim_threshold=4294967296"
+          ":glibc.malloc.top_pad=67108864")
+
+
 @needs_support
-def test_tunable_is_added_to_the_users_own():
+def test_tunables_are_added_to_the_users_own():
   assert (host_memory.tunables_with_huge_pages({})
-          == "glibc.malloc.hugetlb=1")
+          == "glibc.malloc.hugetlb=1:" + RETAIN)
   assert (host_memory.tunables_with_huge_pages(
       {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
-          == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+          == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1:" + RETAIN)
+
+
+@needs_support
+def test_the_users_own_retention_tunable_is_kept_not_repeated():
+  users = "glibc.malloc.trim_threshold=1000"
+  assert (host_memory.tunables_with_huge_pages({"GLIBC_TUNABLES": users})
+          == users + ":glibc.malloc.hugetlb=1"
+          ":glibc.malloc.mmap_threshold=33554432"
+          ":glibc.malloc.top_pad=67108864")
 
 
 def test_an_explicit_setting_is_left_alone():
@@ -60,7 +74,7 @@ def test_process_reexecutes_once_with_same_pid_and_arguments():
   pid = lines[0][1]
   assert lines[1][1] == pid and lines[2][1] == pid
   tunables, argv = lines[2][2].split(" ", 1)
-  assert tunables == "glibc.malloc.hugetlb=1"
+  assert tunables == "glibc.malloc.hugetlb=1:" + RETAIN
   assert argv == "['--flag=1', 'x']"
 
 

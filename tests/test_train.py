@@ -91,6 +91,8 @@ def test_step_on_one_device_rolls_the_whole_batch(tiny):
   _, metrics = step(state, sharded)
   np.testing.assert_allclose(metrics["loss/jsd"], expected["loss/jsd"],
                              rtol=2e-5, atol=2e-6)
+  # The session's compilation cache is on (conftest.py), so the option that
+  # splits temporaries is left out.
   assert parallel.compiler_options(tiny) == {
       "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
   hlo = step.as_text()
@@ -146,3 +148,53 @@ def test_cpu_compiler_options_default_to_none(tiny):
   assert parallel.compiler_options(tiny) is None
   del tiny["cpu_compiler_options"]
   assert parallel.compiler_options(tiny) is None
+
+
+@pytest.fixture
+def no_compilation_cache():
+  """JAX's persistent compilation cache off for one test."""
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", True)
+
+
+def test_split_temporaries_only_without_a_compilation_cache(
+    tiny, no_compilation_cache):
+  assert parallel.compiler_options(tiny) == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
+      "xla_multiheap_size_constraint_per_heap": 16 << 20}
+
+
+def _is_serialisable(compiled) -> bool:
+  from jax.experimental import serialize_executable
+  try:
+    serialize_executable.serialize(compiled)
+  except Exception as error:  # pylint: disable=broad-except
+    assert "Multiple temp buffer allocations" in str(error)
+    return False
+  return True
+
+
+def test_temporaries_in_small_blocks_change_no_bit_of_the_step(
+    tiny, no_compilation_cache):
+  """The step with its temporaries split into 1 MiB blocks (so that the tiny
+  step is split at all) trains exactly as the step with one block (-1)."""
+  mesh = parallel.make_mesh(2)
+  model, tx = cliplite.build(tiny), optim.build(tiny)
+  batches = [parallel.shard_batch(_random_batch(tiny, np.random.default_rng(i)),
+                                  mesh) for i in range(2)]
+  params = []
+  for limit in (1 << 20, -1):
+    config = tiny.copy_and_resolve_references()
+    config.cpu_compiler_options.xla_multiheap_size_constraint_per_heap = limit
+    state = state_lib.init_sharded(config, model, tx, mesh)
+    step = train.make_train_step(config, model, tx, mesh).lower(
+        state, batches[0]).compile()
+    # Only the split program is refused by the cache's serialiser.
+    assert _is_serialisable(step) == (limit == -1)
+    for batch in batches:
+      state, _ = step(state, batch)
+    params.append(jax.device_get(state.params))
+  jax.tree.map(np.testing.assert_array_equal, *params)
