@@ -22,7 +22,7 @@ from cliplite_jax.models import cliplite
 
 
 def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh,
-                  compiler_options: dict[str, str] | None = None):
+                  compiler_options: dict[str, str | int] | None = None):
   """Jitted encoders with replicated outputs (readable on every process).
 
   image_fn(batch) takes an `eval_input` batch and returns it with "images"

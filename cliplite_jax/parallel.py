@@ -41,7 +41,7 @@ def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> Mesh:
 UNCACHEABLE_OPTIONS = ("xla_multiheap_size_constraint_per_heap",)
 
 
-def compiler_options(config) -> dict[str, str] | None:
+def compiler_options(config) -> dict[str, str | int] | None:
   """XLA options for the train step and the encoders: the config's
   `cpu_compiler_options` when JAX runs on CPU, none on accelerators.
 
