@@ -155,11 +155,12 @@ def no_compilation_cache():
   """JAX's persistent compilation cache off for one test, as far as
   `parallel.compiler_options` reads it (jax itself decides once a process
   whether to use the cache, so it still tries to store a split program)."""
+  enabled = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
   try:
     yield
   finally:
-    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_enable_compilation_cache", enabled)
 
 
 def test_split_temporaries_only_without_a_compilation_cache(
