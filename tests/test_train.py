@@ -188,10 +188,10 @@ def test_temporaries_in_small_blocks_change_no_bit_of_the_step(tiny):
   session's compilation cache leaves the option out)."""
   mesh = parallel.make_mesh(1)
   model, tx = cliplite.build(tiny), optim.build(tiny)
-  state = state_lib.init_sharded(tiny, model, tx, mesh)
   batches = [parallel.shard_batch(_random_batch(tiny, np.random.default_rng(i)),
                                   mesh) for i in range(2)]
-  lowered = train.make_train_step(tiny, model, tx, mesh).lower(state, batches[0])
+  lowered = train.make_train_step(tiny, model, tx, mesh).lower(
+      state_lib.abstract_state(tiny, model, tx, mesh), batches[0])
   one_block = lowered.compile()
   split = lowered.compile(compiler_options=dict(
       tiny.cpu_compiler_options, xla_multiheap_size_constraint_per_heap=1 << 20))
