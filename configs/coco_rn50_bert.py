@@ -32,9 +32,15 @@ def get_config(arg: str | None = None):
   c.batch_size = 1024
 
   c.model.dtype = "bfloat16"  # mixed precision: bf16 compute, f32 params
-  # On CPU, YNNPACK's matrix products win on RN50's shapes (XLA's default);
-  # the temporaries in blocks malloc keeps, as in configs/default.py.
-  c.cpu_compiler_options = dict(xla_multiheap_size_constraint_per_heap=16 << 20)
+  # On CPU: YNNPACK's matrix products win on RN50's and BERT-base's shapes,
+  # but its convolutions (XLA's default hands it those with > 16 channels)
+  # lose to XLA's own, 1.1-3.4x per pass: products and reductions only
+  # (BENCHMARKS.md, "XLA CPU options"). The temporaries in blocks malloc
+  # keeps, as in configs/default.py.
+  c.cpu_compiler_options = dict(
+      xla_cpu_experimental_ynn_fusion_type=(
+          "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"),
+      xla_multiheap_size_constraint_per_heap=16 << 20)
   c.model.image = dict(depth=50, width=1.0, im2col=False)  # True on CPU
   c.model.text = dict(vocab_size=30522, hidden=768, layers=12, heads=12,
                       mlp_dim=3072, max_len=512, pooling="pooler",

@@ -1,8 +1,10 @@
 """Every config of the paper's grid builds, and its model initialises."""
+import jax
+import jax.numpy as jnp
 import pytest
 
 from cliplite_jax import config_io, optim, parallel, state as state_lib
-from cliplite_jax.models import cliplite
+from cliplite_jax.models import cliplite, resnet
 from conftest import REPO
 
 GRID = ([("coco_rn50_bert.py", "")]
@@ -55,3 +57,21 @@ def test_grid_values_follow_the_paper():
 def test_bad_config_argument_is_a_user_error(arg):
   with pytest.raises(config_io.UserError):
     _load("coco_rn50_bert.py", arg)
+
+
+def _library_fused(options, fn, *shapes) -> bool:
+  """Whether XLA:CPU hands `fn`'s one op to YNNPACK under `options`."""
+  args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  hlo = jax.jit(fn, compiler_options=options).lower(*args).compile().as_text()
+  return "ynn_fusion" in hlo
+
+
+def test_coco_config_keeps_convolutions_off_ynnpack_and_products_on_it():
+  """XLA's default gives YNNPACK every conv with > 16 channels (slower than
+  XLA's own on RN50's shapes); the COCO config's options keep its products."""
+  options = parallel.compiler_options(_load("coco_rn50_bert.py", ""))
+  conv = lambda x, k: resnet.torch_padded_conv(x, k, (1, 1))  # noqa: E731
+  conv_shapes = ((2, 14, 14, 64), (3, 3, 64, 64))
+  assert _library_fused(None, conv, *conv_shapes)  # XLA's default
+  assert not _library_fused(options, conv, *conv_shapes)
+  assert _library_fused(options, jnp.matmul, (64, 96), (96, 128))
