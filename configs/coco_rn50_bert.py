@@ -34,9 +34,10 @@ def get_config(arg: str | None = None):
   c.model.dtype = "bfloat16"  # mixed precision: bf16 compute, f32 params
   # On CPU: YNNPACK's matrix products win on RN50's and BERT-base's shapes,
   # but its convolutions (XLA's default hands it those with > 16 channels)
-  # lose to XLA's own, 1.1-3.4x per pass: products and reductions only
-  # (BENCHMARKS.md, "XLA CPU options"). The temporaries in blocks malloc
-  # keeps, as in configs/default.py.
+  # lost to XLA's own in 8 of 9 passes measured, by up to 3.4x: products
+  # and reductions only, 1.07-1.08x on the RN50 step (BENCHMARKS.md, "XLA
+  # CPU options"). The temporaries in blocks malloc keeps, as in
+  # configs/default.py.
   c.cpu_compiler_options = dict(
       xla_cpu_experimental_ynn_fusion_type=(
           "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"),
