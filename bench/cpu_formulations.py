@@ -16,7 +16,9 @@ its plain counterpart while the step is traced:
                       of `resnet.stride_1_kernel_grad`;
   xla_stem_forward    the stem's forward is XLA's strided conv instead of
                       the space-to-depth one;
-  no_im2col           no 3×3 conv runs as a product of gathered patches.
+  no_im2col           no 3×3 conv runs as a product of gathered patches;
+  im2col_16           3×3 convs with up to 16 output pixels (4×4 maps too,
+                      the threshold before) run as patch products.
 
 Prints each step's median and its speed relative to "ours" (> 1: the
 variant is faster), and the largest parameter difference from "ours" after
@@ -50,6 +52,7 @@ VARIANTS = {
         resnet, "_stride_2_conv_via_space_to_depth",
         lambda x, kernel: resnet.torch_padded_conv(x, kernel, (2, 2))),
     "no_im2col": (resnet, "_IM2COL_MAX_PIXELS", 0),
+    "im2col_16": (resnet, "_IM2COL_MAX_PIXELS", 16),
 }
 
 

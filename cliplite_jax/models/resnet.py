@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 # `Conv.im2col` applies to maps of at most this many output pixels.
-_IM2COL_MAX_PIXELS = 16
+_IM2COL_MAX_PIXELS = 4
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -41,10 +41,11 @@ class Conv(nn.Module):
     features: output channels O.
     kernel_size: (kh, kw), odd.
     strides: (sh, sw).
-    im2col: run k×k convs with at most 16 output pixels (the last stages'
-      small maps) as one matrix product on gathered patches: faster there
-      than XLA's CPU convolution (forward and both gradients), slower on
-      larger maps. For CPU runs; leave False on accelerators.
+    im2col: run k×k convs with at most 4 output pixels (the last stage's
+      2×2 maps at 64 px) as one matrix product on gathered patches: faster
+      there than XLA's CPU convolution (forward and both gradients); on 4×4
+      maps XLA's conv was as fast or faster (BENCHMARKS.md, "CPU
+      formulations"). For CPU runs; leave False on accelerators.
     space_to_depth: run a stride-2 conv's forward as a stride-1 conv on 2×2
       blocks of pixels (`space_to_depth_conv`); its gradients stay XLA's
       own. 1.6× faster on CPU for the 3-channel stem, where XLA's
