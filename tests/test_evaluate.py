@@ -152,7 +152,11 @@ def test_evaluation_is_the_same_on_one_and_four_devices(setup):
           "gap/shapes_captions/modality_gap"} <= set(one)
   assert one.keys() == four.keys()
   for key in one:
-    assert four[key] == pytest.approx(one[key], abs=1e-5), key
+    # Per-device batch shapes change the kernels' summation order, so the
+    # features agree to rounding only; the SVM's Newton solver stops at a
+    # relative gradient of 1e-4, which lets that rounding reach its mAP.
+    tolerance = 1e-4 if key.startswith("svm/") else 1e-5
+    assert four[key] == pytest.approx(one[key], abs=tolerance), key
 
 
 @pytest.mark.parametrize("processes", [1, 3])
