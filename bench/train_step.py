@@ -8,8 +8,9 @@ Prints compile time, the median step time over interleaved rounds (JAX
 steps, then PyTorch steps, repeated, so both see the same machine state;
 PyTorch runs in a process of its own, as a training job would, so neither
 framework's heap or idle thread pool weighs on the other's steps),
-images/s, the FLOPs of one step from the lowered program's cost analysis,
-and the achieved FLOP/s as a fraction of this machine's measured matmul peak
+images/s, one device's FLOPs per step (the lowered step's cost analysis over
+the device count), and the achieved FLOP/s as a fraction of one device's
+measured matmul peak
 (and of `--peak_tflops`, the accelerator's datasheet peak, when given: MFU).
 `--set key=value` overrides config fields (e.g. --set model.dtype=bfloat16).
 `--xla_defaults` also times the JAX step compiled with XLA's default CPU
@@ -129,8 +130,9 @@ class JaxStep:
     self.compile_s = time.perf_counter() - start
     # The lowered program's count, not the compiled one's: on GPU the
     # compiled convs and matmuls are cuDNN/cuBLAS custom calls, whose FLOPs
-    # XLA's cost analysis leaves out (1,382 of 5,049 GFLOP on an H200).
-    self.flops = _flops(lowered.cost_analysis())
+    # XLA's cost analysis leaves out (1,382 of 5,049 GFLOP on an H200). The
+    # lowered program is the whole step, the compiled one a device's share.
+    self.flops = _flops(lowered.cost_analysis()) / mesh.devices.size
     self.compiled_flops = _flops(self.compiled.cost_analysis())
     self.run()  # the first call allocates
 
@@ -264,8 +266,8 @@ def main():
   print(f"  LD_PRELOAD       {os.environ.get('LD_PRELOAD') or 'none'}")
   print(f"  compile          {ours.compile_s:8.1f} s")
   print(step_line("jax"))
-  print(f"  step FLOPs       {ours.flops / 1e9:8.2f} GFLOP (XLA cost analysis of "
-        f"the lowered step; of the compiled one: "
+  print(f"  step FLOPs       {ours.flops / 1e9:8.2f} GFLOP per device (XLA "
+        f"cost analysis of the lowered step; of the compiled one: "
         f"{ours.compiled_flops / 1e9:.2f})")
   print(f"  achieved         {ours.flops / jax_s / 1e9:8.1f} GFLOP/s = "
         f"{ours.flops / jax_s / peak:.3f} of the measured matmul peak "
