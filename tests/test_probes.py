@@ -12,14 +12,16 @@ def _cosine(a, b):
 
 
 def _brute_force_recall(img, txt, owner, k):
+  """Recall@k with ties broken against the query: on equal scores the
+  query's own candidates sort after everyone else's."""
   sim = _cosine(img, txt)
   i2t_hits = 0
   for i in range(len(img)):
-    order = sorted(range(len(txt)), key=lambda j: -sim[i, j])
+    order = sorted(range(len(txt)), key=lambda j: (-sim[i, j], owner[j] == i))
     i2t_hits += any(owner[j] == i for j in order[:k])
   t2i_hits = 0
   for j in range(len(txt)):
-    order = sorted(range(len(img)), key=lambda i: -sim[i, j])
+    order = sorted(range(len(img)), key=lambda i: (-sim[i, j], i == owner[j]))
     t2i_hits += owner[j] in order[:k]
   return i2t_hits / len(img), t2i_hits / len(txt)
 
@@ -40,6 +42,50 @@ def test_recall_matches_brute_force_with_several_captions(seed, chunk):
     i2t, t2i = _brute_force_recall(img, txt, owner, k)
     assert float(got[f"i2t_r{k}"]) == pytest.approx(i2t)
     assert float(got[f"t2i_r{k}"]) == pytest.approx(t2i)
+
+
+@pytest.mark.parametrize("chunk", [1024, 3], ids=["whole", "chunked"])
+def test_recall_counts_ties_against_the_query(chunk):
+  """Word-for-word identical captions embed identically: another image's
+  copy of a caption ties with the image's own and must push it down."""
+  rng = np.random.default_rng(3)
+  num_images, dim = 8, 5
+  # Every image has two captions: an unrelated one, and one of three shared
+  # template captions (identical rows across images) close to the image.
+  templates = rng.normal(size=(3, dim))
+  img = (templates[np.arange(num_images) % 3]
+         + rng.normal(size=(num_images, dim)) * 0.3).astype(np.float32)
+  own = rng.normal(size=img.shape)
+  shared = templates[np.arange(num_images) % 3]
+  txt = np.concatenate([own, shared]).astype(np.float32)
+  owner = np.concatenate([np.arange(num_images)] * 2).astype(np.int32)
+  got = retrieval.recall_at_k(img, txt, owner, ks=(1, 2, 5), chunk=chunk)
+  optimistic_differs = False
+  for k in (1, 2, 5):
+    i2t, t2i = _brute_force_recall(img, txt, owner, k)
+    assert float(got[f"i2t_r{k}"]) == pytest.approx(i2t)
+    assert float(got[f"t2i_r{k}"]) == pytest.approx(t2i)
+    # The rule that counts only strictly higher scores gives more hits here.
+    sim = _cosine(img, txt)
+    strict = np.mean([
+        np.sum(sim[i] > sim[i][owner == i].max()) < k
+        for i in range(num_images)])
+    optimistic_differs |= strict > i2t
+  assert optimistic_differs, "the case should separate the two tie rules"
+  # Identical images tie for every caption: t2i Recall@1 is then 0.
+  twins = retrieval.recall_at_k(np.stack([img[0], img[0]]), txt[:2],
+                                np.array([0, 1], np.int32), ks=(1,))
+  assert float(twins["t2i_r1"]) == 0.0
+
+
+def test_nan_embeddings_are_never_hits():
+  img = np.array([[1.0, 0.0], [np.nan, 0.0], [0.0, 1.0]], np.float32)
+  txt = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)
+  got = retrieval.recall_at_k(img, txt, np.arange(3, dtype=np.int32), ks=(1,))
+  assert float(got["i2t_r1"]) == pytest.approx(2 / 3)
+  classes = np.eye(2, dtype=np.float32)
+  acc = zeroshot.accuracy(img, classes, np.array([0, 0, 1], np.int32))
+  assert float(acc["top1"]) == pytest.approx(2 / 3)
 
 
 def test_recall_hand_checked_case():
@@ -65,6 +111,17 @@ def test_zeroshot_accuracy_matches_numpy():
   np.testing.assert_allclose(
       got["top3"], np.mean([l in row for l, row in zip(labels, top3)]),
       rtol=1e-6)
+
+
+def test_zeroshot_counts_tied_classes_against_the_image():
+  # Classes 1 and 2 have identical prompt embeddings: an image of either
+  # ties between them, and neither counts as a top-1 hit.
+  classes = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)
+  img = np.array([[1.0, 0.1], [0.1, 1.0], [0.1, 1.0]], np.float32)
+  got = zeroshot.accuracy(img, classes, np.array([0, 1, 2], np.int32),
+                          ks=(1, 2))
+  assert float(got["top1"]) == pytest.approx(1 / 3)
+  assert float(got["top2"]) == 1.0
 
 
 def test_prompt_ensemble_averages_unit_template_embeddings():
