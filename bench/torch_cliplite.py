@@ -3,11 +3,15 @@
 The same computation as one `cliplite_jax` train step: ResNet v1.5 (stride
 on the 3×3 conv, width multiplier), transformers' BertModel, the
 MILinearBlock heads, the Deep InfoMax prior discriminators, the JSD bound
-with the negative rolled by one, SGD with momentum and weight decay, and
-gradient-norm clipping. Lookahead (a parameter average every k steps) is
-left out: it costs one axpy per parameter every 5 steps.
+with the negative rolled by one, and the optimiser of `cliplite_jax/optim.py`
+with optax's semantics: global-norm clipping, per-group warmup → cosine
+learning rates, SGD with weight decay added to the gradient before momentum,
+all wrapped in Lookahead exactly as `optax.lookahead` runs it (both weight
+sets written at every step, see `Lookahead`).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -138,26 +142,164 @@ class CLIPLite(nn.Module):
     return (1 - prior_weight) * jsd + prior_weight * priors
 
 
-def make_step(config, channels_last: bool = False):
-  """A `step(images uint8 [B, H, W, 3], ids, mask) -> loss` closure."""
+def lr_schedule(config, peak: float):
+  """`optax.warmup_cosine_decay_schedule` of `cliplite_jax.optim.schedules`.
+
+  A function of the step count (an int, 0 at the first update; optax's
+  `scale_by_schedule` count) to the learning rate (a Python float): linear
+  from 0 to `peak` over `optim.warmup_steps`, then cosine to 0 at
+  `total_steps`.
+  """
+  warmup, total = config.optim.warmup_steps, config.total_steps
+
+  def schedule(count: int) -> float:
+    if count < warmup:  # optax's polynomial_schedule, power 1, from 0
+      return -peak * (1 - count / warmup) + peak
+    decay = total - warmup
+    done = min(count - warmup, decay)
+    return peak * 0.5 * (1 + math.cos(math.pi * done / decay))
+
+  return schedule
+
+
+def param_groups(model: nn.Module, config) -> list[dict]:
+  """`torch.optim` groups named like `optim.lr`'s keys, each with its schedule.
+
+  The two towers are the "image" and "text" groups (optim.group_regex's
+  `^image_encoder/` and `^text_encoder/`); heads, discriminators and the
+  temperature are "other", as in `cliplite_jax.optim.param_labels`.
+  """
+  o = config.optim
+  if dict(o.group_regex) != {"image": "^image_encoder/",
+                             "text": "^text_encoder/"}:
+    raise NotImplementedError(f"group_regex {dict(o.group_regex)}")
+  members = {"image": [], "text": [], "other": []}
+  for name, p in model.named_parameters():
+    tower = name.split(".", 1)[0]
+    members[tower if tower in ("image", "text") else "other"].append(p)
+  return [{"params": members[g], "lr": 0.0, "name": g,
+           "schedule": lr_schedule(config, o.lr[g])}
+          for g in members if members[g]]
+
+
+@torch.no_grad()
+def clip_by_global_norm_(params, max_norm: float) -> None:
+  """`optax.clip_by_global_norm` on the `.grad`s of `params`, in place.
+
+  Unlike `nn.utils.clip_grad_norm_` (which scales by max / (norm + 1e-6)
+  whenever it is called) gradients are left as they are below `max_norm`.
+  No host sync: the scale is a 0-d tensor.
+  """
+  grads = [p.grad for p in params if p.grad is not None]
+  norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+  scale = torch.where(norm < max_norm, torch.ones_like(norm), max_norm / norm)
+  torch._foreach_mul_(grads, scale)
+
+
+class Lookahead:
+  """`optax.lookahead(fast, sync_period=k, slow_step_size=alpha)` in PyTorch.
+
+  The model's parameters are the fast weights; `slow` holds a float32 copy
+  of each (fast = slow at the start, `LookaheadParams.init_synced`). Call
+  `step()` right after the inner optimiser's step has moved the fast weights
+  by its update u. optax merges the sync into the update (optax/_src/
+  lookahead.py): with d = fast + u - slow and s = 1 on every k-th step
+  (else 0),
+
+    slow ← slow + alpha·s·d,    fast ← fast + u − (1 − alpha)·s·d,
+
+  so at a sync step fast and slow both land on slow + alpha·d, and the inner
+  optimiser's state (momentum) is left alone (`reset_state=False`).
+  `every_step=True` does that arithmetic at every step, as the jitted optax
+  step does (s is data there, so XLA computes d and writes both weight sets
+  every step); `every_step=False` only on sync steps, the same values
+  (s = 0 adds exactly 0) for less work.
+  """
+
+  def __init__(self, params, k: int, alpha: float, every_step: bool = True):
+    self.fast = [p for p in params]
+    self.slow = [p.detach().clone() for p in self.fast]
+    self.k, self.alpha, self.every_step = k, alpha, every_step
+    self.count = 0  # optax's steps_since_sync
+
+  @torch.no_grad()
+  def step(self) -> None:
+    sync = float(self.count == self.k - 1)
+    self.count = (self.count + 1) % self.k
+    if not (sync or self.every_step):
+      return
+    fast = [p.detach() for p in self.fast]
+    diff = torch._foreach_sub(fast, self.slow)  # fast + u − slow
+    torch._foreach_add_(self.slow, diff, alpha=self.alpha * sync)
+    torch._foreach_add_(fast, diff, alpha=-(1 - self.alpha) * sync)
+
+
+def make_optimizer(model: nn.Module, config, lookahead_every_step=True):
+  """`update()` (after `backward()`): the optimiser of `optim.build(config)`.
+
+  Clip the global gradient norm, set each group's learning rate from its
+  schedule at the step count, SGD (momentum, weight decay on the fast
+  weights), then Lookahead when `optim.lookahead_k > 0`. SGD runs on
+  `foreach` kernels, PyTorch's fastest CPU path for many small tensors.
+  """
+  o = config.optim
+  if o.name != "sgd":
+    raise NotImplementedError(f"optim.name {o.name!r} (the bench has 'sgd')")
+  if config.model.text.get("train_last_layers", -1) >= 0:
+    raise NotImplementedError("model.text.train_last_layers")
+  groups = param_groups(model, config)
+  params = [p for g in groups for p in g["params"]]
+  sgd = torch.optim.SGD(groups, lr=0.0, momentum=o.momentum,
+                        weight_decay=o.weight_decay, foreach=True)
+  lookahead = (Lookahead(params, o.lookahead_k, o.lookahead_alpha,
+                         lookahead_every_step) if o.lookahead_k > 0 else None)
+  count = 0
+
+  def update():
+    nonlocal count
+    clip_by_global_norm_(params, o.clip_norm)
+    for group in sgd.param_groups:
+      group["lr"] = group["schedule"](count)
+    sgd.step()
+    sgd.zero_grad(set_to_none=True)
+    if lookahead:
+      lookahead.step()
+    count += 1
+
+  update.lookahead = lookahead
+  return update
+
+
+VARIANTS = ("eager", "eager_channels_last", "compile", "compile_channels_last")
+
+
+def make_step(config, variant: str = "eager", lookahead_every_step=True):
+  """A `step(images uint8 [B, H, W, 3], ids int64 [B, L], mask int64 [B, L])
+  -> loss` (a Python float) closure: one training step of the model.
+
+  `variant` (one of VARIANTS): eager or `torch.compile`d model (forward and,
+  through AOTAutograd, its backward; the optimiser runs eagerly on foreach
+  kernels), in contiguous (NCHW) or channels_last memory format. A compile
+  failure (e.g. no C++ compiler) is raised at the first call.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+  channels_last = variant.endswith("channels_last")
   model = CLIPLite(config).train()
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
-  opt = torch.optim.SGD(model.parameters(), lr=0.01,
-                        momentum=config.optim.momentum,
-                        weight_decay=config.optim.weight_decay)
+  update = make_optimizer(model, config, lookahead_every_step)
+  forward = torch.compile(model) if variant.startswith("compile") else model
   mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
   std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 
   def step(images, input_ids, attention_mask):
     x = (images.permute(0, 3, 1, 2).float() - mean) / std
-    if channels_last:
-      x = x.contiguous(memory_format=torch.channels_last)
-    loss = model(x, input_ids, attention_mask, config.loss.prior_weight)
-    opt.zero_grad(set_to_none=True)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last
+                     else torch.contiguous_format)
+    loss = forward(x, input_ids, attention_mask, config.loss.prior_weight)
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
-    opt.step()
+    update()
     return loss.item()
 
   return step

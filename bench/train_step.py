@@ -1,13 +1,19 @@
 r"""Times the jitted CLIP-Lite train step, beside the same step in PyTorch.
 
   python bench/train_step.py --preset=demo            # configs/default.py
+  python bench/train_step.py --preset=demo --torch_variants=eager  # quicker
   python bench/train_step.py --preset=rn50_112        # RN50 + BERT-base, 112 px, batch 16, f32
   python bench/train_step.py --preset=rn50_224_bf16 --notorch --peak_tflops=989  # a GPU
 
-Prints compile time, the median step time over interleaved rounds (JAX
-steps, then PyTorch steps, repeated, so both see the same machine state;
-PyTorch runs in a process of its own, as a training job would, so neither
-framework's heap or idle thread pool weighs on the other's steps),
+PyTorch runs the step in each of `--torch_variants` (bench/torch_cliplite.py:
+eager or `torch.compile`, contiguous or channels_last; all four by default),
+each in a process of its own, as a training job would, so neither
+framework's heap or idle thread pool weighs on the other's steps. Where
+torch.compile cannot work (no C++ compiler, ...) one line says so and the
+other variants run. Prints compile time, the median step time of each over
+interleaved rounds (JAX steps, then each PyTorch variant's steps, repeated,
+so all see the same machine state), JAX's speed against each variant and
+against the fastest one (the baseline a PyTorch user would pick),
 images/s, one device's FLOPs per step (the lowered step's cost analysis over
 the device count), and the achieved FLOP/s as a fraction of one device's
 measured matmul peak
@@ -141,8 +147,12 @@ class JaxStep:
     jax.block_until_ready(metrics)
 
 
+TORCH_VARIANTS = ("eager", "eager_channels_last", "compile",
+                  "compile_channels_last")  # torch_cliplite.VARIANTS
+
+
 class TorchStep:
-  def __init__(self, config, channels_last: bool):
+  def __init__(self, config, variant: str, lookahead_every_step: bool):
     import torch
     import torch_cliplite
     torch.manual_seed(0)
@@ -151,22 +161,31 @@ class TorchStep:
     self.inputs = [torch.from_numpy(batch[k]).long() if k != "images"
                    else torch.from_numpy(batch[k])
                    for k in ("images", "input_ids", "attention_mask")]
-    self.step = torch_cliplite.make_step(config, channels_last)
-    self.run()
+    self.step = torch_cliplite.make_step(config, variant, lookahead_every_step)
+    self.run()  # compiles (torch.compile) and allocates
+    self.run()  # the backward's first call after compiling may still adjust
 
   def run(self):
     self.step(*self.inputs)
 
 
+class TorchUnavailable(RuntimeError):
+  """A PyTorch variant could not be set up (e.g. torch.compile, no compiler)."""
+
+
 class TorchProcess:
   """`TorchStep` in a child process, timed there a round at a time."""
 
-  def __init__(self, argv: list[str]):
+  def __init__(self, argv: list[str], variant: str):
     self.proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *argv, "--torch_worker"],
+        [sys.executable, os.path.abspath(__file__), *argv, "--torch_worker",
+         f"--torch_variant={variant}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    if self.proc.stdout.readline().strip() != "ready":
-      raise RuntimeError("the PyTorch worker failed to start (see above)")
+    line = self.proc.stdout.readline().strip()
+    if line != "ready":
+      self.proc.wait()
+      raise TorchUnavailable(line.removeprefix("failed: ") or
+                             "the PyTorch worker stopped (see above)")
 
   def round(self, steps: int) -> list[tuple[float, float]]:
     """`steps` × (wall, kernel CPU) seconds, timed in the child."""
@@ -182,12 +201,28 @@ class TorchProcess:
     self.proc.wait()
 
 
-def serve_torch_rounds(config, channels_last: bool) -> None:
-  """The child's side of `TorchProcess`: one JSON line per round."""
-  step = TorchStep(config, channels_last)
+def serve_torch_rounds(config, variant: str,
+                       lookahead_every_step: bool) -> None:
+  """The child's side of `TorchProcess`: "ready" (or "failed: why" and
+  exit), then one JSON line per round."""
+  try:
+    step = TorchStep(config, variant, lookahead_every_step)
+  except Exception as e:  # noqa: BLE001  (reported, and the parent goes on)
+    why = " ".join(str(e).split())[:300]
+    print(f"failed: {type(e).__name__}: {why}", flush=True)
+    return
   print("ready", flush=True)
   for line in sys.stdin:
     print(json.dumps([timed(step) for _ in range(int(line))]), flush=True)
+
+
+def torch_version() -> str:
+  """The installed torch's version, read without importing it here."""
+  from importlib import metadata
+  try:
+    return metadata.version("torch")
+  except metadata.PackageNotFoundError:
+    return "(not installed)"
 
 
 def timed(step) -> tuple[float, float]:
@@ -212,8 +247,15 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="per round")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--notorch", dest="torch", action="store_false")
-  parser.add_argument("--channels_last", action="store_true",
-                      help="PyTorch in channels-last memory format")
+  parser.add_argument("--torch_variants", default=",".join(TORCH_VARIANTS),
+                      help="comma-separated PyTorch variants to time, of "
+                      f"{', '.join(TORCH_VARIANTS)}")
+  parser.add_argument("--torch_lookahead", choices=("every_step", "on_sync"),
+                      default="every_step",
+                      help="PyTorch's Lookahead arithmetic at every step, as "
+                      "optax's jitted form runs it, or only on sync steps "
+                      "(same values, less work)")
+  parser.add_argument("--torch_variant", help=argparse.SUPPRESS)
   parser.add_argument("--xla_defaults", action="store_true",
                       help="also time the step without cpu_compiler_options")
   parser.add_argument("--peak_tflops", type=float, default=0.0,
@@ -223,7 +265,13 @@ def main():
   args = parser.parse_args()
   config = load_config(args)
   if args.torch_worker:
-    return serve_torch_rounds(config, args.channels_last)
+    return serve_torch_rounds(config, args.torch_variant,
+                              args.torch_lookahead == "every_step")
+  variants = [v for v in args.torch_variants.split(",") if v]
+  unknown = sorted(set(variants) - set(TORCH_VARIANTS))
+  if unknown:
+    parser.error(f"--torch_variants: unknown {unknown}; "
+                 f"choose from {', '.join(TORCH_VARIANTS)}")
   b, s = config.batch_size, config.data.image_size
   print(f"{args.preset}: ResNet-{config.model.image.depth} "
         f"(width {config.model.image.width}) + {config.model.text.layers}-layer "
@@ -237,25 +285,44 @@ def main():
     config_defaults = config.copy_and_resolve_references()
     config_defaults.cpu_compiler_options = {}
     defaults = JaxStep(config_defaults)
-  theirs = TorchProcess(sys.argv[1:]) if args.torch else None
+  theirs, compile_failed = {}, False
+  for variant in variants if args.torch else []:
+    if variant.startswith("compile") and compile_failed:
+      continue  # said once already
+    start = time.perf_counter()
+    try:
+      theirs[variant] = TorchProcess(sys.argv[1:], variant)
+    except TorchUnavailable as e:
+      compile_failed |= variant.startswith("compile")
+      what = ("torch.compile variants" if variant.startswith("compile")
+              else f"torch {variant}")
+      print(f"  {what}: unavailable on this machine, skipped ({e})",
+            flush=True)
+      continue
+    print(f"  torch {variant}: set up in {time.perf_counter() - start:.1f} s "
+          "(model, compile, two steps)", flush=True)
   steps = {name: step for name, step in
-           (("jax", ours), ("defaults", defaults), ("torch", theirs)) if step}
+           (("jax", ours), ("defaults", defaults)) if step}
+  steps.update({f"torch {v}": p for v, p in theirs.items()})
   times = {name: [] for name in steps}
   system = {name: [] for name in steps}
+  round_medians = {name: [] for name in steps}
   for _ in range(args.rounds):
     for name, step in steps.items():
-      if name == "torch":
+      if name.startswith("torch"):
         timings = step.round(args.steps)
       else:
         timings = [timed(step) for _ in range(args.steps)]
       times[name] += [wall for wall, _ in timings]
       system[name] += [kernel for _, kernel in timings]
-  if theirs:
-    theirs.close()
+      round_medians[name].append(statistics.median(w for w, _ in timings))
+  for process in theirs.values():
+    process.close()
 
-  def step_line(name: str) -> str:
+  def step_line(name: str, label: str | None = None, width=17) -> str:
     seconds = statistics.median(times[name])
-    return (f"  {name} step{' ' * (12 - len(name))}{seconds * 1e3:8.1f} ms   "
+    label = label or f"{name} step"
+    return (f"  {label:{width}s}{seconds * 1e3:8.1f} ms   "
             f"{b / seconds:8.1f} img/s   (kernel CPU "
             f"{statistics.mean(system[name]) * 1e3:.1f} ms/step)")
   peak = matmul_peak(jnp.float32 if jax.default_backend() == "cpu"
@@ -281,9 +348,24 @@ def main():
     print(f"  MFU              {ours.flops / jax_s / args.peak_tflops / 1e12:8.3f}"
           f" (of {args.peak_tflops:g} TFLOP/s)")
   if theirs:
+    print(f"  PyTorch {torch_version()}, Lookahead {args.torch_lookahead}; "
+          "jax / variant speed (> 1: JAX faster), of medians and per round")
+    for variant in theirs:
+      name = f"torch {variant}"
+      ratios = [t / j for t, j in zip(round_medians[name],
+                                      round_medians["jax"])]
+      print(step_line(name, f"  {variant}", width=26) +
+            f"   jax / this {statistics.median(times[name]) / jax_s:.2f}"
+            f" (rounds {min(ratios):.2f}-{max(ratios):.2f}, median "
+            f"{statistics.median(ratios):.2f})")
+    best = min(theirs, key=lambda v: statistics.median(times[f"torch {v}"]))
+    # "torch step" is the fastest variant's (bench/huge_pages.py reads it).
+    times["torch"], system["torch"] = (times[f"torch {best}"],
+                                       system[f"torch {best}"])
     torch_s = statistics.median(times["torch"])
-    print(step_line("torch"))
-    print(f"  jax / torch speed {torch_s / jax_s:7.2f}  (> 1: JAX faster)")
+    print(step_line("torch") + f"   (fastest: {best})")
+    print(f"  jax / torch speed {torch_s / jax_s:7.2f}  (> 1: JAX faster; "
+          f"against the fastest PyTorch variant, {best})")
 
 
 if __name__ == "__main__":

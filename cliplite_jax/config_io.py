@@ -5,9 +5,12 @@ gs:// path (TensorFlow's filesystems).
 """
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.util
 import json
 import os
+import traceback
 
 import ml_collections
 from etils import epath
@@ -39,14 +42,156 @@ def load_saved(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load_file(spec: str) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:arg]` → its `get_config(arg)`."""
+  """`path/to/config.py[:arg]` → its `get_config(arg)`.
+
+  A missing file, a syntax error, a file without `get_config` or an
+  exception inside it is a UserError naming the file (and line).
+  """
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
     raise UserError(f"config file {path} not found")
   module_spec = importlib.util.spec_from_file_location("_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f"config file {e.filename}, line {e.lineno}: "
+                    f"{e.msg}") from e
+  except UserError:
+    raise
+  except Exception as e:  # the user's code: whatever it raised
+    raise UserError(f"config file {path}{_line_in(path, e)}: "
+                    f"{type(e).__name__}: {e}") from e
+  if not callable(getattr(module, "get_config", None)):
+    raise UserError(f"config file {path} defines no get_config(arg) "
+                    f"function (see configs/default.py)")
+  try:
+    config = module.get_config(arg or None)
+  except UserError:
+    raise
+  except Exception as e:
+    raise UserError(f"config file {path}{_line_in(path, e)}: get_config"
+                    f"({arg or None!r}) raised {type(e).__name__}: "
+                    f"{e}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"config file {path}: get_config returned a "
+                    f"{type(config).__name__}, not an ml_collections.ConfigDict")
+  return config
+
+
+def _line_in(path: str, error: BaseException) -> str:
+  """", line N": the innermost frame of `error`'s traceback in `path`."""
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if os.path.abspath(f.filename) == os.path.abspath(path)]
+  return f", line {frames[-1].lineno}" if frames else ""
+
+
+def unknown_keys(config: ml_collections.ConfigDict,
+                 keys: list[str]) -> list[str]:
+  """One message per dotted key of `keys` that `config` lacks, each with the
+  closest existing key as a suggestion when there is one."""
+  known = sorted(_dotted_keys(config))
+  problems = []
+  for key in keys:
+    if key in known:
+      continue
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in known
+                if k.rpartition(".")[0] == parent]
+    close = [f"{parent}.{c}" if parent else c for c in
+             difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
+    if not close:  # a misspelt section: compare whole keys
+      close = difflib.get_close_matches(
+          key, [k for k in known if k.count(".") == key.count(".")], n=1,
+          cutoff=0.8)
+    hint = (f" (did you mean {close[0]}?)" if close else
+            f" ({parent or 'the config'} has {', '.join(siblings)})"
+            if siblings else "")
+    problems.append(f"{key}{hint}")
+  return problems
+
+
+def _dotted_keys(node, prefix: str = ""):
+  for key in node.keys():
+    value = node[key]
+    yield prefix + key
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from _dotted_keys(value, f"{prefix}{key}.")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str],
+                    allowed: tuple[str, ...], refused: dict[str, str]
+                    ) -> ml_collections.ConfigDict:
+  """`config` with `key=value` overrides applied (a copy).
+
+  Each key must exist in `config` and start with one of `allowed` (dotted
+  prefixes); a key under a prefix of `refused` is refused with that
+  prefix's reason. Values are parsed as Python literals and converted to
+  the type of the value they replace (a bare word is a string). Raises one
+  UserError listing every bad override.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  pairs = []
+  for item in overrides:
+    key, eq, value = item.partition("=")
+    if not eq:
+      raise UserError(f"--config.{item}: expected --config.KEY=VALUE")
+    pairs.append((key, value))
+  problems = [f"unknown config key {p}"
+              for p in unknown_keys(config, [k for k, _ in pairs])]
+  for key, value in pairs:
+    if any(p.startswith("unknown config key " + key) for p in problems):
+      continue
+    reason = next((r for prefix, r in refused.items()
+                   if key == prefix or key.startswith(prefix + ".")), None)
+    if reason is None and not any(key == prefix or key.startswith(prefix + ".")
+                                  for prefix in allowed):
+      reason = f"only {', '.join(allowed)} can be overridden here"
+    if reason is not None:
+      problems.append(f"--config.{key}: {reason}")
+      continue
+    try:
+      _set(config, key, value)
+    except ValueError as e:
+      problems.append(f"--config.{key}={value}: {e}")
+  if problems:
+    raise UserError("; ".join(problems))
+  return config
+
+
+def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  old = node[leaf]
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text  # a bare word: a string
+  if isinstance(old, bool):
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+      value = value.lower() == "true"
+    if not isinstance(value, bool):
+      raise ValueError("expected true or false")
+  elif isinstance(old, (int, float)) and not isinstance(old, bool):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      raise ValueError(f"expected a number, like {old!r}")
+    if isinstance(old, int) and value != int(value):
+      raise ValueError(f"expected an integer, like {old!r}")
+    value = type(old)(value)
+  elif isinstance(old, (tuple, list)):
+    if isinstance(value, str):
+      value = (value,)
+    if not isinstance(value, (tuple, list)):
+      raise ValueError(f"expected a tuple, like {tuple(old)!r}")
+    value = tuple(value)
+  elif isinstance(old, str):
+    value = text if not isinstance(value, str) else value
+  elif isinstance(old, (dict, ml_collections.ConfigDict)):
+    if not isinstance(value, dict):
+      raise ValueError("expected a dict")
+  node[leaf] = value
 
 
 def load_sibling(here: str, name: str,

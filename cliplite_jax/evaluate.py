@@ -1,13 +1,14 @@
 r"""Evaluates a checkpoint with the configured probes.
 
   python -m cliplite_jax.evaluate --workdir=WORKDIR [--step=N] [--config=FILE]
-                                 [--gallery]
+                                 [--config.eval.KEY=VALUE ...] [--gallery]
 
 Restores the latest (or `--step`) checkpoint of WORKDIR onto the devices at
 hand (any count), extracts embeddings with jitted, sharded, batched encoders,
 runs the probes of `config.eval.probes`, writes WORKDIR/eval/step_N.json (a
 flat JSON object of floats) and prints a table. The config is WORKDIR's
-config.json unless --config names another file.
+config.json unless --config names another file; `--config.KEY=VALUE`
+overrides its evaluation fields (OVERRIDABLE).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from etils import epath
 from jax.sharding import Mesh
 
 from cliplite_jax import (checkpoint, config_io, features, losses, optim,
-                          parallel, plots, state as state_lib)
+                          parallel, plots, recovery, state as state_lib,
+                          validation)
 from cliplite_jax.data import augment, eval_input, pipeline, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
@@ -112,6 +114,7 @@ def _probe_dataset(config, name, split, fit_split, probes, encoders,
       image_size=config.data.image_size, batch_size=bs, mesh=mesh,
       num_threads=config.data.num_threads)
   test = extract(split)
+  _require_finite(test, f"{name} {split} images")
   metrics = {}
   if {"retrieval", "gap"} & probes:
     texts, owner = eval_input.captions(
@@ -123,6 +126,7 @@ def _probe_dataset(config, name, split, fit_split, probes, encoders,
     txt_emb = features.batched_apply(
         text_fn, text_lib.tokenize(tokenizer, [t for t, k in zip(texts, keep)
                                                if k]), bs, mesh)
+    _require_finite({"embeddings": txt_emb}, f"{name} {split} captions")
   if "retrieval" in probes:
     recalls = retrieval.recall_at_k(test["embeddings"], txt_emb, caption_image)
     metrics.update({f"retrieval/{ds}/{k}": v for k, v in recalls.items()})
@@ -137,6 +141,7 @@ def _probe_dataset(config, name, split, fit_split, probes, encoders,
                  for c in classes for t in templates]
       prompt_emb = features.batched_apply(
           text_fn, text_lib.tokenize(tokenizer, prompts), bs, mesh)
+      _require_finite({"embeddings": prompt_emb}, f"{name} {task} prompts")
       class_emb = zeroshot.class_embeddings(
           prompt_emb.reshape(len(classes), len(templates), -1))
       task_name = ds if i == 0 else f"{ds}_{task}"
@@ -146,6 +151,7 @@ def _probe_dataset(config, name, split, fit_split, probes, encoders,
                       for k, v in accuracy.items()})
   if {"svm", "linear"} & probes:
     fit = extract(fit_split)
+    _require_finite(fit, f"{name} {fit_split} images")
   if "svm" in probes:
     metrics[f"svm/{ds}/map"] = svm.voc07_map(
         fit["features"], fit["svm_targets"], test["features"],
@@ -159,6 +165,21 @@ def _probe_dataset(config, name, split, fit_split, probes, encoders,
         batch_size=config.eval.linear.batch_size,
         learning_rate=config.eval.linear.learning_rate)["top1"]
   return metrics
+
+
+def _require_finite(arrays: dict, what: str) -> None:
+  """UserError if "features" or "embeddings" in `arrays` has a NaN or
+  infinity: a non-finite score would rank as no score should, so it is
+  never turned into a metric."""
+  for key in ("features", "embeddings"):
+    if key not in arrays:
+      continue
+    values = np.asarray(arrays[key])
+    rows = int(np.sum(~np.all(np.isfinite(values), axis=-1)))
+    if rows:
+      raise config_io.UserError(
+          f"{rows} of {len(values)} {what} have non-finite {key}: the "
+          f"checkpoint's weights are damaged or diverged; no metric computed")
 
 
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
@@ -191,12 +212,16 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
     raise config_io.UserError(
         f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first: "
         f"python -m cliplite_jax.main --config=CONFIG --workdir={workdir}")
+  follow_latest = step is None
   step = steps[-1] if step is None else step
   if step not in steps:
     raise config_io.UserError(f"no checkpoint at step {step} in {workdir}; "
                               f"available steps: {list(steps)}")
   abstract = state_lib.abstract_state(config, model, tx, mesh)
-  state = checkpoint.restore(mngr, step, abstract)
+  # Verified (a damaged step is refused), and followed to the newest step if
+  # a training run prunes it meanwhile.
+  step, state = recovery.restore_reading(mngr, step, abstract,
+                                         follow_latest)
   tokenizer = pipeline.workdir_tokenizer(config, workdir, create=False)
   return step, model, state.variables, tokenizer, mesh
 
@@ -260,10 +285,45 @@ def _define_flags():
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("config", None,
                       "Config file overriding WORKDIR/config.json (optional).")
+  flags.DEFINE_multi_string(
+      "config_override", [], "KEY=VALUE; given as --config.KEY=VALUE, like "
+      "training's overrides, for the fields evaluation reads: "
+      f"{', '.join(OVERRIDABLE)}.")
   flags.DEFINE_bool("gallery", False,
                     "Also write eval/gallery_step_N.png (caption → top-5 "
                     "images) and eval/curves.png (from metrics.jsonl).")
   flags.mark_flag_as_required("workdir")
+
+
+# The config fields `--config.KEY=VALUE` may change at evaluation; the model
+# fields are the checkpoint's and are refused.
+OVERRIDABLE = ("eval", "data.data_dir", "data.num_threads")
+_FIXED = {"model": "the model fields are fixed by the checkpoint (retrain "
+                   "to change them)"}
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with `--config.KEY=VALUE` taken as --config_override."""
+  argv = [f"--config_override={a[len('--config.'):]}"
+          if a.startswith("--config.") else a for a in argv]
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"cliplite_jax.evaluate: error: {str(e).splitlines()[0]}")
+
+
+def check_writable(workdir: str) -> None:
+  """UserError unless WORKDIR/eval can be written (checked before the
+  probes run, so their work is not lost at the end)."""
+  eval_dir = epath.Path(workdir) / "eval"
+  try:
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    probe = eval_dir / f".writable_{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise config_io.UserError(f"cannot write results to {eval_dir}: "
+                              f"{e.strerror or e}") from e
 
 
 def main(argv):
@@ -275,8 +335,13 @@ def main(argv):
     workdir = config_io.existing_workdir(FLAGS.workdir)
     config = (config_io.load_file(FLAGS.config) if FLAGS.config
               else config_io.load_saved(workdir))
+    config = config_io.apply_overrides(config, FLAGS.config_override,
+                                       OVERRIDABLE, _FIXED)
+    validation.check_eval(config)
     check_config(config)
     check_reads(eval_reads(config), config.data.data_dir)
+    if jax.process_index() == 0:
+      check_writable(workdir)
     step, model, variables, tokenizer, mesh = restore(workdir, config,
                                                       FLAGS.step)
     metrics = run_probes(config, model, variables, tokenizer, mesh)
@@ -293,4 +358,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

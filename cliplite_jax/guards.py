@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 
@@ -21,32 +22,58 @@ _FREE_TO_CHANGE = ("model.remat",)
 
 
 class PreemptionSignal:
-  """Context manager that turns SIGTERM into a flag the train loop polls.
+  """Context manager that turns SIGTERM and SIGINT into a flag the train
+  loop polls.
 
-  `requested(step)` is True once SIGTERM arrived; in multi-process runs it
-  is JAX's preemption sync point, so all processes stop at the same step.
-  Outside the main thread it installs nothing.
+  `requested(step)` is True once SIGTERM or a first SIGINT (Ctrl-C) arrived:
+  the loop then saves a checkpoint and returns. A second SIGINT exits at
+  once (status 130), without saving. In multi-process runs `requested` is
+  JAX's preemption sync point, so all processes stop at the same step, and
+  a first SIGINT is passed on to it as SIGTERM. Outside the main thread it
+  installs nothing.
   """
 
   def __init__(self):
     self._received = False
-    self._previous = None
+    self._interrupts = 0
+    self._previous = {}
 
   def __enter__(self) -> "PreemptionSignal":
+    if threading.current_thread() is not threading.main_thread():
+      return self
     # With several processes JAX's coordination service catches SIGTERM and
     # agrees on a step; a handler here would hide the signal from it.
-    if (jax.process_count() == 1
-        and threading.current_thread() is threading.main_thread()):
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if jax.process_count() == 1:
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM,
+                                                     self._handle)
+    self._previous[signal.SIGINT] = signal.signal(signal.SIGINT,
+                                                  self._interrupt)
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
   def _handle(self, signum, frame) -> None:
     del signum, frame
     self._received = True
+
+  def _interrupt(self, signum, frame) -> None:
+    self._interrupts += 1
+    if self._interrupts > 1:
+      # The checkpoints already on disk are complete: Orbax renames a step's
+      # folder only once it is written.
+      os.write(2, b"interrupted again: exiting without saving; the same "
+               b"command resumes from the last checkpoint\n")
+      os._exit(128 + signal.SIGINT)
+    # os.write: print could re-enter a write the main thread is in.
+    os.write(1, b"interrupted: saving a checkpoint at this step, then "
+             b"exiting (Ctrl-C again exits at once)\n")
+    if jax.process_count() > 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      self._handle(signum, frame)
 
   def requested(self, step: int) -> bool:
     if jax.process_count() > 1:
@@ -74,6 +101,9 @@ class NonFiniteGuard:
 
   def __init__(self):
     self._first_bad = jnp.full((len(self.WATCHED),), -1, jnp.int32)
+    # A step restored without an integrity record (checkpoint.OverlappedSaver
+    # sets it): not called "good" in the message.
+    self.unverified_step = None
 
   def update(self, step: int, metrics: dict) -> None:
     finite = jnp.stack([jnp.isfinite(metrics[k]) for k in self.WATCHED])
@@ -94,8 +124,13 @@ class NonFiniteGuard:
       return
     step = min(bad.values())
     names = " and ".join(k for k, s in bad.items() if s == step)
-    kept = ("no checkpoint was saved yet" if last_good_checkpoint is None else
-            f"the last good checkpoint, step {last_good_checkpoint}, is kept")
+    if last_good_checkpoint is None:
+      kept = "no checkpoint was saved yet"
+    elif last_good_checkpoint == self.unverified_step:
+      kept = (f"the last checkpoint, step {last_good_checkpoint}, is kept; it "
+              f"was restored without an integrity record, so unverified")
+    else:
+      kept = f"the last good checkpoint, step {last_good_checkpoint}, is kept"
     raise NonFiniteError(
         f"{names} is not finite at step {step}; stopped without saving "
         f"({kept}). Lower the learning rate or check the data.")

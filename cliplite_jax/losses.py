@@ -122,12 +122,19 @@ def siglip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
+  """An objective and how it must run.
+
+  device_local: sees one device's shard only (else the global batch).
+  rolls: takes each pair's negative from the next row of its (micro-)batch,
+    so it needs at least 2 rows there (with 1 the negative is the positive).
+  """
   fn: Callable[[dict, object], tuple[jnp.ndarray, dict]]
   device_local: bool
+  rolls: bool = False
 
 
 LOSSES = {
-    "jsd": Objective(cliplite_objective, device_local=True),
+    "jsd": Objective(cliplite_objective, device_local=True, rolls=True),
     "infonce": Objective(clip_objective, device_local=False),
     "sigmoid": Objective(siglip_objective, device_local=False),
 }

@@ -8,7 +8,6 @@ r"""Trains CLIP-Lite; resumes when WORKDIR already has checkpoints.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 if __name__ == "__main__":
@@ -47,28 +46,30 @@ def _fail(message: str):
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with one-line errors for bad flags and config overrides."""
-  for arg in argv:
-    if arg.startswith("--config="):
-      path = arg.partition("=")[2].partition(":")[0]
-      if not os.path.isfile(path):
-        _fail(f"config file {path} not found (configs live in configs/, "
-              f"e.g. --config=configs/default.py)")
+  """absl flag parsing with one-line errors for bad flags, config files and
+  config overrides (every unknown key at once, each with a suggestion)."""
+  specs = [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+  keys = [a[len("--config."):].partition("=")[0] for a in argv
+          if a.startswith("--config.")]
+  if specs:
+    try:
+      config = config_io.load_file(specs[-1])
+    except config_io.UserError as e:
+      _fail(str(e) + ("" if os.path.isfile(specs[-1].partition(":")[0]) else
+                      " (configs live in configs/, e.g. "
+                      "--config=configs/default.py)"))
+    unknown = config_io.unknown_keys(config, keys)
+    if unknown:
+      _fail(f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{'; '.join(unknown)} (overrides must name fields that "
+            f"{specs[-1].partition(':')[0]} defines)")
   try:
     return FLAGS(argv)
   except flags.Error as e:
     _fail(str(e).splitlines()[0])
-  except (AttributeError, KeyError) as e:
-    # ml_collections raises these for an override of a key the config lacks.
-    message = str(e)
-    key = re.search(r"'(\w+)", message)
-    key = key.group(1) if key else message
-    overrides = [a for a in argv if a.startswith("--config.") and key in a]
-    where = f" in {overrides[0].partition('=')[0]}" if overrides else ""
-    suggestion = re.search(r'Did you mean "(\w+)"', message)
-    hint = (f"; did you mean {suggestion.group(1)!r}?" if suggestion else
-            "; overrides must name fields that the config file defines")
-    _fail(f"unknown config key {key!r}{where}{hint}")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections' own parse of an override value.
+    _fail(f"bad config override: {str(e).splitlines()[0]}")
 
 
 def initialize_distributed(coordinator_address: str | None,
@@ -106,6 +107,11 @@ def main(argv):
                              FLAGS.allow_config_change)
   except (config_io.UserError, sources.DatasetNotPreparedError) as e:
     sys.exit(f"cliplite_jax.main: error: {e}")
+  except KeyboardInterrupt:
+    # Ctrl-C outside the train loop (which saves and returns on it).
+    print("cliplite_jax.main: error: interrupted; the checkpoints saved so "
+          "far are kept, the same command resumes", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

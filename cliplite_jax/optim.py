@@ -52,6 +52,19 @@ def param_labels(params, group_regex: dict[str, str], text_layers: int = 0,
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def clipped_norm(config: ml_collections.ConfigDict, grads) -> jax.Array:
+  """The global L2 norm that `clip_by_global_norm` sees: float32 scalar over
+  the gradient tree `grads` (shaped like the model params), frozen text-tower
+  parameters (`model.text.train_last_layers`) left out."""
+  labels = param_labels(grads, dict(config.optim.group_regex),
+                        config.model.text.layers,
+                        config.model.text.get("train_last_layers", -1))
+  trainable = [g for g, label in zip(jax.tree.leaves(grads),
+                                     jax.tree.leaves(labels))
+               if label != FROZEN]
+  return optax.global_norm(trainable)
+
+
 def schedules(config: ml_collections.ConfigDict) -> dict[str, optax.Schedule]:
   """Per group: linear warmup 0 → peak over `warmup_steps`, then cosine to 0."""
   o = config.optim

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
 from cliplite_jax import guards, optim, parallel, prng, state as state_lib
+from cliplite_jax import recovery, validation, workdir_lock
 from cliplite_jax.data import augment, pipeline
 from cliplite_jax.models import cliplite, hf_bert
 
@@ -54,7 +55,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   roll) is computed per micro-batch, the gradients are averaged over them,
   BatchNorm statistics are updated after each one in turn, and the
   optimiser steps once. Metrics are float32 scalars (loss terms averaged
-  over micro-batches): the loss terms, temperature, grad_norm, lr/<group>
+  over micro-batches): the loss terms, temperature, grad_norm (of the
+  gradients clipping sees: frozen parameters left out), lr/<group>
   and data/skipped (examples dropped while assembling this global batch).
   """
   objective = make_objective(config, mesh)
@@ -104,7 +106,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
       metrics = jax.tree.map(jnp.mean, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optim.clipped_norm(config, grads)
     if "skipped" in batch:
       metrics["data/skipped"] = jnp.sum(batch["skipped"]).astype(jnp.float32)
     metrics.update({f"lr/{g}": s(state.step) for g, s in schedules.items()})
@@ -153,22 +155,7 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
 
 
 def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-  accum = config.get("accum_steps", 1)
-  rows = mesh.devices.size * accum
-  if accum < 1 or config.batch_size % rows:
-    raise config_io.UserError(
-        f"batch_size {config.batch_size} must be a multiple of devices × "
-        f"accum_steps = {mesh.devices.size} × {accum} = {rows}")
-  if config.model.dtype not in ("float32", "bfloat16"):
-    raise config_io.UserError(f"model.dtype must be 'float32' or 'bfloat16', "
-                              f"got {config.model.dtype!r}")
-  if not 0 <= config.optim.warmup_steps < config.total_steps:
-    raise config_io.UserError(
-        f"optim.warmup_steps ({config.optim.warmup_steps}) must be in "
-        f"[0, total_steps={config.total_steps})")
-  if config.loss.name not in losses.LOSSES:
-    raise config_io.UserError(f"loss.name {config.loss.name!r} is not one of "
-                              f"{sorted(losses.LOSSES)}")
+  validation.check_train(config, mesh.devices.size)
   evaluate.check_config(config)
 
 
@@ -185,9 +172,39 @@ def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
-  """Fails early, before anything is written, on an unreadable dataset."""
+  """Fails early, before anything is written, on an unreadable dataset or
+  rewrites file."""
   evaluate.check_reads([(config.data.name, config.data.train_split)]
                        + evaluate.eval_reads(config), config.data.data_dir)
+  pipeline.load_rewrites(config.data.rewrites)
+
+
+def _say_what_resuming_changes(config: ml_collections.ConfigDict,
+                               workdir: str, step: int,
+                               on_disk: list[int]) -> None:
+  """One line each for resume-time changes that alter more than they seem
+  to: a new total_steps re-stretches the cosine schedule (the learning rate
+  jumps), and a smaller retention deletes earlier runs' checkpoints."""
+  if not (epath.Path(workdir) / config_io.CONFIG_FILE).exists():
+    return
+  saved = config_io.load_saved(workdir)
+  if saved.total_steps != config.total_steps:
+    group = next(iter(config.optim.lr))
+    before = optim.schedules(saved)[group](step)
+    after = optim.schedules(config)[group](step)
+    print(f"total_steps changed from {saved.total_steps} to "
+          f"{config.total_steps}: the warmup-cosine schedule is stretched to "
+          f"the new length, so lr/{group} at step {step} goes from "
+          f"{float(before):.4g} to {float(after):.4g}", flush=True)
+  kept = config.keep_checkpoints
+  every = config.get("keep_every_steps") or 0
+  steps = sorted(on_disk)
+  doomed = [s for s in steps[:len(steps) + 1 - kept]
+            if not every or s % every]
+  if len(steps) > kept and doomed:
+    print(f"keep_checkpoints={kept}: the next save deletes the earlier "
+          f"checkpoints at steps {doomed} (raise keep_checkpoints to keep "
+          f"them)", flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -205,9 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _check_data(config)
   guards.check_config_change(config, workdir, allow_config_change)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  # Held until return: a second run on WORKDIR is refused before it writes.
+  lock = workdir_lock.acquire(workdir)
   tokenizer = pipeline.workdir_tokenizer(config, workdir)
-  if jax.process_index() == 0:
-    config_io.save(config, workdir)
   model = cliplite.build(config)
   tx = optim.build(config)
   data_iter = iter(pipeline.train_dataset(
@@ -217,10 +234,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = state_lib.init_sharded(config, model, tx, mesh,
                                  pretrained=last_saved is None)
   if last_saved is not None:
-    state = checkpoint.restore(mngr, last_saved, state, data_iter,
-                               config.batch_size)
+    # The newest intact step: damaged ones are named and set aside.
+    last_saved, state = recovery.restore_intact(mngr, state, data_iter,
+                                                config.batch_size)
     logging.info("resumed from step %d", int(state.step))
     print(f"resuming from step {int(state.step)}", flush=True)
+  if jax.process_index() == 0:
+    if last_saved is not None:
+      _say_what_resuming_changes(config, workdir, int(state.step),
+                                 mngr.all_steps())
+    # Only now that the state is restored (or made): a run that fails before
+    # this leaves the saved config, and so the next resume, as they were.
+    config_io.save(config, workdir)
   train_step = make_train_step(config, model, tx, mesh)
   first_step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, resume_step=first_step)
@@ -272,4 +297,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     saver.close()  # a save in flight completes intact
     writer.close()
     mngr.close()
+    lock.release()
   return results

@@ -137,5 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3  # the latest checkpoints kept (≥ 1)
+  # Also keep every checkpoint whose step is a multiple of this (0: off).
+  c.keep_every_steps = 0
   return c

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from cliplite_jax import config_io, optim, parallel, state as state_lib
+from cliplite_jax import validation
 from cliplite_jax.models import cliplite, resnet
 from conftest import REPO
 
@@ -23,6 +24,10 @@ def _load(name, arg):
 @pytest.mark.parametrize("name,arg", GRID)
 def test_config_builds_and_its_state_initialises_abstractly(name, arg):
   c = _load(name, arg)
+  # Every field a run reads is there (the config is locked: a missing one
+  # could not be set from the command line), and in its domain.
+  assert c.keep_every_steps == 0
+  validation.check_train(c, num_devices=1)
   model = cliplite.build(c)
   state = state_lib.abstract_state(c, model, optim.build(c),
                                    parallel.make_mesh(1))

@@ -85,8 +85,18 @@ def test_cliplite_objective_combines_terms_with_weight():
   cfg = ml_collections.ConfigDict({"prior_weight": 0.1})
   total, metrics = losses.cliplite_objective(outputs, cfg)
   jsd = _np_jsd(outputs["img_emb"], outputs["txt_emb"], 2.0)[0]
-  expected = 0.9 * jsd + 0.1 * (metrics["loss/prior_img"]
-                                + metrics["loss/prior_txt"])
+
+  def np_prior(real, noise):
+    """−(mean log D(noise) + mean log(1 − D(real))), D = sigmoid, directly."""
+    d_noise = 1.0 / (1.0 + np.exp(-noise.astype(np.float64)))
+    d_real = 1.0 / (1.0 + np.exp(-real.astype(np.float64)))
+    return -(np.mean(np.log(d_noise)) + np.mean(np.log(1.0 - d_real)))
+
+  prior_img = np_prior(outputs["prior_img_real"], outputs["prior_img_noise"])
+  prior_txt = np_prior(outputs["prior_txt_real"], outputs["prior_txt_noise"])
+  np.testing.assert_allclose(metrics["loss/prior_img"], prior_img, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss/prior_txt"], prior_txt, rtol=1e-5)
+  expected = 0.9 * jsd + 0.1 * (prior_img + prior_txt)
   np.testing.assert_allclose(total, expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["loss/jsd"], jsd, rtol=1e-5)
   np.testing.assert_allclose(metrics["temperature"], math.exp(-2.0), rtol=1e-6)

@@ -72,14 +72,18 @@ def reference(tiny_data_dir, tmp_path_factory):
 def test_sigkill_at_a_random_step_then_rerun_is_bit_exact(
     reference, tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  kill_at = random.Random().randint(2, 7)
+  # A random step, from a printed seed: KILL_SEED=<seed> repeats a failure.
+  seed = int(os.environ.get("KILL_SEED", random.SystemRandom().randrange(1 << 30)))
+  kill_at = random.Random(seed).randint(2, 7)
+  print(f"KILL_SEED={seed}: killing at step {kill_at}")
   process = run_module(MAIN, *_args(tiny_data_dir, workdir), popen=True)
   _wait_for_step(workdir, kill_at, process)
   process.send_signal(signal.SIGKILL)
   process.wait()
   result = run_module(MAIN, *_args(tiny_data_dir, workdir))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert _losses(workdir) == _losses(reference), f"killed at {kill_at}"
+  assert _losses(workdir) == _losses(reference), (
+      f"killed at {kill_at} (KILL_SEED={seed})")
   step, state = _final_params(workdir)
   ref_step, ref_state = _final_params(reference)
   assert step == ref_step == 8

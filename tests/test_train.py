@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax import losses, optim, parallel, state as state_lib, train
+from cliplite_jax import config_io, losses, optim, parallel, state as state_lib
+from cliplite_jax import train, validation
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
 
@@ -98,6 +99,73 @@ def test_step_on_one_device_rolls_the_whole_batch(tiny):
   hlo = step.as_text()
   assert re.search(r" (dot|convolution)\(", hlo)
   assert _ynnpack_ops(hlo) == set()
+
+
+@pytest.mark.parametrize("loss", ["infonce", "sigmoid"])
+def test_global_losses_are_the_same_on_four_devices_and_one(tiny, loss):
+  """InfoNCE and SigLIP see the global batch: the 4-device train step's
+  loss is the objective of the whole batch's forward pass on one device."""
+  tiny.loss.name = loss
+  mesh = parallel.make_mesh(4)
+  model, tx = cliplite.build(tiny), optim.build(tiny)
+  state = state_lib.init_sharded(tiny, model, tx, mesh)
+  batch = _random_batch(tiny, np.random.default_rng(2))
+  outputs = _reference_outputs(model, state, batch)
+  expected = losses.LOSSES[loss].fn(outputs, tiny.loss)[1]
+  step = train.make_train_step(tiny, model, tx, mesh)
+  _, metrics = step(state, parallel.shard_batch(batch, mesh))
+  for key in (f"loss/{loss}", "loss/total", "temperature"):
+    np.testing.assert_allclose(metrics[key], expected[key], rtol=2e-5,
+                               atol=2e-6, err_msg=key)
+  for key in ("grad_norm", "lr/image", "lr/text", "lr/other"):
+    assert key in metrics, key
+  assert ("logit_bias" in metrics) == (loss == "sigmoid")
+  # Per-device losses would differ: each device alone sees 4 of 16 rows.
+  quarter = losses.LOSSES[loss].fn(_slice(outputs, 0, 4), tiny.loss)[1]
+  assert abs(float(quarter["loss/total"]) - float(metrics["loss/total"])) > 1e-3
+
+
+def test_one_row_per_device_is_refused_for_the_rolling_loss(tiny):
+  tiny.batch_size = 4
+  with pytest.raises(config_io.UserError, match="≥ 2 rows per device"):
+    train.train_and_evaluate(tiny, "/nonexistent/never/written")
+  tiny.batch_size, tiny.accum_steps = 32, 8  # 1 row per micro-batch
+  with pytest.raises(config_io.UserError, match="gives 1"):
+    train.train_and_evaluate(tiny, "/nonexistent/never/written")
+  tiny.loss.name, tiny.batch_size, tiny.accum_steps = "infonce", 4, 1
+  validation.check_train(tiny, 4)  # the global losses need no neighbour
+
+
+def test_grad_norm_is_the_norm_clipping_sees(tiny):
+  """With the text tower frozen, grad_norm leaves its gradients out, as
+  clip_by_global_norm does; checked against jax.grad on the host."""
+  tiny.model.text.train_last_layers = 0
+  mesh = parallel.make_mesh(1)
+  model, tx = cliplite.build(tiny), optim.build(tiny)
+  state = state_lib.init_sharded(tiny, model, tx, mesh)
+  batch = _random_batch(tiny, np.random.default_rng(1))
+  dropout_rng, prior_rng = jax.random.split(jax.random.fold_in(state.rng, 0))
+  variables = jax.device_get(state.variables)
+
+  def loss(params):
+    outputs = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        augment.normalize(batch["images"]), batch["input_ids"],
+        batch["attention_mask"], train=True,
+        rngs={"dropout": dropout_rng, "prior": prior_rng},
+        mutable=["batch_stats"])[0]
+    return losses.cliplite_objective(outputs, tiny.loss)[0]
+
+  grads = jax.jit(jax.grad(loss))(variables["params"])
+  squares = {name: sum(float(np.sum(np.square(g)))
+                       for g in jax.tree.leaves(tree))
+             for name, tree in grads.items()}
+  text_squares = squares.pop(cliplite.TEXT_TOWER)
+  assert text_squares > 0
+  step = train.make_train_step(tiny, model, tx, mesh)
+  _, metrics = step(state, parallel.shard_batch(batch, mesh))
+  np.testing.assert_allclose(float(metrics["grad_norm"]),
+                             np.sqrt(sum(squares.values())), rtol=1e-4)
 
 
 def _final_params(workdir, config):

@@ -1,0 +1,167 @@
+"""Every config field's domain, checked before a run writes anything.
+
+A value outside its domain would otherwise surface late, after the workdir
+is written, as a KeyError, a ZeroDivisionError or a NaN at step 1. Each check
+raises `config_io.UserError` naming the field, the value and what is valid;
+all problems found are reported together.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from cliplite_jax import config_io, losses
+from cliplite_jax.models import resnet, text
+
+DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+class _Checker:
+  """Collects "field: problem" lines; `raise_if_any` raises them as one."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self._config = config
+    self.problems: list[str] = []
+
+  def get(self, key: str, default=None):
+    node = self._config
+    for part in key.split("."):
+      if not hasattr(node, "get") or part not in node:
+        return default
+      node = node[part]
+    return node
+
+  def require(self, ok: bool, key: str, expected: str) -> None:
+    if not ok:
+      self.problems.append(f"{key}={self.get(key)!r} must be {expected}")
+
+  def integer(self, key: str, low: int, what: str | None = None) -> None:
+    """`key` is an int ≥ `low` (fields absent from old configs pass)."""
+    value = self.get(key)
+    if value is None:
+      return
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    self.require(ok and value >= low, key, what or f"an integer ≥ {low}")
+
+  def number(self, key: str, low: float, high: float, low_open: bool = False,
+             high_open: bool = False) -> None:
+    """`key` is a number in the interval given (absent fields pass)."""
+    value = self.get(key)
+    if value is None:
+      return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (value < high if high_open else value <= high)
+    interval = (f"{'(' if low_open else '['}{low}, {high}"
+                f"{')' if high_open else ']'}")
+    self.require(ok, key, f"a number in {interval}")
+
+  def one_of(self, key: str, choices) -> None:
+    value = self.get(key)
+    if value is not None:
+      self.require(value in choices, key, f"one of {sorted(choices)}")
+
+  def interval(self, key: str, low: float, high: float) -> None:
+    """`key` is a pair (lo, hi) with low < lo ≤ hi ≤ high."""
+    value = self.get(key)
+    if value is None:
+      return
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (int, float)) for v in value)
+          and low < value[0] <= value[1] <= high)
+    self.require(ok, key, f"a pair (lo, hi) with {low} < lo ≤ hi ≤ {high}")
+
+  def raise_if_any(self) -> None:
+    if self.problems:
+      raise config_io.UserError("; ".join(self.problems))
+
+
+def check_eval(config: ml_collections.ConfigDict) -> None:
+  """The evaluation section's domains (what `evaluate` may override)."""
+  c = _Checker(config)
+  _eval_fields(c)
+  c.raise_if_any()
+
+
+def _eval_fields(c: _Checker) -> None:
+  c.integer("eval.batch_size", 1)
+  c.integer("eval.every_steps", 0, "an integer ≥ 0 (0: only at the end)")
+  c.integer("eval.linear.epochs", 1)
+  c.integer("eval.linear.batch_size", 1)
+  c.number("eval.linear.learning_rate", 0, float("inf"), low_open=True,
+           high_open=True)
+  c.integer("data.num_threads", 0)
+
+
+def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Every training field's domain and the relations between fields, for a
+  run on `num_devices` devices. Raises UserError listing each problem."""
+  c = _Checker(config)
+  c.integer("total_steps", 1)
+  c.integer("batch_size", 1)
+  c.integer("accum_steps", 1)
+  c.integer("log_every_steps", 1)
+  c.integer("checkpoint_every_steps", 1)
+  c.integer("keep_checkpoints", 1, "an integer ≥ 1 (the latest "
+            "checkpoints kept; 0 would delete every one)")
+  c.integer("keep_every_steps", 0, "an integer ≥ 0 (0: off)")
+  c.integer("seed", 0)
+  c.one_of("model.dtype", DTYPES)
+  c.one_of("model.image.depth", tuple(resnet.LAYOUTS))
+  c.number("model.image.width", 0, float("inf"), low_open=True,
+           high_open=True)
+  for key in ("vocab_size", "hidden", "layers", "heads", "mlp_dim",
+              "max_len"):
+    c.integer(f"model.text.{key}", 1)
+  c.integer("model.proj_dim", 1)
+  c.number("model.init_temperature", 0, float("inf"), low_open=True,
+           high_open=True)
+  c.one_of("model.text.pooling", text.POOLINGS)
+  c.one_of("loss.name", tuple(losses.LOSSES))
+  c.number("loss.prior_weight", 0, 1)
+  c.one_of("optim.name", OPTIMIZERS)
+  c.number("optim.momentum", 0, 1, high_open=True)
+  c.number("optim.weight_decay", 0, float("inf"), high_open=True)
+  c.number("optim.clip_norm", 0, float("inf"), low_open=True, high_open=True)
+  c.integer("optim.lookahead_k", 0, "an integer ≥ 0 (0: no Lookahead)")
+  c.number("optim.lookahead_alpha", 0, 1, low_open=True)
+  c.integer("optim.warmup_steps", 0)
+  c.number("data.fraction", 0, 1, low_open=True)
+  c.integer("data.image_size", 16)
+  c.interval("data.crop_scale", 0, 1)
+  c.interval("data.crop_ratio", 0, float("inf"))
+  c.number("data.color_jitter_prob", 0, 1)
+  c.integer("data.max_words", 1)
+  c.integer("data.max_tokens", 3, "an integer ≥ 3 ([CLS], a word, [SEP])")
+  c.integer("data.num_workers", 0)
+  _eval_fields(c)
+  c.raise_if_any()  # the relations below assume sane values
+
+  hidden, heads = c.get("model.text.hidden"), c.get("model.text.heads")
+  c.require(hidden % heads == 0, "model.text.heads",
+            f"a divisor of model.text.hidden={hidden}")
+  max_len, max_tokens = c.get("model.text.max_len"), c.get("data.max_tokens")
+  c.require(max_len >= max_tokens, "model.text.max_len",
+            f"≥ data.max_tokens={max_tokens} (one position embedding per "
+            f"token)")
+  total, warmup = c.get("total_steps"), c.get("optim.warmup_steps")
+  c.require(warmup < total, "optim.warmup_steps",
+            f"in [0, total_steps={total})")
+  lr = c.get("optim.lr") or {}
+  c.require("other" in lr, "optim.lr", "a dict with an 'other' entry")
+  c.require(all(isinstance(v, (int, float)) and v >= 0 for v in lr.values()),
+            "optim.lr", "a dict of learning rates ≥ 0")
+  batch, accum = c.get("batch_size"), c.get("accum_steps", 1)
+  rows = num_devices * accum
+  if batch % rows:
+    c.problems.append(
+        f"batch_size {batch} must be a multiple of devices × accum_steps = "
+        f"{num_devices} × {accum} = {rows}")
+  elif losses.LOSSES[c.get("loss.name")].rolls and batch // rows < 2:
+    c.problems.append(
+        f"loss.name={c.get('loss.name')!r} takes each pair's negative from "
+        f"the next row of the same device's (micro-)batch, so it needs ≥ 2 "
+        f"rows per device per micro-batch; batch_size {batch} on "
+        f"{num_devices} devices × accum_steps {accum} gives {batch // rows} "
+        f"(raise batch_size or lower accum_steps)")
+  c.raise_if_any()

@@ -1,0 +1,98 @@
+"""Runs stopped by a failed save or by Ctrl-C (subprocesses)."""
+import json
+import os
+import resource
+import signal
+import time
+
+from cliplite_jax import integrity
+from conftest import run_module, tiny_overrides
+
+MAIN = "cliplite_jax.main"
+
+
+def _args(data_dir, workdir, *extra):
+  return ["--config=configs/default.py", f"--workdir={workdir}",
+          *tiny_overrides(data_dir), "--config.log_every_steps=1",
+          "--config.eval.probes=()", *extra]
+
+
+def _steps(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["step"] for line in f]
+
+
+def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(
+    tiny_data_dir, tmp_path):
+  """A write that fails as on a full disk: once step 4 is saved, the run's
+  file size limit drops to 1 MB (root ignores permissions, not this), so
+  the next checkpoint's array file cannot be written."""
+  workdir = str(tmp_path / "run")
+  args = _args(tiny_data_dir, workdir, "--config.total_steps=2000",
+               "--config.checkpoint_every_steps=4")
+  process = run_module(MAIN, *args, popen=True)
+  recorded = os.path.join(workdir, "checkpoints", "4", integrity.MANIFEST)
+  deadline = time.time() + 300
+  while not os.path.exists(recorded):
+    assert process.poll() is None and time.time() < deadline, (
+        process.communicate()[1][-2000:])
+    time.sleep(0.01)
+  resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (10**6, 10**6))
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 1
+  line, = stderr.strip().splitlines()
+  assert line.startswith("cliplite_jax.main: error: saving the checkpoint of "
+                         "step 8 to ")
+  assert "File too large" in line and "GiB free" in line
+  assert "the last complete checkpoint, step 4, is kept" in line
+  # Stopped within a few steps (the background write's time), long
+  # before the end.
+  assert max(_steps(workdir)) < 100, stdout[-2000:]
+  # No temporary folder left; step 4 intact and resumable.
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
+  integrity.verify(os.path.join(workdir, "checkpoints", "4"))
+  result = run_module(MAIN, *_args(tiny_data_dir, workdir,
+                                   "--config.total_steps=6",
+                                   "--config.checkpoint_every_steps=4"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resuming from step 4" in result.stdout
+
+
+def _interrupted_run(data_dir, workdir):
+  process = run_module(MAIN, *_args(data_dir, workdir,
+                                    "--config.total_steps=2000",
+                                    "--config.checkpoint_every_steps=1000"),
+                       popen=True)
+  for line in process.stdout:
+    if line.startswith("step 3/"):
+      break
+  process.send_signal(signal.SIGINT)
+  return process
+
+
+def test_ctrl_c_saves_the_current_step_and_exits(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  process = _interrupted_run(tiny_data_dir, workdir)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  assert stderr.strip() == ""  # no KeyboardInterrupt traceback
+  assert "Ctrl-C again exits at once" in stdout
+  saved = int(stdout.split("saved a checkpoint at step ")[1].split(";")[0])
+  assert 3 <= saved < 1000
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved)]
+  integrity.verify(os.path.join(workdir, "checkpoints", str(saved)))
+  assert max(_steps(workdir)) == saved
+
+
+def test_second_ctrl_c_exits_at_once(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  process = _interrupted_run(tiny_data_dir, workdir)
+  for line in process.stdout:
+    if line.startswith("interrupted:"):
+      break
+  process.send_signal(signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 130, stderr[-3000:]
+  line, = stderr.strip().splitlines()
+  assert line.startswith("interrupted again: exiting without saving")
+  assert "preempted" not in stdout
