@@ -38,7 +38,18 @@ def load_saved(workdir: str) -> ml_collections.ConfigDict:
   if not path.exists():
     raise UserError(f"{path} not found: {workdir} is not a training workdir "
                     f"(pass --config=FILE to evaluate with a given config)")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    saved = json.loads(path.read_text())
+    if not isinstance(saved, dict):
+      raise ValueError("not a JSON object")
+  except (ValueError, UnicodeDecodeError) as e:
+    copies = sorted(epath.Path(workdir).glob("checkpoints/*/config/metadata"),
+                    key=lambda p: int(p.parent.parent.name)
+                    if p.parent.parent.name.isdigit() else -1)
+    recover = (f"; each checkpoint keeps a copy: cp {copies[-1]} {path}"
+               if copies else "")
+    raise UserError(f"{path} is damaged ({e}){recover}") from e
+  return ml_collections.ConfigDict(saved)
 
 
 def load_file(spec: str) -> ml_collections.ConfigDict:

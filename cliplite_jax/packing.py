@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from cliplite_jax import config_io
+
 BUCKET_BYTES = 64 * 2**20
 
 
@@ -110,19 +112,28 @@ def abstract_packed(lay: dict,
   return targets
 
 
+class LayoutMismatchError(config_io.UserError, ValueError):
+  """A checkpoint's arrays are not those of the model the config builds: a
+  config problem (an incompatible change), not damage."""
+
+
+_FIX = ("; the config builds another model than the one saved (use the saved "
+        "config, or a new workdir to train this one)")
+
+
 def check_matches(lay: dict, abstract_tree, what: str) -> None:
-  """Raises ValueError naming the first leaf whose path, shape or dtype in
-  `lay` differs from `abstract_tree`'s."""
+  """Raises LayoutMismatchError naming the first leaf whose path, shape or
+  dtype in `lay` differs from `abstract_tree`'s."""
   flat = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
   if len(flat) != len(lay["leaves"]):
-    raise ValueError(f"{what} has {len(lay['leaves'])} arrays, the model "
-                     f"{len(flat)}")
+    raise LayoutMismatchError(f"{what} has {len(lay['leaves'])} arrays, the "
+                              f"model {len(flat)}{_FIX}")
   for entry, (path, x) in zip(lay["leaves"], flat):
     expected = (jax.tree_util.keystr(path), list(x.shape), str(x.dtype))
     saved = (entry["path"], entry["shape"], entry["dtype"])
     if saved != expected:
-      raise ValueError(f"{what} does not match the model: saved {saved}, "
-                       f"expected {expected}")
+      raise LayoutMismatchError(f"{what} does not match the model: saved "
+                                f"{saved}, expected {expected}{_FIX}")
 
 
 def _unpack_leaves(packed: dict, plan: tuple) -> list:

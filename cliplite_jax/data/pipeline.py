@@ -284,8 +284,14 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
   path = epath.Path(workdir) / "tokenizer.json"
   max_tokens = config.data.max_tokens
   if path.exists():
-    return text_lib.fixed_length(Tokenizer.from_str(path.read_text()),
-                                 max_tokens)
+    try:
+      saved = Tokenizer.from_str(path.read_text())
+    except Exception as e:  # the tokenizers library raises its own kinds
+      raise config_io.UserError(
+          f"{path} is damaged ({str(e).splitlines()[0] if str(e) else e!r}); "
+          f"it is the tokenizer this run trained with: put back a copy "
+          f"(e.g. from a backup of the workdir)") from e
+    return text_lib.fixed_length(saved, max_tokens)
   if not create:
     raise config_io.UserError(f"{path} not found: was {workdir} trained?")
   if config.data.tokenizer == "wordpiece":

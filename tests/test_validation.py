@@ -1,0 +1,145 @@
+"""Bad values are refused before anything is written; what resuming changes
+is said; checkpoint retention; a damaged workdir file is named."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from cliplite_jax import config_io, evaluate, train
+from conftest import run_module, tiny_overrides
+
+MAIN = "cliplite_jax.main"
+
+
+def _one_error_line(result, *needles):
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr[-3000:]
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  return lines[0]
+
+
+def test_every_out_of_domain_value_is_named_in_one_line(tiny_data_dir,
+                                                        tmp_path):
+  workdir = tmp_path / "never"
+  base = ["--config=configs/default.py", f"--workdir={workdir}",
+          *tiny_overrides(tiny_data_dir)]
+  result = run_module(MAIN, *base, "--config.keep_checkpoints=0",
+                      "--config.model.image.depth=19",
+                      "--config.batch_size=-3", "--config.data.fraction=0",
+                      "--config.data.image_size=-5",
+                      "--config.log_every_steps=0",
+                      "--config.checkpoint_every_steps=0")
+  _one_error_line(result, "keep_checkpoints=0", "delete",
+                  "model.image.depth=19", "[18, 34, 50, 101, 152]",
+                  "batch_size=-3", "data.fraction=0", "data.image_size=-5",
+                  "log_every_steps=0", "checkpoint_every_steps=0")
+  # Relations between fields: positions for every token; a neighbour row.
+  result = run_module(MAIN, *base, "--config.model.text.max_len=8",
+                      "--config.batch_size=2")
+  _one_error_line(result, "model.text.max_len=8", "data.max_tokens=30",
+                  "≥ 2 rows per device")
+  assert not workdir.exists()
+
+
+def test_rewrites_are_checked_before_the_workdir_is_touched(tiny, tmp_path):
+  workdir = tmp_path / "never"
+  for content in (None, "{not json", '["a", "list"]'):
+    path = tmp_path / "rewrites.json"
+    if content is not None:
+      path.write_text(content)
+    tiny.data.rewrites = str(path)
+    with pytest.raises(config_io.UserError, match="data.rewrites"):
+      train.train_and_evaluate(tiny, str(workdir))
+    assert not workdir.exists()
+
+
+@pytest.fixture(scope="module")
+def kept_every_2(tiny_data_dir, tmp_path_factory):
+  """A 6-step run that checkpoints every step, keeps the latest one and
+  every 2nd."""
+  from conftest import tiny_config
+  config = tiny_config(tiny_data_dir)
+  config.checkpoint_every_steps = 1
+  config.keep_checkpoints = 1
+  config.keep_every_steps = 2
+  config.eval.probes = ()
+  workdir = str(tmp_path_factory.mktemp("kept") / "run")
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _steps(workdir):
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir,
+                                                        "checkpoints"))
+                if n.isdigit())
+
+
+def test_keep_every_steps_keeps_those_steps(kept_every_2):
+  _, workdir = kept_every_2
+  assert _steps(workdir) == [2, 4, 6]
+
+
+def test_resuming_says_what_a_new_length_or_retention_changes(
+    kept_every_2, tmp_path, capsys):
+  config, workdir = kept_every_2
+  config = config_io.ml_collections.ConfigDict(config.to_dict())
+  config.total_steps = 12
+  config.keep_every_steps = 0
+  capsys.readouterr()
+  train._say_what_resuming_changes(config, workdir, 6, _steps(workdir))
+  out = capsys.readouterr().out
+  # The saved run ends its cosine at step 6 (lr 0); stretched to 12 steps
+  # the same step is mid-schedule.
+  assert "total_steps changed from 6 to 12" in out
+  assert "lr/image at step 6 goes from 0 to 0.1" in out
+  assert "deletes the earlier checkpoints at steps [2, 4, 6]" in out
+
+
+def test_incompatible_change_is_refused_before_config_json_is_rewritten(
+    kept_every_2, tiny_data_dir, tmp_path):
+  _, reference = kept_every_2
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  saved = open(os.path.join(workdir, "config.json")).read()
+  result = run_module(MAIN, "--config=configs/default.py",
+                      f"--workdir={workdir}", *tiny_overrides(tiny_data_dir),
+                      "--config.checkpoint_every_steps=1",
+                      "--config.model.proj_dim=16", "--allow_config_change")
+  _one_error_line(result, "does not match the model")
+  assert open(os.path.join(workdir, "config.json")).read() == saved
+  assert _steps(workdir) == [2, 4, 6]
+
+
+def test_damaged_config_or_tokenizer_json_is_named(kept_every_2, tmp_path):
+  _, reference = kept_every_2
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write('{"seed": 0, "trunc')
+  with pytest.raises(config_io.UserError,
+                     match=r"config.json is damaged.*checkpoints/6/config"):
+    config_io.load_saved(workdir)
+  shutil.copy(os.path.join(reference, "config.json"), workdir)
+  with open(os.path.join(workdir, "tokenizer.json"), "w") as f:
+    f.write("{}")
+  result = run_module("cliplite_jax.evaluate", f"--workdir={workdir}")
+  _one_error_line(result, "tokenizer.json is damaged")
+
+
+def test_non_finite_embeddings_are_an_error_not_a_score(kept_every_2):
+  config, workdir = kept_every_2
+  config = config_io.ml_collections.ConfigDict(config.to_dict())
+  config.eval.probes = ("retrieval", "zeroshot")
+  step, model, variables, tokenizer, mesh = evaluate.restore(workdir, config)
+  variables = jax.tree.map(np.array, jax.device_get(variables))
+  head = variables["params"]["image_head"]["shortcut"]["kernel"]
+  head[3, :] = np.nan  # one corrupted row of one matrix
+  with pytest.raises(config_io.UserError,
+                     match=r"\d+ of 128 shapes_captions/tiny test images have "
+                           r"non-finite embeddings"):
+    evaluate.run_probes(config, model, variables, tokenizer, mesh)
