@@ -16,7 +16,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel
 
 
 class Block(nn.Module):
@@ -102,6 +101,8 @@ class CLIPLite(nn.Module):
   """The model of `cliplite_jax.models.cliplite.build(config)`."""
 
   def __init__(self, config):
+    # Imported here, so the optimiser below needs only torch.
+    from transformers import BertConfig, BertModel
     super().__init__()
     m = config.model
     self.image = ResNet(m.image.depth, m.image.width)

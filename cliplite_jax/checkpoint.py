@@ -142,6 +142,8 @@ class OverlappedSaver:
     guards.NonFiniteError, saving nothing, if a step up to the staged one had
     a non-finite loss or gradient norm; raises SaveError if an earlier save
     failed."""
+    if self._pending is not None and self._pending.done():
+      self._wait_for_save_call()  # raises its error, if any
     self._raise_failed_saves(block=False)
     if self._staged is None:
       return
@@ -314,11 +316,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state,
   if (epath.Path(mngr.directory) / str(step) / LAYOUT).exists():
     layout = mngr.restore(step, args=ocp.args.Composite(**{
         LAYOUT: ocp.args.JsonRestore()}))[LAYOUT]
-    try:
-      packing.check_matches(layout, abstract_state,
-                            f"the checkpoint at step {step}")
-    except ValueError as e:  # another model than the config's
-      raise config_io.UserError(str(e)) from e
+    packing.check_matches(layout, abstract_state,
+                          f"the checkpoint at step {step}")
     args = {STATE: ocp.args.StandardRestore(
         packing.abstract_packed(layout, abstract_state))}
   else:  # saved before packing: one array per leaf

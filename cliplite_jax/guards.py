@@ -46,8 +46,10 @@ class PreemptionSignal:
     if jax.process_count() == 1:
       self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM,
                                                      self._handle)
-    self._previous[signal.SIGINT] = signal.signal(signal.SIGINT,
-                                                  self._interrupt)
+    # An ignored SIGINT (a background job of a script) stays ignored.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT,
+                                                    self._interrupt)
     return self
 
   def __exit__(self, *exc) -> None:

@@ -43,7 +43,7 @@ def _files(step_dir: epath.Path) -> list[str]:
   for root, _, names in step_dir.walk():
     for name in names:
       path = epath.Path(root) / name
-      if path != step_dir / MANIFEST:
+      if name not in (MANIFEST, MANIFEST + ".tmp"):
         out.append(str(path.relative_to(step_dir)))
   return sorted(out)
 
@@ -66,7 +66,7 @@ def write(step_dir: str) -> None:
             "files": {n: {"size": s, "crc32": c} for n, (s, c) in hashed.items()}}
   tmp = step_dir / (MANIFEST + ".tmp")
   tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-  tmp.rename(step_dir / MANIFEST)
+  tmp.replace(step_dir / MANIFEST)
 
 
 def has_record(step_dir: str) -> bool:

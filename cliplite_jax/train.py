@@ -221,10 +221,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _validate(config, mesh)
   _check_data(config)
   guards.check_config_change(config, workdir, allow_config_change)
+  fresh_tokenizer = None
+  if not (epath.Path(workdir) / "tokenizer.json").exists():
+    fresh_tokenizer = pipeline.new_tokenizer(config)  # checked, not written
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   # Held until return: a second run on WORKDIR is refused before it writes.
   lock = workdir_lock.acquire(workdir)
-  tokenizer = pipeline.workdir_tokenizer(config, workdir)
+  tokenizer = (pipeline.workdir_tokenizer(config, workdir)
+               if fresh_tokenizer is None else
+               pipeline.save_tokenizer(fresh_tokenizer, config, workdir))
   model = cliplite.build(config)
   tx = optim.build(config)
   data_iter = iter(pipeline.train_dataset(

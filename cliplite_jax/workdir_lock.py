@@ -11,11 +11,13 @@ v4 locks per host).
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
 import socket
 import time
+import weakref
 
 import jax
 import numpy as np
@@ -31,6 +33,7 @@ class WorkdirLock:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_FILE)
     self._file = None
+    self._at_exit = None
 
   def acquire(self) -> "WorkdirLock":
     """Takes the lock, or raises UserError naming the run holding it. With
@@ -50,37 +53,67 @@ class WorkdirLock:
     return self
 
   def _try_lock(self) -> str | None:
-    # "a": never truncates a holder's record before we hold the lock.
-    f = open(self.path, "a+", encoding="utf-8")
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      f.seek(0)
+    while True:
+      # "a": never truncates a holder's record before we hold the lock.
+      f = open(self.path, "a+", encoding="utf-8")
       try:
-        holder = json.loads(f.read())
-        who = (f"PID {holder['pid']} on host {holder['host']}, started "
-               f"{holder['started']}")
-      except (ValueError, KeyError, TypeError):
-        who = "a process that has not written its PID yet"
-      f.close()
-      workdir = os.path.dirname(self.path)
-      return (f"{workdir} is in use by another training run ({who}); wait "
-              f"for it to finish, stop it, or use another --workdir")
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        break
+      if self._is_current(f):
+        return self._hold(f)
+      f.close()  # locked a file that its releaser just removed: again
+    f.seek(0)
+    try:
+      holder = json.loads(f.read())
+      who = (f"PID {holder['pid']} on host {holder['host']}, started "
+             f"{holder['started']}")
+    except (ValueError, KeyError, TypeError):
+      who = "a process that has not written its PID yet"
+    f.close()
+    workdir = os.path.dirname(self.path)
+    return (f"{workdir} is in use by another training run ({who}); wait "
+            f"for it to finish, stop it, or use another --workdir")
+
+  def _is_current(self, f) -> bool:
+    try:
+      return os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+      return False
+
+  def _hold(self, f) -> None:
+    """Keeps `f` locked and records this process in it."""
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
     f.flush()
     self._file = f
+    # Also when an error ends the run before `release` is reached: at exit,
+    # or (in-process callers) once the lock object is dropped.
+    ref = weakref.ref(self)
+    self._at_exit = lambda: ref() is not None and ref().release()
+    atexit.register(self._at_exit)
     return None
 
   def release(self) -> None:
-    """Releases the lock (the file stays: removing it would race with a run
-    that opened it and waits to lock it)."""
-    if self._file is not None:
-      fcntl.flock(self._file, fcntl.LOCK_UN)
-      self._file.close()
-      self._file = None
+    """Releases the lock. The file stays (with the last holder's PID), unless
+    the workdir holds nothing else: a run that failed before writing
+    anything leaves the workdir as it found it."""
+    if self._file is None:
+      return
+    atexit.unregister(self._at_exit)
+    workdir = os.path.dirname(self.path)
+    if os.listdir(workdir) == [LOCK_FILE]:
+      # Removed while still locked; a run that opened it meanwhile sees
+      # another inode at the path once it gets the lock, and retries.
+      os.remove(self.path)
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
+    self._file = None
+
+  def __del__(self):
+    self.release()
 
   def __enter__(self) -> "WorkdirLock":
     return self.acquire()

@@ -81,6 +81,27 @@ def tiny_overrides(data_dir: str) -> list[str]:
           "--config.checkpoint_every_steps=2", "--config.eval.batch_size=64"]
 
 
+def wait_for_step(workdir: str, step: int, process, timeout: float = 400):
+  """Polls WORKDIR/metrics.jsonl until it logs `step` (or later); returns
+  the latest step logged. Fails with the process's output if it exits
+  first."""
+  import json
+  import time
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if process.poll() is not None:
+      out, err = process.communicate()
+      raise AssertionError((err or out or "")[-3000:])
+    if os.path.exists(path):
+      with open(path) as f:
+        steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
+      if steps and max(steps) >= step:
+        return max(steps)
+    time.sleep(0.05)
+  raise TimeoutError(f"step {step} not reached")
+
+
 def quick_init(module, *args, **kwargs):
   """`module.init(*args, **kwargs)` as one program compiled without LLVM
   optimisation: eagerly every op compiles on its own, and optimised the

@@ -15,7 +15,6 @@ import optax
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
 
 from cliplite_jax import config_io, optim  # noqa: E402
 

@@ -4,7 +4,6 @@ import os
 import random
 import shutil
 import signal
-import time
 
 import jax
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from cliplite_jax import checkpoint, config_io, optim, parallel, state as state_lib
 from cliplite_jax.models import cliplite
-from conftest import run_module, tiny_overrides
+from conftest import wait_for_step, run_module, tiny_overrides
 
 MAIN = "cliplite_jax.main"
 
@@ -46,20 +45,6 @@ def _final_params(workdir):
   return mngr.latest_step(), jax.device_get(state)
 
 
-def _wait_for_step(workdir, step, process, timeout=300):
-  path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    assert process.poll() is None, process.communicate()[1][-2000:]
-    if os.path.exists(path):
-      with open(path) as f:
-        steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
-      if steps and max(steps) >= step:
-        return max(steps)
-    time.sleep(0.05)
-  raise TimeoutError(f"step {step} not reached")
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_data_dir, tmp_path_factory):
   """An uninterrupted 8-step run."""
@@ -77,7 +62,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_exact(
   kill_at = random.Random(seed).randint(2, 7)
   print(f"KILL_SEED={seed}: killing at step {kill_at}")
   process = run_module(MAIN, *_args(tiny_data_dir, workdir), popen=True)
-  _wait_for_step(workdir, kill_at, process)
+  wait_for_step(workdir, kill_at, process)
   process.send_signal(signal.SIGKILL)
   process.wait()
   result = run_module(MAIN, *_args(tiny_data_dir, workdir))
@@ -113,7 +98,7 @@ def test_sigterm_saves_the_current_step_and_exits_0(tiny_data_dir, tmp_path):
                                     "--config.total_steps=500",
                                     "--config.checkpoint_every_steps=400"),
                        popen=True)
-  _wait_for_step(workdir, 3, process)
+  wait_for_step(workdir, 3, process)
   process.send_signal(signal.SIGTERM)
   stdout, stderr = process.communicate(timeout=300)
   assert process.returncode == 0, stderr[-3000:]

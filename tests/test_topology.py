@@ -2,12 +2,14 @@
 fewer devices (subprocesses, as a user runs them)."""
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 
 import pytest
 
-from conftest import REPO, run_module, tiny_overrides
+from conftest import wait_for_step, REPO, run_module, tiny_overrides
 
 
 def _args(data_dir, workdir, steps, *extra):
@@ -42,6 +44,58 @@ def _single(data_dir, workdir, steps):
                       *_args(data_dir, workdir, steps,
                              "--config.eval.probes=()"), devices=4)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_train_like_one_stop_together_and_resume_on_one(
+    tiny_data_dir, tmp_path):
+  """The multi-process essentials in three launches: 2 processes × 2
+  devices see the global batches of 1 process × 4 (each process its own
+  rows); SIGTERM stops both at one step with a checkpoint and exit 0; that
+  checkpoint resumes on 1 process."""
+  # Long enough never to finish, no checkpoint before the signal's.
+  long_run = ["--config.checkpoint_every_steps=100000"]
+  single = str(tmp_path / "single")
+  process = run_module("cliplite_jax.main",
+                       *_args(tiny_data_dir, single, 100000,
+                              "--config.eval.probes=()", *long_run),
+                       devices=4, popen=True)
+  wait_for_step(single, 3, process)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=300) == 0, process.communicate()[1][-3000:]
+
+  multi = str(tmp_path / "multi")
+  env = dict(os.environ, DEVICES_PER_PROCESS="2")
+  env.pop("XLA_FLAGS", None)
+  launcher = subprocess.Popen(
+      ["bash", "launch/local_multiprocess.sh", "2",
+       *_args(tiny_data_dir, multi, 100000, "--config.eval.probes=()",
+              *long_run)],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+  wait_for_step(multi, 3, launcher)
+  launcher.send_signal(signal.SIGTERM)
+  out = launcher.communicate(timeout=300)[0]
+  assert launcher.returncode == 0, out[-3000:]
+  saved = re.search(r"preempted: saved a checkpoint at step (\d+)", out)
+  assert saved, out[-3000:]
+  stopped_at = int(saved.group(1))
+  assert os.listdir(os.path.join(multi, "checkpoints")) == [str(stopped_at)]
+  log = open(os.path.join(multi, "process_1.log")).read()
+  assert f"saved a checkpoint at step {stopped_at}" in log  # the same step
+
+  # Steps 1–3 run under the same learning rates in both (warmup 1 step);
+  # only the all-reduce order differs (see the slow test below).
+  multi_losses, single_losses = _losses(multi), _losses(single)
+  for step in (1, 2, 3):
+    assert multi_losses[step] == pytest.approx(single_losses[step],
+                                               rel=1e-4), step
+
+  result = run_module("cliplite_jax.main",
+                      *_args(tiny_data_dir, multi, stopped_at + 2,
+                             "--config.eval.probes=()"), devices=4)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resuming a 2-process checkpoint on 1 processes" in result.stdout
+  assert sorted(_losses(multi))[-2:] == [stopped_at + 1, stopped_at + 2]
 
 
 @pytest.mark.slow  # ~4 minutes on 2 cores: six launches, each compiling

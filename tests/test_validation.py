@@ -1,6 +1,5 @@
 """Bad values are refused before anything is written; what resuming changes
 is said; checkpoint retention; a damaged workdir file is named."""
-import json
 import os
 import shutil
 

@@ -294,13 +294,22 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     return text_lib.fixed_length(saved, max_tokens)
   if not create:
     raise config_io.UserError(f"{path} not found: was {workdir} trained?")
+  return save_tokenizer(new_tokenizer(config), config, workdir)
+
+
+def new_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+  """The tokenizer `config.data.tokenizer` names, made without writing
+  anything: "wordpiece" trains one on the training captions, anything else
+  is loaded from its local path. UserError if it cannot be read or has more
+  tokens than `model.text.vocab_size`."""
   if config.data.tokenizer == "wordpiece":
     tokenizer = text_lib.train_wordpiece(
         all_captions(config, config.data.train_split),
         config.model.text.vocab_size)
   else:
     try:
-      tokenizer = text_lib.load_tokenizer(config.data.tokenizer, max_tokens)
+      tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
+                                          config.data.max_tokens)
     except (FileNotFoundError, ValueError) as e:
       raise config_io.UserError(f"data.tokenizer: {e}") from e
   vocab = tokenizer.get_vocab_size()
@@ -309,6 +318,13 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
         f"the tokenizer has {vocab} tokens but model.text.vocab_size is "
         f"{config.model.text.vocab_size}; set --config.model.text.vocab_size="
         f"{vocab}")
+  return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, config: ml_collections.ConfigDict,
+                   workdir: str) -> Tokenizer:
+  """Writes WORKDIR/tokenizer.json (process 0); returns the tokenizer padded
+  and truncated to `data.max_tokens`."""
   if jax.process_index() == 0:
-    path.write_text(tokenizer.to_str())
-  return text_lib.fixed_length(tokenizer, max_tokens)
+    (epath.Path(workdir) / "tokenizer.json").write_text(tokenizer.to_str())
+  return text_lib.fixed_length(tokenizer, config.data.max_tokens)
