@@ -77,8 +77,9 @@ def restore_reading(mngr: ocp.CheckpointManager, step: int, abstract_state,
   """`restore` for a reader running next to training, which may delete
   (prune) the step while it is read. Then, with `follow_latest`, the newest
   step is restored instead (up to `attempts` tries); otherwise UserError
-  names the step. A damaged step is refused (DamagedCheckpointError naming
-  the other steps). Returns (step, state)."""
+  names the step. A damaged step (or one without an integrity record that
+  Orbax cannot read) is refused: DamagedCheckpointError naming the other
+  steps. Returns (step, state)."""
   for _ in range(attempts):
     try:
       return step, restore(mngr, step, abstract_state)
@@ -87,9 +88,16 @@ def restore_reading(mngr: ocp.CheckpointManager, step: int, abstract_state,
         raise DamagedCheckpointError(
             f"{e}; evaluate another step with --step=N (steps: "
             f"{list(mngr.all_steps())})") from e
-    except Exception:  # pylint: disable=broad-except
+    except config_io.UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if integrity.has_record(step_dir(mngr, step)):
+        raise  # its files are as written: not damage
       if epath.Path(step_dir(mngr, step)).exists():
-        raise
+        raise DamagedCheckpointError(
+            f"checkpoint step {step} in {mngr.directory} cannot be read: "
+            f"{one_line(e)}; evaluate another step with --step=N (steps: "
+            f"{list(mngr.all_steps())})") from e
     if not follow_latest:
       raise config_io.UserError(
           f"checkpoint step {step} in {mngr.directory} was deleted while it "

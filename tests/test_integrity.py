@@ -181,3 +181,25 @@ def test_step_pruned_while_evaluate_reads_it(reference, tmp_path):
   step, state = recovery.restore_reading(mngr, 4, abstract,
                                          follow_latest=True)
   assert step == 8 and int(state.step) == 8
+
+
+def test_unrecorded_unreadable_step_is_refused_in_one_line(reference,
+                                                           tmp_path):
+  """Without a record, damage shows only when Orbax reads the files: evaluate
+  then names the step instead of raising TensorStore's traceback."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "8")
+  os.remove(os.path.join(step_dir, integrity.MANIFEST))
+  # The largest file holds the arrays' bytes (small ones may be b-tree
+  # nodes of earlier versions, which a read does not need).
+  largest = max(_array_files(step_dir),
+                key=lambda n: os.path.getsize(os.path.join(step_dir, n)))
+  os.truncate(os.path.join(step_dir, largest), 1000)
+  config = config_io.load_saved(workdir)
+  model, tx = cliplite.build(config), optim.build(config)
+  abstract = state_lib.abstract_state(config, model, tx, parallel.make_mesh(1))
+  mngr = checkpoint.manager(workdir, config, read_only=True)
+  with pytest.raises(checkpoint.DamagedCheckpointError,
+                     match=r"step 8 .* cannot be read: .*--step=N"):
+    recovery.restore_reading(mngr, 8, abstract, follow_latest=True)

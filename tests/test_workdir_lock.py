@@ -3,10 +3,9 @@ import json
 import os
 import signal
 import socket
-import time
 
 from cliplite_jax import integrity, workdir_lock
-from conftest import run_module, tiny_overrides
+from conftest import run_module, tiny_overrides, wait_for_step
 
 MAIN = "cliplite_jax.main"
 
@@ -22,18 +21,6 @@ def _steps(workdir):
     return [json.loads(line)["step"] for line in f]
 
 
-def _wait_for_step(workdir, step, process, timeout=300):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    assert process.poll() is None, process.communicate()[1][-2000:]
-    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-      with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        if sum(line.endswith("\n") for line in f) >= step:
-          return
-    time.sleep(0.05)
-  raise TimeoutError(f"step {step} not reached")
-
-
 def test_second_run_on_a_workdir_is_refused_naming_the_holder(tiny_data_dir,
                                                                tmp_path):
   workdir = str(tmp_path / "run")
@@ -41,7 +28,7 @@ def test_second_run_on_a_workdir_is_refused_naming_the_holder(tiny_data_dir,
                                   "--config.total_steps=2000",
                                   "--config.checkpoint_every_steps=5"),
                      popen=True)
-  _wait_for_step(workdir, 3, first)
+  wait_for_step(workdir, 3, first)
   config_before = open(os.path.join(workdir, "config.json")).read()
   second = run_module(MAIN, *_args(tiny_data_dir, workdir,
                                    "--config.total_steps=30",
