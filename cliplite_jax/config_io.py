@@ -22,9 +22,37 @@ class UserError(Exception):
   """Bad input from the user: the message names the problem and the fix."""
 
 
-def existing_workdir(workdir: str | None) -> str:
+def check_workdir(workdir: str | None) -> None:
+  """UserError unless WORKDIR is a writable directory or can become one
+  (checked before a run does any work; creates nothing)."""
   if not workdir:
     raise UserError("--workdir is required")
+  if "://" in workdir:
+    return  # remote: its errors surface on the first write
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise UserError(f"workdir {workdir}: {path} is a file, not a directory")
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise UserError(f"workdir {workdir}: {path} is not writable")
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates WORKDIR (and its parents); UserError naming the OS's reason."""
+  try:
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create workdir {workdir}: "
+                    f"{e.strerror or e}") from e
+
+
+def existing_workdir(workdir: str | None) -> str:
+  """WORKDIR, if it is a directory; else a UserError saying how to make it."""
+  if not workdir:
+    raise UserError("--workdir is required")
+  if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+    raise UserError(f"workdir {workdir} is a file, not a training directory")
   if not epath.Path(workdir).is_dir():
     raise UserError(f"workdir {workdir} does not exist; train first: "
                     f"python -m cliplite_jax.main --config=configs/default.py "

@@ -216,6 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   gradient norm raises guards.NonFiniteError without saving. Returns the
   final evaluation metrics (empty when `config.eval.probes` is).
   """
+  config_io.check_workdir(workdir)
   mesh = make_mesh(config)
   _adopt_pretrained_text(config)
   _validate(config, mesh)
@@ -224,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   fresh_tokenizer = None
   if not (epath.Path(workdir) / "tokenizer.json").exists():
     fresh_tokenizer = pipeline.new_tokenizer(config)  # checked, not written
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  config_io.make_workdir(workdir)
   # Held until return: a second run on WORKDIR is refused before it writes.
   lock = workdir_lock.acquire(workdir)
   tokenizer = (pipeline.workdir_tokenizer(config, workdir)

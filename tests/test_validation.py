@@ -142,3 +142,43 @@ def test_non_finite_embeddings_are_an_error_not_a_score(kept_every_2):
                      match=r"\d+ of 128 shapes_captions/tiny test images have "
                            r"non-finite embeddings"):
     evaluate.run_probes(config, model, variables, tokenizer, mesh)
+
+
+@pytest.mark.parametrize("source,needles", [
+    ("import ml_collections\ndef get_config(arg=None):\n  c = (\n  return c\n",
+     ["bad.py, line 3", "never closed"]),
+    ("import ml_collections\ndef get_config(arg=None):\n"
+     "  c = ml_collections.ConfigDict()\n  return c.nosuch\n",
+     ["bad.py, line 4", "AttributeError", "nosuch"]),
+    ("x = 1\n", ["bad.py defines no get_config"]),
+])
+def test_config_file_errors_are_one_line_naming_file_and_line(
+    tmp_path, source, needles):
+  config = tmp_path / "bad.py"
+  config.write_text(source)
+  result = run_module(MAIN, f"--config={config}",
+                      f"--workdir={tmp_path / 'never'}")
+  _one_error_line(result, *needles)
+  assert not (tmp_path / "never").exists()
+
+
+def test_every_override_typo_is_reported_with_its_suggestion(tmp_path):
+  result = run_module(MAIN, "--config=configs/default.py",
+                      f"--workdir={tmp_path / 'never'}",
+                      "--config.batch_sise=8", "--config.model.image.dept=50",
+                      "--config.modle.proj_dim=8", "--config.optim.nosuch=1")
+  _one_error_line(result, "batch_sise (did you mean batch_size?)",
+                  "model.image.dept (did you mean model.image.depth?)",
+                  "modle.proj_dim (did you mean model.proj_dim?)",
+                  "optim.nosuch (optim has ")
+  assert not (tmp_path / "never").exists()
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  workdir = tmp_path / "file"
+  workdir.write_text("not a directory")
+  for module in (MAIN, "cliplite_jax.evaluate"):
+    result = run_module(module, "--config=configs/default.py",
+                        f"--workdir={workdir}")
+    _one_error_line(result, str(workdir), "is a file")
+  assert workdir.read_text() == "not a directory"
