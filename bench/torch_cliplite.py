@@ -296,6 +296,8 @@ def make_step(config, variant: str = "eager", lookahead_every_step=True):
 
   def step(images, input_ids, attention_mask):
     x = (images.permute(0, 3, 1, 2).float() - mean) / std
+    # The permuted NHWC batch has channels_last strides, and convs follow
+    # their input's layout: without this copy "contiguous" would not be.
     x = x.contiguous(memory_format=torch.channels_last if channels_last
                      else torch.contiguous_format)
     loss = forward(x, input_ids, attention_mask, config.loss.prior_weight)
