@@ -1,6 +1,7 @@
 """Test set-up: 4 fake CPU devices (set before jax is imported) and a tiny
 `shapes_captions` build shared by the whole session."""
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,8 +64,12 @@ def run_module(module: str, *args, devices: int = 2, popen: bool = False):
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   command = [sys.executable, "-m", module, *args]
   if popen:
-    return subprocess.Popen(command, cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # As from a terminal: a suite started in the background (`cmd &` in a
+    # script) would otherwise hand its ignored SIGINT down to the run.
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   return subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                         env=env, timeout=600)
 
