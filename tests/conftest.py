@@ -65,11 +65,12 @@ def run_module(module: str, *args, devices: int = 2, popen: bool = False):
   command = [sys.executable, "-m", module, *args]
   if popen:
     # As from a terminal: a suite started in the background (`cmd &` in a
-    # script) would otherwise hand its ignored SIGINT down to the run.
-    return subprocess.Popen(
-        command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # script) ignores SIGINT, and an ignored signal is inherited across exec
+    # (a handled one is reset to the default), so handle it here first.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+    return subprocess.Popen(command, cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   return subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                         env=env, timeout=600)
 
