@@ -87,6 +87,21 @@ def tiny_overrides(data_dir: str) -> list[str]:
           "--config.checkpoint_every_steps=2", "--config.eval.batch_size=64"]
 
 
+def quick_run_args(data_dir: str, workdir: str, *extra: str) -> list[str]:
+  """`cliplite_jax.main` arguments of a tiny run that logs every step and
+  skips evaluation; `extra` overrides come last and win."""
+  return ["--config=configs/default.py", f"--workdir={workdir}",
+          *tiny_overrides(data_dir), "--config.log_every_steps=1",
+          "--config.eval.probes=()", *extra]
+
+
+def logged_steps(workdir: str) -> list[int]:
+  """The steps WORKDIR/metrics.jsonl logged, in file order."""
+  import json
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["step"] for line in f]
+
+
 def wait_for_step(workdir: str, step: int, process, timeout: float = 400):
   """Polls WORKDIR/metrics.jsonl until it logs `step` (or later); returns
   the latest step logged. Fails with the process's output if it exits

@@ -1,25 +1,13 @@
 """Runs stopped by a failed save or by Ctrl-C (subprocesses)."""
-import json
 import os
 import resource
 import signal
 import time
 
 from cliplite_jax import integrity
-from conftest import run_module, tiny_overrides
+from conftest import logged_steps, quick_run_args, run_module
 
 MAIN = "cliplite_jax.main"
-
-
-def _args(data_dir, workdir, *extra):
-  return ["--config=configs/default.py", f"--workdir={workdir}",
-          *tiny_overrides(data_dir), "--config.log_every_steps=1",
-          "--config.eval.probes=()", *extra]
-
-
-def _steps(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line)["step"] for line in f]
 
 
 def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(
@@ -28,7 +16,7 @@ def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(
   file size limit drops to 1 MB (root ignores permissions, not this), so
   the next checkpoint's array file cannot be written."""
   workdir = str(tmp_path / "run")
-  args = _args(tiny_data_dir, workdir, "--config.total_steps=2000",
+  args = quick_run_args(tiny_data_dir, workdir, "--config.total_steps=2000",
                "--config.checkpoint_every_steps=4")
   process = run_module(MAIN, *args, popen=True)
   recorded = os.path.join(workdir, "checkpoints", "4", integrity.MANIFEST)
@@ -47,11 +35,11 @@ def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(
   assert "the last complete checkpoint, step 4, is kept" in line
   # Stopped within a few steps (the background write's time), long
   # before the end.
-  assert max(_steps(workdir)) < 100, stdout[-2000:]
+  assert max(logged_steps(workdir)) < 100, stdout[-2000:]
   # No temporary folder left; step 4 intact and resumable.
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
   integrity.verify(os.path.join(workdir, "checkpoints", "4"))
-  result = run_module(MAIN, *_args(tiny_data_dir, workdir,
+  result = run_module(MAIN, *quick_run_args(tiny_data_dir, workdir,
                                    "--config.total_steps=6",
                                    "--config.checkpoint_every_steps=4"))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -59,7 +47,7 @@ def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(
 
 
 def _interrupted_run(data_dir, workdir):
-  process = run_module(MAIN, *_args(data_dir, workdir,
+  process = run_module(MAIN, *quick_run_args(data_dir, workdir,
                                     "--config.total_steps=2000",
                                     "--config.checkpoint_every_steps=1000"),
                        popen=True)
@@ -81,7 +69,7 @@ def test_ctrl_c_saves_the_current_step_and_exits(tiny_data_dir, tmp_path):
   assert 3 <= saved < 1000
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved)]
   integrity.verify(os.path.join(workdir, "checkpoints", str(saved)))
-  assert max(_steps(workdir)) == saved
+  assert max(logged_steps(workdir)) == saved
 
 
 def test_second_ctrl_c_exits_at_once(tiny_data_dir, tmp_path):

@@ -5,32 +5,21 @@ import signal
 import socket
 
 from cliplite_jax import integrity, workdir_lock
-from conftest import run_module, tiny_overrides, wait_for_step
+from conftest import logged_steps, quick_run_args, run_module, wait_for_step
 
 MAIN = "cliplite_jax.main"
-
-
-def _args(data_dir, workdir, *extra):
-  return ["--config=configs/default.py", f"--workdir={workdir}",
-          *tiny_overrides(data_dir), "--config.log_every_steps=1",
-          "--config.eval.probes=()", *extra]
-
-
-def _steps(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line)["step"] for line in f]
 
 
 def test_second_run_on_a_workdir_is_refused_naming_the_holder(tiny_data_dir,
                                                                tmp_path):
   workdir = str(tmp_path / "run")
-  first = run_module(MAIN, *_args(tiny_data_dir, workdir,
+  first = run_module(MAIN, *quick_run_args(tiny_data_dir, workdir,
                                   "--config.total_steps=2000",
                                   "--config.checkpoint_every_steps=5"),
                      popen=True)
   wait_for_step(workdir, 3, first)
   config_before = open(os.path.join(workdir, "config.json")).read()
-  second = run_module(MAIN, *_args(tiny_data_dir, workdir,
+  second = run_module(MAIN, *quick_run_args(tiny_data_dir, workdir,
                                    "--config.total_steps=30",
                                    "--config.checkpoint_every_steps=1"))
   assert second.returncode == 1
@@ -45,7 +34,7 @@ def test_second_run_on_a_workdir_is_refused_naming_the_holder(tiny_data_dir,
   saved = int(stdout.split("saved a checkpoint at step ")[1].split(";")[0])
   # Only the first run wrote: its steps once each, in order; its config and
   # checkpoints (multiples of 5, and the step it stopped at), all intact.
-  assert _steps(workdir) == list(range(1, saved + 1))
+  assert logged_steps(workdir) == list(range(1, saved + 1))
   assert open(os.path.join(workdir, "config.json")).read() == config_before
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
                                                          "checkpoints")))
@@ -55,7 +44,7 @@ def test_second_run_on_a_workdir_is_refused_naming_the_holder(tiny_data_dir,
   # The lock died with its holder: the next run takes it and resumes.
   with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
     assert json.load(f)["pid"] == first.pid
-  result = run_module(MAIN, *_args(tiny_data_dir, workdir,
+  result = run_module(MAIN, *quick_run_args(tiny_data_dir, workdir,
                                    f"--config.total_steps={saved + 1}",
                                    "--config.checkpoint_every_steps=5"))
   assert result.returncode == 0, result.stderr[-3000:]
