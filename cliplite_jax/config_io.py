@@ -89,6 +89,8 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
     raise UserError(f"config file {path} not found")
+  if not os.path.isfile(path) or not path.endswith(".py"):
+    raise UserError(f"config file {path} is not a .py file")
   module_spec = importlib.util.spec_from_file_location("_config", path)
   module = importlib.util.module_from_spec(module_spec)
   try:

@@ -183,11 +183,20 @@ def _require_finite(arrays: dict, what: str) -> None:
 
 
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
-  """Writes WORKDIR/eval/step_N.json (process 0 only); returns its path."""
+  """Writes `metrics` into WORKDIR/eval/step_N.json (process 0 only),
+  keeping the metrics of that step that other probes or datasets wrote
+  before; returns its path."""
   path = epath.Path(workdir) / "eval" / f"step_{step}.json"
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    merged = {}
+    if path.exists():
+      try:
+        merged = json.loads(path.read_text())
+      except ValueError:
+        merged = {}  # a damaged file: rewritten whole
+    merged.update(metrics)
+    path.write_text(json.dumps(merged, indent=1, sort_keys=True))
   return str(path)
 
 

@@ -10,7 +10,27 @@ from __future__ import annotations
 import os
 import sys
 
+_INTERRUPTED = ("cliplite_jax.main: error: interrupted; the checkpoints saved "
+                "so far are kept, the same command resumes\n")
+
+
+def _exit_interrupted(signum=None, frame=None):
+  """Ctrl-C outside the train loop (which saves on it): one line, status
+  130. os._exit, because unwinding while XLA's and grain's threads run can
+  crash the interpreter's shutdown."""
+  del signum, frame
+  sys.stdout.flush()
+  sys.stderr.write(_INTERRUPTED)
+  sys.stderr.flush()
+  os._exit(130)
+
+
 if __name__ == "__main__":
+  import signal
+  # From the first import on; the train loop installs its own handler and
+  # restores this one. An ignored SIGINT (a script's background job) stays so.
+  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, _exit_interrupted)
   # First, before the heavy imports: this may replace the process once.
   from cliplite_jax import host_memory
   host_memory.reexec_with_fast_malloc()
@@ -107,11 +127,8 @@ def main(argv):
                              FLAGS.allow_config_change)
   except (config_io.UserError, sources.DatasetNotPreparedError) as e:
     sys.exit(f"cliplite_jax.main: error: {e}")
-  except KeyboardInterrupt:
-    # Ctrl-C outside the train loop (which saves and returns on it).
-    print("cliplite_jax.main: error: interrupted; the checkpoints saved so "
-          "far are kept, the same command resumes", file=sys.stderr)
-    sys.exit(130)
+  except KeyboardInterrupt:  # where Python's own handler was in place
+    _exit_interrupted()
 
 
 if __name__ == "__main__":

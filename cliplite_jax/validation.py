@@ -7,6 +7,8 @@ all problems found are reported together.
 """
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from cliplite_jax import config_io, losses
@@ -33,7 +35,10 @@ class _Checker:
 
   def require(self, ok: bool, key: str, expected: str) -> None:
     if not ok:
-      self.problems.append(f"{key}={self.get(key)!r} must be {expected}")
+      value = self.get(key)
+      if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()  # its repr spans lines
+      self.problems.append(f"{key}={value!r} must be {expected}")
 
   def integer(self, key: str, low: int, what: str | None = None) -> None:
     """`key` is an int ≥ `low` (fields absent from old configs pass)."""
@@ -117,6 +122,19 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   c.number("model.init_temperature", 0, float("inf"), low_open=True,
            high_open=True)
   c.one_of("model.text.pooling", text.POOLINGS)
+  c.number("model.text.dropout", 0, 1, high_open=True)
+  c.integer("model.text.train_last_layers", -1,
+            "an integer ≥ -1 (-1: train all; 0: freeze the text tower)")
+  widths = c.get("model.prior_widths")
+  c.require(isinstance(widths, (tuple, list)) and all(
+      isinstance(w, int) and not isinstance(w, bool) and w >= 1
+      for w in widths), "model.prior_widths", "a tuple of widths ≥ 1")
+  jitter = c.get("data.color_jitter")
+  if jitter is not None:
+    c.require(isinstance(jitter, (tuple, list)) and len(jitter) == 4 and all(
+        isinstance(v, (int, float)) and v >= 0 for v in jitter)
+              and jitter[3] <= 0.5, "data.color_jitter",
+              "(brightness, contrast, saturation, hue), each ≥ 0, hue ≤ 0.5")
   c.one_of("loss.name", tuple(losses.LOSSES))
   c.number("loss.prior_weight", 0, 1)
   c.one_of("optim.name", OPTIMIZERS)
@@ -147,10 +165,20 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   total, warmup = c.get("total_steps"), c.get("optim.warmup_steps")
   c.require(warmup < total, "optim.warmup_steps",
             f"in [0, total_steps={total})")
+  last = c.get("model.text.train_last_layers", -1)
+  layers = c.get("model.text.layers")
+  c.require(last <= layers, "model.text.train_last_layers",
+            f"≤ model.text.layers={layers}")
+  for group, pattern in (c.get("optim.group_regex") or {}).items():
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      c.problems.append(f"optim.group_regex.{group}={pattern!r} is not a "
+                        f"regular expression ({e})")
   lr = c.get("optim.lr") or {}
   c.require("other" in lr, "optim.lr", "a dict with an 'other' entry")
   c.require(all(isinstance(v, (int, float)) and v >= 0 for v in lr.values()),
-            "optim.lr", "a dict of learning rates ≥ 0")
+            "optim.lr", "a dict of finite learning rates ≥ 0")
   batch, accum = c.get("batch_size"), c.get("accum_steps", 1)
   rows = num_devices * accum
   if batch % rows:

@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cliplite_jax import plots
@@ -74,7 +75,10 @@ def test_train_then_evaluate(tiny_data_dir, tmp_path):
                         "--config.eval.batch_size=32")
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   with open(os.path.join(workdir, "eval", "step_60.json")) as f:
-    assert list(json.load(f)) == ["gap/shapes_captions/modality_gap"]
+    merged = json.load(f)  # the new gap, and the training run's other probes
+  assert merged.keys() == final.keys()
+  assert merged["gap/shapes_captions/modality_gap"] == pytest.approx(
+      final["gap/shapes_captions/modality_gap"], abs=1e-5)
   refused = run_module("cliplite_jax.evaluate", f"--workdir={workdir}",
                        "--config.model.proj_dim=8",
                        "--config.eval.probs=('gap',)")

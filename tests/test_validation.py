@@ -182,3 +182,40 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
                         f"--workdir={workdir}")
     _one_error_line(result, str(workdir), "is a file")
   assert workdir.read_text() == "not a directory"
+
+
+def test_more_domains_in_one_line(tiny_data_dir, tmp_path):
+  workdir = tmp_path / "never"
+  base = ["--config=configs/default.py", f"--workdir={workdir}",
+          *tiny_overrides(tiny_data_dir)]
+  result = run_module(MAIN, *base, "--config.model.prior_widths=(0,)",
+                      "--config.model.text.dropout=1.5",
+                      "--config.data.color_jitter=(1,2)")
+  _one_error_line(result, "model.prior_widths=(0,)", "model.text.dropout=1.5",
+                  "data.color_jitter=(1, 2)")
+  result = run_module(MAIN, *base, "--config.optim.group_regex.image=(",
+                      "--config.model.text.train_last_layers=5",
+                      "--config.optim.lr.image=-1")
+  _one_error_line(result, "optim.group_regex.image='('",
+                  "model.text.train_last_layers=5", "'image': -1.0")
+  result = run_module(MAIN, f"--config={tmp_path}", f"--workdir={workdir}")
+  _one_error_line(result, "is not a .py file")
+  assert not workdir.exists()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_status_130(tiny_data_dir,
+                                                           tmp_path):
+  """While modules import, and while the state is made and compiled."""
+  import signal
+  import time
+  from conftest import quick_run_args
+  for delay in (1.0, 4.0):
+    process = run_module(MAIN, *quick_run_args(
+        tiny_data_dir, str(tmp_path / f"run_{delay}")), popen=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines() == [
+        "cliplite_jax.main: error: interrupted; the checkpoints saved so far "
+        "are kept, the same command resumes"], stderr[-3000:]
