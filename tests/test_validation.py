@@ -211,10 +211,16 @@ def test_ctrl_c_during_start_up_is_one_line_and_status_130(tiny_data_dir,
   from conftest import quick_run_args
   for delay in (1.0, 4.0):
     process = run_module(MAIN, *quick_run_args(
-        tiny_data_dir, str(tmp_path / f"run_{delay}")), popen=True)
+        tiny_data_dir, str(tmp_path / f"run_{delay}"),
+        "--config.total_steps=100000"), popen=True)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
+    stdout, stderr = process.communicate(timeout=300)
+    if delay > 1 and process.returncode == 0:
+      # A fast machine (warm compilation cache) reached the loop by then,
+      # where Ctrl-C saves: that is the other promise, checked as such.
+      assert "preempted: saved a checkpoint at step" in stdout, stdout
+      continue
     assert process.returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines() == [
         "cliplite_jax.main: error: interrupted; the checkpoints saved so far "
