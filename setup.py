@@ -8,6 +8,8 @@ setup(
                  "image-text pretraining in JAX/Flax"),
     python_requires=">=3.10",
     packages=find_packages(include=["cliplite_jax", "cliplite_jax.*"]),
+    # CLIP's ImageNet class names and prompt templates (zero-shot).
+    package_data={"cliplite_jax.data": ["zeroshot/*.txt"]},
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",
@@ -29,7 +31,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "scikit-learn", "transformers>=5",
+        # scikit-image and scikit-learn: their bundled sample photographs
+        # are the real-photo test set of prepared datasets.
+        "test": ["pytest", "scikit-learn", "scikit-image", "transformers>=5",
                  "torch==2.13.0"],
     },
 )

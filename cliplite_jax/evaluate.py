@@ -106,7 +106,7 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
 def _probe_dataset(config, name, split, fit_split, probes, encoders,
                    tokenizer, mesh) -> dict:
   source, _ = sources.get(name)
-  ds = name.partition("/")[0]
+  ds = sources.display_name(name)
   image_fn, text_fn = encoders
   bs = config.eval.batch_size
   extract = functools.partial(

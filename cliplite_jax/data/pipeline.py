@@ -138,7 +138,8 @@ class TrainTransform(grain.transforms.RandomMap):
   def _image_id(self, index: int, example) -> str:
     if self._source.id_key is None:
       return str(index)
-    return str(int(example[self._source.id_key]))
+    value = example[self._source.id_key]
+    return value if isinstance(value, str) else str(int(value))
 
   def random_map(self, element, rng: np.random.Generator):
     cfg = self._cfg

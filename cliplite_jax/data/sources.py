@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import io
 import os
 from typing import Callable
@@ -10,7 +11,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cliplite_jax.data import shapes
+from cliplite_jax.data import prepared, shapes
 
 
 class DatasetNotPreparedError(RuntimeError):
@@ -21,6 +22,18 @@ VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
     "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
+def _package_lines(name: str) -> tuple[str, ...]:
+  text = (importlib.resources.files("cliplite_jax.data") / "zeroshot" / name
+          ).read_text()
+  return tuple(line for line in text.splitlines() if line.strip())
+
+
+# CLIP's ImageNet class names and its 80 prompt templates (Radford et al.,
+# 2021, the prompt-engineering notebook), averaged per class.
+IMAGENET_CLASSES = _package_lines("imagenet_classes.txt")
+IMAGENET_TEMPLATES = _package_lines("imagenet_templates.txt")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
                    "frog", "horse", "ship", "truck")
 
@@ -123,13 +136,21 @@ SOURCES = {
         zeroshot={"class": ("label", CIFAR10_CLASSES, "a picture of a {}.")}),
     "imagenet2012": Source(
         tfds_name="imagenet2012", captions_key=None, linear_label="label",
+        zeroshot={"class": ("label", IMAGENET_CLASSES, IMAGENET_TEMPLATES)},
         eval_split="validation",
         build_flags=" --manual_dir=DIR_WITH_ILSVRC2012_TARS"),
 }
 
 
 def get(name: str) -> tuple[Source, str]:
-  """`name` is "dataset" or "dataset/builder_config" → (Source, TFDS name)."""
+  """`name` is "dataset" or "dataset/builder_config" → (Source, TFDS name),
+  or the path of a prepared dataset → (Source, path).
+
+  Raises ValueError for an unknown name, DatasetNotPreparedError for a path
+  that holds no prepared dataset.
+  """
+  if prepared.is_prepared_name(name):
+    return from_card(name), name
   base, _, builder_config = name.partition("/")
   if base not in SOURCES:
     raise ValueError(f"unknown dataset {name!r}; known: {sorted(SOURCES)}")
@@ -138,12 +159,47 @@ def get(name: str) -> tuple[Source, str]:
   return source, tfds_name
 
 
+def from_card(name: str) -> Source:
+  """The Source of the prepared dataset at path `name` (see prepared.py):
+  a caption set is scored with retrieval and the modality gap, a class set
+  with zero-shot (its class names and prompt templates, averaged) and the
+  linear probe."""
+  try:
+    card = prepared.read_card(name)
+  except FileNotFoundError as e:
+    raise DatasetNotPreparedError(str(e)) from e
+  splits = card["splits"]
+  eval_split = next((s for s in ("test", "validation", "val") if s in splits),
+                    "train")
+  common = dict(tfds_name=name, id_key="key", eval_split=eval_split,
+                fit_split="train")
+  if card["kind"] == "classes":
+    return Source(captions_key=None, linear_label="label",
+                  zeroshot={"class": ("label", tuple(card["class_names"]),
+                                      tuple(card["templates"]))}, **common)
+  return Source(**common)
+
+
+def display_name(name: str) -> str:
+  """The dataset's name in metric keys: "coco_captions" for
+  "coco_captions/2014", a prepared dataset's directory name for its path."""
+  if prepared.is_prepared_name(name):
+    return os.path.basename(str(prepared.resolve(name)).rstrip("/"))
+  return name.partition("/")[0]
+
+
 def open_split(name: str, split: str, data_dir: str | None):
-  """A random-access TFDS data source for `split`, preparing embedded sets.
+  """A random-access data source for `split`, preparing embedded sets.
 
   Raises DatasetNotPreparedError (naming the fix) for a dataset that is not
-  prepared under `data_dir` and cannot be built locally.
+  prepared under `data_dir` and cannot be built locally; ValueError for a
+  split the dataset does not have.
   """
+  if prepared.is_prepared_name(name):
+    try:
+      return prepared.Examples(name, split)
+    except FileNotFoundError as e:
+      raise DatasetNotPreparedError(str(e)) from e
   source, tfds_name = get(name)
   data_dir = data_dir or None
   if source.prepare is not None:

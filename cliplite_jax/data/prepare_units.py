@@ -1,0 +1,237 @@
+"""The units of work of `cliplite_jax.prepare`: partitioning captions files,
+converting one unit into ArrayRecord shards, and the dataset card."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+
+from array_record.python.array_record_module import ArrayRecordWriter
+from etils import epath
+
+from cliplite_jax.data import prepared, readers
+
+# Words-per-caption histogram bins; the last holds this many or more.
+MAX_WORDS_BIN = 100
+# How many unusable examples the card names (all are counted).
+PROBLEMS_SHOWN = 20
+
+_counter = None
+
+
+@dataclasses.dataclass
+class Unit:
+  """One independent piece of work: kind "rows" (a bucket file of a
+  captions file), "webdataset" (a tar) or "tfds" (a slice of a split)."""
+  kind: str
+  args: dict
+
+
+def set_counter(counter) -> None:
+  """Installs the shared examples-converted counter (progress line)."""
+  global _counter
+  _counter = counter
+
+
+def _hash(text: str) -> int:
+  return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(),
+                        "little")
+
+
+def draw_split(key: str, fractions: dict[str, float], seed: int) -> str:
+  """The split of an image with no split of its own: a seeded draw, the
+  same for the image wherever it appears."""
+  u = _hash(f"{seed}:{key}") / 2.0**64
+  for split, fraction in sorted(fractions.items()):
+    if u < fraction:
+      return split
+    u -= fraction
+  return "train"
+
+
+def partition(make_rows, directory: epath.Path,
+              examples_per_shard: int) -> list[epath.Path]:
+  """Streams the rows of `make_rows()` into hash buckets of about
+  `examples_per_shard` rows each, by image path, so all rows of one image
+  land in one bucket. Deterministic; redone unless it finished before.
+  Returns the non-empty bucket files."""
+  done = directory / "DONE"
+  if done.exists():
+    return [directory / name for name in json.loads(done.read_text())]
+  if directory.exists():
+    shutil.rmtree(directory)
+  directory.mkdir(parents=True)
+  count = sum(1 for _ in make_rows())
+  buckets = max(1, math.ceil(count / examples_per_shard))
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  if buckets + 64 > soft:
+    resource.setrlimit(resource.RLIMIT_NOFILE,
+                       (min(hard, buckets + 64), hard))
+  files = [None] * buckets
+  try:
+    for row in make_rows():
+      b = _hash(row.image) % buckets
+      if files[b] is None:
+        files[b] = open(directory / f"bucket-{b:05d}.jsonl", "w")
+      files[b].write(json.dumps(dataclasses.asdict(row)) + "\n")
+  finally:
+    for f in files:
+      if f is not None:
+        f.close()
+  names = [f"bucket-{b:05d}.jsonl" for b in range(buckets) if files[b]]
+  done.write_text(json.dumps(names))
+  return [directory / name for name in names]
+
+
+def _row_items(bucket: str, root: str):
+  """A bucket's rows grouped by image (first appearance order), with the
+  image bytes read."""
+  grouped = {}
+  with open(bucket) as f:
+    for line in f:
+      row = json.loads(line)
+      entry = grouped.setdefault(row["image"], row | {"captions": []})
+      entry["captions"] += row["captions"]
+  for image, row in grouped.items():
+    item = readers.read_image(root, image)
+    item.captions, item.split, item.label = (row["captions"], row["split"],
+                                             row["label"])
+    yield item
+
+
+def _items(unit: Unit):
+  a = unit.args
+  if unit.kind == "rows":
+    return _row_items(a["bucket"], a["root"])
+  if unit.kind == "webdataset":
+    return readers.webdataset_items(a["shard"])
+  return readers.tfds_items(a["name"], a["tfds_split"], a["start"], a["end"],
+                            a["image_key"], a["text_key"], a["label_key"],
+                            a["data_dir"])
+
+
+def convert(unit: Unit, out: str, name: str, marker: str) -> None:
+  """Converts one unit into SPLIT-NAME.array_record files under `out` and
+  then writes its `marker` (counts, caption histogram, problems): a unit
+  with a marker is complete, one without is redone from scratch."""
+  a = unit.args
+  staging = tempfile.mkdtemp(prefix="cliplite_unit_")
+  writers, stats = {}, {}
+  skipped = {"missing": 0, "undecodable": 0, "no_caption": 0, "no_label": 0,
+             "damaged": 0}
+  problems = []
+
+  def skip(item, why):
+    skipped[why.split(" ")[0]] += 1
+    if len(problems) < PROBLEMS_SHOWN:
+      problems.append(f"{item.key}: {why}")
+
+  try:
+    for item in _items(unit):
+      if _counter is not None:
+        with _counter.get_lock():
+          _counter.value += 1
+      captions = [c.strip() for c in item.captions if c and c.strip()]
+      if item.problem:
+        skip(item, item.problem)
+        continue
+      if readers.image_size(item.image) is None:
+        skip(item, "undecodable")
+        continue
+      is_class_set = unit.kind != "webdataset" and (
+          item.label is not None or a.get("label_key"))
+      if is_class_set and item.label is None:
+        skip(item, "no_label")
+        continue
+      if not is_class_set and not captions:
+        skip(item, "no_caption")
+        continue
+      split = (a["split"] or item.split
+               or draw_split(item.key, a["fractions"], a["seed"]))
+      if split not in writers:
+        path = os.path.join(staging, f"{split}-{name}.array_record")
+        writers[split] = (ArrayRecordWriter(path, "group_size:1"), path)
+        stats[split] = {"examples": 0, "captions": 0,
+                        "hist": [0] * (MAX_WORDS_BIN + 1)}
+      writers[split][0].write(prepared.encode_record(
+          item.key, item.image, captions, item.label))
+      s = stats[split]
+      s["examples"] += 1
+      s["captions"] += len(captions)
+      for caption in captions:
+        s["hist"][min(len(caption.split()), MAX_WORDS_BIN)] += 1
+    for split, (writer, path) in writers.items():
+      writer.close()
+      target = epath.Path(out) / os.path.basename(path)
+      if "://" in out:
+        epath.Path(path).copy(target, overwrite=True)
+      else:
+        os.replace(path, target)
+      stats[split]["file"] = target.name
+    tmp_marker = marker + ".tmp"
+    epath.Path(tmp_marker).write_text(json.dumps(
+        {"splits": stats, "skipped": skipped, "problems": problems}))
+    epath.Path(tmp_marker).rename(marker)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def convert_job(job) -> None:
+  """`convert(*job)` for a worker pool."""
+  convert(*job)
+
+
+def card(done: list[dict], fixed: dict, spec: dict) -> dict:
+  """The dataset card from the units' markers (in unit order)."""
+  splits, counts, problems = {}, {}, []
+  for marker in done:
+    for split, s in marker["splits"].items():
+      entry = splits.setdefault(split, {"examples": 0, "captions": 0,
+                                        "shards": [],
+                                        "hist": [0] * (MAX_WORDS_BIN + 1)})
+      entry["examples"] += s["examples"]
+      entry["captions"] += s["captions"]
+      entry["shards"].append({"file": s["file"], "examples": s["examples"]})
+      entry["hist"] = [x + y for x, y in zip(entry["hist"], s["hist"])]
+    for why, n in marker["skipped"].items():
+      counts[why] = counts.get(why, 0) + n
+    problems += marker["problems"]
+  for entry in splits.values():
+    entry["caption_words"] = prepared.word_statistics(entry.pop("hist"))
+  return {"format": prepared.FORMAT, "version": prepared.VERSION, **fixed,
+          "splits": splits,
+          "skipped": {"counts": counts, "examples": problems[:PROBLEMS_SHOWN]},
+          "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+          "spec": spec}
+
+
+def card_markdown(card: dict) -> str:
+  """The card for people: sources, splits, caption lengths, skipped rows."""
+  lines = [f"# Prepared dataset ({card['kind']})", "",
+           f"Created {card['created']} by `python -m cliplite_jax.prepare` "
+           f"from:", ""]
+  lines += [f"- `{s}`" for s in card["sources"]]
+  lines += ["", "| split | examples | captions | shards | words per caption "
+            "(mean / median / p95 / max) |", "|---|---|---|---|---|"]
+  for name, s in sorted(card["splits"].items()):
+    w = s["caption_words"]
+    words = (f"{w['mean_words']} / {w['median_words']} / {w['p95_words']} / "
+             f"{w['max_words']}" if w["captions"] else "–")
+    lines.append(f"| {name} | {s['examples']} | {s['captions']} | "
+                 f"{len(s['shards'])} | {words} |")
+  if card["kind"] == "classes":
+    lines += ["", f"{len(card['class_names'])} classes; zero-shot prompts: "
+              + "; ".join(f"`{t}`" for t in card["templates"][:5])
+              + (" …" if len(card["templates"]) > 5 else "")]
+  counts = card["skipped"]["counts"]
+  lines += ["", "Skipped: " + (", ".join(f"{n} {why}" for why, n in
+                                         sorted(counts.items()) if n)
+                               or "none")]
+  lines += [f"- {p}" for p in card["skipped"]["examples"]]
+  return "\n".join(lines) + "\n"

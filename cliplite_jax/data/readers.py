@@ -1,0 +1,250 @@
+"""The collections `python -m cliplite_jax.prepare` reads.
+
+Two shapes of input:
+  * row sources — a captions file (JSONL, CSV/TSV, Karpathy's JSON) or a
+    folder per class — yield `Row`s that name an image file; prepare groups
+    a file's rows by image (several rows per image are one example with
+    several captions) and reads the images itself;
+  * unit sources — webdataset tar shards, a TFDS dataset — yield `Item`s
+    with the encoded image, one independent unit (a tar, a slice of a split)
+    at a time, so prepare can work on units in parallel.
+Every reader streams: nothing holds more than one row or one example.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import json
+import os
+import tarfile
+from typing import Iterator
+
+from etils import epath
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+@dataclasses.dataclass
+class Row:
+  """One line of a captions file: an image path (relative to the image
+  root), its captions, and optionally its split and class label."""
+  image: str
+  captions: list[str]
+  split: str | None = None
+  label: int | None = None
+
+
+@dataclasses.dataclass
+class Item:
+  """One example read with its image: `image` is the encoded bytes (None
+  when missing), `problem` says why it is unusable."""
+  key: str
+  image: bytes | None
+  captions: list[str]
+  split: str | None = None
+  label: int | None = None
+  problem: str | None = None
+
+
+class SourceError(ValueError):
+  """A source that cannot be read; the message names the file and line."""
+
+
+def _as_captions(value, where: str) -> list[str]:
+  if value is None:
+    return []
+  if isinstance(value, str):
+    return [value]
+  if isinstance(value, list) and all(isinstance(c, str) for c in value):
+    return list(value)
+  raise SourceError(f"{where}: captions must be a string or a list of "
+                    f"strings, got {type(value).__name__}")
+
+
+def jsonl_rows(path: str) -> Iterator[Row]:
+  """{"image": "rel/path.jpg", "captions": [...] or "caption": "...",
+  optional "split", optional "label"} per line."""
+  with epath.Path(path).open() as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{number}"
+      try:
+        obj = json.loads(line)
+      except ValueError as e:
+        raise SourceError(f"{where}: not JSON ({e})") from e
+      if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
+        raise SourceError(f'{where}: each line must be an object with an '
+                          f'"image" path')
+      captions = _as_captions(obj.get("captions", obj.get("caption")), where)
+      yield Row(obj["image"], captions, obj.get("split"), obj.get("label"))
+
+
+def csv_rows(path: str, image_column: str, caption_column: str,
+             split_column: str, delimiter: str) -> Iterator[Row]:
+  """One caption per row; a header names the columns."""
+  # newline="" keeps line breaks inside quoted fields (local files).
+  with (epath.Path(path).open() if "://" in path
+        else open(path, newline="", encoding="utf-8")) as f:
+    reader = csv.DictReader(f, delimiter=delimiter)
+    columns = reader.fieldnames or []
+    for needed in (image_column, caption_column):
+      if needed not in columns:
+        raise SourceError(
+            f"{path}: no column {needed!r} (it has {columns}); name the "
+            f"columns with --image_column / --caption_column")
+    for row in reader:
+      yield Row(row[image_column], _as_captions(row[caption_column] or "", path),
+                row.get(split_column) or None)
+
+
+def karpathy_rows(path: str) -> Iterator[Row]:
+  """Karpathy's split file (dataset_coco.json, dataset_flickr30k.json):
+  {"images": [{"filename", "filepath"?, "split", "sentences": [{"raw"}]}]}.
+  The file is one JSON object, read whole (30 MB for Flickr30k)."""
+  try:
+    images = json.loads(epath.Path(path).read_text())["images"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise SourceError(f"{path}: not a Karpathy split file ({e!r})") from e
+  for image in images:
+    name = os.path.join(image.get("filepath", ""), image["filename"])
+    yield Row(name, [s["raw"] for s in image["sentences"]], image["split"])
+
+
+def folder_rows(root: str) -> tuple[list[str], Iterator[Row]]:
+  """A folder per class (sorted names are label 0, 1, …) of image files →
+  (class folder names, rows with a label and no captions)."""
+  base = epath.Path(root)
+  classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+  if not classes:
+    raise SourceError(f"{root}: no class folders")
+
+  def rows():
+    for label, name in enumerate(classes):
+      for path in sorted((base / name).iterdir()):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+          yield Row(f"{name}/{path.name}", [], None, label)
+  return classes, rows()
+
+
+def read_image(root: str, relative: str) -> Item:
+  """The encoded bytes of an image file of a row source."""
+  path = epath.Path(root) / relative
+  try:
+    return Item(relative, path.read_bytes(), [])
+  except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    return Item(relative, None, [], problem="missing")
+
+
+def webdataset_shards(spec: str) -> list[str]:
+  """The .tar files a webdataset spec names: a directory, a glob, or one
+  file, sorted."""
+  if "://" in spec:
+    base = epath.Path(spec)
+    files = (sorted(str(p) for p in base.glob("*.tar")) if base.is_dir()
+             else sorted(str(p) for p in epath.Path(os.path.dirname(spec))
+                         .glob(os.path.basename(spec))))
+  elif os.path.isdir(spec):
+    files = sorted(glob.glob(os.path.join(spec, "*.tar")))
+  else:
+    files = sorted(glob.glob(spec))
+  if not files:
+    raise SourceError(f"{spec}: no .tar shards")
+  return files
+
+
+def webdataset_items(shard: str) -> Iterator[Item]:
+  """img2dataset's layout: members KEY.jpg (or another image extension)
+  with KEY.txt and/or KEY.json beside it. The captions are the json's
+  "captions" list (or its "caption"), else the txt."""
+  def finish(key, parts):
+    image = next((data for ext, data in parts.items()
+                  if ext in IMAGE_EXTENSIONS), None)
+    captions = []
+    if ".json" in parts:
+      try:
+        meta = json.loads(parts[".json"])
+        captions = _as_captions(meta.get("captions", meta.get("caption")),
+                                f"{shard}:{key}.json")
+      except (ValueError, AttributeError, SourceError):
+        captions = []
+    if not captions and ".txt" in parts:
+      captions = [parts[".txt"].decode("utf-8", errors="replace")]
+    return Item(key, image, captions,
+                problem=None if image is not None else "missing")
+
+  key, parts = None, {}
+  with epath.Path(shard).open("rb") as f:
+    try:
+      with tarfile.open(fileobj=f, mode="r|*") as tar:
+        for member in tar:
+          if not member.isfile():
+            continue
+          name = os.path.basename(member.name)
+          stem, dot, ext = name.partition(".")
+          member_key = os.path.join(os.path.dirname(member.name), stem)
+          if member_key != key and key is not None:
+            yield finish(key, parts)
+            parts = {}
+          key = member_key
+          parts["." + ext.lower() if dot else ""] = tar.extractfile(
+              member).read()
+    except tarfile.TarError as e:
+      # A truncated shard keeps what it held; the rest is counted lost.
+      yield Item(f"{shard}:{key}", None, [], problem=f"damaged tar ({e})")
+  if key is not None:
+    yield finish(key, parts)
+
+
+def tfds_items(name: str, split: str, start: int, end: int, image_key: str,
+               text_key: str, label_key: str, data_dir: str | None
+               ) -> Iterator[Item]:
+  """Examples [start, end) of a TFDS split, images kept encoded. `text_key`
+  is a "/"-path to a text or sequence-of-text feature (e.g. "captions/text"
+  for COCO's sequence of {id, text})."""
+  import tensorflow_datasets as tfds  # heavy; only this reader needs it
+  builder = tfds.builder(name, data_dir=data_dir)
+  ds = builder.as_dataset(
+      split=f"{split}[{start}:{end}]",
+      decoders={image_key: tfds.decode.SkipDecoding()})
+  for index, example in enumerate(tfds.as_numpy(ds), start):
+    captions = []
+    if text_key:
+      value = example
+      for part in text_key.split("/"):
+        value = value[part]
+      values = value if hasattr(value, "__len__") and not isinstance(
+          value, bytes) else [value]
+      captions = [v.decode("utf-8", errors="replace") if isinstance(v, bytes)
+                  else str(v) for v in values]
+    yield Item(f"{split}/{index}", bytes(example[image_key]), captions, split,
+               int(example[label_key]) if label_key else None)
+
+
+def tfds_splits(name: str, data_dir: str | None) -> tuple[dict[str, int], list]:
+  """{split: examples} of a prepared TFDS dataset, and the label feature's
+  class names by key (for class sets)."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several kinds for unknown names
+    raise SourceError(f"tfds:{name}: {str(e).splitlines()[0]}") from e
+  if not builder.is_prepared():
+    raise SourceError(f"tfds:{name} is not prepared under "
+                      f"{data_dir or '~/tensorflow_datasets'}: run `tfds "
+                      f"build {name}` first")
+  splits = {s: info.num_examples for s, info in builder.info.splits.items()}
+  return splits, builder.info.features
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+  """(width, height) of a fully decodable image, else None."""
+  from PIL import Image
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()
+      return image.size
+  except Exception:  # PIL raises many kinds on bad bytes; all mean unusable
+    return None

@@ -1,0 +1,345 @@
+r"""Prepares a user's image–caption or image–class collection, once.
+
+  python -m cliplite_jax.prepare --source=[SPLIT=]SPEC [--source=...] \
+      --out=DIR [--split_fractions=validation=0.05,test=0.05] [options]
+
+SPEC is one of
+  captions.jsonl | captions.csv | captions.tsv   a captions file; image paths
+      in it are relative to --images (default: the file's directory)
+  karpathy:dataset_flickr30k.json   Karpathy's split file (its splits kept)
+  DIR_OR_GLOB_OF_TARS               webdataset shards as img2dataset writes
+  folder:DIR                        a folder per class (a class set)
+  tfds:NAME                         a TFDS dataset, --image_key and
+                                    --text_key (or --label_key) naming its
+                                    features; its splits kept
+A "SPLIT=" prefix puts all of a source's examples in that split; otherwise
+splits come from the source (a "split" field or column, Karpathy's, TFDS's)
+or from --split_fractions, a seeded draw per image (the rest is "train").
+
+The work is cut into units (a hash bucket of a captions file's images, a tar
+shard, a slice of a TFDS split), converted in parallel over --num_workers
+processes, each written to its own ArrayRecord files and recorded done only
+once they are complete: rerunning the same command after an interruption
+continues with the units not done, and never writes an example twice.
+Missing and undecodable images and examples without a caption are skipped
+and counted. The result opens with `--config.data.name=DIR` (see
+cliplite_jax/data/prepared.py), and DIR/dataset_card.md describes it.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+from absl import app, flags
+from etils import epath
+
+from cliplite_jax.data import prepare_units, prepared, readers
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("source", [], "[SPLIT=]SPEC; see the module doc.")
+flags.DEFINE_string("out", "", "The prepared dataset's directory (or gs://).")
+flags.DEFINE_string("images", "", "Root of the image paths of captions files "
+                    "(default: the captions file's directory).")
+flags.DEFINE_string("image_column", "image", "CSV/TSV: the image path column.")
+flags.DEFINE_string("caption_column", "caption", "CSV/TSV: the caption column.")
+flags.DEFINE_string("split_column", "split", "CSV/TSV: the split column, if "
+                    "present.")
+flags.DEFINE_string("image_key", "image", "tfds: the image feature.")
+flags.DEFINE_string("text_key", "", "tfds: the text (or sequence of text) "
+                    "feature, a /-path such as captions/text.")
+flags.DEFINE_string("label_key", "", "tfds: the class label feature (a class "
+                    "set).")
+flags.DEFINE_string("data_dir", "", "tfds: its data_dir.")
+flags.DEFINE_string("class_names", "", "A file of class names, one per line, "
+                    "in label order (default: folder or TFDS label names).")
+flags.DEFINE_string("templates", "", "A file of zero-shot prompt templates, "
+                    "one per line with {} for the class name (averaged).")
+flags.DEFINE_string("split_fractions", "", "e.g. validation=0.05,test=0.05: "
+                    "seeded shares of images for sources without splits.")
+flags.DEFINE_integer("split_seed", 0, "Seed of the --split_fractions draw.")
+flags.DEFINE_integer("examples_per_shard", 5000, "Target examples per unit.")
+flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Parallel processes.")
+
+
+class PrepareError(Exception):
+  """Bad input to prepare: printed as one line, exit status 1."""
+
+
+def _parse_fractions(text: str) -> dict[str, float]:
+  fractions = {}
+  for part in filter(None, text.split(",")):
+    split, eq, value = part.partition("=")
+    try:
+      fractions[split.strip()] = float(value)
+    except ValueError:
+      eq = ""
+    if not eq or not 0 <= fractions[split.strip()] < 1:
+      raise PrepareError(f"--split_fractions: {part!r} is not SPLIT=FRACTION "
+                         f"with 0 <= FRACTION < 1")
+  if sum(fractions.values()) >= 1:
+    raise PrepareError("--split_fractions add up to 1 or more: nothing is "
+                       "left for train")
+  return fractions
+
+
+def _parse_source(text: str) -> tuple[str | None, str, str]:
+  """"[SPLIT=]SPEC" → (split or None, kind, location)."""
+  split, eq, spec = text.partition("=")
+  if not eq or "/" in split or ":" in split:
+    split, spec = None, text
+  for kind in ("tfds", "folder", "karpathy", "webdataset"):
+    if spec.startswith(kind + ":"):
+      return split, kind, spec[len(kind) + 1:]
+  lower = spec.lower()
+  if lower.endswith(".jsonl"):
+    return split, "jsonl", spec
+  if lower.endswith((".csv", ".tsv")):
+    return split, lower[-3:], spec
+  if lower.endswith(".json"):
+    return split, "karpathy", spec
+  if lower.endswith(".tar") or "*" in spec or os.path.isdir(spec):
+    return split, "webdataset", spec
+  raise PrepareError(f"--source={text}: cannot tell its format; use a .jsonl, "
+                     f".csv or .tsv file, karpathy:FILE, folder:DIR, tfds:NAME "
+                     f"or a directory or glob of .tar shards")
+
+
+def _spec() -> dict:
+  """The flags that decide the output: a rerun must match them."""
+  keys = ("source", "images", "image_column", "caption_column",
+          "split_column", "image_key", "text_key", "label_key", "data_dir",
+          "class_names", "templates", "split_fractions", "split_seed",
+          "examples_per_shard")
+  return {k: FLAGS[k].value for k in keys}
+
+
+def _read_lines(path: str, what: str) -> list[str]:
+  try:
+    lines = [line.strip() for line in epath.Path(path).read_text().splitlines()]
+  except OSError as e:
+    raise PrepareError(f"--{what}: cannot read {path}: {e}") from e
+  lines = [line for line in lines if line]
+  if not lines:
+    raise PrepareError(f"--{what}: {path} is empty")
+  return lines
+
+
+def plan(work: epath.Path) -> tuple[list[prepare_units.Unit], dict]:
+  """The units to convert and the card's fixed fields (kind, classes, …).
+  Row sources are partitioned here, into local bucket files."""
+  fractions = _parse_fractions(FLAGS.split_fractions)
+  units, classes, kinds, described = [], None, set(), []
+  buckets = epath.Path(tempfile.gettempdir()) / (
+      "cliplite_prepare_" + hashlib.sha1(str(work).encode()).hexdigest()[:12]
+  ) if "://" in str(work) else work / "rows"
+  for number, text in enumerate(FLAGS.source):
+    split, kind, location = _parse_source(text)
+    described.append(f"{kind}:{location}" + (f" → {split}" if split else ""))
+    common = dict(split=split, fractions=fractions, seed=FLAGS.split_seed)
+    if kind == "webdataset":
+      kinds.add("captions")
+      units += [prepare_units.Unit("webdataset", dict(shard=s, **common))
+                for s in readers.webdataset_shards(location)]
+    elif kind == "tfds":
+      splits, features = readers.tfds_splits(location, FLAGS.data_dir or None)
+      if not FLAGS.text_key and not FLAGS.label_key:
+        raise PrepareError(f"tfds:{location} needs --text_key (a caption "
+                           f"set) or --label_key (a class set); its features "
+                           f"are {sorted(features.keys())}")
+      for key in filter(None, (FLAGS.image_key, FLAGS.text_key.split("/")[0],
+                               FLAGS.label_key)):
+        if key not in features:
+          raise PrepareError(f"tfds:{location} has no feature {key!r} (it "
+                             f"has {sorted(features.keys())})")
+      if FLAGS.label_key:
+        kinds.add("classes")
+        classes = getattr(features[FLAGS.label_key], "names", None)
+      else:
+        kinds.add("captions")
+      step = FLAGS.examples_per_shard
+      for tfds_split, count in sorted(splits.items()):
+        if split and split != tfds_split and len(splits) > 1:
+          continue
+        for start in range(0, count, step):
+          units.append(prepare_units.Unit("tfds", dict(
+              name=location, tfds_split=tfds_split, start=start,
+              end=min(count, start + step), image_key=FLAGS.image_key,
+              text_key=FLAGS.text_key, label_key=FLAGS.label_key,
+              data_dir=FLAGS.data_dir or None, **common)))
+    else:
+      if kind == "folder":
+        classes, _ = readers.folder_rows(location)
+        root = location
+        kinds.add("classes")
+      else:
+        root = FLAGS.images or os.path.dirname(os.path.abspath(location))
+        kinds.add("captions")
+      paths = prepare_units.partition(
+          lambda: _row_reader(kind, location), buckets / f"source{number}",
+          FLAGS.examples_per_shard)
+      units += [prepare_units.Unit("rows", dict(bucket=str(path), root=root,
+                                                **common))
+                for path in paths]
+  if len(kinds) > 1:
+    raise PrepareError("--source mixes caption sets and class sets; prepare "
+                       "them into separate --out directories")
+  if FLAGS.class_names:
+    classes = _read_lines(FLAGS.class_names, "class_names")
+  kind = kinds.pop()
+  if kind == "classes" and not classes:
+    raise PrepareError("a class set needs --class_names (its labels have no "
+                       "names)")
+  fixed = {"kind": kind, "sources": described}
+  if kind == "classes":
+    fixed["class_names"] = list(classes)
+    fixed["templates"] = (_read_lines(FLAGS.templates, "templates")
+                          if FLAGS.templates else ["a photo of a {}."])
+    bad = [t for t in fixed["templates"] if "{}" not in t]
+    if bad:
+      raise PrepareError(f"--templates: {bad[0]!r} has no {{}} for the class "
+                         f"name")
+  return units, fixed
+
+
+def _row_reader(kind, location):
+  if kind == "folder":
+    return readers.folder_rows(location)[1]
+  if kind == "jsonl":
+    return readers.jsonl_rows(location)
+  if kind == "karpathy":
+    return readers.karpathy_rows(location)
+  return readers.csv_rows(location, FLAGS.image_column, FLAGS.caption_column,
+                          FLAGS.split_column, "," if kind == "csv" else "\t")
+
+
+class Progress:
+  """A progress line every few seconds: units, examples/s, ETA."""
+
+  def __init__(self, counter, units_total: int):
+    self._counter, self._total = counter, units_total
+    self.units_done = 0
+    self._start = time.time()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.line()
+    print(file=sys.stderr)
+
+  def line(self):
+    elapsed = max(time.time() - self._start, 1e-9)
+    count = self._counter.value
+    rate = count / elapsed
+    left = self._total - self.units_done
+    eta = (elapsed / self.units_done * left) if self.units_done else None
+    eta_text = (f"ETA {int(eta // 60)}m{int(eta % 60):02d}s" if eta is not None
+                else "ETA …")
+    print(f"\rprepare: {self.units_done}/{self._total} units, {count} "
+          f"examples, {rate:.0f} examples/s, {eta_text}   ", end="",
+          file=sys.stderr, flush=True)
+
+  def _run(self):
+    while not self._stop.wait(2.0):
+      self.line()
+
+
+def run(out: str) -> dict:
+  """Prepares (or continues preparing) FLAGS.source into `out`; returns the
+  dataset card."""
+  root = epath.Path(out)
+  work = root / ".work"
+  spec = _spec()
+  if (root / prepared.CARD).exists():
+    card = prepared.read_card(out)
+    if card.get("spec") != spec:
+      raise PrepareError(f"{out} already holds a prepared dataset made with "
+                         f"other flags; choose a new --out")
+    print(f"{out} is already prepared: {_summary(card)}")
+    return card
+  work.mkdir(parents=True, exist_ok=True)
+  spec_file = work / "spec.json"
+  if spec_file.exists() and json.loads(spec_file.read_text()) != spec:
+    raise PrepareError(f"{out} holds an unfinished preparation with other "
+                       f"flags: rerun that command, or choose a new --out")
+  spec_file.write_text(json.dumps(spec, indent=1))
+  units, fixed = plan(work)
+  names = [f"{i:05d}-of-{len(units):05d}" for i in range(len(units))]
+  pending = [(unit, str(root), name, str(work / f"unit-{name}.json"))
+             for unit, name in zip(units, names)
+             if not (work / f"unit-{name}.json").exists()]
+  if len(pending) < len(units):
+    print(f"prepare: continuing, {len(units) - len(pending)} of {len(units)} "
+          f"units already done", file=sys.stderr)
+  context = multiprocessing.get_context("spawn")
+  counter = context.Value("q", 0)
+  with Progress(counter, len(units)) as progress:
+    progress.units_done = len(units) - len(pending)
+    workers = max(1, min(FLAGS.num_workers, len(pending)))
+    if workers == 1:
+      prepare_units.set_counter(counter)
+      for job in pending:
+        prepare_units.convert(*job)
+        progress.units_done += 1
+    else:
+      with context.Pool(workers, initializer=prepare_units.set_counter,
+                        initargs=(counter,)) as pool:
+        for _ in pool.imap_unordered(prepare_units.convert_job, pending):
+          progress.units_done += 1
+  done = [json.loads((work / f"unit-{name}.json").read_text())
+          for name in names]
+  card = prepare_units.card(done, fixed, spec)
+  (root / prepared.CARD).write_text(json.dumps(card, indent=1))
+  (root / "dataset_card.md").write_text(prepare_units.card_markdown(card))
+  work.rmtree(missing_ok=True) if hasattr(work, "rmtree") else shutil.rmtree(
+      work, ignore_errors=True)
+  print(f"prepared {out}: {_summary(card)}")
+  return card
+
+
+def _summary(card: dict) -> str:
+  splits = ", ".join(f"{name} {info['examples']}"
+                     for name, info in sorted(card["splits"].items()))
+  skipped = card["skipped"]
+  lost = ", ".join(f"{v} {k}" for k, v in sorted(skipped["counts"].items())
+                   if v) or "none"
+  return f"{card['kind']}: {splits}; skipped {lost}"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  try:
+    if not FLAGS.out:
+      raise PrepareError("--out is required")
+    if not FLAGS.source:
+      raise PrepareError("--source is required (a captions file, tar shards, "
+                         "folder:DIR or tfds:NAME)")
+    if FLAGS.examples_per_shard < 1 or FLAGS.num_workers < 1:
+      raise PrepareError("--examples_per_shard and --num_workers must be ≥ 1")
+    run(FLAGS.out)
+  except (PrepareError, readers.SourceError, FileNotFoundError,
+          ValueError) as e:
+    print(f"prepare: {e}", file=sys.stderr)
+    sys.exit(1)
+  except KeyboardInterrupt:
+    print("\nprepare: interrupted; rerun the same command to continue",
+          file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":
+  app.run(main)
