@@ -27,18 +27,17 @@ cliplite_jax/data/prepared.py), and DIR/dataset_card.md describes it.
 """
 from __future__ import annotations
 
-import collections
+import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import tempfile
 import threading
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 
 from cliplite_jax.data import prepare_units, prepared, readers
@@ -71,6 +70,32 @@ flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Parallel processes.")
 
 class PrepareError(Exception):
   """Bad input to prepare: printed as one line, exit status 1."""
+
+
+@dataclasses.dataclass
+class Options:
+  """The command's flags (see their help); `run` reads only these."""
+  source: list[str]
+  out: str
+  images: str = ""
+  image_column: str = "image"
+  caption_column: str = "caption"
+  split_column: str = "split"
+  image_key: str = "image"
+  text_key: str = ""
+  label_key: str = ""
+  data_dir: str = ""
+  class_names: str = ""
+  templates: str = ""
+  split_fractions: str = ""
+  split_seed: int = 0
+  examples_per_shard: int = 5000
+  num_workers: int = 1
+
+  @classmethod
+  def from_flags(cls) -> "Options":
+    return cls(**{f.name: FLAGS[f.name].value
+                  for f in dataclasses.fields(cls)})
 
 
 def _parse_fractions(text: str) -> dict[str, float]:
@@ -112,13 +137,12 @@ def _parse_source(text: str) -> tuple[str | None, str, str]:
                      f"or a directory or glob of .tar shards")
 
 
-def _spec() -> dict:
-  """The flags that decide the output: a rerun must match them."""
-  keys = ("source", "images", "image_column", "caption_column",
-          "split_column", "image_key", "text_key", "label_key", "data_dir",
-          "class_names", "templates", "split_fractions", "split_seed",
-          "examples_per_shard")
-  return {k: FLAGS[k].value for k in keys}
+def _spec(opts: Options) -> dict:
+  """The options that decide the output: a rerun must match them."""
+  spec = dataclasses.asdict(opts)
+  for key in ("out", "num_workers"):
+    del spec[key]
+  return spec
 
 
 def _read_lines(path: str, what: str) -> list[str]:
@@ -132,67 +156,66 @@ def _read_lines(path: str, what: str) -> list[str]:
   return lines
 
 
-def plan(work: epath.Path) -> tuple[list[prepare_units.Unit], dict]:
+def plan(work: epath.Path, opts: Options
+         ) -> tuple[list[prepare_units.Unit], dict]:
   """The units to convert and the card's fixed fields (kind, classes, …).
   Row sources are partitioned here, into local bucket files."""
-  fractions = _parse_fractions(FLAGS.split_fractions)
+  fractions = _parse_fractions(opts.split_fractions)
   units, classes, kinds, described = [], None, set(), []
-  buckets = epath.Path(tempfile.gettempdir()) / (
-      "cliplite_prepare_" + hashlib.sha1(str(work).encode()).hexdigest()[:12]
-  ) if "://" in str(work) else work / "rows"
-  for number, text in enumerate(FLAGS.source):
+  buckets = _bucket_dir(work)
+  for number, text in enumerate(opts.source):
     split, kind, location = _parse_source(text)
     described.append(f"{kind}:{location}" + (f" → {split}" if split else ""))
-    common = dict(split=split, fractions=fractions, seed=FLAGS.split_seed)
+    common = dict(split=split, fractions=fractions, seed=opts.split_seed)
     if kind == "webdataset":
       kinds.add("captions")
       units += [prepare_units.Unit("webdataset", dict(shard=s, **common))
                 for s in readers.webdataset_shards(location)]
     elif kind == "tfds":
-      splits, features = readers.tfds_splits(location, FLAGS.data_dir or None)
-      if not FLAGS.text_key and not FLAGS.label_key:
+      splits, features = readers.tfds_splits(location, opts.data_dir or None)
+      if not opts.text_key and not opts.label_key:
         raise PrepareError(f"tfds:{location} needs --text_key (a caption "
                            f"set) or --label_key (a class set); its features "
                            f"are {sorted(features.keys())}")
-      for key in filter(None, (FLAGS.image_key, FLAGS.text_key.split("/")[0],
-                               FLAGS.label_key)):
+      for key in filter(None, (opts.image_key, opts.text_key.split("/")[0],
+                               opts.label_key)):
         if key not in features:
           raise PrepareError(f"tfds:{location} has no feature {key!r} (it "
                              f"has {sorted(features.keys())})")
-      if FLAGS.label_key:
+      if opts.label_key:
         kinds.add("classes")
-        classes = getattr(features[FLAGS.label_key], "names", None)
+        classes = getattr(features[opts.label_key], "names", None)
       else:
         kinds.add("captions")
-      step = FLAGS.examples_per_shard
+      step = opts.examples_per_shard
       for tfds_split, count in sorted(splits.items()):
         if split and split != tfds_split and len(splits) > 1:
           continue
         for start in range(0, count, step):
           units.append(prepare_units.Unit("tfds", dict(
               name=location, tfds_split=tfds_split, start=start,
-              end=min(count, start + step), image_key=FLAGS.image_key,
-              text_key=FLAGS.text_key, label_key=FLAGS.label_key,
-              data_dir=FLAGS.data_dir or None, **common)))
+              end=min(count, start + step), image_key=opts.image_key,
+              text_key=opts.text_key, label_key=opts.label_key,
+              data_dir=opts.data_dir or None, **common)))
     else:
       if kind == "folder":
         classes, _ = readers.folder_rows(location)
         root = location
         kinds.add("classes")
       else:
-        root = FLAGS.images or os.path.dirname(os.path.abspath(location))
+        root = opts.images or os.path.dirname(os.path.abspath(location))
         kinds.add("captions")
       paths = prepare_units.partition(
-          lambda: _row_reader(kind, location), buckets / f"source{number}",
-          FLAGS.examples_per_shard)
+          lambda: _row_reader(kind, location, opts), buckets / f"source{number}",
+          opts.examples_per_shard)
       units += [prepare_units.Unit("rows", dict(bucket=str(path), root=root,
                                                 **common))
                 for path in paths]
   if len(kinds) > 1:
     raise PrepareError("--source mixes caption sets and class sets; prepare "
                        "them into separate --out directories")
-  if FLAGS.class_names:
-    classes = _read_lines(FLAGS.class_names, "class_names")
+  if opts.class_names:
+    classes = _read_lines(opts.class_names, "class_names")
   kind = kinds.pop()
   if kind == "classes" and not classes:
     raise PrepareError("a class set needs --class_names (its labels have no "
@@ -200,8 +223,8 @@ def plan(work: epath.Path) -> tuple[list[prepare_units.Unit], dict]:
   fixed = {"kind": kind, "sources": described}
   if kind == "classes":
     fixed["class_names"] = list(classes)
-    fixed["templates"] = (_read_lines(FLAGS.templates, "templates")
-                          if FLAGS.templates else ["a photo of a {}."])
+    fixed["templates"] = (_read_lines(opts.templates, "templates")
+                          if opts.templates else ["a photo of a {}."])
     bad = [t for t in fixed["templates"] if "{}" not in t]
     if bad:
       raise PrepareError(f"--templates: {bad[0]!r} has no {{}} for the class "
@@ -209,15 +232,24 @@ def plan(work: epath.Path) -> tuple[list[prepare_units.Unit], dict]:
   return units, fixed
 
 
-def _row_reader(kind, location):
+def _bucket_dir(work: epath.Path) -> epath.Path:
+  """Where captions files are partitioned: beside the output, or in a local
+  temporary directory for a gs:// output (partitioning redoes itself)."""
+  if "://" not in str(work):
+    return work / "rows"
+  digest = hashlib.sha1(str(work).encode()).hexdigest()[:12]
+  return epath.Path(tempfile.gettempdir()) / f"cliplite_prepare_{digest}"
+
+
+def _row_reader(kind, location, opts):
   if kind == "folder":
     return readers.folder_rows(location)[1]
   if kind == "jsonl":
     return readers.jsonl_rows(location)
   if kind == "karpathy":
     return readers.karpathy_rows(location)
-  return readers.csv_rows(location, FLAGS.image_column, FLAGS.caption_column,
-                          FLAGS.split_column, "," if kind == "csv" else "\t")
+  return readers.csv_rows(location, opts.image_column, opts.caption_column,
+                          opts.split_column, "," if kind == "csv" else "\t")
 
 
 class Progress:
@@ -257,12 +289,13 @@ class Progress:
       self.line()
 
 
-def run(out: str) -> dict:
-  """Prepares (or continues preparing) FLAGS.source into `out`; returns the
-  dataset card."""
+def run(opts: Options) -> dict:
+  """Prepares (or continues preparing) `opts.source` into `opts.out`;
+  returns the dataset card."""
+  out = opts.out
   root = epath.Path(out)
   work = root / ".work"
-  spec = _spec()
+  spec = _spec(opts)
   if (root / prepared.CARD).exists():
     card = prepared.read_card(out)
     if card.get("spec") != spec:
@@ -270,13 +303,24 @@ def run(out: str) -> dict:
                          f"other flags; choose a new --out")
     print(f"{out} is already prepared: {_summary(card)}")
     return card
-  work.mkdir(parents=True, exist_ok=True)
   spec_file = work / "spec.json"
   if spec_file.exists() and json.loads(spec_file.read_text()) != spec:
     raise PrepareError(f"{out} holds an unfinished preparation with other "
                        f"flags: rerun that command, or choose a new --out")
+  created = not root.exists()
+  try:
+    units, fixed = plan(work, opts)
+  except BaseException:
+    # Bad input found while reading the source: leave nothing behind
+    # unless earlier runs converted units already.
+    if not (work.exists() and any(work.glob("unit-*.json"))):
+      _bucket_dir(work).rmtree(missing_ok=True)
+      work.rmtree(missing_ok=True)
+      if created:
+        root.rmtree(missing_ok=True)
+    raise
+  work.mkdir(parents=True, exist_ok=True)
   spec_file.write_text(json.dumps(spec, indent=1))
-  units, fixed = plan(work)
   names = [f"{i:05d}-of-{len(units):05d}" for i in range(len(units))]
   pending = [(unit, str(root), name, str(work / f"unit-{name}.json"))
              for unit, name in zip(units, names)
@@ -288,7 +332,7 @@ def run(out: str) -> dict:
   counter = context.Value("q", 0)
   with Progress(counter, len(units)) as progress:
     progress.units_done = len(units) - len(pending)
-    workers = max(1, min(FLAGS.num_workers, len(pending)))
+    workers = max(1, min(opts.num_workers, len(pending)))
     if workers == 1:
       prepare_units.set_counter(counter)
       for job in pending:
@@ -304,8 +348,8 @@ def run(out: str) -> dict:
   card = prepare_units.card(done, fixed, spec)
   (root / prepared.CARD).write_text(json.dumps(card, indent=1))
   (root / "dataset_card.md").write_text(prepare_units.card_markdown(card))
-  work.rmtree(missing_ok=True) if hasattr(work, "rmtree") else shutil.rmtree(
-      work, ignore_errors=True)
+  _bucket_dir(work).rmtree(missing_ok=True)
+  work.rmtree(missing_ok=True)
   print(f"prepared {out}: {_summary(card)}")
   return card
 
@@ -322,15 +366,17 @@ def _summary(card: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # TFDS logs at INFO
+  opts = Options.from_flags()
   try:
-    if not FLAGS.out:
+    if not opts.out:
       raise PrepareError("--out is required")
-    if not FLAGS.source:
+    if not opts.source:
       raise PrepareError("--source is required (a captions file, tar shards, "
                          "folder:DIR or tfds:NAME)")
-    if FLAGS.examples_per_shard < 1 or FLAGS.num_workers < 1:
+    if opts.examples_per_shard < 1 or opts.num_workers < 1:
       raise PrepareError("--examples_per_shard and --num_workers must be ≥ 1")
-    run(FLAGS.out)
+    run(opts)
   except (PrepareError, readers.SourceError, FileNotFoundError,
           ValueError) as e:
     print(f"prepare: {e}", file=sys.stderr)

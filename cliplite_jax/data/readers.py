@@ -206,10 +206,14 @@ def tfds_items(name: str, split: str, start: int, end: int, image_key: str,
   for COCO's sequence of {id, text})."""
   import tensorflow_datasets as tfds  # heavy; only this reader needs it
   builder = tfds.builder(name, data_dir=data_dir)
-  ds = builder.as_dataset(
-      split=f"{split}[{start}:{end}]",
-      decoders={image_key: tfds.decode.SkipDecoding()})
-  for index, example in enumerate(tfds.as_numpy(ds), start):
+  decoders = {image_key: tfds.decode.SkipDecoding()}
+  try:  # random access when prepared as ArrayRecord
+    source = builder.as_data_source(split, decoders=decoders)
+    examples = (source[i] for i in range(start, end))
+  except NotImplementedError:  # TFRecord: read the slice with tf.data
+    examples = tfds.as_numpy(builder.as_dataset(
+        split=f"{split}[{start}:{end}]", decoders=decoders))
+  for index, example in enumerate(examples, start):
     captions = []
     if text_key:
       value = example

@@ -1,0 +1,189 @@
+"""`cliplite_jax.prepare`: every input format to the same prepared examples,
+bad rows skipped and counted, interrupted runs continued without
+duplicates, the dataset card, bad input as one line."""
+import collections
+import json
+import os
+
+import pytest
+
+import photos
+from cliplite_jax import prepare
+from cliplite_jax.data import prepare_units, prepared, sources
+from conftest import run_module
+
+
+def _prepare(out, *sources_, **options):
+  return prepare.run(prepare.Options(source=list(sources_), out=str(out),
+                                     **options))
+
+
+def _examples(out) -> dict[str, list]:
+  """{split: sorted (image bytes, sorted captions)} of a prepared set."""
+  card = prepared.read_card(str(out))
+  got = {}
+  for split in card["splits"]:
+    examples = prepared.Examples(str(out), split)
+    got[split] = sorted((ex["image"], tuple(sorted(ex["captions"])))
+                        for ex in (examples[i] for i in range(len(examples))))
+  return got
+
+
+def _expected() -> dict[str, list]:
+  want = collections.defaultdict(list)
+  for name, captions in photos.CAPTIONS.items():
+    split = "test" if name in photos.TEST else "train"
+    want[split].append((photos.jpeg(name), tuple(sorted(captions))))
+  return {split: sorted(v) for split, v in want.items()}
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+  root = tmp_path_factory.mktemp("photos")
+  return {"jsonl": photos.write_jsonl(str(root / "jsonl")),
+          "csv": photos.write_csv(str(root / "csv")),
+          "tsv": photos.write_csv(str(root / "tsv"), delimiter="\t").replace(
+              "captions.csv", "captions.tsv"),
+          "webdataset": photos.write_webdataset(str(root / "wds"))}
+
+
+def test_jsonl_csv_and_webdataset_prepare_to_the_same_examples(
+    photo_files, tmp_path):
+  want = _expected()
+  cards = {
+      "jsonl": _prepare(tmp_path / "j", photo_files["jsonl"],
+                        examples_per_shard=4),
+      "csv": _prepare(tmp_path / "c", photo_files["csv"],
+                      image_column="filepath", caption_column="title"),
+      "webdataset": _prepare(
+          tmp_path / "w", f"train={photo_files['webdataset']['train']}",
+          f"test={photo_files['webdataset']['test']}", num_workers=2),
+  }
+  for fmt, out in (("jsonl", "j"), ("csv", "c"), ("webdataset", "w")):
+    assert _examples(tmp_path / out) == want, fmt
+    # One missing and one undecodable image in each format, nothing else.
+    counts = {k: v for k, v in cards[fmt]["skipped"]["counts"].items() if v}
+    assert counts == {"missing": 1, "undecodable": 1}, fmt
+  # 12 photos at 4 per bucket: more than one shard per split, all counted.
+  shards = cards["jsonl"]["splits"]["train"]["shards"]
+  assert len(shards) > 1
+  assert sum(s["examples"] for s in shards) == len(want["train"])
+  # Caption statistics, counted independently.
+  words = [len(c.split()) for name, cs in photos.CAPTIONS.items()
+           if name not in photos.TEST for c in cs]
+  stats = cards["csv"]["splits"]["train"]["caption_words"]
+  assert stats["captions"] == len(words)
+  assert stats["mean_words"] == pytest.approx(sum(words) / len(words), abs=0.01)
+  assert (stats["min_words"], stats["max_words"]) == (min(words), max(words))
+  assert os.path.exists(tmp_path / "c" / "dataset_card.md")
+  assert not os.path.exists(tmp_path / "c" / ".work")
+
+
+def test_tsv_with_seeded_split_fractions(photo_files, tmp_path):
+  with open(photo_files["tsv"].replace(".tsv", ".csv")) as f:
+    text = f.read().replace(",", "\t")
+  with open(photo_files["tsv"], "w") as f:
+    f.write(text)
+  card = _prepare(tmp_path / "t", photo_files["tsv"], image_column="filepath",
+                  caption_column="title", split_column="none",
+                  split_fractions="validation=0.25,test=0.25", split_seed=3)
+  got = _examples(tmp_path / "t")
+  assert sum(len(v) for v in got.values()) == len(photos.CAPTIONS)
+  # Each image's split is the seeded draw on its path, independently of
+  # the format: the same draw here.
+  want = collections.Counter(prepare_units.draw_split(
+      f"img/{name}.jpg", {"validation": 0.25, "test": 0.25}, 3)
+      for name in photos.CAPTIONS)
+  assert {s: info["examples"] for s, info in card["splits"].items()} == want
+  # All three captions of an image stay together, though the rows scatter.
+  assert all(len(captions) == 3 for v in got.values() for _, captions in v)
+
+
+def test_karpathy_split_file_keeps_its_splits(photo_files, tmp_path):
+  root = os.path.dirname(photo_files["jsonl"])
+  karpathy = {"images": [
+      {"filepath": "img", "filename": f"{name}.jpg",
+       "split": {"coins": "test", "flower": "val"}.get(name, "train"),
+       "sentences": [{"raw": c, "tokens": c.split()} for c in captions]}
+      for name, captions in photos.CAPTIONS.items()]}
+  path = os.path.join(root, "dataset_flickr30k.json")
+  with open(path, "w") as f:
+    json.dump(karpathy, f)
+  card = _prepare(tmp_path / "k", f"karpathy:{path}")
+  assert {s: i["examples"] for s, i in card["splits"].items()} == {
+      "train": 10, "val": 1, "test": 1}
+  source, _ = sources.get(str(tmp_path / "k"))
+  assert source.eval_split == "test" and source.probes == {"retrieval", "gap"}
+
+
+def test_interrupted_prepare_continues_without_duplicates(
+    photo_files, tmp_path, monkeypatch):
+  real_convert, calls = prepare_units.convert, []
+
+  def convert_then_stop(*job):
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    calls.append(job[2])
+    real_convert(*job)
+
+  monkeypatch.setattr(prepare_units, "convert", convert_then_stop)
+  with pytest.raises(KeyboardInterrupt):
+    _prepare(tmp_path / "p", photo_files["jsonl"], examples_per_shard=2)
+  assert not os.path.exists(tmp_path / "p" / prepared.CARD)
+  with pytest.raises(FileNotFoundError, match="rerun the same prepare"):
+    prepared.read_card(str(tmp_path / "p"))
+  done_first = list(calls)
+  monkeypatch.setattr(prepare_units, "convert", lambda *job: (
+      calls.append(job[2]), real_convert(*job)))
+  _prepare(tmp_path / "p", photo_files["jsonl"], examples_per_shard=2)
+  assert not set(done_first) & set(calls[2:])  # done units not redone
+  assert _examples(tmp_path / "p") == _expected()
+  # A third run finds it finished; other flags on the same --out refuse.
+  _prepare(tmp_path / "p", photo_files["jsonl"], examples_per_shard=2)
+  with pytest.raises(prepare.PrepareError, match="other flags"):
+    _prepare(tmp_path / "p", photo_files["jsonl"], examples_per_shard=3)
+
+
+def test_tfds_keys_caption_set_and_class_set(tiny_data_dir, tmp_path):
+  import tensorflow_datasets as tfds
+  name = "shapes_captions/tiny"
+  card = _prepare(tmp_path / "cap", f"tfds:{name}", text_key="captions",
+                  data_dir=tiny_data_dir, examples_per_shard=100)
+  builder = tfds.builder(name, data_dir=tiny_data_dir)
+  assert {s: i["examples"] for s, i in card["splits"].items()} == {
+      s: i.num_examples for s, i in builder.info.splits.items()}
+  original = tfds.data_source(name, split="validation", data_dir=tiny_data_dir,
+                              decoders={"image": tfds.decode.SkipDecoding()})
+  mine = prepared.Examples(str(tmp_path / "cap"), "validation")
+  for i in (0, len(original) - 1):
+    assert mine[i]["image"] == original[i]["image"]
+    assert mine[i]["captions"] == [c.decode() for c in original[i]["captions"]]
+  card = _prepare(tmp_path / "cls", f"test=tfds:{name}",
+                  label_key="largest_color", data_dir=tiny_data_dir)
+  assert card["kind"] == "classes" and list(card["splits"]) == ["test"]
+  assert card["class_names"] == builder.info.features["largest_color"].names
+  ex = prepared.Examples(str(tmp_path / "cls"), "test")[3]
+  test = tfds.data_source(name, split="test", data_dir=tiny_data_dir,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  assert ex["label"] == int(test[3]["largest_color"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--source=notes.txt"], "cannot tell its format"),
+    (["--source={jsonl}", "--split_fractions=test=1.5"], "--split_fractions"),
+    (["--source={csv}", "--image_column=path"], "no column 'path'"),
+    (["--source={bad}"], "bad.jsonl:2: not JSON"),
+    (["--source=tfds:no_such_dataset_xyz"], "tfds:no_such_dataset_xyz"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(photo_files, tmp_path, args,
+                                                   message):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"image": "a.jpg", "caption": "x"}\n{oops\n')
+  args = [a.format(bad=bad, **{k: v for k, v in photo_files.items()
+                               if isinstance(v, str)}) for a in args]
+  out = tmp_path / "out"
+  result = run_module("cliplite_jax.prepare", *args, f"--out={out}")
+  assert result.returncode == 1, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and message in lines[0], result.stderr
+  assert not os.path.exists(out / prepared.CARD)
