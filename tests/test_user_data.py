@@ -1,0 +1,190 @@
+"""Training and evaluating on a user's own data: a prepared photo set from
+the command line, the pipeline's guarantees on a prepared source, zero-shot
+on a folder-per-class set with the user's prompts, ImageNet's zero-shot
+path (CLIP's class names and 80 templates) on mock data."""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import photos
+from cliplite_jax import evaluate, parallel, prepare, state as state_lib
+from cliplite_jax.data import pipeline, prepared, sources
+from cliplite_jax.data import text as text_lib
+from cliplite_jax.models import cliplite
+from cliplite_jax.probes import zeroshot
+from conftest import quick_init, run_module, tiny_overrides
+from fakes import class_jpeg, fake_tfds
+from test_evaluate import _direct_image, _direct_text
+
+
+@pytest.fixture(scope="module")
+def photo_set(tmp_path_factory):
+  """The photos prepared from folder + JSONL: train 9, test 3."""
+  root = tmp_path_factory.mktemp("user_photos")
+  captions = photos.write_jsonl(str(root / "raw"))
+  out = str(root / "my_photos")
+  prepare.run(prepare.Options(source=[captions], out=out,
+                              examples_per_shard=4))
+  return out
+
+
+def test_prepare_train_and_evaluate_from_the_command_line(tmp_path,
+                                                          tiny_data_dir):
+  raw = photos.write_jsonl(str(tmp_path / "raw"))
+  data = str(tmp_path / "my_photos")
+  result = run_module("cliplite_jax.prepare", f"--source={raw}",
+                      f"--out={data}")
+  assert result.returncode == 0, result.stderr
+  assert "skipped 1 missing, 1 undecodable" in result.stdout
+  workdir = str(tmp_path / "run")
+  result = run_module(
+      "cliplite_jax.main", "--config=configs/default.py",
+      f"--workdir={workdir}", *tiny_overrides(tiny_data_dir),
+      f"--config.data.name={data}", "--config.batch_size=8",
+      "--config.eval.probes=('retrieval','gap','zeroshot')")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, "eval", "step_4.json")) as f:
+    got = json.load(f)
+  # 3 test photos, 3 captions each: every image's captions are within
+  # any 9 ranks, every caption's image within any 3.
+  assert got["retrieval/my_photos/i2t_r10"] == 1.0
+  assert got["retrieval/my_photos/t2i_r5"] == 1.0
+  assert 0 <= got["retrieval/my_photos/i2t_r1"] <= 1
+  assert 0 <= got["gap/my_photos/modality_gap"] <= 2
+  assert not any(k.startswith("zeroshot/") for k in got)  # a caption set
+  # The run reads the prepared set, not its source: it may go.
+  shutil.rmtree(tmp_path / "raw")
+  result = run_module("cliplite_jax.evaluate", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _tokenizer(config):
+  return text_lib.fixed_length(text_lib.train_wordpiece(
+      pipeline.all_captions(config, "train"), 256), config.data.max_tokens)
+
+
+def test_prepared_source_resumes_exactly_and_splits_over_processes(
+    tiny, photo_set):
+  tiny.data.name = photo_set
+  tiny.batch_size = 4
+  tiny.data.color_jitter_prob = 0.8
+  tokenizer = _tokenizer(tiny)
+  straight = iter(pipeline.train_dataset(tiny, tokenizer))
+  batches = [next(straight) for _ in range(7)]  # crosses epochs of 2 batches
+  interrupted = iter(pipeline.train_dataset(tiny, tokenizer))
+  for _ in range(3):
+    next(interrupted)
+  resumed = iter(pipeline.train_dataset(tiny, tokenizer))
+  resumed.set_state(interrupted.get_state())
+  for expected in batches[3:]:
+    got = next(resumed)
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])
+  # Two processes' rows, side by side, are the one-process batches.
+  halves = [iter(pipeline.train_dataset(tiny, tokenizer, p, 2))
+            for p in range(2)]
+  for expected in batches[:4]:
+    parts = [next(h) for h in halves]
+    for key in expected:
+      np.testing.assert_array_equal(
+          np.concatenate([p[key] for p in parts]), expected[key])
+
+
+@pytest.fixture
+def model_setup(tiny):
+  model = cliplite.build(tiny)
+  variables = quick_init(
+      model, {"params": jax.random.key(0), "prior": jax.random.key(1),
+              "dropout": jax.random.key(2)},
+      *state_lib.dummy_inputs(tiny), train=False)
+  return model, variables
+
+
+def test_folder_per_class_zero_shot_with_the_users_prompts(
+    tiny, model_setup, tmp_path):
+  model, variables = model_setup
+  groups = {"c0": ("astronaut", "rocket", "hubble_deep_field", "moon"),
+            "c1": ("chelsea", "coffee", "flower"),
+            "c2": ("camera", "coins", "motorcycle")}
+  for folder, names in groups.items():
+    os.makedirs(tmp_path / "classes" / folder)
+    for name in names:
+      (tmp_path / "classes" / folder / f"{name}.jpg").write_bytes(
+          photos.jpeg(name))
+  classes = ["space", "living thing", "machine"]
+  templates = ["a photo of a {}.", "a close up picture of the {}"]
+  (tmp_path / "names.txt").write_text("\n".join(classes) + "\n")
+  (tmp_path / "prompts.txt").write_text("\n".join(templates) + "\n")
+  out = str(tmp_path / "my_classes")
+  card = prepare.run(prepare.Options(
+      source=[f"train=folder:{tmp_path / 'classes'}",
+              f"test=folder:{tmp_path / 'classes'}"], out=out,
+      class_names=str(tmp_path / "names.txt"),
+      templates=str(tmp_path / "prompts.txt")))
+  assert card["class_names"] == classes and card["templates"] == templates
+  words = [" ".join(classes + templates)]
+  tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(words, 256),
+                                    tiny.data.max_tokens)
+  tiny.eval.probes = ("zeroshot", "linear")
+  tiny.eval.transfer = (out,)
+  tiny.eval.linear.update(epochs=2, batch_size=4)
+  got = evaluate.run_probes(tiny, model, variables, tokenizer,
+                            parallel.make_mesh())
+  assert {"zeroshot/my_classes/top1", "linear/my_classes/top1"} <= set(got)
+  test = prepared.Examples(out, "test")
+  examples = [test[i] for i in range(len(test))]
+  labels = np.array([ex["label"] for ex in examples])
+  assert sorted(np.bincount(labels)) == [3, 3, 4]
+  prompts = [text_lib.clean_caption(t.format(c)) for c in classes
+             for t in templates]
+  prompt_emb = _direct_text(tiny, model, variables, tokenizer, prompts)
+  class_emb = zeroshot.class_embeddings(prompt_emb.reshape(3, 2, -1))
+  image_emb = _direct_image(tiny, model, variables, examples)[1]
+  want = zeroshot.accuracy(image_emb, class_emb, labels, ks=(1,))["top1"]
+  assert got["zeroshot/my_classes/top1"] == pytest.approx(float(want))
+
+
+def test_imagenet_zero_shot_averages_clip_templates_over_its_class_names(
+    tiny, model_setup, photo_set):
+  model, variables = model_setup
+  names, templates = sources.IMAGENET_CLASSES, sources.IMAGENET_TEMPLATES
+  # CLIP's names repeat "missile" and "sunglasses" (distinct synsets).
+  assert len(names) == 1000 and len(set(names)) == 998
+  assert len(templates) == 80 and all("{}" in t for t in templates)
+  assert names[0] == "tench" and templates[0] == "a bad photo of a {}."
+
+  def imagenet(split):
+    rng = np.random.default_rng(0)
+    return [{"image": class_jpeg(rng, label, size=32), "label": np.int64(label),
+             "file_name": f"{i}.JPEG"} for i, label in enumerate((1, 7, 999))]
+
+  words = [" ".join(names + templates)]
+  tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(words, 256),
+                                    tiny.data.max_tokens)
+  tiny.eval.probes = ("zeroshot",)
+  tiny.eval.transfer = ("imagenet2012",)
+  tiny.data.name = photo_set  # outside TFDS's mock; has no zero-shot
+  tiny.eval.batch_size = 2000
+  with fake_tfds({"imagenet2012": imagenet}):
+    got = evaluate.run_probes(tiny, model, variables, tokenizer,
+                              parallel.make_mesh())
+  examples = imagenet("validation")
+  prompts = [text_lib.clean_caption(t.format(c)) for c in names
+             for t in templates]
+  # 80,000 prompts: one jitted program, not op-by-op.
+  encode = jax.jit(lambda ids, mask: model.apply(
+      variables, ids, mask, method=cliplite.CLIPLite.encode_text)[1])
+  ids, mask = text_lib.tokenize(tokenizer, prompts)
+  prompt_emb = np.concatenate([encode(ids[i:i + 8000], mask[i:i + 8000])
+                               for i in range(0, len(prompts), 8000)])
+  class_emb = zeroshot.class_embeddings(prompt_emb.reshape(1000, 80, -1))
+  image_emb = _direct_image(tiny, model, variables, examples)[1]
+  want = zeroshot.accuracy(image_emb, class_emb,
+                           np.array([ex["label"] for ex in examples]),
+                           ks=(1, 5))
+  assert got["zeroshot/imagenet2012/top1"] == pytest.approx(float(want["top1"]))
+  assert got["zeroshot/imagenet2012/top5"] == pytest.approx(float(want["top5"]))
