@@ -262,13 +262,23 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   return ds
 
 
+# A trained WordPiece vocabulary reads at most this many examples' captions
+# (evenly spaced over the split): all of COCO, a bounded read of a web-scale
+# set (which would rather use a pretrained tokenizer, `data.tokenizer`).
+TOKENIZER_EXAMPLES = 200_000
+
+
 def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
-  """Every cleaned caption of `split` (for training a tokenizer)."""
+  """Every cleaned caption of `split` (for training a tokenizer), or of
+  `TOKENIZER_EXAMPLES` evenly spaced examples of a larger split."""
   source, _ = sources.get(config.data.name)
   examples = sources.open_split(config.data.name, split, config.data.data_dir)
+  n = len(examples)
+  indices = (range(n) if n <= TOKENIZER_EXAMPLES else
+             np.linspace(0, n - 1, TOKENIZER_EXAMPLES).astype(np.int64))
   return [text_lib.clean_caption(c, config.data.max_words)
-          for i in range(len(examples))
-          for c in sources.decode_captions(source, examples[i])]
+          for i in indices
+          for c in sources.decode_captions(source, examples[int(i)])]
 
 
 def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
