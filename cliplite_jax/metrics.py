@@ -103,26 +103,46 @@ def _truncate_after(path: epath.Path, step: int) -> None:
     temporary.replace(path)
 
 
+# The progress line names the data wait once it is at least this share of
+# the wall time: the accelerator is starved.
+SHOW_DATA_WAIT = 0.05
+
+
 class Progress:
-  """Throughput and ETA from wall-clock time between calls."""
+  """Throughput, ETA and data wait from wall-clock time between calls."""
 
   def __init__(self, first_step: int, total_steps: int, batch_size: int):
     self._total = total_steps
     self._batch = batch_size
     self._last_step, self._last_time = first_step, time.perf_counter()
+    self._waited = 0.0
+
+  def waited(self, seconds: float) -> None:
+    """Adds time the loop spent waiting for its next batch."""
+    self._waited += seconds
 
   def update(self, step: int) -> dict[str, float]:
-    """Returns {"img_per_s", "eta_s"} since the last call."""
+    """Returns {"img_per_s", "eta_s", "data_wait_frac"} since the last call;
+    data_wait_frac is the share of the wall time spent in `waited`."""
     now = time.perf_counter()
-    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-    self._last_step, self._last_time = step, now
+    elapsed = max(now - self._last_time, 1e-9)
+    rate = (step - self._last_step) / elapsed
+    wait = min(1.0, self._waited / elapsed)
+    self._last_step, self._last_time, self._waited = step, now, 0.0
     return {"img_per_s": rate * self._batch,
-            "eta_s": (self._total - step) / max(rate, 1e-9)}
+            "eta_s": (self._total - step) / max(rate, 1e-9),
+            "data_wait_frac": wait}
 
 
 def progress_line(step: int, total: int, metrics: dict[str, float],
                   eta_s: float) -> str:
-  """"step 150/1500 | loss 0.812 | 410 img/s | ETA 3m12s"."""
+  """"step 150/1500 | loss 0.812 | 410 img/s | ETA 3m12s", with
+  "| data wait 23%" before the ETA when `data/wait_frac` is at least
+  SHOW_DATA_WAIT."""
   minutes, seconds = divmod(int(eta_s), 60)
+  wait = metrics.get("data/wait_frac", 0.0)
+  starved = (f" | data wait {100 * wait:.0f}%" if wait >= SHOW_DATA_WAIT
+             else "")
   return (f"step {step}/{total} | loss {metrics['loss/total']:.4f} | "
-          f"{metrics['img_per_s']:.0f} img/s | ETA {minutes}m{seconds:02d}s")
+          f"{metrics['img_per_s']:.0f} img/s{starved} | "
+          f"ETA {minutes}m{seconds:02d}s")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -263,7 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     with guards.PreemptionSignal() as preemption:
       for step in range(first_step + 1, config.total_steps + 1):
+        waiting = time.perf_counter()
         batch = parallel.shard_batch(next(data_iter), mesh)
+        progress.waited(time.perf_counter() - waiting)
         state, step_metrics = train_step(state, batch)
         nonfinite.update(step, step_metrics)
         saver.flush()  # the previous step's checkpoint, while this step runs
@@ -275,6 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           skipped = 0.0
           timing = progress.update(step)
           logged["img_per_s"] = timing["img_per_s"]
+          logged["data/wait_frac"] = timing["data_wait_frac"]
           writer.write(step, logged)
           if jax.process_index() == 0:
             print(metrics_lib.progress_line(step, config.total_steps, logged,

@@ -34,13 +34,15 @@ def test_train_then_evaluate(tiny_data_dir, tmp_path):
     final = json.load(f)
   assert final["zeroshot/shapes_captions_color/top1"] >= 0.38, final
   for key in ("loss/jsd", "loss/prior_img", "loss/prior_txt", "temperature",
-              "lr/image", "lr/text", "lr/other", "grad_norm", "img_per_s"):
+              "lr/image", "lr/text", "lr/other", "grad_norm", "img_per_s",
+              "data/wait_frac"):
     assert key in logged[0], key
+  assert all(0 <= r["data/wait_frac"] <= 1 for r in logged)
   # TensorBoard reads the same scalars back.
   from tensorboard.backend.event_processing import event_accumulator
   events = event_accumulator.EventAccumulator(os.path.join(workdir, "tb"))
   events.Reload()
-  assert "loss/total" in events.Tags()["scalars"]
+  assert {"loss/total", "data/wait_frac"} <= set(events.Tags()["scalars"])
   tb_losses = [(e.step, e.value) for e in events.Scalars("loss/total")]
   assert tb_losses == [(r["step"], np.float32(r["loss/total"]))
                        for r in logged]

@@ -29,7 +29,8 @@ def _records(workdir):
 
 
 def _losses(workdir):
-  return [(r["step"], {k: v for k, v in r.items() if k != "img_per_s"})
+  return [(r["step"], {k: v for k, v in r.items()
+                       if k not in ("img_per_s", "data/wait_frac")})
           for r in _records(workdir)]
 
 
