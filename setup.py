@@ -27,6 +27,7 @@ setup(
         "absl-py",
         "numpy",
         "pillow",
+        "simplejpeg",  # libjpeg-turbo decoding, with DCT-domain downscaling
         "safetensors",
         "matplotlib",
     ],

@@ -47,7 +47,9 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   """A jitted `(state, batch) -> (state, metrics)` over `mesh`.
 
   batch: "images" uint8 [B, S, S, 3], "input_ids" / "attention_mask" int32
-  [B, L], optionally "skipped" int32 [B], sharded over the devices. The
+  [B, L], optionally "skipped" int32 [B] and "color_jitter" float32 [B, 4]
+  with "color_order" int32 [B, 4] (colour jitter applied here, before the
+  images are normalised), sharded over the devices. The
   state is laid out by `parallel.state_shardings` and donated. BatchNorm
   statistics are over the global (micro-)batch (SyncBN semantics).
 
@@ -83,6 +85,9 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
 
   def step_fn(state: state_lib.TrainState, batch):
     inputs = {k: batch[k] for k in ("images", "input_ids", "attention_mask")}
+    if "color_jitter" in batch:  # drawn on the host, applied here
+      inputs["images"] = augment.apply_color_jitter(
+          batch["images"], batch["color_jitter"], batch["color_order"])
     if num_micro == 1:
       grads, metrics, batch_stats = micro_grads(
           state.model_params, state.batch_stats, inputs,

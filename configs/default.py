@@ -109,6 +109,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # probability 0.8. Off here: the shapes' captions name their colours.
   c.data.color_jitter = (0.4, 0.4, 0.4, 0.1)
   c.data.color_jitter_prob = 0.0
+  # Colour jitter in the jitted train step (torchvision's float-tensor
+  # formulas; the factors drawn on the host, per example), so it costs the
+  # host nothing; False: on the host with PIL (torchvision's PIL backend,
+  # uint8 after each adjustment). Within a grey level or two of each other
+  # (tests/test_augment.py).
+  c.data.color_jitter_on_device = True
   c.data.flip = True  # horizontal flip that swaps "left" and "right"
   c.data.max_words = 30
   c.data.max_tokens = 30

@@ -1,26 +1,29 @@
-"""Image augmentation on the host (numpy + PIL) and normalisation on device."""
+"""Image augmentation: decode, crop and flip on the host (PIL), colour
+jitter on the host (PIL, torchvision's PIL backend) or on device (jnp,
+torchvision's tensor backend), normalisation on device."""
 from __future__ import annotations
 
+import io
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageEnhance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
-                        size: int, scale=(0.2, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> np.ndarray:
-  """torchvision's RandomResizedCrop: uint8 [H, W, C] → uint8 [size, size, C].
+def crop_box(height: int, width: int, rng: np.random.Generator,
+             scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """torchvision's RandomResizedCrop.get_params → (top, left, h, w).
 
   Tries 10 times to sample a box of area fraction in `scale` and aspect ratio
   (log-uniform) in `ratio` that fits; falls back to a centre crop with the
-  ratio clamped into range. Resizes bilinearly.
+  ratio clamped into range.
   """
-  height, width = image.shape[:2]
   area = height * width
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
@@ -31,18 +34,95 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
     if 0 < w <= width and 0 < h <= height:
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
-      break
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    w, h = int(round(height * ratio[1])), height
   else:
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-      w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-      w, h = int(round(height * ratio[1])), height
-    else:
-      w, h = width, height
-    top, left = (height - h) // 2, (width - w) // 2
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
+                        size: int, scale=(0.2, 1.0),
+                        ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  """torchvision's RandomResizedCrop on decoded pixels, its reference form:
+  uint8 [H, W, C] → uint8 [size, size, C], the `crop_box` cut out and
+  resized bilinearly (PIL, antialiased)."""
+  top, left, h, w = crop_box(*image.shape[:2], rng, scale, ratio)
   crop = Image.fromarray(image[top:top + h, left:left + w])
   return np.asarray(crop.resize((size, size), Image.BILINEAR))
+
+
+# Undecodable bytes raise these in PIL.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decode_random_resized_crop(data: bytes, rng: np.random.Generator,
+                               size: int, scale=(0.2, 1.0),
+                               ratio=(3 / 4, 4 / 3)) -> np.ndarray | None:
+  """`random_resized_crop` of an encoded image, decoding only what the crop
+  needs: uint8 [size, size, 3], or None when the bytes do not decode.
+
+  The crop box is drawn from the header's size (the same draws as
+  `random_resized_crop`). A JPEG whose crop is at least 6k times the output
+  on both sides (a phone photo, a small output) is decoded at 1/k scale in
+  the DCT domain (k = 2, 4, 8; libjpeg's scaled IDCT): a third of the
+  reduction the output needs, which keeps the result within a grey level of
+  the reference (a half lets sharp photos differ by 1.6). JPEGs decode with simplejpeg (libjpeg-turbo, the pixels PIL
+  decodes, faster), others with PIL. The box is resized straight from the
+  decoded image (no copy of the crop; the filter reads the pixels just
+  outside the box where the reference clamps at its edge). Tested against
+  the reference on photographs in tests/test_augment.py.
+  """
+  try:
+    decoded = _decode_jpeg_for_crop(data, rng, size, scale, ratio)
+    if decoded is None:
+      with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        top, left, h, w = crop_box(height, width, rng, scale, ratio)
+        reduce = _reduction(h, w, size)
+        if reduce > 1 and image.format == "JPEG":
+          image.draft("RGB", (-(-width // reduce), -(-height // reduce)))
+        rgb = image.convert("RGB")
+      decoded = rgb, (height, width), (top, left, h, w)
+  except DECODE_ERRORS:
+    return None
+  rgb, (height, width), (top, left, h, w) = decoded
+  sx, sy = rgb.width / width, rgb.height / height
+  box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+  return np.asarray(rgb.resize((size, size), Image.BILINEAR, box=box))
+
+
+def _reduction(h: int, w: int, size: int) -> int:
+  reduce = 1
+  while reduce < 8 and min(w, h) >= 6 * reduce * size:
+    reduce *= 2
+  return reduce
+
+
+def _decode_jpeg_for_crop(data, rng, size, scale, ratio):
+  """simplejpeg's decode of a YCbCr or grey JPEG → (PIL image, (H, W),
+  crop box), or None for anything else (PIL decodes it)."""
+  if data[:2] != b"\xff\xd8":
+    return None
+  try:
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+  except ValueError:
+    return None  # PIL decides (and names) what is wrong
+  if colorspace not in ("YCbCr", "Gray"):
+    return None  # e.g. CMYK: PIL's conversion is the reference
+  top, left, h, w = crop_box(height, width, rng, scale, ratio)
+  reduce = _reduction(h, w, size)
+  try:
+    pixels = simplejpeg.decode_jpeg(
+        data, "RGB", min_height=-(-height // reduce),
+        min_width=-(-width // reduce))
+  except ValueError as e:  # truncated or corrupt past the header
+    raise OSError(str(e)) from e
+  return Image.fromarray(pixels), (height, width), (top, left, h, w)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator,
@@ -79,6 +159,114 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator,
     else:
       pil = enhancers[name](pil).enhance(factors[name])
   return np.asarray(pil)
+
+
+# Factors that leave an image as it is: brightness, contrast, saturation, hue.
+NEUTRAL_JITTER = (1.0, 1.0, 1.0, 0.0)
+
+
+def color_jitter_params(rng: np.random.Generator, brightness: float = 0.4,
+                        contrast: float = 0.4, saturation: float = 0.4,
+                        hue: float = 0.1, p: float = 0.8
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """`color_jitter`'s random draws, for `apply_color_jitter` on device:
+  (factors float32 [4]: brightness, contrast, saturation, hue shift;
+  order int32 [4]: the adjustments' indices in the order applied).
+
+  Draws exactly what `color_jitter` draws, so either path leaves the rest of
+  the stream's randomness as it is; not applied (probability 1 − p) and
+  strength-0 adjustments get the neutral factor, which leaves the image as
+  it is, as torchvision's skipping does.
+  """
+  if rng.random() >= p:
+    return (np.asarray(NEUTRAL_JITTER, np.float32),
+            np.arange(4, dtype=np.int32))
+  factors = np.asarray([
+      rng.uniform(max(0.0, 1 - brightness), 1 + brightness),
+      rng.uniform(max(0.0, 1 - contrast), 1 + contrast),
+      rng.uniform(max(0.0, 1 - saturation), 1 + saturation),
+      rng.uniform(-hue, hue)], np.float32)
+  order = rng.permutation(4).astype(np.int32)
+  for i, strength in enumerate((brightness, contrast, saturation, hue)):
+    if strength == 0:
+      factors[i] = NEUTRAL_JITTER[i]
+  return factors, order
+
+
+def _grayscale(rgb: jnp.ndarray) -> jnp.ndarray:
+  """torchvision's rgb_to_grayscale: [..., 3] → [..., 1]."""
+  return (0.2989 * rgb[..., 0:1] + 0.587 * rgb[..., 1:2]
+          + 0.114 * rgb[..., 2:3])
+
+
+def _rgb_to_hsv(rgb: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  maxc, minc = rgb.max(-1), rgb.min(-1)
+  flat = maxc == minc
+  chroma = maxc - minc
+  s = chroma / jnp.where(flat, 1.0, maxc)
+  divisor = jnp.where(flat, 1.0, chroma)
+  rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+  h = jnp.where(maxc == r, bc - gc,
+                jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+  h = jnp.where(flat, 0.0, h)
+  return jnp.mod(h / 6.0 + 1.0, 1.0), s, maxc
+
+
+def _hsv_to_rgb(h, s, v) -> jnp.ndarray:
+  i = jnp.floor(h * 6.0)
+  f = h * 6.0 - i
+  i = jnp.mod(i, 6).astype(jnp.int32)[..., None]
+  p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+  q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+  t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+  sectors = jnp.stack([jnp.stack(c, -1) for c in (
+      (v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], -2)
+  return jnp.take_along_axis(sectors, i[..., None], axis=-2)[..., 0, :]
+
+
+def _adjust_one(image: jnp.ndarray, factors: jnp.ndarray,
+                order: jnp.ndarray) -> jnp.ndarray:
+  """One image in [0, 1], [H, W, 3]: the four adjustments in `order`."""
+  def brightness(x):
+    return jnp.clip(factors[0] * x, 0.0, 1.0)
+
+  def contrast(x):
+    mean = _grayscale(x).mean()
+    return jnp.clip(factors[1] * x + (1.0 - factors[1]) * mean, 0.0, 1.0)
+
+  def saturation(x):
+    return jnp.clip(factors[2] * x + (1.0 - factors[2]) * _grayscale(x),
+                    0.0, 1.0)
+
+  def hue(x):
+    h, s, v = _rgb_to_hsv(x)
+    shifted = _hsv_to_rgb(jnp.mod(h + factors[3], 1.0), s, v)
+    return jnp.where(factors[3] == 0, x, shifted)
+
+  for position in range(4):
+    image = jax.lax.switch(order[position],
+                           (brightness, contrast, saturation, hue), image)
+  return image
+
+
+def apply_color_jitter(images: jnp.ndarray, factors: jnp.ndarray,
+                       order: jnp.ndarray) -> jnp.ndarray:
+  """torchvision's ColorJitter on float tensors, on device, per example.
+
+  images uint8 or float [B, H, W, 3] in [0, 255]; factors float32 [B, 4]
+  and order int32 [B, 4] from `color_jitter_params`. Returns float32
+  [B, H, W, 3] in [0, 255], unrounded: adjust_brightness / _contrast
+  (towards the mean grey level) / _saturation (towards each pixel's grey)
+  blend and clamp to [0, 1], adjust_hue rotates the hue of an HSV round
+  trip, each as torchvision computes them on float images. Neutral factors
+  leave an image exactly as it is.
+  """
+  pixels = images.astype(jnp.float32)
+  jittered = jax.vmap(_adjust_one)(pixels / 255.0, factors, order) * 255.0
+  # Exactly the input where nothing applies (x / 255 · 255 can round).
+  neutral = jnp.all(factors == jnp.asarray(NEUTRAL_JITTER), axis=-1)
+  return jnp.where(neutral[:, None, None, None], pixels, jittered)
 
 
 def _shift_hue(image: Image.Image, shift: float) -> Image.Image:

@@ -118,13 +118,18 @@ def subset_indices(num_examples: int, fraction: float, seed: int) -> np.ndarray:
 
 
 class TrainTransform(grain.transforms.RandomMap):
-  """(index, encoded TFDS example) → {"images", "input_ids", "attention_mask"}.
+  """(index, encoded TFDS example) → {"images", "input_ids", "attention_mask"}
+  (+ "color_jitter", "color_order" when jitter runs on device).
 
-  images: uint8 [S, S, 3] (random resized crop, colour jitter, optional flip);
-  input_ids / attention_mask: int32 [L]. One caption is drawn uniformly from
-  the example's captions plus its rewrites; a flipped image gets its caption's
-  "left" and "right" swapped. An example whose image does not decode or that
-  has no non-empty caption becomes `SKIPPED`.
+  images: uint8 [S, S, 3] (random resized crop, decoding only what it
+  needs, colour jitter unless on device, optional flip); input_ids /
+  attention_mask: int32 [L]; color_jitter float32 [4] / color_order int32
+  [4]: `augment.color_jitter_params` for `augment.apply_color_jitter` in the
+  train step (`data.color_jitter_on_device` and a jitter probability > 0).
+  One caption is drawn uniformly from the example's captions plus its
+  rewrites; a flipped image gets its caption's "left" and "right" swapped.
+  An example whose image does not decode or that has no non-empty caption
+  becomes `SKIPPED`.
   """
 
   def __init__(self, source: sources.Source, tokenizer: Tokenizer,
@@ -134,6 +139,7 @@ class TrainTransform(grain.transforms.RandomMap):
     self._tokenizer = tokenizer
     self._cfg = data_config
     self._rewrites = rewrites or {}
+    self._jitter_on_device = device_jitter(data_config)
 
   def _image_id(self, index: int, example) -> str:
     if self._source.id_key is None:
@@ -144,24 +150,41 @@ class TrainTransform(grain.transforms.RandomMap):
   def random_map(self, element, rng: np.random.Generator):
     cfg = self._cfg
     index, example = element
-    image, captions = sources.decode(self._source, example)
+    captions = sources.decode_captions(self._source, example)
     if self._rewrites:
       captions = captions + self._rewrites.get(self._image_id(index, example), [])
-    if image is None or not captions:
+    if not captions:
       return SKIPPED
     caption = text_lib.clean_caption(captions[rng.integers(len(captions))],
                                      cfg.max_words)
-    image = augment.random_resized_crop(
-        image, rng, cfg.image_size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
-    image = augment.color_jitter(image, rng, *cfg.color_jitter,
-                                 p=cfg.color_jitter_prob)
+    image = augment.decode_random_resized_crop(
+        example[self._source.image_key], rng, cfg.image_size,
+        tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
+    if image is None:
+      return SKIPPED
+    out = {}
+    if self._jitter_on_device:
+      out["color_jitter"], out["color_order"] = augment.color_jitter_params(
+          rng, *cfg.color_jitter, p=cfg.color_jitter_prob)
+    else:
+      image = augment.color_jitter(image, rng, *cfg.color_jitter,
+                                   p=cfg.color_jitter_prob)
     if cfg.flip and rng.random() < 0.5:
       image = np.ascontiguousarray(image[:, ::-1])
       caption = text_lib.swap_left_right(caption)
     encoding = self._tokenizer.encode(caption)
     return {"images": image,
             "input_ids": np.asarray(encoding.ids, np.int32),
-            "attention_mask": np.asarray(encoding.attention_mask, np.int32)}
+            "attention_mask": np.asarray(encoding.attention_mask, np.int32),
+            **out}
+
+
+def device_jitter(data_config: ml_collections.ConfigDict) -> bool:
+  """Whether batches carry colour jitter parameters for the train step
+  (`data.color_jitter_on_device`, absent in configs saved before it: host)
+  instead of jittered pixels."""
+  return bool(data_config.get("color_jitter_on_device", False)
+              and data_config.color_jitter_prob > 0)
 
 
 # Stands in for an unusable example until `SkipAndCount` drops it.
