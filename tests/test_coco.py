@@ -31,7 +31,13 @@ def test_coco_batches_have_expected_shapes_dtypes_and_ranges(coco):
   with fake_coco(12):
     tokenizer = _tokenizer(coco)
     batch = next(iter(pipeline.train_dataset(coco, tokenizer)))
-  assert set(batch) == {"images", "input_ids", "attention_mask", "skipped"}
+  # Colour jitter (p 0.8) is drawn here and applied in the train step.
+  assert set(batch) == {"images", "input_ids", "attention_mask", "skipped",
+                        "color_jitter", "color_order"}
+  assert batch["color_jitter"].shape == (4, 4)
+  assert batch["color_jitter"].dtype == np.float32
+  np.testing.assert_array_equal(np.sort(batch["color_order"], 1),
+                                np.tile(np.arange(4), (4, 1)))
   assert batch["images"].shape == (4, 32, 32, 3)
   assert batch["images"].dtype == np.uint8
   assert batch["images"].std() > 20  # random pixels, not a blank crop

@@ -52,15 +52,27 @@ def _ynnpack_ops(hlo_text: str) -> set[str]:
 
 
 def test_sharded_step_rolls_captions_within_each_device(tiny):
+  """Also: a batch carrying colour jitter parameters trains on the images
+  jittered by torchvision's float formulas (written out independently in
+  tests/test_augment.py), applied before normalising."""
+  from test_augment import _torchvision_float
   assert jax.device_count() == 4
   mesh = parallel.make_mesh(4)
   model, tx = cliplite.build(tiny), optim.build(tiny)
   state = state_lib.init_sharded(tiny, model, tx, mesh)
-  batch = _random_batch(tiny, np.random.default_rng(0))
+  rng = np.random.default_rng(0)
+  batch = _random_batch(tiny, rng)
+  params = [augment.color_jitter_params(rng, p=0.8)
+            for _ in range(tiny.batch_size)]
+  batch["color_jitter"] = np.stack([f for f, _ in params])
+  batch["color_order"] = np.stack([o for _, o in params])
+  assert (batch["color_jitter"] != augment.NEUTRAL_JITTER).any()
+  jittered = np.stack([_torchvision_float(image, f, o).astype(np.float32)
+                       for image, (f, o) in zip(batch["images"], params)])
 
   # Reference on the host's default device: the same forward pass, then the
   # objective on each quarter of the batch separately.
-  outputs = _reference_outputs(model, state, batch)
+  outputs = _reference_outputs(model, state, dict(batch, images=jittered))
   quarter = tiny.batch_size // 4
   per_device = [losses.cliplite_objective(
       _slice(outputs, i * quarter, (i + 1) * quarter), tiny.loss)[1]
