@@ -1,15 +1,22 @@
 r"""Input throughput at 224 px: our grain pipeline vs an equivalent tf.data one.
 
 Both decode COCO-sized JPEGs (640×480), take a random resized crop to 224
-(scale 0.2–1), apply colour jitter with probability 0.8 and a flip that swaps
-"left"/"right", clean and tokenise one random caption to 30 tokens, and batch.
-The grain side is `pipeline.train_dataset` itself, reading a mocked TFDS
-source (no download); tf.data runs the same steps with tf.image ops and the
-same HF tokenizer. Both get the same number of threads and run interleaved
-in this process; each reports images per wall-clock second and images per
-CPU-second of the process (the per-core rate, whatever threads ran).
+(scale 0.2–1) resized with an antialiased bilinear filter (torchvision's),
+apply colour jitter with probability 0.8 and a flip that swaps
+"left"/"right", clean and tokenise one random caption to 30 tokens, and
+batch. The grain side is `pipeline.train_dataset` itself, reading a mocked
+TFDS source (no download), as the COCO config runs it: the crop decoded
+only as far as it needs, the colour jitter's factors drawn on the host and
+applied in the train step (`data.color_jitter_on_device`). tf.data runs the
+same steps with `decode_and_crop_jpeg`, `tf.image` ops (jitter on the host)
+and the same HF tokenizer; a third pipeline is tf.data with tf.image's
+default, aliased resize (4 pixels per output), cheaper and not
+torchvision's. All get the same number of threads and run interleaved in
+this process; each reports images per wall-clock second and images per
+CPU-second of the process (the per-core rate, whatever threads ran). First,
+the CPU time per image of each host operation, old and new.
 
-  python bench/input_pipeline.py [--threads=1] [--batches=30]
+  python bench/input_pipeline.py [--threads=1] [--batches=30] [--rounds=2]
 """
 from __future__ import annotations
 
@@ -50,6 +57,23 @@ def make_examples(n: int) -> list[dict]:
                      "captions": {"id": np.arange(5),
                                   "text": np.asarray([t.encode() for t in texts])}})
   return examples
+
+
+def coco_setup(batch_size: int, threads: int, num_examples: int):
+  """The COCO config's data settings (flip on, threads only), synthetic
+  examples and a WordPiece tokenizer trained on their captions."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  config = config_io.load_file(os.path.join(here, "..", "configs",
+                                            "coco_rn50_bert.py"))
+  config.batch_size = batch_size
+  config.data.num_threads = threads
+  config.data.num_workers = 0
+  config.data.flip = True
+  examples = make_examples(num_examples)
+  tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(
+      [text_lib.clean_caption(t) for e in examples
+       for t in e["captions"]["text"]], 1000), config.data.max_tokens)
+  return config, examples, tokenizer
 
 
 def bench_grain(config, tokenizer, examples, batches: int) -> float:
@@ -116,6 +140,50 @@ def bench_tfdata(config, tokenizer, examples, batches: int, threads: int,
   return _timed(stream, batches, config.batch_size)
 
 
+def per_op_ms(config, tokenizer, examples, repeats: int = 3) -> dict:
+  """CPU milliseconds per image of each host operation, old and new."""
+  import simplejpeg
+  from cliplite_jax.data import augment
+  cfg = config.data
+  jpegs = [e["image"] for e in examples[:64]]
+  pixels = [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]
+  crops = [augment.random_resized_crop(p, np.random.default_rng(i),
+                                       cfg.image_size, tuple(cfg.crop_scale))
+           for i, p in enumerate(pixels)]
+  captions = [text_lib.clean_caption(e["captions"]["text"][0])
+              for e in examples[:64]]
+  ops = {
+      "decode, PIL": lambda i: np.asarray(
+          Image.open(io.BytesIO(jpegs[i])).convert("RGB")),
+      "decode, simplejpeg": lambda i: simplejpeg.decode_jpeg(jpegs[i], "RGB"),
+      "crop + resize of decoded pixels (reference)":
+          lambda i: augment.random_resized_crop(
+              pixels[i], np.random.default_rng(i), cfg.image_size,
+              tuple(cfg.crop_scale)),
+      "decode + crop + resize, fused (ours)":
+          lambda i: augment.decode_random_resized_crop(
+              jpegs[i], np.random.default_rng(i), cfg.image_size,
+              tuple(cfg.crop_scale)),
+      "colour jitter, PIL (host path)": lambda i: augment.color_jitter(
+          crops[i], np.random.default_rng(i), *cfg.color_jitter, p=1.0),
+      "colour jitter parameters (device path's host part)":
+          lambda i: augment.color_jitter_params(
+              np.random.default_rng(i), *cfg.color_jitter, p=1.0),
+      "clean + tokenise one caption": lambda i: tokenizer.encode(
+          text_lib.clean_caption(captions[i])),
+  }
+  out = {}
+  for name, op in ops.items():
+    best = float("inf")
+    for _ in range(repeats):
+      start = time.process_time()
+      for i in range(len(jpegs)):
+        op(i)
+      best = min(best, (time.process_time() - start) / len(jpegs) * 1e3)
+    out[name] = best
+  return out
+
+
 def _timed(stream, batches: int, batch_size: int) -> tuple[float, float]:
   """(images per wall second, images per CPU second of this process)."""
   wall, cpu = time.perf_counter(), time.process_time()
@@ -135,17 +203,9 @@ def main():
   args = parser.parse_args()
   tf.config.threading.set_inter_op_parallelism_threads(args.threads)
   tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-  here = os.path.dirname(os.path.abspath(__file__))
-  config = config_io.load_file(os.path.join(here, "..", "configs",
-                                            "coco_rn50_bert.py"))
-  config.batch_size = args.batch_size
-  config.data.num_threads = args.threads
-  config.data.num_workers = 0
-  config.data.flip = True
-  examples = make_examples(256)
-  tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(
-      [text_lib.clean_caption(t) for e in examples
-       for t in e["captions"]["text"]], 1000), config.data.max_tokens)
+  config, examples, tokenizer = coco_setup(args.batch_size, args.threads, 256)
+  for name, ms in per_op_ms(config, tokenizer, examples).items():
+    print(f"  {name:52s} {ms:5.2f} ms per image (CPU)")
   pipelines = {
       "grain": lambda: bench_grain(config, tokenizer, examples, args.batches),
       "tf.data": lambda: bench_tfdata(config, tokenizer, examples,
