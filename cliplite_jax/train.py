@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
 from cliplite_jax import guards, optim, parallel, prng, state as state_lib
 from cliplite_jax import recovery, validation, workdir_lock
-from cliplite_jax.data import augment, pipeline
+from cliplite_jax.data import augment, pipeline, sources
 from cliplite_jax.models import cliplite, hf_bert
 
 
@@ -182,6 +182,11 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   rewrites file."""
   evaluate.check_reads([(config.data.name, config.data.train_split)]
                        + evaluate.eval_reads(config), config.data.data_dir)
+  if sources.get(config.data.name)[0].captions_key is None:
+    raise config_io.UserError(
+        f"data.name {config.data.name} is a class set, without captions: "
+        f"training needs image-caption pairs; score models on it with "
+        f"eval.transfer")
   pipeline.load_rewrites(config.data.rewrites)
 
 

@@ -188,3 +188,32 @@ def test_imagenet_zero_shot_averages_clip_templates_over_its_class_names(
                            ks=(1, 5))
   assert got["zeroshot/imagenet2012/top1"] == pytest.approx(float(want["top1"]))
   assert got["zeroshot/imagenet2012/top5"] == pytest.approx(float(want["top5"]))
+
+
+def test_a_class_set_is_refused_for_training_before_anything_is_written(
+    tiny, tmp_path):
+  from cliplite_jax import config_io, train
+  os.makedirs(tmp_path / "classes" / "a")
+  os.makedirs(tmp_path / "classes" / "b")
+  for folder, name in (("a", "coffee"), ("b", "moon")):
+    (tmp_path / "classes" / folder / f"{name}.jpg").write_bytes(
+        photos.jpeg(name))
+  out = str(tmp_path / "cls")
+  prepare.run(prepare.Options(source=[f"folder:{tmp_path / 'classes'}"],
+                              out=out))
+  tiny.data.name = out
+  tiny.eval.probes = ()
+  workdir = tmp_path / "run"
+  with pytest.raises(config_io.UserError, match="is a class set"):
+    train.train_and_evaluate(tiny, str(workdir))
+  assert not workdir.exists() or not os.listdir(workdir)
+
+
+def test_a_stream_with_nothing_usable_stops_with_one_error():
+  import grain
+  stream = grain.MapDataset.source([pipeline.SKIPPED] * 5).repeat()
+  ds = pipeline.SkipAndCount(stream.to_iter_dataset(), limit=5,
+                             what="my_set train")
+  with pytest.raises(pipeline.NoUsableExamplesError,
+                     match="my_set train: 5 examples in a row"):
+    next(iter(ds))

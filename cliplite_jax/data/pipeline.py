@@ -191,13 +191,24 @@ def device_jitter(data_config: ml_collections.ConfigDict) -> bool:
 SKIPPED = "skipped"
 
 
+class NoUsableExamplesError(config_io.UserError):
+  """A whole epoch's worth of examples in a row was unusable."""
+
+
 class SkipAndCount(grain.IterDataset):
   """Drops `SKIPPED` elements; each kept element records how many were
   dropped just before it in "skipped" (int32), so a batch's sum is the number
-  of examples skipped while assembling it. Stateless beyond its parent."""
+  of examples skipped while assembling it. Stateless beyond its parent.
+  `limit` (the epoch's size) skipped in a row raise NoUsableExamplesError
+  instead of spinning forever on a split with nothing to train on."""
+
+  def __init__(self, parent, limit: int, what: str):
+    super().__init__(parent)
+    self._limit, self._what = limit, what
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _SkipAndCountIterator(self._parent.__iter__())
+    return _SkipAndCountIterator(self._parent.__iter__(), self._limit,
+                                 self._what)
 
   def __str__(self) -> str:
     return "SkipAndCount"
@@ -205,10 +216,18 @@ class SkipAndCount(grain.IterDataset):
 
 class _SkipAndCountIterator(grain.DatasetIterator):
 
+  def __init__(self, parent, limit: int, what: str):
+    super().__init__(parent)
+    self._limit, self._what = limit, what
+
   def __next__(self):
     skipped = 0
     while isinstance(element := next(self._parent), str):
       skipped += 1
+      if skipped >= self._limit:
+        raise NoUsableExamplesError(
+            f"{self._what}: {skipped} examples in a row had no decodable "
+            f"image or no non-empty caption; nothing to train on")
     return {**element, "skipped": np.int32(skipped)}
 
   def get_state(self):
@@ -276,7 +295,9 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                      process_count)
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=config.data.num_threads, prefetch_buffer_size=2))
-  ds = SkipAndCount(ds).batch(local_batch, drop_remainder=True)
+  ds = SkipAndCount(ds, limit=max(len(indices), 1),
+                    what=f"{config.data.name} {config.data.train_split}")
+  ds = ds.batch(local_batch, drop_remainder=True)
   if config.data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags in workers
       flags.FLAGS.mark_as_parsed()
