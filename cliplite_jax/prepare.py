@@ -102,13 +102,17 @@ def _parse_fractions(text: str) -> dict[str, float]:
   fractions = {}
   for part in filter(None, text.split(",")):
     split, eq, value = part.partition("=")
+    split = split.strip()
     try:
-      fractions[split.strip()] = float(value)
+      fraction = float(value)
     except ValueError:
       eq = ""
-    if not eq or not 0 <= fractions[split.strip()] < 1:
+    if (not eq or not readers.SPLIT_NAME.fullmatch(split)
+        or split in fractions or not 0 <= fraction < 1):
       raise PrepareError(f"--split_fractions: {part!r} is not SPLIT=FRACTION "
-                         f"with 0 <= FRACTION < 1")
+                         f"with a new split name (letters, digits, _) and "
+                         f"0 <= FRACTION < 1")
+    fractions[split] = fraction
   if sum(fractions.values()) >= 1:
     raise PrepareError("--split_fractions add up to 1 or more: nothing is "
                        "left for train")
@@ -116,33 +120,64 @@ def _parse_fractions(text: str) -> dict[str, float]:
 
 
 def _parse_source(text: str) -> tuple[str | None, str, str]:
-  """"[SPLIT=]SPEC" → (split or None, kind, location)."""
+  """"[SPLIT=]SPEC" → (split or None, kind, location); local paths made
+  absolute, so a rerun from another directory is the same source."""
   split, eq, spec = text.partition("=")
-  if not eq or "/" in split or ":" in split:
+  if not eq or os.path.exists(text) or not readers.SPLIT_NAME.fullmatch(split):
     split, spec = None, text
-  for kind in ("tfds", "folder", "karpathy", "webdataset"):
-    if spec.startswith(kind + ":"):
-      return split, kind, spec[len(kind) + 1:]
-  lower = spec.lower()
-  if lower.endswith(".jsonl"):
-    return split, "jsonl", spec
-  if lower.endswith((".csv", ".tsv")):
-    return split, lower[-3:], spec
-  if lower.endswith(".json"):
-    return split, "karpathy", spec
-  if lower.endswith(".tar") or "*" in spec or os.path.isdir(spec):
-    return split, "webdataset", spec
-  raise PrepareError(f"--source={text}: cannot tell its format; use a .jsonl, "
-                     f".csv or .tsv file, karpathy:FILE, folder:DIR, tfds:NAME "
-                     f"or a directory or glob of .tar shards")
+  kind = next((k for k in ("tfds", "folder", "karpathy", "webdataset")
+               if spec.startswith(k + ":")), None)
+  location = spec[len(kind) + 1:] if kind else spec
+  lower = location.lower()
+  if kind is None:
+    if lower.endswith(".jsonl"):
+      kind = "jsonl"
+    elif lower.endswith((".csv", ".tsv")):
+      kind = lower[-3:]
+    elif lower.endswith(".json"):
+      kind = "karpathy"
+    elif lower.endswith(".tar") or "*" in location or os.path.isdir(location):
+      kind = "webdataset"
+    else:
+      raise PrepareError(
+          f"--source={text}: cannot tell its format; use a .jsonl, .csv or "
+          f".tsv file, karpathy:FILE, folder:DIR, tfds:NAME or a directory or "
+          f"glob of .tar shards")
+  if kind != "tfds" and "://" not in location:
+    location = os.path.abspath(os.path.expanduser(location))
+  return split, kind, location
+
+
+def _fingerprint(kind: str, location: str) -> list | None:
+  """A captions file's size and modification time: an unfinished
+  preparation does not continue over an edited file."""
+  if kind in ("jsonl", "csv", "tsv", "karpathy") and os.path.isfile(location):
+    info = os.stat(location)
+    return [info.st_size, info.st_mtime_ns]
+  return None
 
 
 def _spec(opts: Options) -> dict:
-  """The options that decide the output: a rerun must match them."""
+  """The options that decide the output (sources as absolute paths, with
+  their files' fingerprints): a rerun must match them."""
   spec = dataclasses.asdict(opts)
   for key in ("out", "num_workers"):
     del spec[key]
+  parsed = [_parse_source(text) for text in opts.source]
+  spec["source"] = [f"{split}={kind}:{where}" if split else f"{kind}:{where}"
+                    for split, kind, where in parsed]
+  spec["fingerprints"] = [_fingerprint(kind, where)
+                          for _, kind, where in parsed]
+  for key in ("images", "class_names", "templates"):
+    if spec[key] and "://" not in spec[key]:
+      spec[key] = os.path.abspath(os.path.expanduser(spec[key]))
   return spec
+
+
+def _differences(old: dict, new: dict) -> str:
+  return ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
+                   for k in sorted(set(old) | set(new))
+                   if old.get(k) != new.get(k))
 
 
 def _read_lines(path: str, what: str) -> list[str]:
@@ -215,20 +250,29 @@ def plan(work: epath.Path, opts: Options
     raise PrepareError("--source mixes caption sets and class sets; prepare "
                        "them into separate --out directories")
   if opts.class_names:
-    classes = _read_lines(opts.class_names, "class_names")
+    names = _read_lines(opts.class_names, "class_names")
+    if classes is not None and len(names) != len(classes):
+      raise PrepareError(f"--class_names has {len(names)} names for "
+                         f"{len(classes)} classes ({', '.join(classes[:5])}"
+                         f"{', …' if len(classes) > 5 else ''})")
+    classes = names
   kind = kinds.pop()
   if kind == "classes" and not classes:
     raise PrepareError("a class set needs --class_names (its labels have no "
                        "names)")
+  for unit in units:
+    unit.args["num_classes"] = len(classes) if kind == "classes" else None
   fixed = {"kind": kind, "sources": described}
   if kind == "classes":
     fixed["class_names"] = list(classes)
     fixed["templates"] = (_read_lines(opts.templates, "templates")
                           if opts.templates else ["a photo of a {}."])
-    bad = [t for t in fixed["templates"] if "{}" not in t]
+    bad = [t for t in fixed["templates"]
+           if "{}" not in t or "{" in t.replace("{}", "")
+           or "}" in t.replace("{}", "")]
     if bad:
-      raise PrepareError(f"--templates: {bad[0]!r} has no {{}} for the class "
-                         f"name")
+      raise PrepareError(f"--templates: {bad[0]!r} must hold {{}} for the "
+                         f"class name and no other braces")
   return units, fixed
 
 
@@ -289,6 +333,36 @@ class Progress:
       self.line()
 
 
+def _check_out(root: epath.Path, spec: dict) -> dict | None:
+  """The finished card when `root` holds this very preparation; None when
+  it is new or an unfinished one to continue (one with other flags and no
+  unit done is started over). PrepareError for anything else."""
+  out, work = str(root), root / ".work"
+  if root.exists() and not root.is_dir():
+    raise PrepareError(f"--out {out} is a file")
+  if (root / prepared.CARD).exists():
+    card = prepared.read_card(out)
+    if card.get("spec") != spec:
+      raise PrepareError(
+          f"{out} already holds a prepared dataset made with other flags "
+          f"({_differences(card.get('spec', {}), spec)}); choose a new --out")
+    return card
+  spec_file = work / "spec.json"
+  if spec_file.exists():
+    saved = json.loads(spec_file.read_text())
+    if saved != spec:
+      if any(work.glob("unit-*.json")):
+        raise PrepareError(
+            f"{out} holds an unfinished preparation made with other flags or "
+            f"an older version of its sources ({_differences(saved, spec)}): "
+            f"rerun that command, or delete {out} to start over")
+      work.rmtree()
+  elif root.exists() and any(root.iterdir()):
+    raise PrepareError(f"--out {out} exists and holds other files; choose a "
+                       f"new or an empty directory")
+  return None
+
+
 def run(opts: Options) -> dict:
   """Prepares (or continues preparing) `opts.source` into `opts.out`;
   returns the dataset card."""
@@ -296,17 +370,10 @@ def run(opts: Options) -> dict:
   root = epath.Path(out)
   work = root / ".work"
   spec = _spec(opts)
-  if (root / prepared.CARD).exists():
-    card = prepared.read_card(out)
-    if card.get("spec") != spec:
-      raise PrepareError(f"{out} already holds a prepared dataset made with "
-                         f"other flags; choose a new --out")
+  card = _check_out(root, spec)
+  if card is not None:
     print(f"{out} is already prepared: {_summary(card)}")
     return card
-  spec_file = work / "spec.json"
-  if spec_file.exists() and json.loads(spec_file.read_text()) != spec:
-    raise PrepareError(f"{out} holds an unfinished preparation with other "
-                       f"flags: rerun that command, or choose a new --out")
   created = not root.exists()
   try:
     units, fixed = plan(work, opts)
@@ -320,9 +387,13 @@ def run(opts: Options) -> dict:
         root.rmtree(missing_ok=True)
     raise
   work.mkdir(parents=True, exist_ok=True)
-  spec_file.write_text(json.dumps(spec, indent=1))
+  (work / "spec.json").write_text(json.dumps(spec, indent=1))
+  # Units stage their files here (local outputs) or in a local temporary
+  # directory; what an interrupted unit left is removed when it is redone.
+  staging = (str(work / "staging") if "://" not in out
+             else tempfile.gettempdir())
   names = [f"{i:05d}-of-{len(units):05d}" for i in range(len(units))]
-  pending = [(unit, str(root), name, str(work / f"unit-{name}.json"))
+  pending = [(unit, out, name, str(work / f"unit-{name}.json"), staging)
              for unit, name in zip(units, names)
              if not (work / f"unit-{name}.json").exists()]
   if len(pending) < len(units):
@@ -339,13 +410,16 @@ def run(opts: Options) -> dict:
         prepare_units.convert(*job)
         progress.units_done += 1
     else:
-      with context.Pool(workers, initializer=prepare_units.set_counter,
+      with context.Pool(workers, initializer=prepare_units.init_worker,
                         initargs=(counter,)) as pool:
         for _ in pool.imap_unordered(prepare_units.convert_job, pending):
           progress.units_done += 1
   done = [json.loads((work / f"unit-{name}.json").read_text())
           for name in names]
   card = prepare_units.card(done, fixed, spec)
+  if not card["splits"]:
+    raise PrepareError(f"the sources hold no usable example (skipped: "
+                       f"{_summary(card).split('skipped ')[-1]})")
   (root / prepared.CARD).write_text(json.dumps(card, indent=1))
   (root / "dataset_card.md").write_text(prepare_units.card_markdown(card))
   _bucket_dir(work).rmtree(missing_ok=True)

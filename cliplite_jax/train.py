@@ -177,9 +177,18 @@ def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
   return results
 
 
+def _canonical_datasets(config: ml_collections.ConfigDict) -> None:
+  """Prepared datasets' paths made absolute, before the config is compared
+  with or saved as WORKDIR/config.json."""
+  config.data.name = sources.canonical(config.data.name)
+  config.eval.transfer = tuple(sources.canonical(n)
+                               for n in config.eval.get("transfer", ()))
+
+
 def _check_data(config: ml_collections.ConfigDict) -> None:
   """Fails early, before anything is written, on an unreadable dataset or
-  rewrites file."""
+  rewrites file, a class set to train on, or a training split smaller than
+  one batch."""
   evaluate.check_reads([(config.data.name, config.data.train_split)]
                        + evaluate.eval_reads(config), config.data.data_dir)
   if sources.get(config.data.name)[0].captions_key is None:
@@ -187,6 +196,17 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
         f"data.name {config.data.name} is a class set, without captions: "
         f"training needs image-caption pairs; score models on it with "
         f"eval.transfer")
+  examples = sources.open_split(config.data.name, config.data.train_split,
+                                config.data.data_dir)
+  usable = len(pipeline.subset_indices(len(examples), config.data.fraction,
+                                       config.data.fraction_seed))
+  needed = config.batch_size * max(1, config.data.num_workers)
+  if usable < needed:
+    raise config_io.UserError(
+        f"{config.data.name} {config.data.train_split} has {usable} training "
+        f"examples (data.fraction {config.data.fraction}), fewer than one "
+        f"batch of {needed}: lower --config.batch_size"
+        + (" or data.num_workers" if config.data.num_workers > 0 else ""))
   pipeline.load_rewrites(config.data.rewrites)
 
 
@@ -228,6 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   final evaluation metrics (empty when `config.eval.probes` is).
   """
   config_io.check_workdir(workdir)
+  _canonical_datasets(config)
   mesh = make_mesh(config)
   _adopt_pretrained_text(config)
   _validate(config, mesh)

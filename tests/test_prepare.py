@@ -9,7 +9,7 @@ import pytest
 
 import photos
 from cliplite_jax import prepare
-from cliplite_jax.data import prepare_units, prepared, sources
+from cliplite_jax.data import prepare_units, prepared, readers, sources
 from conftest import run_module
 
 
@@ -187,3 +187,103 @@ def test_bad_input_is_one_line_and_writes_nothing(photo_files, tmp_path, args,
   lines = [line for line in result.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and message in lines[0], result.stderr
   assert not os.path.exists(out / prepared.CARD)
+
+
+def _folder_set(root, classes):
+  for folder, names in classes.items():
+    os.makedirs(root / folder, exist_ok=True)
+    for name in names:
+      (root / folder / f"{name}.jpg").write_bytes(photos.jpeg(name))
+
+
+def test_class_folders_hidden_folders_names_and_templates(tmp_path):
+  _folder_set(tmp_path / "cls", {"cat": ["chelsea"], "cup": ["coffee"],
+                                 ".ipynb_checkpoints": ["moon"]})
+  (tmp_path / "cls" / "cup" / "notes.txt").write_text("not an image")
+  names = tmp_path / "names.txt"
+  names.write_text("a cat\n")
+  with pytest.raises(prepare.PrepareError, match="1 names for 2 classes"):
+    _prepare(tmp_path / "a", f"folder:{tmp_path / 'cls'}",
+             class_names=str(names))
+  names.write_text("a cat\na cup of coffee\n")
+  templates = tmp_path / "t.txt"
+  for bad in ("a {} in {style}", "a photo"):
+    templates.write_text(f"{bad}\n")
+    with pytest.raises(prepare.PrepareError, match="no other braces"):
+      _prepare(tmp_path / "b", f"folder:{tmp_path / 'cls'}",
+               class_names=str(names), templates=str(templates))
+  card = _prepare(tmp_path / "c", f"folder:{tmp_path / 'cls'}",
+                  class_names=str(names))
+  assert card["class_names"] == ["a cat", "a cup of coffee"]
+  examples = prepared.Examples(str(tmp_path / "c"), "train")
+  labels = {examples[i]["key"]: examples[i]["label"] for i in range(2)}
+  assert labels == {"cat/chelsea.jpg": 0, "cup/coffee.jpg": 1}
+
+
+def test_tsv_quotes_bom_and_malformed_rows(tmp_path):
+  photos.write_images(str(tmp_path))
+  tsv = tmp_path / "caps.tsv"
+  tsv.write_text('\ufeffimage\tcaption\n'
+                 'img/coffee.jpg\t"latte" art in a cup\n'
+                 'img/moon.jpg\tthe moon\n', encoding="utf-8")
+  _prepare(tmp_path / "t", str(tsv))
+  got = _examples(tmp_path / "t")["train"]
+  assert sorted(c for _, cs in got for c in cs) == [
+      '"latte" art in a cup', "the moon"]
+  csv_file = tmp_path / "short.csv"
+  csv_file.write_text("caption,image\na moon\n")
+  with pytest.raises(readers.SourceError, match="short.csv:2: fewer fields"):
+    _prepare(tmp_path / "s", str(csv_file))
+  for line, message in (('{"image": "img/moon.jpg", "caption": "x", '
+                         '"split": "a/b"}', "is not a name"),
+                        ('{"image": "img/moon.jpg", "caption": "x", '
+                         '"label": "cat"}', "not a class index")):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line + "\n")
+    with pytest.raises(readers.SourceError, match=f"bad.jsonl:1: .*{message}"):
+      _prepare(tmp_path / "j", str(bad))
+    assert not os.path.exists(tmp_path / "j")  # nothing left behind
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("\n")
+  with pytest.raises(prepare.PrepareError, match="no usable example"):
+    _prepare(tmp_path / "e", str(empty))
+
+
+def test_out_must_be_new_empty_or_this_preparation(photo_files, tmp_path):
+  (tmp_path / "afile").write_text("x")
+  with pytest.raises(prepare.PrepareError, match="is a file"):
+    _prepare(tmp_path / "afile", photo_files["jsonl"])
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "mine.txt").write_text("keep me")
+  with pytest.raises(prepare.PrepareError, match="holds other files"):
+    _prepare(tmp_path / "full", photo_files["jsonl"])
+  assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
+
+
+def test_an_edited_source_is_not_continued_over(photo_files, tmp_path,
+                                                monkeypatch):
+  root = os.path.dirname(photo_files["jsonl"])
+  source = os.path.join(root, "edited.jsonl")
+  with open(photo_files["jsonl"]) as f:
+    lines = f.readlines()
+  with open(source, "w") as f:
+    f.writelines(lines[:6])
+  real_convert = prepare_units.convert
+
+  def stop_after_one(*job):
+    monkeypatch.setattr(prepare_units, "convert", _interrupt)
+    real_convert(*job)
+
+  monkeypatch.setattr(prepare_units, "convert", stop_after_one)
+  with pytest.raises(KeyboardInterrupt):
+    _prepare(tmp_path / "p", source, examples_per_shard=2)
+  with open(source, "a") as f:
+    f.writelines(lines[6:])
+  monkeypatch.setattr(prepare_units, "convert", real_convert)
+  with pytest.raises(prepare.PrepareError, match="older version of its "
+                     "sources.*fingerprints"):
+    _prepare(tmp_path / "p", source, examples_per_shard=2)
+
+
+def _interrupt(*job):
+  raise KeyboardInterrupt

@@ -217,3 +217,25 @@ def test_a_stream_with_nothing_usable_stops_with_one_error():
   with pytest.raises(pipeline.NoUsableExamplesError,
                      match="my_set train: 5 examples in a row"):
     next(iter(ds))
+
+
+def test_a_split_smaller_than_a_batch_is_refused_before_anything_is_written(
+    tiny, photo_set, tmp_path):
+  from cliplite_jax import config_io, train
+  tiny.data.name = photo_set  # 9 training photos
+  tiny.batch_size = 16
+  with pytest.raises(config_io.UserError,
+                     match="has 9 training examples .* one batch of 16"):
+    train.train_and_evaluate(tiny, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_prepared_paths_are_saved_absolute_and_named_clearly(
+    photo_set, monkeypatch):
+  parent, name = os.path.split(photo_set)
+  monkeypatch.chdir(parent)
+  assert sources.canonical(f"./{name}") == photo_set
+  assert sources.canonical("coco_captions") == "coco_captions"
+  assert sources.display_name(f"./{name}") == name
+  with pytest.raises(ValueError, match=f"write ./{name}"):
+    sources.get(name)

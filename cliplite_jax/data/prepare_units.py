@@ -9,7 +9,7 @@ import math
 import os
 import resource
 import shutil
-import tempfile
+import signal
 import time
 
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -37,6 +37,13 @@ def set_counter(counter) -> None:
   """Installs the shared examples-converted counter (progress line)."""
   global _counter
   _counter = counter
+
+
+def init_worker(counter) -> None:
+  """A pool worker: the shared counter, and Ctrl-C left to the parent (it
+  stops the pool; the units in flight are redone on the next run)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  set_counter(counter)
 
 
 def _hash(text: str) -> int:
@@ -116,12 +123,17 @@ def _items(unit: Unit):
                             a["data_dir"])
 
 
-def convert(unit: Unit, out: str, name: str, marker: str) -> None:
-  """Converts one unit into SPLIT-NAME.array_record files under `out` and
-  then writes its `marker` (counts, caption histogram, problems): a unit
-  with a marker is complete, one without is redone from scratch."""
+def convert(unit: Unit, out: str, name: str, marker: str,
+            staging_root: str) -> None:
+  """Converts one unit into SPLIT-NAME.array_record files under `out`
+  (written in a directory of `staging_root` first) and then writes its
+  `marker` (counts, caption histogram, problems): a unit with a marker is
+  complete, one without is redone from scratch."""
   a = unit.args
-  staging = tempfile.mkdtemp(prefix="cliplite_unit_")
+  os.makedirs(staging_root, exist_ok=True)
+  staging = os.path.join(staging_root, f"unit-{name}")
+  shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
+  os.makedirs(staging)
   writers, stats = {}, {}
   skipped = {"missing": 0, "undecodable": 0, "no_caption": 0, "no_label": 0,
              "damaged": 0}
@@ -144,10 +156,13 @@ def convert(unit: Unit, out: str, name: str, marker: str) -> None:
       if readers.image_size(item.image) is None:
         skip(item, "undecodable")
         continue
-      is_class_set = unit.kind != "webdataset" and (
-          item.label is not None or a.get("label_key"))
-      if is_class_set and item.label is None:
-        skip(item, "no_label")
+      is_class_set = a["num_classes"] is not None
+      if not is_class_set:
+        item.label = None  # a caption set's rows may carry labels: unused
+      if is_class_set and (item.label is None
+                           or item.label >= a["num_classes"]):
+        skip(item, "no_label" if item.label is None else
+             f"no_label (label {item.label} ≥ {a['num_classes']} classes)")
         continue
       if not is_class_set and not captions:
         skip(item, "no_caption")

@@ -87,7 +87,8 @@ class Examples:
     for part in split_names(split):
       if part not in known:
         raise ValueError(f"prepared dataset {root} has no split {part!r} "
-                         f"(it has {sorted(known)})")
+                         f"(it has {sorted(known)}; the config names splits "
+                         f"in data.train_split, eval.split, eval.fit_split)")
       paths += [f"{root / shard['file']}[0:{shard['examples']}]"
                 for shard in known[part]["shards"] if shard["examples"]]
     if not paths:

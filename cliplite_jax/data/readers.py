@@ -18,6 +18,7 @@ import glob
 import io
 import json
 import os
+import re
 import tarfile
 from typing import Iterator
 
@@ -63,10 +64,43 @@ def _as_captions(value, where: str) -> list[str]:
                     f"strings, got {type(value).__name__}")
 
 
+# A split name becomes part of file names and of "a+b" split expressions.
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def check_split(split, where: str) -> str | None:
+  """`split` if it is None or a name of letters, digits and _; else
+  SourceError naming `where`."""
+  if split is None or (isinstance(split, str) and SPLIT_NAME.fullmatch(split)):
+    return split
+  raise SourceError(f"{where}: split {split!r} is not a name of letters, "
+                    f"digits and _")
+
+
+def _check_label(label, where: str) -> int | None:
+  if label is None or (isinstance(label, int) and not isinstance(label, bool)
+                       and label >= 0):
+    return label
+  raise SourceError(f"{where}: label {label!r} is not a class index (an "
+                    f"integer ≥ 0; names go in --class_names)")
+
+
+def _open_text(path: str):
+  """A local or gs:// text file, a leading byte-order mark dropped (Excel's
+  "CSV UTF-8"); newline="" keeps line breaks inside quoted CSV fields."""
+  if "://" in path:
+    f = epath.Path(path).open()
+    first = f.read(1)
+    if first != "\ufeff":
+      f.seek(0)
+    return f
+  return open(path, newline="", encoding="utf-8-sig")
+
+
 def jsonl_rows(path: str) -> Iterator[Row]:
   """{"image": "rel/path.jpg", "captions": [...] or "caption": "...",
   optional "split", optional "label"} per line."""
-  with epath.Path(path).open() as f:
+  with _open_text(path) as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -79,16 +113,17 @@ def jsonl_rows(path: str) -> Iterator[Row]:
         raise SourceError(f'{where}: each line must be an object with an '
                           f'"image" path')
       captions = _as_captions(obj.get("captions", obj.get("caption")), where)
-      yield Row(obj["image"], captions, obj.get("split"), obj.get("label"))
+      yield Row(obj["image"], captions, check_split(obj.get("split"), where),
+                _check_label(obj.get("label"), where))
 
 
 def csv_rows(path: str, image_column: str, caption_column: str,
              split_column: str, delimiter: str) -> Iterator[Row]:
-  """One caption per row; a header names the columns."""
-  # newline="" keeps line breaks inside quoted fields (local files).
-  with (epath.Path(path).open() if "://" in path
-        else open(path, newline="", encoding="utf-8")) as f:
-    reader = csv.DictReader(f, delimiter=delimiter)
+  """One caption per row; a header names the columns. A TSV's fields are
+  taken as they are (no quoting: a caption may start with a quote)."""
+  quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+  with _open_text(path) as f:
+    reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
     columns = reader.fieldnames or []
     for needed in (image_column, caption_column):
       if needed not in columns:
@@ -96,8 +131,12 @@ def csv_rows(path: str, image_column: str, caption_column: str,
             f"{path}: no column {needed!r} (it has {columns}); name the "
             f"columns with --image_column / --caption_column")
     for row in reader:
-      yield Row(row[image_column], _as_captions(row[caption_column] or "", path),
-                row.get(split_column) or None)
+      where = f"{path}:{reader.line_num}"
+      if row[image_column] is None or row[caption_column] is None:
+        raise SourceError(f"{where}: fewer fields than the header's "
+                          f"{len(columns)}")
+      yield Row(row[image_column], _as_captions(row[caption_column], where),
+                check_split(row.get(split_column) or None, where))
 
 
 def karpathy_rows(path: str) -> Iterator[Row]:
@@ -108,16 +147,26 @@ def karpathy_rows(path: str) -> Iterator[Row]:
     images = json.loads(epath.Path(path).read_text())["images"]
   except (ValueError, KeyError, TypeError) as e:
     raise SourceError(f"{path}: not a Karpathy split file ({e!r})") from e
-  for image in images:
-    name = os.path.join(image.get("filepath", ""), image["filename"])
-    yield Row(name, [s["raw"] for s in image["sentences"]], image["split"])
+  for number, image in enumerate(images):
+    where = f"{path}: images[{number}]"
+    try:
+      name = os.path.join(image.get("filepath", ""), image["filename"])
+      captions = [s["raw"] for s in image["sentences"]]
+      split = image["split"]
+    except (KeyError, TypeError, AttributeError) as e:
+      raise SourceError(f"{where}: needs filename, split and sentences "
+                        f"[{{raw}}] ({e!r})") from e
+    yield Row(name, _as_captions(captions, where), check_split(split, where))
 
 
 def folder_rows(root: str) -> tuple[list[str], Iterator[Row]]:
-  """A folder per class (sorted names are label 0, 1, …) of image files →
-  (class folder names, rows with a label and no captions)."""
+  """A folder per class (sorted names are label 0, 1, …; hidden folders
+  such as .ipynb_checkpoints are not classes) of image files, found by
+  extension (others and subfolders are not read) → (class folder names,
+  rows with a label and no captions)."""
   base = epath.Path(root)
-  classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+  classes = sorted(p.name for p in base.iterdir()
+                   if p.is_dir() and not p.name.startswith("."))
   if not classes:
     raise SourceError(f"{root}: no class folders")
 

@@ -153,7 +153,12 @@ def get(name: str) -> tuple[Source, str]:
     return from_card(name), name
   base, _, builder_config = name.partition("/")
   if base not in SOURCES:
-    raise ValueError(f"unknown dataset {name!r}; known: {sorted(SOURCES)}")
+    hint = (f" (for the prepared dataset in directory {name!r}, write "
+            f"./{name})" if os.path.isdir(name) else
+            "; a prepared dataset is named by its path (/..., ./..., ~/..., "
+            "gs://...)")
+    raise ValueError(f"unknown dataset {name!r}; known: {sorted(SOURCES)}"
+                     f"{hint}")
   source = SOURCES[base]
   tfds_name = f"{base}/{builder_config}" if builder_config else source.tfds_name
   return source, tfds_name
@@ -178,6 +183,14 @@ def from_card(name: str) -> Source:
                   zeroshot={"class": ("label", tuple(card["class_names"]),
                                       tuple(card["templates"]))}, **common)
   return Source(**common)
+
+
+def canonical(name: str) -> str:
+  """A prepared dataset's local path made absolute (a run's saved config
+  then works from any directory); other names as they are."""
+  if prepared.is_prepared_name(name) and "://" not in name:
+    return os.path.abspath(os.path.expanduser(name))
+  return name
 
 
 def display_name(name: str) -> str:
