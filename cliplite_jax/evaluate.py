@@ -18,6 +18,8 @@ import os
 import sys
 
 if __name__ == "__main__":
+  from cliplite_jax import native_logs
+  native_logs.quiet()
   # First, before the heavy imports: this may replace the process once.
   from cliplite_jax import host_memory
   host_memory.reexec_with_fast_malloc()

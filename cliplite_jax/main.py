@@ -31,6 +31,8 @@ if __name__ == "__main__":
   # restores this one. An ignored SIGINT (a script's background job) stays so.
   if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
     signal.signal(signal.SIGINT, _exit_interrupted)
+  from cliplite_jax import native_logs
+  native_logs.quiet()
   # First, before the heavy imports: this may replace the process once.
   from cliplite_jax import host_memory
   host_memory.reexec_with_fast_malloc()

@@ -8,7 +8,8 @@ import time
 
 import jax
 from etils import epath
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import (event_pb2, summary_pb2, tensor_pb2,
+                                     tensor_shape_pb2, types_pb2)
 from tensorboard.summary.writer import record_writer
 
 
@@ -41,10 +42,32 @@ class MetricWriter:
     del record["step"]
     self._tb.write(int(step), record)
 
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """A text entry in TensorBoard (its Text tab), e.g. the run summary."""
+    if self._active:
+      self._tb.write_text(int(step), tag, text)
+
   def close(self) -> None:
     if self._active:
       self._jsonl.close()
       self._tb.close()
+
+
+def last_record(workdir: str, step: int) -> dict[str, float]:
+  """The last metrics.jsonl record at or before `step` ({} if none): where
+  a resumed run's running totals (core_hours) continue from."""
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return {}
+  last = {}
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:  # a line cut short by a kill
+      continue
+    if record.get("step", step + 1) <= step:
+      last = record
+  return last
 
 
 class _ScalarWriter:
@@ -77,6 +100,20 @@ class _ScalarWriter:
     self._add(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=[
         summary_pb2.Summary.Value(tag=key, simple_value=value)
         for key, value in scalars.items()])))
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    if self._flax:
+      self._flax.text(tag, text, step)
+      self._flax.flush()
+      return
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, string_val=[text.encode()],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto())
+    self._add(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, metadata=metadata,
+                                  tensor=tensor)])))
 
   def _add(self, event: event_pb2.Event) -> None:
     event.wall_time = time.time()
@@ -122,8 +159,9 @@ class Progress:
     self._waited += seconds
 
   def update(self, step: int) -> dict[str, float]:
-    """Returns {"img_per_s", "eta_s", "data_wait_frac"} since the last call;
-    data_wait_frac is the share of the wall time spent in `waited`."""
+    """Returns {"img_per_s", "eta_s", "data_wait_frac", "elapsed_s"} since
+    the last call; data_wait_frac is the share of the wall time spent in
+    `waited`."""
     now = time.perf_counter()
     elapsed = max(now - self._last_time, 1e-9)
     rate = (step - self._last_step) / elapsed
@@ -131,7 +169,7 @@ class Progress:
     self._last_step, self._last_time, self._waited = step, now, 0.0
     return {"img_per_s": rate * self._batch,
             "eta_s": (self._total - step) / max(rate, 1e-9),
-            "data_wait_frac": wait}
+            "data_wait_frac": wait, "elapsed_s": elapsed}
 
 
 def progress_line(step: int, total: int, metrics: dict[str, float],

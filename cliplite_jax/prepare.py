@@ -40,6 +40,10 @@ import time
 from absl import app, flags, logging
 from etils import epath
 
+if __name__ == "__main__":
+  from cliplite_jax import native_logs
+  native_logs.quiet()  # before readers import TensorFlow (tfds:NAME)
+
 from cliplite_jax.data import prepare_units, prepared, readers
 
 FLAGS = flags.FLAGS

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
 from cliplite_jax import guards, optim, parallel, prng, state as state_lib
-from cliplite_jax import recovery, validation, workdir_lock
+from cliplite_jax import recovery, summary, validation, workdir_lock
 from cliplite_jax.data import augment, pipeline, sources
 from cliplite_jax.models import cliplite, hf_bert
 
@@ -59,8 +59,10 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   BatchNorm statistics are updated after each one in turn, and the
   optimiser steps once. Metrics are float32 scalars (loss terms averaged
   over micro-batches): the loss terms, temperature, grad_norm (of the
-  gradients clipping sees: frozen parameters left out), lr/<group>
-  and data/skipped (examples dropped while assembling this global batch).
+  gradients clipping sees: frozen parameters left out), l2_params and
+  l2_updates (the global norms of the weights the model runs with and of
+  this step's change to them), lr/<group> and data/skipped (examples
+  dropped while assembling this global batch).
   """
   objective = make_objective(config, mesh)
   schedules = optim.schedules(config)
@@ -113,6 +115,11 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optim.clipped_norm(config, grads)
+    # The weights the model runs with, and how far this step moved them.
+    weights = optim.model_params(params)
+    metrics["l2_params"] = optax.global_norm(weights)
+    metrics["l2_updates"] = optax.global_norm(jax.tree.map(
+        jnp.subtract, weights, state.model_params))
     if "skipped" in batch:
       metrics["data/skipped"] = jnp.sum(batch["skipped"]).astype(jnp.float32)
     metrics.update({f"lr/{g}": s(state.step) for g, s in schedules.items()})
@@ -185,10 +192,10 @@ def _canonical_datasets(config: ml_collections.ConfigDict) -> None:
                                for n in config.eval.get("transfer", ()))
 
 
-def _check_data(config: ml_collections.ConfigDict) -> None:
+def _check_data(config: ml_collections.ConfigDict) -> int:
   """Fails early, before anything is written, on an unreadable dataset or
   rewrites file, a class set to train on, or a training split smaller than
-  one batch."""
+  one batch. Returns the number of training examples (the fraction's)."""
   evaluate.check_reads([(config.data.name, config.data.train_split)]
                        + evaluate.eval_reads(config), config.data.data_dir)
   if sources.get(config.data.name)[0].captions_key is None:
@@ -208,6 +215,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
         f"batch of {needed}: lower --config.batch_size"
         + (" or data.num_workers" if config.data.num_workers > 0 else ""))
   pipeline.load_rewrites(config.data.rewrites)
+  return usable
 
 
 def _say_what_resuming_changes(config: ml_collections.ConfigDict,
@@ -252,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = make_mesh(config)
   _adopt_pretrained_text(config)
   _validate(config, mesh)
-  _check_data(config)
+  num_examples = _check_data(config)
   guards.check_config_change(config, workdir, allow_config_change)
   fresh_tokenizer = None
   if not (epath.Path(workdir) / "tokenizer.json").exists():
@@ -287,6 +295,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step = make_train_step(config, model, tx, mesh)
   first_step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, resume_step=first_step)
+  lines = summary.startup_lines(
+      config, optim.model_params(state.params), mesh, workdir,
+      first_step if last_saved is not None else None, num_examples)
+  writer.write_text(first_step, "run", "\n\n".join(lines))
+  if jax.process_index() == 0:
+    print("\n".join(lines), flush=True)
+  epoch_size = summary.epoch_examples(num_examples, config)
+  core_hours = metrics_lib.last_record(workdir, first_step).get(
+      "core_hours", 0.0) if jax.process_index() == 0 else 0.0
   progress = metrics_lib.Progress(first_step, config.total_steps,
                                   config.batch_size)
   nonfinite = guards.NonFiniteGuard()
@@ -308,8 +325,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
           skipped = 0.0
           timing = progress.update(step)
-          logged["img_per_s"] = timing["img_per_s"]
-          logged["data/wait_frac"] = timing["data_wait_frac"]
+          core_hours += timing["elapsed_s"] * mesh.devices.size / 3600
+          logged.update({
+              "img_per_s": timing["img_per_s"],
+              "img_per_s_per_device": timing["img_per_s"] / mesh.devices.size,
+              "data/wait_frac": timing["data_wait_frac"],
+              "examples_seen": float(step * config.batch_size),
+              "epoch": step * config.batch_size / epoch_size,
+              "core_hours": core_hours})
           writer.write(step, logged)
           if jax.process_index() == 0:
             print(metrics_lib.progress_line(step, config.total_steps, logged,

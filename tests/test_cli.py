@@ -23,6 +23,15 @@ def test_train_then_evaluate(tiny_data_dir, tmp_path):
   assert train.returncode == 0, train.stderr[-3000:]
   assert "step 60/60 | loss" in train.stdout
   assert "zeroshot/shapes_captions/top1" in train.stdout
+  # It opens with the run summary, and no library's start-up chatter.
+  summary = train.stdout.splitlines()[:7]
+  assert summary[0].startswith("objective jsd + priors"), train.stdout[:800]
+  assert "batch: 16 global, 8 per device, 8 per micro-batch" in summary
+  assert any(line.startswith("data: shapes_captions/tiny train, 256 "
+                             "examples (fraction 1); 60 steps = 3.8 epochs")
+             for line in summary), summary
+  for noise in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard"):
+    assert noise not in train.stderr, train.stderr[:2000]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   logged = [r for r in records if "loss/total" in r]
@@ -35,9 +44,17 @@ def test_train_then_evaluate(tiny_data_dir, tmp_path):
   assert final["zeroshot/shapes_captions_color/top1"] >= 0.38, final
   for key in ("loss/jsd", "loss/prior_img", "loss/prior_txt", "temperature",
               "lr/image", "lr/text", "lr/other", "grad_norm", "img_per_s",
-              "data/wait_frac"):
+              "data/wait_frac", "l2_params", "l2_updates"):
     assert key in logged[0], key
   assert all(0 <= r["data/wait_frac"] <= 1 for r in logged)
+  # The units runs are compared in: 16 rows a step, 256 training images.
+  for r in logged:
+    assert r["examples_seen"] == 16 * r["step"]
+    assert r["epoch"] == pytest.approx(16 * r["step"] / 256)
+    assert r["img_per_s_per_device"] == pytest.approx(r["img_per_s"] / 2)
+    assert r["l2_params"] > 0 and 0 < r["l2_updates"] < r["l2_params"]
+  hours = [r["core_hours"] for r in logged]
+  assert 0 < hours[0] < hours[1] < hours[2] < 2 * 600 / 3600
   # TensorBoard reads the same scalars back.
   from tensorboard.backend.event_processing import event_accumulator
   events = event_accumulator.EventAccumulator(os.path.join(workdir, "tb"))

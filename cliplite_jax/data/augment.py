@@ -67,45 +67,53 @@ def decode_random_resized_crop(data: bytes, rng: np.random.Generator,
   needs: uint8 [size, size, 3], or None when the bytes do not decode.
 
   The crop box is drawn from the header's size (the same draws as
-  `random_resized_crop`). A JPEG whose crop is at least 6k times the output
-  on both sides (a phone photo, a small output) is decoded at 1/k scale in
-  the DCT domain (k = 2, 4, 8; libjpeg's scaled IDCT): a third of the
-  reduction the output needs, which keeps the result within a grey level of
-  the reference (a half lets sharp photos differ by 1.6). JPEGs decode with simplejpeg (libjpeg-turbo, the pixels PIL
-  decodes, faster), others with PIL. The box is resized straight from the
-  decoded image (no copy of the crop; the filter reads the pixels just
-  outside the box where the reference clamps at its edge). Tested against
-  the reference on photographs in tests/test_augment.py.
+  `random_resized_crop`). JPEGs decode with simplejpeg (libjpeg-turbo: the
+  pixels PIL decodes, faster), others with PIL; then the box is cut out and
+  resized as the reference does, to the same pixels. Only a JPEG whose crop
+  is at least 6k times the output on both sides (a phone photo, a small
+  output) differs: it is decoded at 1/k scale in the DCT domain (k = 2, 4,
+  8; libjpeg's scaled IDCT) and the scaled box resized from it, within a
+  grey level of the reference (at 2k times, sharp photos differed by 1.6).
+  Tested against the reference on photographs in tests/test_augment.py.
   """
   try:
     decoded = _decode_jpeg_for_crop(data, rng, size, scale, ratio)
     if decoded is None:
       with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
-        top, left, h, w = crop_box(height, width, rng, scale, ratio)
-        reduce = _reduction(h, w, size)
+        box = crop_box(height, width, rng, scale, ratio)
+        reduce = _reduction(box, size)
         if reduce > 1 and image.format == "JPEG":
           image.draft("RGB", (-(-width // reduce), -(-height // reduce)))
-        rgb = image.convert("RGB")
-      decoded = rgb, (height, width), (top, left, h, w)
+        decoded = image.convert("RGB"), (height, width), box
   except DECODE_ERRORS:
     return None
-  rgb, (height, width), (top, left, h, w) = decoded
-  sx, sy = rgb.width / width, rgb.height / height
-  box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-  return np.asarray(rgb.resize((size, size), Image.BILINEAR, box=box))
+  image, (height, width), (top, left, h, w) = decoded
+  if isinstance(image, np.ndarray) and image.shape[:2] == (height, width):
+    crop = Image.fromarray(image[top:top + h, left:left + w])
+    return np.asarray(crop.resize((size, size), Image.BILINEAR))
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  if image.size == (width, height):
+    crop = image.crop((left, top, left + w, top + h))
+    return np.asarray(crop.resize((size, size), Image.BILINEAR))
+  sx, sy = image.width / width, image.height / height  # decoded smaller
+  return np.asarray(image.resize(
+      (size, size), Image.BILINEAR,
+      box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy)))
 
 
-def _reduction(h: int, w: int, size: int) -> int:
+def _reduction(box: tuple[int, int, int, int], size: int) -> int:
+  """The DCT-domain scale 1/k to decode a crop `box` for a `size` output."""
   reduce = 1
-  while reduce < 8 and min(w, h) >= 6 * reduce * size:
+  while reduce < 8 and min(box[2:]) >= 6 * reduce * size:
     reduce *= 2
   return reduce
 
 
 def _decode_jpeg_for_crop(data, rng, size, scale, ratio):
-  """simplejpeg's decode of a YCbCr or grey JPEG → (PIL image, (H, W),
-  crop box), or None for anything else (PIL decodes it)."""
+  """simplejpeg's decode of a YCbCr or grey JPEG → (pixels uint8 [h, w, 3],
+  (H, W), crop box), or None for anything else (PIL decodes it)."""
   if data[:2] != b"\xff\xd8":
     return None
   try:
@@ -114,15 +122,15 @@ def _decode_jpeg_for_crop(data, rng, size, scale, ratio):
     return None  # PIL decides (and names) what is wrong
   if colorspace not in ("YCbCr", "Gray"):
     return None  # e.g. CMYK: PIL's conversion is the reference
-  top, left, h, w = crop_box(height, width, rng, scale, ratio)
-  reduce = _reduction(h, w, size)
+  box = crop_box(height, width, rng, scale, ratio)
+  reduce = _reduction(box, size)
   try:
     pixels = simplejpeg.decode_jpeg(
         data, "RGB", min_height=-(-height // reduce),
         min_width=-(-width // reduce))
   except ValueError as e:  # truncated or corrupt past the header
     raise OSError(str(e)) from e
-  return Image.fromarray(pixels), (height, width), (top, left, h, w)
+  return pixels, (height, width), box
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator,

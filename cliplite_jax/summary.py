@@ -1,0 +1,92 @@
+"""What a run tells its user: the start-up summary and the units people
+compare runs by (examples seen, epochs, device-hours)."""
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from cliplite_jax import optim
+from cliplite_jax.models import cliplite
+
+TOWERS = {cliplite.IMAGE_TOWER: "image", cliplite.TEXT_TOWER: "text"}
+
+
+def parameter_counts(config: ml_collections.ConfigDict,
+                     params) -> dict[str, dict[str, int]]:
+  """{"image" | "text" | "heads" | "all": {"total", "trainable", "frozen"}}
+  parameter counts of the model's `params` tree (arrays or shape structs);
+  "heads" is everything outside the two towers (projections, priors,
+  temperature); frozen: `model.text.train_last_layers`."""
+  labels = optim.param_labels(params, dict(config.optim.group_regex),
+                              config.model.text.layers,
+                              config.model.text.get("train_last_layers", -1))
+  counts = {name: {"total": 0, "trainable": 0, "frozen": 0}
+            for name in ("image", "text", "heads", "all")}
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  for (path, leaf), label in zip(leaves, jax.tree.leaves(labels)):
+    tower = TOWERS.get(str(getattr(path[0], "key", path[0])), "heads")
+    kind = "frozen" if label == optim.FROZEN else "trainable"
+    for name in (tower, "all"):
+      counts[name]["total"] += int(leaf.size)
+      counts[name][kind] += int(leaf.size)
+  return counts
+
+
+def epoch_examples(num_examples: int, config: ml_collections.ConfigDict
+                   ) -> int:
+  """Examples one epoch of the training stream holds: the (sub)set cut to
+  whole global batches (per worker process), as `pipeline.EpochShuffle`."""
+  chunk = config.batch_size * max(1, config.data.num_workers)
+  return num_examples // chunk * chunk
+
+
+def _millions(n: int) -> str:
+  return f"{n / 1e6:.2f}M" if n >= 10_000 else f"{n}"
+
+
+def startup_lines(config: ml_collections.ConfigDict, params, mesh,
+                  workdir: str, resumed_step: int | None,
+                  num_examples: int) -> list[str]:
+  """The start-up summary: objective, towers and parameter counts, dtype,
+  devices and mesh, rows per device and micro-batch, steps and epochs of
+  `num_examples` (the training (sub)set), warmup and learning rates, the
+  data, the workdir and resume point."""
+  counts = parameter_counts(config, params)
+  image, text = config.model.image, config.model.text
+  devices = mesh.devices.size
+  per_device = config.batch_size // devices
+  accum = config.get("accum_steps", 1)
+  epoch = epoch_examples(num_examples, config)
+  loss = config.loss.name + (f" + priors (weight {config.loss.prior_weight})"
+                             if config.loss.name == "jsd" else "")
+  width = f" ×{image.width:g}" if image.width != 1 else ""
+
+  def tower(name):
+    c = counts[name]
+    frozen = f", {_millions(c['frozen'])} frozen" if c["frozen"] else ""
+    return f"{_millions(c['total'])}{frozen}"
+
+  lr = ", ".join(f"{g} {v:g}" for g, v in config.optim.lr.items())
+  lookahead = (f", Lookahead k {config.optim.lookahead_k}"
+               if config.optim.lookahead_k > 0 else "")
+  start = (f"resuming at step {resumed_step}" if resumed_step is not None
+           else "a new run")
+  return [
+      f"objective {loss}; compute {config.model.dtype}",
+      f"model: image ResNet-{image.depth}{width} {tower('image')}, text "
+      f"BERT {text.layers}×{text.hidden} {tower('text')}, heads "
+      f"{tower('heads')}; {_millions(counts['all']['total'])} parameters, "
+      f"{_millions(counts['all']['trainable'])} trained",
+      f"devices: {devices} {jax.devices()[0].platform} on "
+      f"{jax.process_count()} host(s), mesh "
+      + " × ".join(f"{a} {n}" for a, n in mesh.shape.items()),
+      f"batch: {config.batch_size} global, {per_device} per device, "
+      f"{per_device // accum} per micro-batch",
+      f"data: {config.data.name} {config.data.train_split}, {num_examples} "
+      f"examples (fraction {config.data.fraction:g}); {config.total_steps} "
+      f"steps = {config.total_steps * config.batch_size / max(epoch, 1):.1f} "
+      f"epochs",
+      f"optimiser: {config.optim.name}, lr {lr}, warmup "
+      f"{config.optim.warmup_steps} steps, cosine to 0{lookahead}",
+      f"workdir: {workdir} ({start})",
+  ]
