@@ -13,7 +13,6 @@ def _sizes(tree) -> int:
 
 @pytest.fixture
 def params(tiny):
-  tiny.model.text.layers = 2
   model = cliplite.build(tiny)
   return quick_init(model, {"params": jax.random.key(0),
                             "prior": jax.random.key(1),
@@ -21,8 +20,8 @@ def params(tiny):
                     *state_lib.dummy_inputs(tiny), train=False)["params"]
 
 
-def test_parameter_counts_per_tower_and_frozen(tiny, params):
-  tiny.model.text.layers = 2
+def test_parameter_counts_per_tower_frozen_and_the_startup_lines(tiny,
+                                                                params):
   image = _sizes(params[cliplite.IMAGE_TOWER])
   text = _sizes(params[cliplite.TEXT_TOWER])
   heads = _sizes(params) - image - text
@@ -33,17 +32,17 @@ def test_parameter_counts_per_tower_and_frozen(tiny, params):
   assert counts["all"]["frozen"] == 0
   tiny.model.text.train_last_layers = 0  # the whole text tower frozen
   assert summary.parameter_counts(tiny, params)["text"]["frozen"] == text
-  tiny.model.text.train_last_layers = 1  # the last layer and pooler train
+  tiny.model.text.train_last_layers = 1  # its one layer (and pooler) train
   text_tower = params[cliplite.TEXT_TOWER]
-  trained = (_sizes(text_tower["layer_1"])  # mean pooling: no pooler
+  trained = (_sizes(text_tower["layer_0"])  # mean pooling: no pooler
              + _sizes(text_tower.get("pooler", {})))
+  assert 0 < trained < text  # the embeddings stay frozen
   counts = summary.parameter_counts(tiny, params)
   assert counts["text"]["trainable"] == trained
   assert counts["all"]["trainable"] == image + heads + trained
 
-
-def test_startup_lines_state_rows_steps_and_epochs(tiny, params):
-  tiny.model.text.layers = 2
+  # The start-up lines: rows, steps and epochs, devices, the resume point.
+  tiny.model.text.train_last_layers = -1
   tiny.accum_steps = 2
   tiny.total_steps = 100
   lines = summary.startup_lines(tiny, params, parallel.make_mesh(4),
