@@ -28,9 +28,12 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
+# Wall-clock measurements: the only metrics two runs may differ in.
+TIMING = ("img_per_s", "img_per_s_per_device", "data/wait_frac", "core_hours")
+
+
 def _losses(workdir):
-  return [(r["step"], {k: v for k, v in r.items()
-                       if k not in ("img_per_s", "data/wait_frac")})
+  return [(r["step"], {k: v for k, v in r.items() if k not in TIMING})
           for r in _records(workdir)]
 
 
@@ -70,6 +73,9 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_exact(
   assert result.returncode == 0, result.stderr[-3000:]
   assert _losses(workdir) == _losses(reference), (
       f"killed at {kill_at} (KILL_SEED={seed})")
+  # Device-hours carry over the resume: they only grow.
+  hours = [r["core_hours"] for r in _records(workdir) if "core_hours" in r]
+  assert len(hours) == 8 and all(0 < a < b for a, b in zip(hours, hours[1:]))
   step, state = _final_params(workdir)
   ref_step, ref_state = _final_params(reference)
   assert step == ref_step == 8

@@ -102,6 +102,7 @@ def _grads(config, remat, state, batch):
   return jax.jit(jax.value_and_grad(loss))(state.model_params)
 
 
+@pytest.mark.slow  # ~23 s; remat is a memory option of the large configs
 def test_remat_recomputes_the_same_gradients(tiny):
   mesh = parallel.make_mesh(1)
   _, _, state = _setup(tiny, mesh)
