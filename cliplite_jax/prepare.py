@@ -45,6 +45,10 @@ if __name__ == "__main__":
   native_logs.quiet()  # before readers import TensorFlow (tfds:NAME)
 
 from cliplite_jax.data import prepare_units, prepared, readers
+from cliplite_jax.data.prepare_options import (Options, PrepareError,
+                                               differences, parse_fractions,
+                                               parse_source, read_lines)
+from cliplite_jax.data.prepare_options import spec as make_spec
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("source", [], "[SPLIT=]SPEC; see the module doc.")
@@ -72,138 +76,21 @@ flags.DEFINE_integer("examples_per_shard", 5000, "Target examples per unit.")
 flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Parallel processes.")
 
 
-class PrepareError(Exception):
-  """Bad input to prepare: printed as one line, exit status 1."""
-
-
-@dataclasses.dataclass
-class Options:
-  """The command's flags (see their help); `run` reads only these."""
-  source: list[str]
-  out: str
-  images: str = ""
-  image_column: str = "image"
-  caption_column: str = "caption"
-  split_column: str = "split"
-  image_key: str = "image"
-  text_key: str = ""
-  label_key: str = ""
-  data_dir: str = ""
-  class_names: str = ""
-  templates: str = ""
-  split_fractions: str = ""
-  split_seed: int = 0
-  examples_per_shard: int = 5000
-  num_workers: int = 1
-
-  @classmethod
-  def from_flags(cls) -> "Options":
-    return cls(**{f.name: FLAGS[f.name].value
-                  for f in dataclasses.fields(cls)})
-
-
-def _parse_fractions(text: str) -> dict[str, float]:
-  fractions = {}
-  for part in filter(None, text.split(",")):
-    split, eq, value = part.partition("=")
-    split = split.strip()
-    try:
-      fraction = float(value)
-    except ValueError:
-      eq = ""
-    if (not eq or not readers.SPLIT_NAME.fullmatch(split)
-        or split in fractions or not 0 <= fraction < 1):
-      raise PrepareError(f"--split_fractions: {part!r} is not SPLIT=FRACTION "
-                         f"with a new split name (letters, digits, _) and "
-                         f"0 <= FRACTION < 1")
-    fractions[split] = fraction
-  if sum(fractions.values()) >= 1:
-    raise PrepareError("--split_fractions add up to 1 or more: nothing is "
-                       "left for train")
-  return fractions
-
-
-def _parse_source(text: str) -> tuple[str | None, str, str]:
-  """"[SPLIT=]SPEC" → (split or None, kind, location); local paths made
-  absolute, so a rerun from another directory is the same source."""
-  split, eq, spec = text.partition("=")
-  if not eq or os.path.exists(text) or not readers.SPLIT_NAME.fullmatch(split):
-    split, spec = None, text
-  kind = next((k for k in ("tfds", "folder", "karpathy", "webdataset")
-               if spec.startswith(k + ":")), None)
-  location = spec[len(kind) + 1:] if kind else spec
-  lower = location.lower()
-  if kind is None:
-    if lower.endswith(".jsonl"):
-      kind = "jsonl"
-    elif lower.endswith((".csv", ".tsv")):
-      kind = lower[-3:]
-    elif lower.endswith(".json"):
-      kind = "karpathy"
-    elif lower.endswith(".tar") or "*" in location or os.path.isdir(location):
-      kind = "webdataset"
-    else:
-      raise PrepareError(
-          f"--source={text}: cannot tell its format; use a .jsonl, .csv or "
-          f".tsv file, karpathy:FILE, folder:DIR, tfds:NAME or a directory or "
-          f"glob of .tar shards")
-  if kind != "tfds" and "://" not in location:
-    location = os.path.abspath(os.path.expanduser(location))
-  return split, kind, location
-
-
-def _fingerprint(kind: str, location: str) -> list | None:
-  """A captions file's size and modification time: an unfinished
-  preparation does not continue over an edited file."""
-  if kind in ("jsonl", "csv", "tsv", "karpathy") and os.path.isfile(location):
-    info = os.stat(location)
-    return [info.st_size, info.st_mtime_ns]
-  return None
-
-
-def _spec(opts: Options) -> dict:
-  """The options that decide the output (sources as absolute paths, with
-  their files' fingerprints): a rerun must match them."""
-  spec = dataclasses.asdict(opts)
-  for key in ("out", "num_workers"):
-    del spec[key]
-  parsed = [_parse_source(text) for text in opts.source]
-  spec["source"] = [f"{split}={kind}:{where}" if split else f"{kind}:{where}"
-                    for split, kind, where in parsed]
-  spec["fingerprints"] = [_fingerprint(kind, where)
-                          for _, kind, where in parsed]
-  for key in ("images", "class_names", "templates"):
-    if spec[key] and "://" not in spec[key]:
-      spec[key] = os.path.abspath(os.path.expanduser(spec[key]))
-  return spec
-
-
-def _differences(old: dict, new: dict) -> str:
-  return ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
-                   for k in sorted(set(old) | set(new))
-                   if old.get(k) != new.get(k))
-
-
-def _read_lines(path: str, what: str) -> list[str]:
-  try:
-    lines = [line.strip() for line in epath.Path(path).read_text().splitlines()]
-  except OSError as e:
-    raise PrepareError(f"--{what}: cannot read {path}: {e}") from e
-  lines = [line for line in lines if line]
-  if not lines:
-    raise PrepareError(f"--{what}: {path} is empty")
-  return lines
+def options_from_flags() -> Options:
+  """The command's flags as `Options`."""
+  return Options(**{f.name: FLAGS[f.name].value
+                    for f in dataclasses.fields(Options)})
 
 
 def plan(work: epath.Path, opts: Options
          ) -> tuple[list[prepare_units.Unit], dict]:
   """The units to convert and the card's fixed fields (kind, classes, …).
   Row sources are partitioned here, into local bucket files."""
-  fractions = _parse_fractions(opts.split_fractions)
+  fractions = parse_fractions(opts.split_fractions)
   units, classes, kinds, described = [], None, set(), []
   buckets = _bucket_dir(work)
   for number, text in enumerate(opts.source):
-    split, kind, location = _parse_source(text)
+    split, kind, location = parse_source(text)
     described.append(f"{kind}:{location}" + (f" → {split}" if split else ""))
     common = dict(split=split, fractions=fractions, seed=opts.split_seed)
     if kind == "webdataset":
@@ -254,7 +141,7 @@ def plan(work: epath.Path, opts: Options
     raise PrepareError("--source mixes caption sets and class sets; prepare "
                        "them into separate --out directories")
   if opts.class_names:
-    names = _read_lines(opts.class_names, "class_names")
+    names = read_lines(opts.class_names, "class_names")
     if classes is not None and len(names) != len(classes):
       raise PrepareError(f"--class_names has {len(names)} names for "
                          f"{len(classes)} classes ({', '.join(classes[:5])}"
@@ -269,7 +156,7 @@ def plan(work: epath.Path, opts: Options
   fixed = {"kind": kind, "sources": described}
   if kind == "classes":
     fixed["class_names"] = list(classes)
-    fixed["templates"] = (_read_lines(opts.templates, "templates")
+    fixed["templates"] = (read_lines(opts.templates, "templates")
                           if opts.templates else ["a photo of a {}."])
     bad = [t for t in fixed["templates"]
            if "{}" not in t or "{" in t.replace("{}", "")
@@ -349,7 +236,7 @@ def _check_out(root: epath.Path, spec: dict) -> dict | None:
     if card.get("spec") != spec:
       raise PrepareError(
           f"{out} already holds a prepared dataset made with other flags "
-          f"({_differences(card.get('spec', {}), spec)}); choose a new --out")
+          f"({differences(card.get('spec', {}), spec)}); choose a new --out")
     return card
   spec_file = work / "spec.json"
   if spec_file.exists():
@@ -358,7 +245,7 @@ def _check_out(root: epath.Path, spec: dict) -> dict | None:
       if any(work.glob("unit-*.json")):
         raise PrepareError(
             f"{out} holds an unfinished preparation made with other flags or "
-            f"an older version of its sources ({_differences(saved, spec)}): "
+            f"an older version of its sources ({differences(saved, spec)}): "
             f"rerun that command, or delete {out} to start over")
       work.rmtree()
   elif root.exists() and any(root.iterdir()):
@@ -373,7 +260,7 @@ def run(opts: Options) -> dict:
   out = opts.out
   root = epath.Path(out)
   work = root / ".work"
-  spec = _spec(opts)
+  spec = make_spec(opts)
   card = _check_out(root, spec)
   if card is not None:
     print(f"{out} is already prepared: {_summary(card)}")
@@ -445,7 +332,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # TFDS logs at INFO
-  opts = Options.from_flags()
+  opts = options_from_flags()
   try:
     if not opts.out:
       raise PrepareError("--out is required")
