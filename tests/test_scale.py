@@ -122,6 +122,7 @@ def test_remat_recomputes_the_same_gradients(tiny):
           == jax.tree.structure(state.model_params))
 
 
+@pytest.mark.slow  # ~21 s; bf16 is the GPU configs' dtype (run -m slow)
 def test_bfloat16_computes_in_bf16_and_keeps_float32_state(tiny):
   mesh = parallel.make_mesh(4)
   batch = _random_batch(tiny.batch_size, tiny)

@@ -235,3 +235,34 @@ def test_prepared_paths_are_saved_absolute_and_named_clearly(
   assert sources.display_name(f"./{name}") == name
   with pytest.raises(ValueError, match=f"write ./{name}"):
     sources.get(name)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "webdataset", "tfds"])
+def test_each_format_feeds_training_once_prepared(tiny, tiny_data_dir,
+                                                  tmp_path, fmt):
+  """CSV, webdataset and TFDS-keys sets give the train step its batches
+  (JSONL's trains from the command line above; the step does not see the
+  format)."""
+  raw = tmp_path / "raw"
+  if fmt == "csv":
+    sources_ = [photos.write_csv(str(raw))]
+    options = dict(image_column="filepath", caption_column="title")
+  elif fmt == "webdataset":
+    shards = photos.write_webdataset(str(raw))
+    sources_ = [f"{split}={path}" for split, path in shards.items()]
+    options = {}
+  else:
+    sources_ = ["train=tfds:shapes_captions/tiny"]
+    options = dict(text_key="captions", data_dir=tiny_data_dir)
+  out = str(tmp_path / f"my_{fmt}")
+  prepare.run(prepare.Options(source=sources_, out=out, **options))
+  tiny.data.name = out
+  tiny.batch_size = 8
+  tokenizer = _tokenizer(tiny)
+  stream = iter(pipeline.train_dataset(tiny, tokenizer))
+  for _ in range(3):  # more than an epoch of the photos
+    batch = next(stream)
+    assert batch["images"].shape == (8, 32, 32, 3)
+    assert batch["images"].dtype == np.uint8 and batch["images"].std() > 10
+    assert (batch["attention_mask"].sum(1) > 2).all()  # [CLS] words [SEP]
+    np.testing.assert_array_equal(batch["skipped"], 0)
