@@ -87,6 +87,27 @@ def tiny_overrides(data_dir: str) -> list[str]:
           "--config.checkpoint_every_steps=2", "--config.eval.batch_size=64"]
 
 
+def eight_step_args(data_dir: str, workdir: str, *extra: str) -> list[str]:
+  """`cliplite_jax.main` arguments of a tiny 8-step run that logs every step,
+  checkpoints every 2 and skips evaluation; `extra` overrides come last."""
+  return ["--config=configs/default.py", f"--workdir={workdir}",
+          *tiny_overrides(data_dir), "--config.total_steps=8",
+          "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+          "--config.eval.probes=()", *extra]
+
+
+@pytest.fixture(scope="session")
+def eight_step_run(tiny_data_dir, tmp_path_factory):
+  """An uninterrupted `eight_step_args` run (checkpoints 4, 6 and 8 kept),
+  shared by the reliability and integrity tests: copy it before changing
+  anything in it."""
+  workdir = str(tmp_path_factory.mktemp("eight_steps") / "run")
+  result = run_module("cliplite_jax.main",
+                      *eight_step_args(tiny_data_dir, workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
 def quick_run_args(data_dir: str, workdir: str, *extra: str) -> list[str]:
   """`cliplite_jax.main` arguments of a tiny run that logs every step and
   skips evaluation; `extra` overrides come last and win."""

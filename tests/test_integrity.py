@@ -12,16 +12,13 @@ import pytest
 from cliplite_jax import (checkpoint, config_io, guards, integrity, optim,
                           parallel, recovery, state as state_lib)
 from cliplite_jax.models import cliplite
-from conftest import run_module, tiny_overrides
+from conftest import eight_step_args, run_module
 
 MAIN, EVALUATE = "cliplite_jax.main", "cliplite_jax.evaluate"
 
 
 def _args(data_dir, workdir, *extra):
-  return ["--config=configs/default.py", f"--workdir={workdir}",
-          *tiny_overrides(data_dir), "--config.total_steps=8",
-          "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
-          "--config.eval.probes=()", *extra]
+  return eight_step_args(data_dir, workdir, *extra)
 
 
 def _params(workdir, step):
@@ -35,17 +32,15 @@ def _params(workdir, step):
           x.dtype, jax.dtypes.prng_key) else x, state))
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_data_dir, tmp_path_factory):
-  """An uninterrupted 8-step run: checkpoints 4, 6 and 8, each recorded."""
-  workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  result = run_module(MAIN, *_args(tiny_data_dir, workdir))
-  assert result.returncode == 0, result.stderr[-3000:]
+@pytest.fixture
+def reference(eight_step_run):
+  """An uninterrupted 8-step run (conftest's, shared): checkpoints 4, 6 and
+  8, each recorded."""
   for step in (4, 6, 8):
-    step_dir = os.path.join(workdir, "checkpoints", str(step))
+    step_dir = os.path.join(eight_step_run, "checkpoints", str(step))
     assert integrity.has_record(step_dir)
     integrity.verify(step_dir)
-  return workdir
+  return eight_step_run
 
 
 def _array_files(step_dir):

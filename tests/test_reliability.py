@@ -11,16 +11,13 @@ import pytest
 
 from cliplite_jax import checkpoint, config_io, optim, parallel, state as state_lib
 from cliplite_jax.models import cliplite
-from conftest import wait_for_step, run_module, tiny_overrides
+from conftest import eight_step_args, run_module, wait_for_step
 
 MAIN = "cliplite_jax.main"
 
 
 def _args(data_dir, workdir, *extra):
-  return ["--config=configs/default.py", f"--workdir={workdir}",
-          *tiny_overrides(data_dir), "--config.total_steps=8",
-          "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
-          "--config.eval.probes=()", *extra]
+  return eight_step_args(data_dir, workdir, *extra)
 
 
 def _records(workdir):
@@ -49,13 +46,10 @@ def _final_params(workdir):
   return mngr.latest_step(), jax.device_get(state)
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_data_dir, tmp_path_factory):
-  """An uninterrupted 8-step run."""
-  workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  result = run_module(MAIN, *_args(tiny_data_dir, workdir))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+@pytest.fixture
+def reference(eight_step_run):
+  """An uninterrupted 8-step run (conftest's, shared)."""
+  return eight_step_run
 
 
 def test_sigkill_at_a_random_step_then_rerun_is_bit_exact(

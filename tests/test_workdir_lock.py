@@ -41,14 +41,11 @@ def test_second_run_on_a_workdir_is_refused_naming_the_holder(tiny_data_dir,
   assert steps[-1] == saved and all(s % 5 == 0 for s in steps[:-1])
   for step in steps:
     integrity.verify(os.path.join(workdir, "checkpoints", str(step)))
-  # The lock died with its holder: the next run takes it and resumes.
+  # The lock died with its holder (its file stays, naming it): the next
+  # run takes it (resuming is tested in test_reliability.py).
   with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
     assert json.load(f)["pid"] == first.pid
-  result = run_module(MAIN, *quick_run_args(tiny_data_dir, workdir,
-                                   f"--config.total_steps={saved + 1}",
-                                   "--config.checkpoint_every_steps=5"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert f"resuming from step {saved}" in result.stdout
+  workdir_lock.acquire(workdir).release()
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
