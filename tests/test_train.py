@@ -89,6 +89,7 @@ def test_sharded_step_rolls_captions_within_each_device(tiny):
   assert int(new_state.step) == 1
 
 
+@pytest.mark.slow  # ~18 s; the 4-device test above checks the roll per shard
 def test_step_on_one_device_rolls_the_whole_batch(tiny):
   """Also: the demo config keeps YNNPACK to reductions (configs/default.py),
   so no matrix product or convolution of the compiled step runs in it."""
