@@ -40,6 +40,10 @@ def epoch_examples(num_examples: int, config: ml_collections.ConfigDict
   return num_examples // chunk * chunk
 
 
+def _count(n: int, noun: str) -> str:
+  return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _millions(n: int) -> str:
   return f"{n / 1e6:.2f}M" if n >= 10_000 else f"{n}"
 
@@ -83,10 +87,10 @@ def startup_lines(config: ml_collections.ConfigDict, params, mesh,
       f"batch: {config.batch_size} global, {per_device} per device, "
       f"{per_device // accum} per micro-batch",
       f"data: {config.data.name} {config.data.train_split}, {num_examples} "
-      f"examples (fraction {config.data.fraction:g}); {config.total_steps} "
-      f"steps = {config.total_steps * config.batch_size / max(epoch, 1):.1f} "
-      f"epochs",
+      f"examples (fraction {config.data.fraction:g}); "
+      f"{_count(config.total_steps, 'step')} = "
+      f"{config.total_steps * config.batch_size / max(epoch, 1):.1f} epochs",
       f"optimiser: {config.optim.name}, lr {lr}, warmup "
-      f"{config.optim.warmup_steps} steps, cosine to 0{lookahead}",
+      f"{_count(config.optim.warmup_steps, 'step')}, cosine to 0{lookahead}",
       f"workdir: {workdir} ({start})",
   ]
