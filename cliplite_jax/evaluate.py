@@ -349,9 +349,7 @@ def main(argv):
     config = config_io.apply_overrides(config, FLAGS.config_override,
                                        OVERRIDABLE, _FIXED)
     validation.check_eval(config)
-    config.data.name = sources.canonical(config.data.name)
-    config.eval.transfer = tuple(sources.canonical(n)
-                                 for n in config.eval.get("transfer", ()))
+    sources.canonical_datasets(config)
     check_config(config)
     check_reads(eval_reads(config), config.data.data_dir)
     if jax.process_index() == 0:

@@ -6,6 +6,7 @@ import jax
 import ml_collections
 
 from cliplite_jax import optim
+from cliplite_jax.data import pipeline
 from cliplite_jax.models import cliplite
 
 TOWERS = {cliplite.IMAGE_TOWER: "image", cliplite.TEXT_TOWER: "text"}
@@ -36,7 +37,7 @@ def epoch_examples(num_examples: int, config: ml_collections.ConfigDict
                    ) -> int:
   """Examples one epoch of the training stream holds: the (sub)set cut to
   whole global batches (per worker process), as `pipeline.EpochShuffle`."""
-  chunk = config.batch_size * max(1, config.data.num_workers)
+  chunk = pipeline.epoch_chunk(config)
   return num_examples // chunk * chunk
 
 

@@ -194,14 +194,6 @@ def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
   return results
 
 
-def _canonical_datasets(config: ml_collections.ConfigDict) -> None:
-  """Prepared datasets' paths made absolute, before the config is compared
-  with or saved as WORKDIR/config.json."""
-  config.data.name = sources.canonical(config.data.name)
-  config.eval.transfer = tuple(sources.canonical(n)
-                               for n in config.eval.get("transfer", ()))
-
-
 def _check_data(config: ml_collections.ConfigDict) -> int:
   """Fails early, before anything is written, on an unreadable dataset or
   rewrites file, a class set to train on, or a training split smaller than
@@ -217,7 +209,7 @@ def _check_data(config: ml_collections.ConfigDict) -> int:
                                 config.data.data_dir)
   usable = len(pipeline.subset_indices(len(examples), config.data.fraction,
                                        config.data.fraction_seed))
-  needed = config.batch_size * max(1, config.data.num_workers)
+  needed = pipeline.epoch_chunk(config)
   if usable < needed:
     raise config_io.UserError(
         f"{config.data.name} {config.data.train_split} has {usable} training "
@@ -266,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   final evaluation metrics (empty when `config.eval.probes` is).
   """
   config_io.check_workdir(workdir)
-  _canonical_datasets(config)
+  sources.canonical_datasets(config)
   mesh = make_mesh(config)
   _adopt_pretrained_text(config)
   _validate(config, mesh)

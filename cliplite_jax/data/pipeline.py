@@ -253,6 +253,13 @@ def load_rewrites(path: str) -> dict[str, list[str]]:
   return {str(k): [str(c) for c in v] for k, v in rewrites.items()}
 
 
+def epoch_chunk(config: ml_collections.ConfigDict) -> int:
+  """The unit an epoch is a whole number of: the global batch times the
+  worker count. With k workers, worker w batches elements w, w + k, ...:
+  epochs of a multiple of k · B elements keep each batch inside one epoch."""
+  return config.batch_size * max(1, config.data.num_workers)
+
+
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                   process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
@@ -280,19 +287,14 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   indices = subset_indices(len(examples), config.data.fraction,
                            config.data.fraction_seed)
   ds = grain.MapDataset.source(IndexedExamples(examples, indices))
-  # With k workers, worker w batches elements w, w + k, ...: epochs of a
-  # multiple of k · B elements keep each of its batches inside one epoch.
-  workers = max(1, config.data.num_workers)
-  ds = EpochShuffle(ds, seed=config.seed,
-                    batch_size=config.batch_size * workers)
+  ds = EpochShuffle(ds, seed=config.seed, batch_size=epoch_chunk(config))
   # Augmentation randomness is keyed by the position in the global stream,
   # so it too is the same on any number of processes.
   ds = ds.random_map(TrainTransform(source, tokenizer, config.data,
                                     load_rewrites(config.data.rewrites)),
                      seed=config.seed)
   if process_count > 1:
-    ds = ProcessRows(ds, config.batch_size * workers, process_index,
-                     process_count)
+    ds = ProcessRows(ds, epoch_chunk(config), process_index, process_count)
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=config.data.num_threads, prefetch_buffer_size=2))
   ds = SkipAndCount(ds, limit=max(len(indices), 1),

@@ -193,6 +193,15 @@ def canonical(name: str) -> str:
   return name
 
 
+def canonical_datasets(config) -> None:
+  """`canonical` applied to `config.data.name` and `config.eval.transfer`,
+  before a config is compared with or saved as WORKDIR/config.json, or
+  evaluated."""
+  config.data.name = canonical(config.data.name)
+  config.eval.transfer = tuple(canonical(n)
+                               for n in config.eval.get("transfer", ()))
+
+
 def display_name(name: str) -> str:
   """The dataset's name in metric keys: "coco_captions" for
   "coco_captions/2014", a prepared dataset's directory name for its path."""
