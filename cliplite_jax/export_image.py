@@ -1,0 +1,169 @@
+r"""Exports a trained image tower (and the heads) for PyTorch.
+
+  python -m cliplite_jax.export_image --workdir=WORKDIR --out=DIR [--step=N]
+
+Writes, into the new directory DIR:
+  image_tower.safetensors  the ResNet trunk as a torchvision state_dict (no
+                           `fc`), BatchNorm running statistics included
+  heads.safetensors        both projection heads and the critic's log-scale
+  export.json              architecture, preprocessing, step, how to load
+  *.pth                    the same state_dicts for torch.load, when PyTorch
+                           is installed
+At width 1.0 the tower loads into `torchvision.models.resnet{18,...,152}()`
+(with `fc = torch.nn.Identity()`); at other widths into
+`cliplite_jax.torch_models.ResNet(depth, width)`, whose names are the same.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+if __name__ == "__main__":
+  from cliplite_jax import native_logs
+  native_logs.quiet()
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from safetensors.numpy import save_file
+
+from cliplite_jax import config_io, evaluate
+from cliplite_jax.data import augment
+from cliplite_jax.models import cliplite, resnet, torch_layout
+
+FLAGS = flags.FLAGS
+IMAGE_TOWER_FILE = torch_layout.IMAGE_TOWER_FILE
+HEADS_FILE = torch_layout.HEADS_FILE
+EXPORT_FILE = torch_layout.EXPORT_FILE
+
+
+def torchvision_name(depth: int, width: float) -> str | None:
+  """"resnetN" when torchvision has the architecture, else None."""
+  return f"resnet{depth}" if width == 1.0 else None
+
+
+def state_dicts(config, variables, step: int) -> tuple[dict, dict, dict]:
+  """(image tower state_dict, heads state_dict, description) of restored
+  `variables`; arrays float32 (BatchNorm counters int64 [] = `step`)."""
+  params = jax.tree.map(np.asarray, jax.device_get(variables["params"]))
+  stats = jax.tree.map(np.asarray, jax.device_get(variables["batch_stats"]))
+  image = config.model.image
+  tower = torch_layout.resnet_state_dict(
+      params[cliplite.IMAGE_TOWER], stats[cliplite.IMAGE_TOWER], image.depth,
+      batches_seen=step)
+  heads = {}
+  for name in ("image_head", "text_head"):
+    heads.update(torch_layout.head_state_dict(name, params[name], stats[name],
+                                              batches_seen=step))
+  heads["log_scale"] = np.asarray(params["log_scale"], np.float32)
+  if "logit_bias" in params:
+    heads["logit_bias"] = np.asarray(params["logit_bias"], np.float32)
+  num_features = resnet.ResNet(depth=image.depth,
+                               width=image.width).num_features
+  description = {
+      "step": step,
+      "image_tower": {
+          "file": IMAGE_TOWER_FILE, "depth": image.depth,
+          "width": image.width, "num_features": num_features,
+          "torchvision": torchvision_name(image.depth, image.width)},
+      "preprocess": {
+          "image_size": config.data.image_size,
+          "crop": "the central square of the short side, resized "
+                  "bilinearly to image_size (PIL)",
+          "input": "RGB in [0, 1], minus mean, over std, NCHW float32",
+          "mean": list(augment.IMAGENET_MEAN),
+          "std": list(augment.IMAGENET_STD)},
+      "heads": {
+          "file": HEADS_FILE, "proj_dim": config.model.proj_dim,
+          "image_head_in": num_features,
+          "text_head_in": config.model.text.hidden,
+          "embedding": "head(pooled features), L2-normalised; the critic "
+                       "scores exp(log_scale) * cosine"},
+      "text_tower": "python -m cliplite_jax.export_text --workdir=... "
+                    "--out=... (a transformers BertModel directory)",
+  }
+  return tower, heads, description
+
+
+def export(workdir: str, out: str, step: int | None = None) -> int:
+  """Restores `step` (latest if None) of WORKDIR and writes the new
+  directory `out` (see the module doc); returns the step exported. Files
+  are written to `out`.partial and renamed at the end, so `out` is complete
+  or absent."""
+  config = config_io.load_saved(workdir)
+  step, _, variables, _, _ = evaluate.restore(workdir, config, step)
+  tower, heads, description = state_dicts(config, variables, step)
+  if jax.process_index() != 0:
+    return step
+  staging = out.rstrip("/") + ".partial"
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  metadata = {"format": "pt", "step": str(step)}
+  save_file(tower, os.path.join(staging, IMAGE_TOWER_FILE),
+            metadata=dict(metadata, depth=str(description["image_tower"]
+                                              ["depth"]),
+                          width=str(description["image_tower"]["width"])))
+  save_file(heads, os.path.join(staging, HEADS_FILE), metadata=metadata)
+  description["files"] = [IMAGE_TOWER_FILE, HEADS_FILE]
+  if _torch_available():
+    import torch
+    for name, weights in (("image_tower.pth", tower), ("heads.pth", heads)):
+      torch.save({k: torch.from_numpy(np.array(v)) for k, v in weights.items()},
+                 os.path.join(staging, name))
+      description["files"].append(name)
+  with open(os.path.join(staging, EXPORT_FILE), "w") as f:
+    json.dump(description, f, indent=1)
+  os.rename(staging, out)
+  return step
+
+
+def _torch_available() -> bool:
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def check_out(out: str) -> None:
+  """UserError unless `out` is new (or an empty directory) and its parent
+  exists, checked before anything is restored."""
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise config_io.UserError(f"--out {out} exists and is not an empty "
+                              f"directory; name a new one")
+  parent = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(parent):
+    raise config_io.UserError(f"--out {out}: {parent} is not a directory")
+  if os.path.isdir(out):
+    os.rmdir(out)  # empty: the finished export is renamed into its place
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)
+  try:
+    workdir = config_io.existing_workdir(FLAGS.workdir)
+    check_out(FLAGS.out)
+    step = export(workdir, FLAGS.out, FLAGS.step)
+  except (config_io.UserError, OSError) as e:
+    sys.exit(f"cliplite_jax.export_image: error: {e}")
+  info = json.load(open(os.path.join(FLAGS.out, EXPORT_FILE)))
+  tower = info["image_tower"]
+  target = (f"torchvision.models.{tower['torchvision']}()"
+            if tower["torchvision"] else
+            f"cliplite_jax.torch_models.ResNet({tower['depth']}, "
+            f"{tower['width']})")
+  print(f"wrote the image tower and heads of step {step} to {FLAGS.out} "
+        f"(loads into {target})")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Training directory.")
+  flags.DEFINE_string("out", None, "New directory for the exported weights.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)

@@ -1,0 +1,142 @@
+"""The image tower in PyTorch: exported weights give our pooled features.
+
+The PyTorch side is `cliplite_jax.torch_models.ResNet`, which keeps
+torchvision's module names and forward pass; where torchvision imports, the
+same weights also go through `torchvision.models.resnetN` itself.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cliplite_jax import config_io, evaluate, torch_models  # noqa: E402
+from cliplite_jax.data import augment  # noqa: E402
+from cliplite_jax.models import cliplite, resnet, torch_layout  # noqa: E402
+from conftest import quick_init, run_module  # noqa: E402
+import photos  # noqa: E402
+
+
+def _photo_batch(size: int) -> np.ndarray:
+  """Four real photographs, centre-cropped: uint8 [4, size, size, 3]."""
+  return np.stack([augment.center_crop_resize(photos._pixels(n), size)
+                   for n in ("astronaut", "coffee", "chelsea", "rocket")])
+
+
+def _trained_looking(variables, seed: int = 0):
+  """`variables` with every BatchNorm's scale, bias and running statistics
+  drawn away from their initial 1 / 0 (so that a swapped or dropped
+  statistic shows)."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, x):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['var']") or name.endswith("['scale']"):
+      return rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
+    if name.endswith("['mean']") or name.endswith("['bias']"):
+      return rng.normal(0.0, 0.2, x.shape).astype(np.float32)
+    return np.asarray(x)
+  return jax.tree_util.tree_map_with_path(draw, variables)
+
+
+def _torch_features(model, images: np.ndarray) -> np.ndarray:
+  x = torch.from_numpy(np.array(augment.normalize(images))).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    return model(x.contiguous()).numpy()
+
+
+def _torchvision():
+  """torchvision's models module, or None where it does not import (its
+  wheels are built for one PyTorch; a mismatched install fails at import)."""
+  try:
+    import torchvision
+  except Exception:
+    return None
+  return torchvision.models
+
+
+@pytest.mark.parametrize("depth,width,size", [(18, 1.0, 64), (50, 1.0, 64),
+                                              (50, 0.25, 48)])
+def test_exported_tower_gives_our_pooled_features(depth, width, size):
+  tower = resnet.ResNet(depth=depth, width=width)
+  images = _photo_batch(size)
+  variables = _trained_looking(quick_init(
+      tower, jax.random.key(depth), jnp.zeros((1, size, size, 3)),
+      train=False))
+  ours = np.asarray(jax.jit(lambda v, x: tower.apply(
+      v, augment.normalize(x), train=False))(variables, images))
+  weights = {k: torch.from_numpy(v) for k, v in torch_layout.resnet_state_dict(
+      variables["params"], variables["batch_stats"], depth, 7).items()}
+
+  models = [torch_models.ResNet(depth, width)]
+  tv = _torchvision()
+  if width == 1.0 and tv is not None:
+    models.append(getattr(tv, f"resnet{depth}")())
+    models[-1].fc = torch.nn.Identity()
+  for model in models:
+    model.load_state_dict(weights)  # strict: the same names and shapes
+    theirs = _torch_features(model.eval(), images)
+    assert theirs.shape == (4, tower.num_features)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4,
+                               atol=1e-4 * np.abs(ours).max())
+  # The features differ between photos: the comparison is not of constants.
+  assert np.abs(ours[0] - ours[1]).max() > 1e-2 * np.abs(ours).max()
+
+
+def test_torchvision_names_at_width_one():
+  """Where torchvision imports: the export's names and shapes are exactly
+  torchvision's (fc aside), for every depth."""
+  tv = _torchvision()
+  if tv is None:
+    pytest.skip("torchvision does not import here")
+  for depth in resnet.LAYOUTS:
+    theirs = getattr(tv, f"resnet{depth}")().state_dict()
+    ours = torch_models.ResNet(depth).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {
+        k: tuple(v.shape) for k, v in theirs.items()
+        if not k.startswith("fc.")}
+
+
+def test_export_cli_round_trip(eight_step_run, tmp_path):
+  """`export_image` on a trained run: the PyTorch tower and heads give the
+  checkpoint's features and embeddings; a second export into the same
+  directory is refused and leaves it as it was."""
+  out = str(tmp_path / "exported")
+  result = run_module("cliplite_jax.export_image",
+                      f"--workdir={eight_step_run}", f"--out={out}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "cliplite_jax.torch_models.ResNet(18, 0.125)" in result.stdout
+  info = torch_models.read_export(out)
+  assert info["step"] == 8 and info["image_tower"]["torchvision"] is None
+  assert set(info["files"]) == set(os.listdir(out)) - {"export.json"}
+
+  config = config_io.load_saved(eight_step_run)
+  _, model, variables, _, _ = evaluate.restore(eight_step_run, config)
+  size = info["preprocess"]["image_size"]
+  images = _photo_batch(size)
+  features, embeddings = model.apply(variables, augment.normalize(images),
+                                     method=cliplite.CLIPLite.encode_image)
+  tower = torch_models.load_image_tower(out)
+  heads = torch_models.load_heads(out)
+  theirs = _torch_features(tower, images)
+  np.testing.assert_allclose(theirs, features, rtol=1e-4, atol=1e-5)
+  with torch.no_grad():
+    projected = heads["image_head"](torch.from_numpy(theirs)).numpy()
+  np.testing.assert_allclose(projected, embeddings, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(float(heads["scale"]),
+                             np.exp(float(variables["params"]["log_scale"])),
+                             rtol=1e-6)
+  # The .pth twin holds the same tensors.
+  pth = torch.load(os.path.join(out, "image_tower.pth"))
+  assert all(torch.equal(pth[k], v) for k, v in tower.state_dict().items())
+
+  before = sorted(os.listdir(out))
+  again = run_module("cliplite_jax.export_image",
+                     f"--workdir={eight_step_run}", f"--out={out}")
+  assert again.returncode != 0
+  assert again.stderr.strip().splitlines()[-1].startswith(
+      "cliplite_jax.export_image: error: --out")
+  assert sorted(os.listdir(out)) == before
