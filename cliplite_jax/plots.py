@@ -11,22 +11,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
-CORRECT, WRONG = "#1a9850", "#d73027"
+CORRECT, WRONG, NEUTRAL = "#1a9850", "#d73027", "#808080"
 
 
 def gallery_png(path: str, queries: list[str], images: list[list[np.ndarray]],
-                correct: list[list[bool]], title: str) -> None:
+                correct: list[list[bool]] | None, title: str,
+                labels: list[list[str]] | None = None) -> None:
   """One row per caption query: the caption, then its retrieved images in
-  rank order, framed green when the image is the caption's own, else red.
+  rank order, framed green when the image is the caption's own, else red
+  (grey when `correct` is None).
 
   Args:
     queries: Q captions; images: per query, K uint8 [H, W, 3] images;
-    correct: per query, K bools.
+    correct: per query, K bools, or None where correctness is unknown;
+    labels: per query, K texts under the images (default: whether each
+      is the caption's own).
   """
   k = max(len(row) for row in images)
   fig, axes = plt.subplots(len(queries), k + 1, squeeze=False,
                            figsize=(2.0 * (k + 1.8), 2.1 * len(queries)),
                            gridspec_kw={"width_ratios": [1.8] + [1] * k})
+  correct = correct or [None] * len(queries)
   for q, (query, row, hits) in enumerate(zip(queries, images, correct)):
     text_ax = axes[q][0]
     text_ax.axis("off")
@@ -40,13 +45,16 @@ def gallery_png(path: str, queries: list[str], images: list[list[np.ndarray]],
         ax.axis("off")
         continue
       ax.imshow(row[rank])
-      colour = CORRECT if hits[rank] else WRONG
+      hit = None if hits is None else hits[rank]
+      colour = NEUTRAL if hit is None else CORRECT if hit else WRONG
       for spine in ax.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(4)
       if q == 0:
         ax.set_title(f"top {rank + 1}", fontsize=9)
-      ax.set_xlabel("its image" if hits[rank] else "another image",
+      label = (labels[q][rank] if labels else
+               "" if hit is None else "its image" if hit else "another image")
+      ax.set_xlabel(textwrap.fill(textwrap.shorten(label, 44, placeholder="…"), 24),
                     color=colour, fontsize=9)
   fig.suptitle(title, fontsize=12)
   fig.tight_layout()

@@ -1,0 +1,175 @@
+"""A trained model outside its workdir: `cliplite_jax.load` and the embed
+command, checked against the model applied directly."""
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import cliplite_jax
+from cliplite_jax import config_io, evaluate, inference
+from cliplite_jax.data import augment
+from cliplite_jax.data import text as text_lib
+from cliplite_jax.models import cliplite
+from conftest import run_module
+import photos
+
+
+@pytest.fixture(scope="module")
+def trained(eight_step_run):
+  """(loaded Model, and the run's model, variables, tokenizer restored the
+  way evaluation restores them)."""
+  model = cliplite_jax.load(eight_step_run)
+  config = config_io.load_saved(eight_step_run)
+  _, module, variables, tokenizer, _ = evaluate.restore(eight_step_run, config)
+  return model, module, variables, tokenizer
+
+
+def _unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _direct_images(trained, images):
+  _, module, variables, _ = trained
+  features, embeddings = jax.jit(lambda v, x: module.apply(
+      v, augment.normalize(x), method=cliplite.CLIPLite.encode_image))(
+          variables, images)
+  return np.asarray(features), _unit(embeddings)
+
+
+def test_images_and_texts_match_the_model_applied_directly(trained, tmp_path):
+  model, module, variables, tokenizer = trained
+  assert model.step == 8 and model.image_size == 32
+  rng = np.random.default_rng(0)
+  # 5 rows on 4 devices: the last batch is padded, the padding dropped.
+  images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+  features, want = _direct_images(trained, images)
+  got = model.encode_images(images)
+  assert got.shape == (5, model.embed_dim) and got.dtype == np.float32
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  np.testing.assert_allclose(model.encode_images(images, pooled=True),
+                             features, rtol=1e-5, atol=1e-5)
+
+  # Files of other sizes: centre square, resized as evaluation does.
+  big = rng.integers(0, 256, (3, 48, 80, 3), dtype=np.uint8)
+  paths = []
+  for i, image in enumerate(big):
+    paths.append(str(tmp_path / f"{i}.png"))
+    Image.fromarray(image).save(paths[-1])
+  resized = np.stack([augment.center_crop_resize(b, 32) for b in big])
+  np.testing.assert_allclose(model.encode_images(paths),
+                             _direct_images(trained, resized)[1], atol=2e-5)
+  np.testing.assert_allclose(model.encode_images(big[0])[0],
+                             _direct_images(trained, resized[:1])[1][0],
+                             atol=2e-5)
+
+  texts = ["A red circle.", "two small blue squares", ""]
+  ids, mask = text_lib.tokenize(tokenizer, [text_lib.clean_caption(t)
+                                            for t in texts])
+  want_text = _unit(jax.jit(lambda v, i, m: module.apply(
+      v, i, m, method=cliplite.CLIPLite.encode_text)[1])(variables, ids, mask))
+  got_text = model.encode_texts(texts)
+  np.testing.assert_allclose(got_text, want_text, atol=2e-5)
+  np.testing.assert_allclose(model.encode_texts(texts[0])[0], want_text[0],
+                             atol=2e-5)
+  np.testing.assert_allclose(model.similarity(got, got_text),
+                             want @ want_text.T, atol=5e-5)
+  assert model.encode_texts([]).shape == (0, model.embed_dim)
+
+
+def test_clear_errors(trained, eight_step_run, tmp_path):
+  model = trained[0]
+  broken = tmp_path / "broken.jpg"
+  broken.write_bytes(b"not an image")
+  with pytest.raises(inference.UnreadableImageError, match="broken.jpg"):
+    model.encode_images([str(broken)])
+  with pytest.raises(TypeError, match="uint8"):
+    model.encode_images(np.zeros((1, 32, 32, 3), np.float32))
+  with pytest.raises(config_io.UserError, match="available steps"):
+    cliplite_jax.load(eight_step_run, step=5)
+  with pytest.raises(config_io.UserError):
+    cliplite_jax.load(str(tmp_path / "nowhere"))
+
+
+def _ranking(stdout: str) -> dict[str, list[tuple[float, str]]]:
+  """The embed command's printed results: {query: [(score, name)]}."""
+  out, query = {}, None
+  for line in stdout.splitlines():
+    if line.startswith("“"):
+      query = line.strip("“”")
+      out[query] = []
+    elif query is not None and re.match(r"\s+\d+\. ", line):
+      _, score, name = line.split(maxsplit=3)[:3]
+      out[query].append((float(score), name))
+  return out
+
+
+def test_embed_folder_texts_and_query(trained, eight_step_run, tmp_path):
+  model = trained[0]
+  root = tmp_path / "photos"
+  photos.write_images(str(root))
+  os.makedirs(root / "sub")
+  Image.fromarray(photos._pixels("coffee")).save(root / "sub" / "cup.png")
+  texts = tmp_path / "texts.txt"
+  texts.write_text("a cup of coffee\n\n  an astronaut \n")
+  out = tmp_path / "out"
+  result = run_module(
+      "cliplite_jax.embed", f"--workdir={eight_step_run}",
+      f"--images={root}", f"--texts={texts}", f"--out={out}",
+      "--query=a cup of coffee", "--query=a rocket", "--top_k=3",
+      devices=1)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "skipped 1 unreadable file(s)" in result.stderr
+
+  names = (out / "images.txt").read_text().splitlines()
+  want_names = sorted([f"img/{n}.jpg" for n in photos.CAPTIONS]
+                      + ["sub/cup.png"])
+  assert names == want_names
+  embeddings = np.load(out / "images.npy")
+  want = model.encode_images([str(root / n) for n in names])
+  np.testing.assert_allclose(embeddings, want, atol=2e-5)
+  assert (out / "texts.txt").read_text().splitlines() == [
+      "a cup of coffee", "an astronaut"]
+  np.testing.assert_allclose(
+      np.load(out / "texts.npy"),
+      model.encode_texts(["a cup of coffee", "an astronaut"]), atol=2e-5)
+
+  ranking = _ranking(result.stdout)
+  queries = ["a cup of coffee", "a rocket"]
+  assert list(ranking) == queries
+  scores = model.similarity(want, model.encode_texts(queries)).T
+  for query, row in zip(queries, scores):
+    top = np.argsort(-row, kind="stable")[:3]
+    assert [n for _, n in ranking[query]] == [names[i] for i in top]
+    np.testing.assert_allclose([s for s, _ in ranking[query]], row[top],
+                               atol=2e-3)
+  with Image.open(out / "queries.png") as sheet:
+    assert sheet.size[0] > 300 and sheet.size[1] > 200
+
+
+def test_embed_dataset_query_and_bad_flags(eight_step_run, tmp_path):
+  result = run_module(
+      "cliplite_jax.embed", f"--workdir={eight_step_run}",
+      "--dataset=shapes_captions/tiny:validation", "--query=a red circle",
+      f"--sheet={tmp_path / 'sheet.png'}", devices=2)
+  assert result.returncode == 0, result.stderr[-2000:]
+  ranking = _ranking(result.stdout)["a red circle"]
+  assert len(ranking) == 5
+  assert all(re.fullmatch(r"validation/\d+", name) for _, name in ranking)
+  assert [s for s, _ in ranking] == sorted([s for s, _ in ranking],
+                                           reverse=True)
+  assert (tmp_path / "sheet.png").exists()
+
+  for flags, message in (
+      ([], "nothing to embed"),
+      (["--texts=/nonexistent.txt", f"--out={tmp_path}"], "no such file"),
+      (["--dataset=shapes_captions/tiny:nosuchsplit", "--query=x"],
+       "nosuchsplit")):
+    bad = run_module("cliplite_jax.embed", f"--workdir={eight_step_run}",
+                     *flags, devices=1)
+    assert bad.returncode != 0
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("cliplite_jax.embed: error:") and message in last
