@@ -115,6 +115,10 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
       description["files"].append(name)
   with open(os.path.join(staging, EXPORT_FILE), "w") as f:
     json.dump(description, f, indent=1)
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in description["files"]:  # safetensors writes owner-only files
+    os.chmod(os.path.join(staging, name), 0o666 & ~umask)
   os.rename(staging, out)
   return step
 
