@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cliplite_jax.torch_models import MILinearBlock
+
 
 class Block(nn.Module):
   """Basic (two 3×3) or bottleneck (1×1, strided 3×3, 1×1 ×4) residual block."""
@@ -73,20 +75,6 @@ class ResNet(nn.Module):
 
   def forward(self, x):
     return self.trunk(x).mean(dim=(2, 3))
-
-
-class MILinearBlock(nn.Module):
-  def __init__(self, d: int, out: int):
-    super().__init__()
-    self.linear1 = nn.Linear(d, out, bias=False)
-    self.norm = nn.BatchNorm1d(out)
-    self.linear2 = nn.Linear(out, out)
-    self.shortcut = nn.Linear(d, out)
-    self.out_norm = nn.LayerNorm(out)
-
-  def forward(self, x):
-    h = self.linear2(F.relu(self.norm(self.linear1(x))))
-    return self.out_norm(h + self.shortcut(x))
 
 
 def prior(d: int, widths) -> nn.Sequential:

@@ -29,7 +29,7 @@ if __name__ == "__main__":
   native_logs.quiet()
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from cliplite_jax import config_io, inference, plots
 from cliplite_jax.data import augment, sources
@@ -269,14 +269,8 @@ def _contact_sheet(model, path: str, ranked, names, captions) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)
-  try:
-    run()
-  except (config_io.UserError, sources.DatasetNotPreparedError, OSError) as e:
-    sys.exit(f"cliplite_jax.embed: error: {e}")
+  config_io.run_tool("cliplite_jax.embed", argv, run,
+                     (sources.DatasetNotPreparedError, OSError))
 
 
 if __name__ == "__main__":

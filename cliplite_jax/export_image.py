@@ -15,10 +15,10 @@ At width 1.0 the tower loads into `torchvision.models.resnet{18,...,152}()`
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
-import sys
 
 if __name__ == "__main__":
   from cliplite_jax import native_logs
@@ -26,7 +26,7 @@ if __name__ == "__main__":
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from safetensors.numpy import save_file
 
 from cliplite_jax import config_io, evaluate
@@ -124,11 +124,7 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
 
 
 def _torch_available() -> bool:
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    return False
-  return True
+  return importlib.util.find_spec("torch") is not None
 
 
 def check_out(out: str) -> None:
@@ -145,24 +141,19 @@ def check_out(out: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)
-  try:
+  def body():
     workdir = config_io.existing_workdir(FLAGS.workdir)
     check_out(FLAGS.out)
     step = export(workdir, FLAGS.out, FLAGS.step)
-  except (config_io.UserError, OSError) as e:
-    sys.exit(f"cliplite_jax.export_image: error: {e}")
-  info = json.load(open(os.path.join(FLAGS.out, EXPORT_FILE)))
-  tower = info["image_tower"]
-  target = (f"torchvision.models.{tower['torchvision']}()"
-            if tower["torchvision"] else
-            f"cliplite_jax.torch_models.ResNet({tower['depth']}, "
-            f"{tower['width']})")
-  print(f"wrote the image tower and heads of step {step} to {FLAGS.out} "
-        f"(loads into {target})")
+    with open(os.path.join(FLAGS.out, EXPORT_FILE)) as f:
+      tower = json.load(f)["image_tower"]
+    target = (f"torchvision.models.{tower['torchvision']}()"
+              if tower["torchvision"] else
+              f"cliplite_jax.torch_models.ResNet({tower['depth']}, "
+              f"{tower['width']})")
+    print(f"wrote the image tower and heads of step {step} to {FLAGS.out} "
+          f"(loads into {target})")
+  config_io.run_tool("cliplite_jax.export_image", argv, body, (OSError,))
 
 
 if __name__ == "__main__":

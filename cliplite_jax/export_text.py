@@ -9,10 +9,9 @@ and `cliplite_jax.models.text.load_pretrained` both read.
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from cliplite_jax import config_io, evaluate
 from cliplite_jax.models import cliplite, text
@@ -33,19 +32,14 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)
-  try:
+  def body():
     workdir = config_io.existing_workdir(FLAGS.workdir)
     if os.path.exists(FLAGS.out) and os.listdir(FLAGS.out):
       raise config_io.UserError(f"--out {FLAGS.out} exists and is not empty; "
                                 f"name a new directory")
     step = export(workdir, FLAGS.out, FLAGS.step)
-  except config_io.UserError as e:
-    sys.exit(f"cliplite_jax.export_text: error: {e}")
-  print(f"wrote the text tower of step {step} to {FLAGS.out}")
+    print(f"wrote the text tower of step {step} to {FLAGS.out}")
+  config_io.run_tool("cliplite_jax.export_text", argv, body)
 
 
 if __name__ == "__main__":

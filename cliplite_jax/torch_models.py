@@ -11,6 +11,7 @@ loads the same file. `MILinearBlock` is the projection head.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -153,7 +154,7 @@ def load_heads(directory: str) -> dict[str, nn.Module | torch.Tensor]:
 
 def _torchvision_imports() -> bool:
   try:
-    import torchvision  # noqa: F401
+    importlib.import_module("torchvision")
   except Exception:  # an absent or broken install: use ours
     return False
   return True

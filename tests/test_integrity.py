@@ -123,6 +123,7 @@ def test_every_checkpoint_damaged_is_refused_and_nothing_moved(
   assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
 
 
+@pytest.mark.slow  # CI time; its damaged-record siblings stay in CI
 def test_checkpoint_without_a_record_resumes_unverified(reference,
                                                         tiny_data_dir,
                                                         tmp_path):

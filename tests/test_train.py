@@ -264,6 +264,7 @@ def _is_serialisable(compiled) -> bool:
   return True
 
 
+@pytest.mark.slow  # CI time; a CPU compiler option's identity, kept in -m slow
 @pytest.mark.filterwarnings(
     "ignore:Error writing persistent compilation cache entry")
 def test_temporaries_in_small_blocks_change_no_bit_of_the_step(tiny):
