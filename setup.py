@@ -8,8 +8,9 @@ setup(
                  "image-text pretraining in JAX/Flax"),
     python_requires=">=3.10",
     packages=find_packages(include=["cliplite_jax", "cliplite_jax.*"]),
-    # CLIP's ImageNet class names and prompt templates (zero-shot).
-    package_data={"cliplite_jax.data": ["zeroshot/*.txt"]},
+    # CLIP's ImageNet class names and prompt templates (zero-shot), and the
+    # in-context examples of LaCLIP rewriting.
+    package_data={"cliplite_jax.data": ["zeroshot/*.txt", "rewrite/*.json"]},
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",
@@ -32,6 +33,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
+        # python -m cliplite_jax.rewrite with a local language model.
+        "rewrite": ["transformers>=5", "torch"],
         # scikit-image and scikit-learn: their bundled sample photographs
         # are the real-photo test set of prepared datasets.
         "test": ["pytest", "scikit-learn", "scikit-image", "transformers>=5",

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import sys
-import time
 
 if __name__ == "__main__":
   from cliplite_jax import native_logs
@@ -31,7 +30,7 @@ if __name__ == "__main__":
 import numpy as np
 from absl import app, flags
 
-from cliplite_jax import config_io, inference, plots
+from cliplite_jax import config_io, inference, plots, progress
 from cliplite_jax.data import augment, sources
 from cliplite_jax.data import text as text_lib
 
@@ -61,30 +60,6 @@ def read_texts(path: str) -> list[str]:
     raise config_io.UserError(f"--texts {path}: {e}") from e
 
 
-class Progress:
-  """"what: done/total (rate/s, ETA m:ss)" on stderr: redrawn in place on
-  a terminal, a line every `every_s` seconds otherwise."""
-
-  def __init__(self, what: str, total: int, every_s: float = 15.0):
-    self._what, self._total, self._done = what, total, 0
-    self._start = self._last = time.time()
-    self._tty = sys.stderr.isatty()
-    self._every = 0.5 if self._tty else every_s
-
-  def add(self, count: int) -> None:
-    self._done += count
-    now = time.time()
-    if now - self._last >= self._every or self._done >= self._total:
-      self._last = now
-      rate = self._done / max(now - self._start, 1e-9)
-      eta = (self._total - self._done) / max(rate, 1e-9)
-      line = (f"{self._what}: {self._done}/{self._total} ({rate:.0f}/s, "
-              f"ETA {int(eta) // 60}:{int(eta) % 60:02d})")
-      end = "\n" if not self._tty or self._done >= self._total else ""
-      print(("\r" if self._tty else "") + line, end=end, file=sys.stderr,
-            flush=True)
-
-
 def embed_folder(model: inference.Model, root: str
                  ) -> tuple[np.ndarray, list[str]]:
   """Every readable image under `root` → (float32 [N, D] unit rows, their
@@ -93,7 +68,7 @@ def embed_folder(model: inference.Model, root: str
   if not names:
     raise config_io.UserError(f"--images {root}: no image files "
                               f"({', '.join(IMAGE_SUFFIXES)})")
-  progress = Progress("images", len(names))
+  meter = progress.Progress("images", len(names))
   parts, kept = [], []
   for start, (positions, batch) in zip(
       range(0, len(names), model.batch_size), inference.image_batches(
@@ -102,7 +77,7 @@ def embed_folder(model: inference.Model, root: str
     if len(batch):
       parts.append(model.encode_image_batch(batch)["embeddings"])
       kept += positions.tolist()
-    progress.add(min(model.batch_size, len(names) - start))
+    meter.add(min(model.batch_size, len(names) - start))
   skipped = len(names) - len(kept)
   if skipped:
     print(f"images: skipped {skipped} unreadable file(s) of {len(names)}",

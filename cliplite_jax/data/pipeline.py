@@ -141,18 +141,13 @@ class TrainTransform(grain.transforms.RandomMap):
     self._rewrites = rewrites or {}
     self._jitter_on_device = device_jitter(data_config)
 
-  def _image_id(self, index: int, example) -> str:
-    if self._source.id_key is None:
-      return str(index)
-    value = example[self._source.id_key]
-    return value if isinstance(value, str) else str(int(value))
-
   def random_map(self, element, rng: np.random.Generator):
     cfg = self._cfg
     index, example = element
     captions = sources.decode_captions(self._source, example)
     if self._rewrites:
-      captions = captions + self._rewrites.get(self._image_id(index, example), [])
+      captions = captions + self._rewrites.get(
+          sources.image_id(self._source, index, example), [])
     if not captions:
       return SKIPPED
     caption = text_lib.clean_caption(captions[rng.integers(len(captions))],
@@ -316,15 +311,22 @@ TOKENIZER_EXAMPLES = 200_000
 
 def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
   """Every cleaned caption of `split` (for training a tokenizer), or of
-  `TOKENIZER_EXAMPLES` evenly spaced examples of a larger split."""
+  `TOKENIZER_EXAMPLES` evenly spaced examples of a larger split; with
+  `data.rewrites`, those examples' rewrites too (training draws them)."""
   source, _ = sources.get(config.data.name)
   examples = sources.open_split(config.data.name, split, config.data.data_dir)
+  rewrites = (load_rewrites(config.data.rewrites)
+              if config.data.get("rewrites") else {})
   n = len(examples)
   indices = (range(n) if n <= TOKENIZER_EXAMPLES else
              np.linspace(0, n - 1, TOKENIZER_EXAMPLES).astype(np.int64))
-  return [text_lib.clean_caption(c, config.data.max_words)
-          for i in indices
-          for c in sources.decode_captions(source, examples[int(i)])]
+  captions = []
+  for i in indices:
+    example = examples[int(i)]
+    captions += sources.decode_captions(source, example)
+    if rewrites:
+      captions += rewrites.get(sources.image_id(source, int(i), example), [])
+  return [text_lib.clean_caption(c, config.data.max_words) for c in captions]
 
 
 def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,

@@ -251,6 +251,17 @@ def open_split(name: str, split: str, data_dir: str | None):
                      f"(it has {sorted(builder.info.splits)}): {e}") from e
 
 
+def image_id(source: Source, index: int, example: dict) -> str:
+  """The key of an example's image in a rewrites file (`data.rewrites`):
+  its `id_key` feature, or its index in the split."""
+  if source.id_key is None:
+    return str(index)
+  value = example[source.id_key]
+  if isinstance(value, bytes):
+    value = value.decode("utf-8")
+  return value if isinstance(value, str) else str(int(value))
+
+
 def decode_captions(source: Source, example: dict) -> list:
   """The example's non-empty raw captions (bytes or str); none for a
   classification set."""

@@ -1,0 +1,244 @@
+"""LaCLIP caption rewrites: prompts, output checks, rules, resumable output.
+
+LaCLIP (Fan et al., NeurIPS 2023) rewrites each caption with a language
+model by in-context learning: a prompt of k example pairs "input => output"
+drawn from one of several "sources" (styles of rewriting), then the caption
+and " =>"; the model's first line is the rewrite. One rewrite per source.
+Our example sets (`rewrite/examples.json`, written for this project) have
+four sources of 12 pairs; users can bring their own file of the same form.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+from typing import Iterator
+
+import numpy as np
+
+PROMPT_HEADER = "write image captions differently,"
+# LaCLIP's settings: 3 in-context pairs, nucleus sampling at T 0.9 / p 0.95,
+# at most 77 new tokens.
+SHOTS, TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 3, 0.9, 0.95, 77
+DROP_REASONS = ("empty", "no_letters", "too_long", "repeats_prompt")
+
+
+class RewriteError(ValueError):
+  """Bad rewrite input: the message names the problem and the fix."""
+
+
+def read_examples(path: str | None = None) -> dict[str, list[tuple[str, str]]]:
+  """{source: [(input, output), ...]} from a JSON file (None: ours).
+
+  The file is a JSON object of sources, each a list of [input, output]
+  pairs of non-empty strings; every source needs at least one pair.
+  """
+  if path is None:
+    text = (importlib.resources.files("cliplite_jax.data") / "rewrite"
+            / "examples.json").read_text()
+    where = "the packaged examples"
+  else:
+    try:
+      with open(path, encoding="utf-8") as f:
+        text = f.read()
+    except OSError as e:
+      raise RewriteError(f"--examples {path}: {e.strerror or e}") from e
+    where = f"--examples {path}"
+  try:
+    raw = json.loads(text)
+  except ValueError as e:
+    raise RewriteError(f"{where}: not JSON ({e})") from e
+  if not isinstance(raw, dict) or not raw:
+    raise RewriteError(f"{where}: must be a JSON object "
+                       f'{{"source": [["input", "output"], ...]}}')
+  out = {}
+  for source, pairs in raw.items():
+    if (not isinstance(pairs, list) or not pairs or not all(
+        isinstance(p, list) and len(p) == 2 and all(
+            isinstance(s, str) and s.strip() for s in p) for p in pairs)):
+      raise RewriteError(f"{where}: source {source!r} must be a non-empty "
+                         f"list of [input, output] string pairs")
+    out[str(source)] = [(a.strip(), b.strip()) for a, b in pairs]
+  return out
+
+
+def unit_rng(seed: int, *keys) -> np.random.Generator:
+  """A generator determined by `seed` and `keys` (ints or strings) alone, so
+  that a resumed run draws what the uninterrupted one drew."""
+  digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+  return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def build_prompt(pairs: list[tuple[str, str]], caption: str,
+                 rng: np.random.Generator, shots: int = SHOTS) -> str:
+  """LaCLIP's prompt: the header, `shots` pairs drawn without replacement
+  (all of them if fewer), then `caption =>`."""
+  chosen = rng.choice(len(pairs), size=min(shots, len(pairs)), replace=False)
+  lines = [PROMPT_HEADER, ""]
+  for i in chosen:
+    lines += [f"{pairs[i][0]} => {pairs[i][1]}", ""]
+  lines.append(f"{' '.join(caption.split())} =>")
+  return "\n".join(lines)
+
+
+def clean_output(generated: str, caption: str, pairs: list[tuple[str, str]],
+                 max_words: int) -> tuple[str | None, str | None]:
+  """A model's continuation → (rewrite, None), or (None, drop reason).
+
+  The rewrite is the first line, stripped of spaces and quotes. It is
+  dropped as "empty", "no_letters", "too_long" (over `max_words` words, or
+  no line end before the token limit: see `generate`), or "repeats_prompt"
+  (the caption itself, an example, or more prompt syntax).
+  """
+  line = generated.split("\n", 1)[0].strip().strip("\"'“”").strip()
+  if not line:
+    return None, "empty"
+  if not re.search(r"[^\W\d_]", line):
+    return None, "no_letters"
+  if len(line.split()) > max_words:
+    return None, "too_long"
+  folded = " ".join(line.lower().split()).rstrip(".")
+  known = {" ".join(s.lower().split()).rstrip(".")
+           for pair in pairs for s in pair} | {
+               " ".join(caption.lower().split()).rstrip(".")}
+  if "=>" in line or folded in known or line.startswith(PROMPT_HEADER):
+    return None, "repeats_prompt"
+  return line, None
+
+
+# The rule-based rewriter: meaning-keeping edits of short descriptive
+# captions (the embedded set's). Each rewrite applies one template and the
+# synonyms, chosen by the caption's own seeded draw.
+_SYNONYMS = {"large": ("big", "large"), "small": ("little", "small"),
+             "picture": ("picture", "image"),
+             "shape": ("shape", "figure"), "shapes": ("shapes", "figures")}
+_TEMPLATES = ("{}", "an image of {}", "a drawing of {}",
+              "{}, on a plain background", "a simple drawing showing {}",
+              "we can see {}")
+
+
+def _swap_and(caption: str) -> str:
+  """"X and Y" → "Y and X" when both sides are sized objects ("a large
+  ...", "a small ..."), whose order then carries no meaning; "an image of
+  X and Y" → "an image of Y and X" likewise."""
+  parts = caption.split(" and ")
+  sized = [re.search(r"\b(large|small|big|little)\b", p) for p in parts]
+  # Without sizes on both sides, the order may be what says which is
+  # larger (the embedded set lists objects largest first).
+  if (len(parts) != 2 or not all(sized)
+      or not re.match(r"(a|an|the) ", parts[1])):
+    return caption
+  framed = re.match(r"(.*\bof )((?:a|an|the) .*)", parts[0])
+  if framed:
+    return f"{framed.group(1)}{parts[1]} and {framed.group(2)}"
+  if re.match(r"(a|an|the) ", parts[0]) and " of " not in parts[0]:
+    return f"{parts[1]} and {parts[0]}"
+  return caption
+
+
+def _articles(text: str) -> str:
+  """"a" before a vowel → "an", and "an" before a consonant → "a"."""
+  text = re.sub(r"\ba (?=[aeiou])", "an ", text)
+  return re.sub(r"\ban (?=[^aeiou\W])", "a ", text)
+
+
+def rule_rewrite(caption: str, rng: np.random.Generator) -> str:
+  """One deterministic (given `rng`) paraphrase of a short caption: object
+  order, synonyms, and a framing template."""
+  text = " ".join(caption.split())
+  if rng.random() < 0.5:
+    text = _swap_and(text)
+  words = [(_SYNONYMS[w][rng.integers(len(_SYNONYMS[w]))]
+            if w in _SYNONYMS else w) for w in text.split(" ")]
+  template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+  return _articles(template.format(" ".join(words)))
+
+
+class Store:
+  """Rewrites written as they are made, so that a rerun continues.
+
+  `OUT.partial.jsonl` starts with the run's settings, then one line per
+  finished batch: {"batch": k, "rewrites": [[image id, text], ...],
+  "dropped": {reason: count}}, flushed and synced. A torn last line (a run
+  killed mid-write) is ignored. `finish` writes OUT ({image id: [rewrites]},
+  what `data.rewrites` reads) and OUT.meta.json, then removes the partial.
+  """
+
+  def __init__(self, out: str, settings: dict):
+    self.out, self.partial = out, out + ".partial.jsonl"
+    self.settings = settings
+    self.done: dict[int, dict] = {}
+    if os.path.exists(self.partial):
+      self._read()
+    else:
+      with open(self.partial, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"settings": settings}) + "\n")
+
+  def _read(self) -> None:
+    with open(self.partial, encoding="utf-8") as f:
+      lines = f.read().split("\n")
+    try:
+      saved = json.loads(lines[0])["settings"]
+    except (ValueError, KeyError, TypeError) as e:
+      raise RewriteError(f"{self.partial} is not a rewrite run's progress "
+                         f"file; remove it to start over") from e
+    if saved != self.settings:
+      changed = sorted(k for k in set(saved) | set(self.settings)
+                       if saved.get(k) != self.settings.get(k))
+      raise RewriteError(
+          f"{self.partial} was started with other settings ({', '.join(changed)}); "
+          f"rerun with the same ones, or remove it to start over")
+    for line in lines[1:]:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # the torn last line of a killed run
+      self.done[int(record["batch"])] = record
+    # Rewrite the file without a torn line, so later appends stay parseable.
+    with open(self.partial, "w", encoding="utf-8") as f:
+      f.write(json.dumps({"settings": self.settings}) + "\n")
+      f.writelines(json.dumps(r) + "\n" for r in self.done.values())
+
+  def add(self, batch: int, rewrites: list[tuple[str, str]],
+          dropped: dict[str, int]) -> None:
+    record = {"batch": batch, "rewrites": [list(r) for r in rewrites],
+              "dropped": dropped}
+    with open(self.partial, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    self.done[batch] = record
+
+  def finish(self, meta: dict) -> dict:
+    """Writes OUT and OUT.meta.json; returns the meta written (with the
+    counts)."""
+    rewrites: dict[str, list[str]] = {}
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    for batch in sorted(self.done):
+      for image_id, text in self.done[batch]["rewrites"]:
+        rewrites.setdefault(image_id, []).append(text)
+      for reason, count in self.done[batch]["dropped"].items():
+        dropped[reason] = dropped.get(reason, 0) + count
+    meta = dict(meta, settings=self.settings, dropped=dropped,
+                images=len(rewrites),
+                rewrites=sum(len(v) for v in rewrites.values()))
+    for path, value in ((self.out, rewrites), (self.out + ".meta.json", meta)):
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=None if value is rewrites else 1)
+      os.replace(path + ".tmp", path)
+    os.remove(self.partial)
+    return meta
+
+
+def batches(units: Iterator, batch_size: int) -> Iterator[tuple[int, list]]:
+  """(batch number, up to `batch_size` units) in order."""
+  batch, number = [], 0
+  for unit in units:
+    batch.append(unit)
+    if len(batch) == batch_size:
+      yield number, batch
+      batch, number = [], number + 1
+  if batch:
+    yield number, batch

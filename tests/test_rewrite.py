@@ -1,0 +1,203 @@
+"""LaCLIP rewrites: prompts, output checks, the rule-based rewriter, and
+generation end to end with a tiny randomly initialised causal LM (built
+here from a config; no weights shipped), interrupted and resumed."""
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from cliplite_jax.data import pipeline, rewriting, sources
+from cliplite_jax.data import text as text_lib
+from conftest import run_module
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("torch")
+
+
+def test_prompt_is_laclips_form():
+  pairs = [("a", "A one."), ("b", "B two."), ("c", "C three."), ("d", "D.")]
+  prompt = rewriting.build_prompt(pairs, "  a red   circle ",
+                                  np.random.default_rng(0), shots=3)
+  lines = prompt.split("\n")
+  assert lines[0] == rewriting.PROMPT_HEADER and lines[1] == ""
+  shown = [line for line in lines[2:-1] if line]
+  assert len(shown) == 3 and len(set(shown)) == 3
+  assert set(shown) <= {f"{a} => {b}" for a, b in pairs}
+  assert lines[-1] == "a red circle =>"
+  # The same draw for the same key: a resumed run builds the same prompts.
+  again = rewriting.build_prompt(pairs, "a red circle",
+                                 rewriting.unit_rng(3, 1, 2, 0))
+  assert again == rewriting.build_prompt(pairs, "a red circle",
+                                         rewriting.unit_rng(3, 1, 2, 0))
+
+
+@pytest.mark.parametrize("generated,want", [
+    (" A big dog runs.\nmore text", ("A big dog runs.", None)),
+    ("   \nA dog", (None, "empty")),
+    (" 123 -- !!", (None, "no_letters")),
+    (" " + "word " * 61, (None, "too_long")),
+    (" a red circle.", (None, "repeats_prompt")),
+    (" B two", (None, "repeats_prompt")),
+    (" x => y", (None, "repeats_prompt")),
+    (' "A quoted one"', ("A quoted one", None)),
+])
+def test_outputs_are_checked(generated, want):
+  assert rewriting.clean_output(generated, "A red circle", [("b", "B two.")],
+                                max_words=60) == want
+
+
+def test_rules_keep_the_meaning_of_sized_lists():
+  rng = np.random.default_rng(0)
+  seen = {rewriting.rule_rewrite("a large red circle and a small blue square",
+                                 rng) for _ in range(200)}
+  assert len(seen) > 10
+  for text in seen:
+    # Every object keeps its size and colour, whatever the order and words.
+    assert any(s in text for s in ("large red circle", "big red circle"))
+    assert any(s in text for s in ("small blue square", "little blue square"))
+  # Unsized lists keep their order (it says which shape is the largest).
+  for _ in range(50):
+    text = rewriting.rule_rewrite("a picture of a circle and a square", rng)
+    assert text.index("circle") < text.index("square"), text
+  assert "a image" not in " ".join(
+      rewriting.rule_rewrite("a picture of a circle", rng) for _ in range(50))
+
+
+def test_examples_file_errors(tmp_path):
+  ours = rewriting.read_examples()
+  assert len(ours) == 4 and all(len(p) >= 12 for p in ours.values())
+  bad = tmp_path / "examples.json"
+  for text, message in (("[1, 2]", "JSON object"),
+                        ('{"s": [["only one"]]}', "string pairs"),
+                        ("{", "not JSON")):
+    bad.write_text(text)
+    with pytest.raises(rewriting.RewriteError, match=message):
+      rewriting.read_examples(str(bad))
+
+
+def test_progress_file_refuses_other_settings_and_skips_a_torn_line(
+    tmp_path):
+  out = str(tmp_path / "r.json")
+  store = rewriting.Store(out, {"num": 2, "seed": 0})
+  store.add(0, [("7", "a rewrite")], {"empty": 1})
+  with open(store.partial, "a") as f:
+    f.write('{"batch": 1, "rew')
+  with pytest.raises(rewriting.RewriteError, match="other settings .num."):
+    rewriting.Store(out, {"num": 3, "seed": 0})
+  resumed = rewriting.Store(out, {"num": 2, "seed": 0})
+  assert list(resumed.done) == [0]
+  resumed.add(1, [("7", "another"), ("8", "third")], {"too_long": 2})
+  meta = resumed.finish({})
+  assert json.load(open(out)) == {"7": ["a rewrite", "another"],
+                                  "8": ["third"]}
+  assert meta["dropped"] == {"empty": 1, "no_letters": 0, "too_long": 2,
+                             "repeats_prompt": 0}
+
+
+def _tiny_lm(path: str) -> None:
+  """A 1-layer GPT-2 with a character vocabulary (so that a line end is
+  likely within a few sampled tokens), saved with its tokenizer."""
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+  chars = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                     "0123456789 .,:;'\"!?-=>()\n"))
+  vocab = {c: i for i, c in enumerate(["<unk>", "</s>"] + chars)}
+  tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+  tokenizer.decoder = decoders.Fuse()
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>",
+      pad_token="</s>")
+  config = transformers.GPT2Config(vocab_size=len(vocab), n_positions=1024,
+                                   n_embd=32, n_layer=1, n_head=2,
+                                   eos_token_id=1, bos_token_id=1)
+  import torch
+  torch.manual_seed(0)
+  transformers.GPT2LMHeadModel(config).save_pretrained(path)
+  fast.save_pretrained(path)
+
+
+def _rewrite_args(data_dir, model, out, *extra):
+  return ["--data=shapes_captions/tiny", "--split=validation",
+          f"--data_dir={data_dir}", f"--model={model}", f"--out={out}",
+          "--num=1", "--batch_size=8", "--max_new_tokens=10",
+          "--temperature=2.0", *extra]
+
+
+def test_generation_end_to_end_resumes_after_a_kill(tiny_data_dir, tmp_path):
+  model = str(tmp_path / "lm")
+  _tiny_lm(model)
+  whole = str(tmp_path / "whole.json")
+  result = run_module("cliplite_jax.rewrite",
+                      *_rewrite_args(tiny_data_dir, model, whole))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "rewrites: 320/320 (" in result.stderr  # 64 images × 5 captions
+  meta = json.load(open(whole + ".meta.json"))
+  rewrites = json.load(open(whole))
+  kept, dropped = meta["rewrites"], sum(meta["dropped"].values())
+  assert kept + dropped == 320 and kept > 0 and dropped > 0
+  assert kept == sum(len(v) for v in rewrites.values())
+  assert set(rewrites) <= {str(i) for i in range(64)}
+  assert meta["model"]["model_type"] == "gpt2"
+  assert meta["examples"] == {k: [list(p) for p in v] for k, v in
+                              rewriting.read_examples().items()}
+  assert all(t.strip() and "\n" not in t and "=>" not in t
+             for texts in rewrites.values() for t in texts)
+  assert pipeline.load_rewrites(whole) == rewrites
+  assert not os.path.exists(whole + ".partial.jsonl")
+
+  # Killed after a few batches, then rerun: the same file as without the
+  # kill (draws are keyed by example and batch, not by the run).
+  resumed = str(tmp_path / "resumed.json")
+  args = _rewrite_args(tiny_data_dir, model, resumed)
+  process = run_module("cliplite_jax.rewrite", *args, popen=True)
+  partial = resumed + ".partial.jsonl"
+  deadline = time.time() + 120
+  while not (os.path.exists(partial) and
+             open(partial).read().count("\n") >= 4):
+    assert process.poll() is None and time.time() < deadline, (
+        process.communicate()[1][-2000:])
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  with open(partial, "a") as f:
+    f.write('{"batch": 99, "rewr')  # as if killed mid-write
+  again = run_module("cliplite_jax.rewrite", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "continuing:" in again.stderr
+  assert json.load(open(resumed)) == rewrites
+
+
+def test_rule_rewrites_are_read_back_by_training(tiny, tmp_path):
+  out = str(tmp_path / "rules.json")
+  result = run_module("cliplite_jax.rewrite", "--data=shapes_captions/tiny",
+                      f"--data_dir={tiny.data.data_dir}", "--model=rules",
+                      f"--out={out}", "--num=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rewrites = pipeline.load_rewrites(out)
+  assert set(rewrites) == {str(i) for i in range(256)}
+  # Deterministic: rerun elsewhere, the same file.
+  again = str(tmp_path / "again.json")
+  run_module("cliplite_jax.rewrite", "--data=shapes_captions/tiny",
+             f"--data_dir={tiny.data.data_dir}", "--model=rules",
+             f"--out={again}", "--num=1")
+  assert json.load(open(again)) == json.load(open(out))
+
+  originals = pipeline.all_captions(tiny, "train")
+  tiny.data.rewrites = out
+  # A new run's tokenizer learns the rewrites' words too.
+  texts = pipeline.all_captions(tiny, "train")
+  assert sorted(texts) == sorted(originals + [
+      text_lib.clean_caption(t) for v in rewrites.values() for t in v])
+  tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(texts, 400), 30)
+  framing = {tokenizer.token_to_id(w) for w in ("drawing", "background")}
+  assert None not in framing and not any(
+      w in t.split() for t in originals for w in ("drawing", "background"))
+  stream = iter(pipeline.train_dataset(tiny, tokenizer))
+  ids = np.concatenate([next(stream)["input_ids"] for _ in range(8)])
+  drawn = np.isin(ids, list(framing)).any(axis=1).mean()
+  assert 0.02 < drawn < 0.5  # some rows drew a rewrite, most an original
+  source, _ = sources.get("shapes_captions/tiny")
+  assert source.id_key is None  # keys are the examples' split indices
