@@ -43,7 +43,7 @@ def list_images(root: str) -> list[str]:
   """Image files under `root` (by suffix, hidden entries skipped), sorted,
   as paths relative to `root`."""
   names = []
-  for directory, subdirs, files in os.walk(root):
+  for directory, subdirs, files in os.walk(root, followlinks=True):
     subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
     names += [os.path.relpath(os.path.join(directory, f), root)
               for f in files if not f.startswith(".")
@@ -78,10 +78,12 @@ def embed_folder(model: inference.Model, root: str
       parts.append(model.encode_image_batch(batch)["embeddings"])
       kept += positions.tolist()
     meter.add(min(model.batch_size, len(names) - start))
-  skipped = len(names) - len(kept)
+  skipped = sorted(set(range(len(names))) - set(kept))
   if skipped:
-    print(f"images: skipped {skipped} unreadable file(s) of {len(names)}",
-          file=sys.stderr)
+    shown = ", ".join(names[i] for i in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    print(f"images: skipped {len(skipped)} unreadable file(s) of "
+          f"{len(names)}: {shown}{more}", file=sys.stderr)
   if not kept:
     raise config_io.UserError(f"--images {root}: no readable image")
   return np.concatenate(parts), [names[i] for i in kept]
@@ -169,6 +171,8 @@ def check_flags() -> None:
     raise config_io.UserError(f"--texts {FLAGS.texts}: no such file")
   if FLAGS.top_k < 1:
     raise config_io.UserError("--top_k must be at least 1")
+  if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
+    raise config_io.UserError("--batch_size must be at least 1")
   if FLAGS.out and os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
     raise config_io.UserError(f"--out {FLAGS.out} is a file, not a directory")
 
@@ -244,8 +248,11 @@ def _contact_sheet(model, path: str, ranked, names, captions) -> None:
 
 
 def main(argv):
-  config_io.run_tool("cliplite_jax.embed", argv, run,
-                     (sources.DatasetNotPreparedError, OSError))
+  try:
+    config_io.run_tool("cliplite_jax.embed", argv, run,
+                       (sources.DatasetNotPreparedError, OSError))
+  except KeyboardInterrupt:
+    sys.exit("\ncliplite_jax.embed: interrupted; nothing more written")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
+import tempfile
 
 if __name__ == "__main__":
   from cliplite_jax import native_logs
@@ -90,16 +90,16 @@ def state_dicts(config, variables, step: int) -> tuple[dict, dict, dict]:
 def export(workdir: str, out: str, step: int | None = None) -> int:
   """Restores `step` (latest if None) of WORKDIR and writes the new
   directory `out` (see the module doc); returns the step exported. Files
-  are written to `out`.partial and renamed at the end, so `out` is complete
-  or absent."""
+  are written to a new hidden folder beside it and renamed at the end, so
+  `out` is complete or absent."""
   config = config_io.load_saved(workdir)
   step, _, variables, _, _ = evaluate.restore(workdir, config, step)
   tower, heads, description = state_dicts(config, variables, step)
   if jax.process_index() != 0:
     return step
-  staging = out.rstrip("/") + ".partial"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
+  out = out.rstrip("/")
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",
+                             dir=os.path.dirname(os.path.abspath(out)))
   metadata = {"format": "pt", "step": str(step)}
   save_file(tower, os.path.join(staging, IMAGE_TOWER_FILE),
             metadata=dict(metadata, depth=str(description["image_tower"]
@@ -117,8 +117,11 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
     json.dump(description, f, indent=1)
   umask = os.umask(0)
   os.umask(umask)
+  os.chmod(staging, 0o777 & ~umask)  # mkdtemp's is owner-only
   for name in description["files"]:  # safetensors writes owner-only files
     os.chmod(os.path.join(staging, name), 0o666 & ~umask)
+  if os.path.isdir(out):
+    os.rmdir(out)  # empty (check_out): the export takes its place
   os.rename(staging, out)
   return step
 
@@ -130,14 +133,14 @@ def _torch_available() -> bool:
 def check_out(out: str) -> None:
   """UserError unless `out` is new (or an empty directory) and its parent
   exists, checked before anything is restored."""
+  if not out or not out.strip("/"):
+    raise config_io.UserError("--out is empty; name a new directory")
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise config_io.UserError(f"--out {out} exists and is not an empty "
                               f"directory; name a new one")
   parent = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(parent):
     raise config_io.UserError(f"--out {out}: {parent} is not a directory")
-  if os.path.isdir(out):
-    os.rmdir(out)  # empty: the finished export is renamed into its place
 
 
 def main(argv):

@@ -35,9 +35,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   orientation. UnreadableImageError (naming the file) if it does not decode."""
   try:
     with Image.open(path) as image:
-      return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-  except (OSError, ValueError, SyntaxError) as e:  # PIL's ways to fail
+      return _rgb(ImageOps.exif_transpose(image))
+  except (OSError, ValueError, SyntaxError,  # PIL's ways to fail
+          Image.DecompressionBombError) as e:
     raise UnreadableImageError(f"{path}: not a readable image ({e})") from e
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+  """uint8 [H, W, 3]; 16- and 32-bit grey images scaled from their full
+  range (PIL's RGB conversion would clip them to white)."""
+  if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+    wide = np.asarray(image, np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(wide.max(), 1.0)
+    grey = np.clip(np.round(wide / top * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  return np.asarray(image.convert("RGB"))
 
 
 def as_pixels(item) -> np.ndarray:
@@ -46,7 +58,7 @@ def as_pixels(item) -> np.ndarray:
   if isinstance(item, (str, os.PathLike)):
     return read_image(item)
   if isinstance(item, Image.Image):
-    return np.asarray(item.convert("RGB"))
+    return _rgb(item)
   pixels = np.asarray(item)
   if pixels.dtype != np.uint8:
     raise TypeError(f"image arrays must be uint8 in [0, 255], not "
@@ -56,6 +68,8 @@ def as_pixels(item) -> np.ndarray:
   if pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
     raise ValueError(f"an image array must be [H, W], [H, W, 3] or "
                      f"[H, W, 4], not {list(pixels.shape)}")
+  if min(pixels.shape[:2]) == 0:
+    raise ValueError(f"an image array has no pixels: {list(pixels.shape)}")
   return pixels[..., :3]
 
 
@@ -133,6 +147,8 @@ class Model:
     self.image_size = self.config.data.image_size
     self.embed_dim = self.config.model.proj_dim
     self.feature_dim = self._model.image_encoder.num_features
+    if batch_size is not None and batch_size < 1:
+      raise config_io.UserError(f"batch_size must be ≥ 1, not {batch_size}")
     self.batch_size = features.global_batch_size(
         batch_size or self.config.eval.batch_size, self._mesh)
 
@@ -155,11 +171,13 @@ class Model:
     """Images → float32 [N, D] embeddings (unit length if `normalize`), or
     with `pooled` the tower's features [N, F] (for linear probes).
 
-    `images`: uint8 [N, H, W, 3], one uint8 [H, W, 3], or a sequence of
-    paths, PIL images and uint8 arrays of any sizes.
+    `images`: uint8 [N, H, W, 3]; one image (a path, PIL image, or uint8
+    [H, W] / [H, W, 3]); or a sequence of paths, PIL images and uint8
+    arrays of any sizes.
     """
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-      images = images[None]
+    if isinstance(images, (str, os.PathLike, Image.Image)) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+      images = [images]  # one image
     key = "features" if pooled else "embeddings"
     parts = [self.encode_image_batch(batch, normalize)[key]
              for _, batch in image_batches(images, self.image_size,

@@ -159,15 +159,24 @@ def run() -> dict:
   name = sources.canonical(FLAGS.data)
   try:
     source, _ = sources.get(name)
-    if source.captions_key is None:
-      raise rewriting.RewriteError(f"--data {FLAGS.data} has no captions")
+  except ValueError as e:  # unknown name
+    raise rewriting.RewriteError(f"--data {FLAGS.data}: {e}") from e
+  if source.captions_key is None:
+    raise rewriting.RewriteError(f"--data {FLAGS.data} has no captions")
+  if source.id_key is None and any(c in FLAGS.split for c in "[+"):
+    raise rewriting.RewriteError(
+        f"--split {FLAGS.split}: {FLAGS.data}'s images are keyed by their "
+        f"position in the whole split; rewrite a whole split")
+  try:
     total = estimate_total(name, FLAGS.split, FLAGS.data_dir, FLAGS.num)
-  except ValueError as e:  # unknown name or split
+  except ValueError as e:  # unknown split
     raise rewriting.RewriteError(f"--data {FLAGS.data}: {e}") from e
   examples = rewriting.read_examples(FLAGS.examples)
-  store = rewriting.Store(FLAGS.out, settings_from_flags(name, examples))
+  # The model loads before the progress file exists: a bad --model leaves
+  # nothing behind.
   model = None if FLAGS.model == RULES else LanguageModel(FLAGS.model,
                                                           FLAGS.device)
+  store = rewriting.Store(FLAGS.out, settings_from_flags(name, examples))
   done_before = sum(len(r["rewrites"]) + sum(r["dropped"].values())
                     for r in store.done.values())
   if store.done:

@@ -88,10 +88,35 @@ def test_clear_errors(trained, eight_step_run, tmp_path):
     model.encode_images([str(broken)])
   with pytest.raises(TypeError, match="uint8"):
     model.encode_images(np.zeros((1, 32, 32, 3), np.float32))
+  with pytest.raises(ValueError, match="no pixels"):
+    model.encode_images(np.zeros((0, 5, 3), np.uint8))
+  with pytest.raises(config_io.UserError, match="batch_size"):
+    cliplite_jax.load(eight_step_run, batch_size=0)
   with pytest.raises(config_io.UserError, match="available steps"):
     cliplite_jax.load(eight_step_run, step=5)
   with pytest.raises(config_io.UserError):
     cliplite_jax.load(str(tmp_path / "nowhere"))
+
+
+def test_single_images_and_wide_or_huge_files(trained, tmp_path, monkeypatch):
+  model = trained[0]
+  grey = np.arange(40 * 40, dtype=np.uint8).reshape(40, 40)
+  path = str(tmp_path / "grey.png")
+  Image.fromarray(grey).save(path)
+  as_rgb = np.repeat(grey[..., None], 3, axis=-1)
+  want = model.encode_images(as_rgb[None])
+  # One path, one [H, W] array: one image each, not a batch.
+  np.testing.assert_allclose(model.encode_images(path), want, atol=1e-6)
+  np.testing.assert_allclose(model.encode_images(grey), want, atol=1e-6)
+  # A 16-bit PNG is scaled from its full range (PIL's RGB clips it white).
+  wide = grey.astype(np.uint16) * 257
+  Image.fromarray(wide).save(tmp_path / "wide.png")
+  np.testing.assert_array_equal(
+      inference.read_image(tmp_path / "wide.png"), as_rgb)
+  # An image over PIL's decompression-bomb limit is an unreadable file.
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+  with pytest.raises(inference.UnreadableImageError, match="grey.png"):
+    inference.read_image(path)
 
 
 def _ranking(stdout: str) -> dict[str, list[tuple[float, str]]]:

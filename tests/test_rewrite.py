@@ -58,6 +58,15 @@ def test_rules_keep_the_meaning_of_sized_lists():
     # Every object keeps its size and colour, whatever the order and words.
     assert any(s in text for s in ("large red circle", "big red circle"))
     assert any(s in text for s in ("small blue square", "little blue square"))
+  # A spatial relation is never reordered.
+  for _ in range(50):
+    text = rewriting.rule_rewrite(
+        "a small dog to the left of a large cat and a small bird", rng)
+    assert text.index("dog") < text.index("cat") < text.index("bird"), text
+  # No framing on a framed or listed caption.
+  for _ in range(50):
+    text = rewriting.rule_rewrite("a picture of a circle", rng)
+    assert text.count(" of ") == 1, text
   # Unsized lists keep their order (it says which shape is the largest).
   for _ in range(50):
     text = rewriting.rule_rewrite("a picture of a circle and a square", rng)
@@ -89,12 +98,14 @@ def test_progress_file_refuses_other_settings_and_skips_a_torn_line(
     rewriting.Store(out, {"num": 3, "seed": 0})
   resumed = rewriting.Store(out, {"num": 2, "seed": 0})
   assert list(resumed.done) == [0]
-  resumed.add(1, [("7", "another"), ("8", "third")], {"too_long": 2})
+  resumed.add(1, [("7", "another"), ("8", "third"), ("7", "a rewrite")],
+              {"too_long": 2})
   meta = resumed.finish({})
   assert json.load(open(out)) == {"7": ["a rewrite", "another"],
                                   "8": ["third"]}
   assert meta["dropped"] == {"empty": 1, "no_letters": 0, "too_long": 2,
-                             "repeats_prompt": 0}
+                             "repeats_prompt": 0, "duplicate": 1}
+  assert not os.path.exists(store.partial)
 
 
 def _tiny_lm(path: str) -> None:
@@ -170,6 +181,17 @@ def test_generation_end_to_end_resumes_after_a_kill(tiny_data_dir, tmp_path):
   assert json.load(open(resumed)) == rewrites
 
 
+def test_a_bad_model_leaves_nothing_behind(tiny_data_dir, tmp_path):
+  out = str(tmp_path / "r.json")
+  result = run_module("cliplite_jax.rewrite",
+                      *_rewrite_args(tiny_data_dir, str(tmp_path), out))
+  assert result.returncode == 1
+  line, = result.stderr.strip().splitlines()
+  assert line.startswith("cliplite_jax.rewrite: error: --model") and (
+      "config.json" in line)
+  assert os.listdir(tmp_path) == []
+
+
 def test_rule_rewrites_are_read_back_by_training(tiny, tmp_path):
   out = str(tmp_path / "rules.json")
   result = run_module("cliplite_jax.rewrite", "--data=shapes_captions/tiny",
@@ -177,13 +199,21 @@ def test_rule_rewrites_are_read_back_by_training(tiny, tmp_path):
                       f"--out={out}", "--num=1")
   assert result.returncode == 0, result.stderr[-3000:]
   rewrites = pipeline.load_rewrites(out)
-  assert set(rewrites) == {str(i) for i in range(256)}
-  # Deterministic: rerun elsewhere, the same file.
-  again = str(tmp_path / "again.json")
-  run_module("cliplite_jax.rewrite", "--data=shapes_captions/tiny",
-             f"--data_dir={tiny.data.data_dir}", "--model=rules",
-             f"--out={again}", "--num=1")
-  assert json.load(open(again)) == json.load(open(out))
+  # The file is the rules applied to each (example, caption) with its own
+  # seeded draw, in split order, without the ones equal to their caption or
+  # to an earlier rewrite of the image.
+  source, _ = sources.get("shapes_captions/tiny")
+  examples = sources.open_split("shapes_captions/tiny", "train",
+                                tiny.data.data_dir)
+  want = {}
+  for i in range(len(examples)):
+    for j, caption in enumerate(sources.decode_captions(source, examples[i])):
+      text, _ = rewriting.clean_output(rewriting.rule_rewrite(
+          caption.decode(), rewriting.unit_rng(0, i, j, 0)), caption.decode(),
+          [], max_words=60)
+      if text and text not in want.setdefault(str(i), []):
+        want[str(i)].append(text)
+  assert rewrites == want and len(want) == 256
 
   originals = pipeline.all_captions(tiny, "train")
   tiny.data.rewrites = out
@@ -199,5 +229,4 @@ def test_rule_rewrites_are_read_back_by_training(tiny, tmp_path):
   ids = np.concatenate([next(stream)["input_ids"] for _ in range(8)])
   drawn = np.isin(ids, list(framing)).any(axis=1).mean()
   assert 0.02 < drawn < 0.5  # some rows drew a rewrite, most an original
-  source, _ = sources.get("shapes_captions/tiny")
   assert source.id_key is None  # keys are the examples' split indices

@@ -23,6 +23,7 @@ PROMPT_HEADER = "write image captions differently,"
 # at most 77 new tokens.
 SHOTS, TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 3, 0.9, 0.95, 77
 DROP_REASONS = ("empty", "no_letters", "too_long", "repeats_prompt")
+# And at the end, an image's rewrite equal to an earlier one: "duplicate".
 
 
 class RewriteError(ValueError):
@@ -130,7 +131,8 @@ def _swap_and(caption: str) -> str:
   if (len(parts) != 2 or not all(sized)
       or not re.match(r"(a|an|the) ", parts[1])):
     return caption
-  framed = re.match(r"(.*\bof )((?:a|an|the) .*)", parts[0])
+  framed = re.match(r"((?:a|an) (?:picture|image) of )((?:a|an|the) .*)",
+                    parts[0])
   if framed:
     return f"{framed.group(1)}{parts[1]} and {framed.group(2)}"
   if re.match(r"(a|an|the) ", parts[0]) and " of " not in parts[0]:
@@ -153,6 +155,11 @@ def rule_rewrite(caption: str, rng: np.random.Generator) -> str:
   words = [(_SYNONYMS[w][rng.integers(len(_SYNONYMS[w]))]
             if w in _SYNONYMS else w) for w in text.split(" ")]
   template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+  # Only a plain object description takes a framing ("an image of an image
+  # of ..." or "we can see the largest shape is ..." would not read).
+  if not re.match(r"(a|an) ", text) or re.match(
+      r"(a|an) (picture|image) of ", text) or ":" in text:
+    template = "{}"
   return _articles(template.format(" ".join(words)))
 
 
@@ -196,10 +203,12 @@ class Store:
       except ValueError:
         continue  # the torn last line of a killed run
       self.done[int(record["batch"])] = record
-    # Rewrite the file without a torn line, so later appends stay parseable.
-    with open(self.partial, "w", encoding="utf-8") as f:
+    # Rewritten without a torn line, so later appends stay parseable;
+    # replaced whole, so an interruption here loses nothing.
+    with open(self.partial + ".tmp", "w", encoding="utf-8") as f:
       f.write(json.dumps({"settings": self.settings}) + "\n")
       f.writelines(json.dumps(r) + "\n" for r in self.done.values())
+    os.replace(self.partial + ".tmp", self.partial)
 
   def add(self, batch: int, rewrites: list[tuple[str, str]],
           dropped: dict[str, int]) -> None:
@@ -215,10 +224,14 @@ class Store:
     """Writes OUT and OUT.meta.json; returns the meta written (with the
     counts)."""
     rewrites: dict[str, list[str]] = {}
-    dropped = dict.fromkeys(DROP_REASONS, 0)
+    dropped = dict.fromkeys(DROP_REASONS + ("duplicate",), 0)
     for batch in sorted(self.done):
       for image_id, text in self.done[batch]["rewrites"]:
-        rewrites.setdefault(image_id, []).append(text)
+        kept = rewrites.setdefault(image_id, [])
+        if text in kept:
+          dropped["duplicate"] += 1
+        else:
+          kept.append(text)
       for reason, count in self.done[batch]["dropped"].items():
         dropped[reason] = dropped.get(reason, 0) + count
     meta = dict(meta, settings=self.settings, dropped=dropped,
