@@ -37,7 +37,8 @@ setup(
         "rewrite": ["transformers>=5", "torch"],
         # scikit-image and scikit-learn: their bundled sample photographs
         # are the real-photo test set of prepared datasets.
-        "test": ["pytest", "scikit-learn", "scikit-image", "transformers>=5",
+        # pytest-xdist: the suite runs in 2 processes, a test file each.
+        "test": ["pytest", "pytest-xdist", "scikit-learn", "scikit-image", "transformers>=5",
                  "torch==2.13.0"],
     },
 )
