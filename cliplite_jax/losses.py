@@ -19,7 +19,10 @@ import optax
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
   """x / max(‖x‖, eps) along the last axis (torch.nn.functional.normalize)."""
   x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  # sqrt(max(Σx², eps²)) = max(‖x‖, eps), with torch's zero gradient for the
+  # norm of a zero row (jnp.linalg.norm's is NaN there).
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps**2))
+  return x / norm
 
 
 def jsd_bound(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,

@@ -131,3 +131,13 @@ def test_streamed_gradient_equals_the_materialised_one():
       reps)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_a_zero_row_has_a_finite_gradient():
+  # A zero embedding (e.g. a linear encoder's all-zero input at bias 0):
+  # torch's normalize gives it a zero-norm gradient; a NaN would poison the
+  # whole step.
+  reps = [jnp.zeros((3, 4)).at[1:].set(1.0) for _ in range(3)]
+  grads = jax.grad(lambda r: symile.symile_loss(r, jnp.float32(0.0),
+                                                "n_squared"))(reps)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
