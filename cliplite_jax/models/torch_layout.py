@@ -32,8 +32,10 @@ def _linear(kernel) -> np.ndarray:
 
 def _batch_norm(prefix: str, params: Tree, stats: Tree,
                 batches_seen: int) -> dict[str, np.ndarray]:
-  """torch BatchNorm entries; flax keeps the same (biased-update) running
-  variance torch uses at evaluation, so the values carry over as they are."""
+  """torch BatchNorm entries. At evaluation both frameworks normalise with
+  the running mean and variance as stored, so these carry over as they
+  are; flax averaged biased batch variances into them, where torch,
+  trained further, averages unbiased ones."""
   return {f"{prefix}.weight": np.asarray(params["scale"], np.float32),
           f"{prefix}.bias": np.asarray(params["bias"], np.float32),
           f"{prefix}.running_mean": np.asarray(stats["mean"], np.float32),
