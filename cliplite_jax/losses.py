@@ -1,15 +1,11 @@
-"""Contrastive objectives: CLIP-Lite's JSD bound (+ DIM priors), InfoNCE, SigLIP.
+"""Two-tower contrastive objectives: CLIP-Lite's JSD bound (+ DIM priors),
+InfoNCE, SigLIP.
 
 All math is float32. Each objective is `fn(outputs, loss_config) -> (loss,
-metrics)` over the model's output dict (see `models.cliplite.CLIPLite`), and
-`LOSSES[name].device_local` says whether it must see one device's shard only
-(JSD: the negative is the next caption *in the same shard*) or the global batch
-(InfoNCE and SigLIP gather every embedding, like CLIP).
+metrics)` over the model's output dict (see `models.cliplite.CLIPLite`);
+`objectives.OBJECTIVES` names them and says how each must run.
 """
 from __future__ import annotations
-
-import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -121,23 +117,3 @@ def siglip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
   return loss, {"loss/sigmoid": loss, "loss/total": loss,
                 "temperature": _temperature(outputs),
                 "logit_bias": outputs["logit_bias"]}
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """An objective and how it must run.
-
-  device_local: sees one device's shard only (else the global batch).
-  rolls: takes each pair's negative from the next row of its (micro-)batch,
-    so it needs at least 2 rows there (with 1 the negative is the positive).
-  """
-  fn: Callable[[dict, object], tuple[jnp.ndarray, dict]]
-  device_local: bool
-  rolls: bool = False
-
-
-LOSSES = {
-    "jsd": Objective(cliplite_objective, device_local=True, rolls=True),
-    "infonce": Objective(clip_objective, device_local=False),
-    "sigmoid": Objective(siglip_objective, device_local=False),
-}

@@ -32,7 +32,8 @@ def _entropy(p: jnp.ndarray) -> jnp.ndarray:
 def nclip_loss(img_logits: jnp.ndarray, txt_logits: jnp.ndarray,
                student_temperature: float = 0.1,
                teacher_temperature: float = 0.04,
-               me_max_weight: float = 1.0) -> tuple[jnp.ndarray, dict]:
+               me_max_weight: float = 1.0,
+               axis_name=None) -> tuple[jnp.ndarray, dict]:
   """L = ½[H(q_T, p_I) + H(q_I, p_T)] + w·½[(log K − H(p̄_I)) + (log K − H(p̄_T))].
 
   Args:
@@ -41,6 +42,9 @@ def nclip_loss(img_logits: jnp.ndarray, txt_logits: jnp.ndarray,
     teacher_temperature: q = stop_gradient(softmax(logits / τ_t)), τ_t < τ_s
       sharpens the targets.
     me_max_weight: w, the mean-entropy maximisation weight.
+    axis_name: inside `shard_map`, the mesh axes the batch is split over:
+      p̄ is then the global batch's mean (one [K] all-reduce), so the loss is
+      the same on any number of devices.
   Returns (loss, metrics) with float32 scalars.
   """
   img_logits = img_logits.astype(jnp.float32)
@@ -54,8 +58,11 @@ def nclip_loss(img_logits: jnp.ndarray, txt_logits: jnp.ndarray,
   log_p_txt = jax.nn.log_softmax(txt_logits / student_temperature)
   cross = 0.5 * (jnp.mean(-jnp.sum(q_txt * log_p_img, -1))
                  + jnp.mean(-jnp.sum(q_img * log_p_txt, -1)))
-  me_max = 0.5 * ((jnp.log(k) - _entropy(p_img.mean(0)))
-                  + (jnp.log(k) - _entropy(p_txt.mean(0))))
+  mean_img, mean_txt = p_img.mean(0), p_txt.mean(0)
+  if axis_name is not None:
+    mean_img, mean_txt = jax.lax.pmean((mean_img, mean_txt), axis_name)
+  me_max = 0.5 * ((jnp.log(k) - _entropy(mean_img))
+                  + (jnp.log(k) - _entropy(mean_txt)))
   loss = cross + me_max_weight * me_max
   return loss, {"loss/nclip": loss, "nclip/cross_entropy": cross,
                 "nclip/me_max": me_max}

@@ -101,6 +101,8 @@ def symile_loss(representations: list[jnp.ndarray], log_scale: jnp.ndarray,
     anchor = reps[a] * scale
     others = [r for i, r in enumerate(reps) if i != a]
     if sampling == "n":
+      if key is None:
+        raise ValueError("sampling 'n' draws permutations: pass a key")
       keys = jax.random.split(jax.random.fold_in(key, a), m - 1)
       perms = [jax.random.permutation(k, n) for k in keys]
       logits = logits_n(anchor, others, perms)
@@ -111,6 +113,28 @@ def symile_loss(representations: list[jnp.ndarray], log_scale: jnp.ndarray,
     else:
       raise ValueError(f"sampling must be 'n' or 'n_squared', not {sampling!r}")
   return sum(losses) / m
+
+
+def jsd_mip(representations: list[jnp.ndarray],
+            log_scale: jnp.ndarray) -> jnp.ndarray:
+  """"Symile-Lite": CLIP-Lite's negated JSD bound with Symile's MIP critic.
+
+  T = exp(log_scale) · MIP of L2-normalised rows. For each anchor modality
+  a, row i's negative tuple is its anchor row with every other modality's
+  row i + 1 (mod N), a roll within this batch, as CLIP-Lite's one negative
+  caption; the loss is the mean over anchors of
+  mean(softplus(T_negative)) − mean(−softplus(−T_positive)).
+  representations: M ≥ 2 arrays [N, d], any float → float32 scalar.
+  """
+  reps = [l2_normalize(r) for r in representations]
+  scale = jnp.exp(log_scale.astype(jnp.float32))
+  e_joint = jnp.mean(-jax.nn.softplus(-scale * mip(reps)))
+  losses = []
+  for a in range(len(reps)):
+    rolled = [r if i == a else jnp.roll(r, -1, axis=0)
+              for i, r in enumerate(reps)]
+    losses.append(jnp.mean(jax.nn.softplus(scale * mip(rolled))) - e_joint)
+  return sum(losses) / len(losses)
 
 
 def zeroshot_scores(query: list[jnp.ndarray],

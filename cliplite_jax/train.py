@@ -12,7 +12,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
+from cliplite_jax import checkpoint, config_io, evaluate, metrics as metrics_lib, objectives
 from cliplite_jax import guards, optim, parallel, prng, state as state_lib
 from cliplite_jax import recovery, summary, validation, workdir_lock
 from cliplite_jax.data import augment, pipeline, sources
@@ -25,9 +25,13 @@ def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
   Device-local objectives (JSD) run per shard through `parallel.device_local`;
   the others see the global batch.
   """
-  objective = losses.LOSSES[config.loss.name]
+  objective = objectives.OBJECTIVES[config.loss.name]
   fn = functools.partial(objective.fn, cfg=config.loss)
-  return parallel.device_local(fn, mesh) if objective.device_local else fn
+  if not objective.device_local:
+    return fn
+  if objective.takes_axis:
+    fn = functools.partial(fn, axis_name=parallel.BATCH)
+  return parallel.device_local(fn, mesh)
 
 
 def step_rngs(rng: jax.Array, step: jax.Array, micro: int | None = None):

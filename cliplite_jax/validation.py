@@ -11,7 +11,7 @@ import re
 
 import ml_collections
 
-from cliplite_jax import config_io, losses
+from cliplite_jax import config_io, objectives
 from cliplite_jax.models import resnet, text
 
 DTYPES = ("float32", "bfloat16")
@@ -98,6 +98,9 @@ def _eval_fields(c: _Checker) -> None:
   c.integer("data.num_threads", 0)
 
 
+NCLIP_LOSSES = ("nclip", "xclip", "jsd_nclip")
+
+
 def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every training field's domain and the relations between fields, for a
   run on `num_devices` devices. Raises UserError listing each problem."""
@@ -135,8 +138,15 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
         isinstance(v, (int, float)) and v >= 0 for v in jitter)
               and jitter[3] <= 0.5, "data.color_jitter",
               "(brightness, contrast, saturation, hue), each ≥ 0, hue ≤ 0.5")
-  c.one_of("loss.name", tuple(losses.LOSSES))
+  c.one_of("loss.name", tuple(objectives.OBJECTIVES))
   c.number("loss.prior_weight", 0, 1)
+  if c.get("loss.name") in NCLIP_LOSSES:
+    c.integer("loss.nclip.prototypes", 1)
+    for key in ("student_temperature", "teacher_temperature"):
+      c.number(f"loss.nclip.{key}", 0, float("inf"), low_open=True,
+               high_open=True)
+    for key in ("me_max_weight", "weight"):
+      c.number(f"loss.nclip.{key}", 0, float("inf"), high_open=True)
   c.one_of("optim.name", OPTIMIZERS)
   c.number("optim.momentum", 0, 1, high_open=True)
   c.number("optim.weight_decay", 0, float("inf"), high_open=True)
@@ -185,7 +195,7 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
     c.problems.append(
         f"batch_size {batch} must be a multiple of devices × accum_steps = "
         f"{num_devices} × {accum} = {rows}")
-  elif losses.LOSSES[c.get("loss.name")].rolls and batch // rows < 2:
+  elif objectives.OBJECTIVES[c.get("loss.name")].rolls and batch // rows < 2:
     c.problems.append(
         f"loss.name={c.get('loss.name')!r} takes each pair's negative from "
         f"the next row of the same device's (micro-)batch, so it needs ≥ 2 "
