@@ -15,22 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
-import numpy as np
+import runs
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 STEPS = 1000
 OBJECTIVES = {
-    "jsd (CLIP-Lite)": ["--config=configs/default.py"],
-    "infonce (CLIP)": ["--config=configs/clip_baseline.py:data=shapes"],
-    "sigmoid (SigLIP)": ["--config=configs/siglip_baseline.py:data=shapes"],
-    "nclip": ["--config=configs/nclip_baseline.py:data=shapes"],
-    "xclip": ["--config=configs/xclip_baseline.py:data=shapes"],
-    "jsd_nclip": ["--config=configs/default.py",
-                  "--config.loss.name=jsd_nclip"],
+    "jsd (CLIP-Lite)": ["configs/default.py"],
+    "infonce (CLIP)": ["configs/clip_baseline.py:data=shapes"],
+    "sigmoid (SigLIP)": ["configs/siglip_baseline.py:data=shapes"],
+    "nclip": ["configs/nclip_baseline.py:data=shapes"],
+    "xclip": ["configs/xclip_baseline.py:data=shapes"],
+    "jsd_nclip": ["configs/default.py", "--config.loss.name=jsd_nclip"],
 }
 COLUMNS = {
     "zero-shot shape": "zeroshot/shapes_captions/top1",
@@ -43,23 +39,6 @@ COLUMNS = {
 }
 
 
-def run(root: str, name: str, seed: int) -> dict[str, float]:
-  """Trains (unless done) and returns the final evaluation metrics."""
-  tag = name.split()[0]
-  workdir = os.path.join(root, f"{tag}_seed{seed}")
-  result = os.path.join(workdir, "eval", f"step_{STEPS}.json")
-  if not os.path.exists(result):
-    print(f"--- {name}, seed {seed}: {workdir}", flush=True)
-    command = [sys.executable, "-m", "cliplite_jax.main",
-               f"--workdir={workdir}", f"--config.seed={seed}",
-               f"--config.total_steps={STEPS}", *OBJECTIVES[name]]
-    done = subprocess.run(command, cwd=REPO)
-    if done.returncode:
-      sys.exit(f"failed (exit {done.returncode}): {' '.join(command)}")
-  with open(result) as f:
-    return json.load(f)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seeds", default="0,1,2")
@@ -67,19 +46,20 @@ def main() -> None:
       tempfile.gettempdir(), "cliplite_objectives"))
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
-  table = {name: [run(args.root, name, s) for s in seeds]
-           for name in OBJECTIVES}
-  summary = {name: {col: (float(np.mean([r[key] for r in runs])),
-                          float(np.std([r[key] for r in runs])))
+  table = {}
+  for name, (config, *overrides) in OBJECTIVES.items():
+    tag = name.split()[0]
+    table[name] = [runs.train(os.path.join(args.root, f"{tag}_seed{s}"),
+                              config, STEPS, s, overrides) for s in seeds]
+  summary = {name: {col: runs.mean_std(results, key)
                     for col, key in COLUMNS.items()}
-             for name, runs in table.items()}
+             for name, results in table.items()}
   print(f"\n{STEPS} steps, batch 64, seeds {seeds} (mean ± std)\n")
-  print("| objective | " + " | ".join(COLUMNS) + " |")
-  print("|---" * (len(COLUMNS) + 1) + "|")
-  for name, cols in summary.items():
-    print(f"| {name} | " + " | ".join(f"{m:.3f} ± {s:.3f}"
-                                        for m, s in cols.values()) + " |")
-  out = os.path.join(REPO, "bench", "objectives_shapes.json")
+  print(runs.markdown_table(
+      ["objective", *COLUMNS],
+      [[name] + [f"{m:.3f} ± {s:.3f}" for m, s in cols.values()]
+       for name, cols in summary.items()]))
+  out = os.path.join(runs.REPO, "bench", "objectives_shapes.json")
   with open(out, "w") as f:
     json.dump({"steps": STEPS, "seeds": seeds, "mean_std": summary,
                "runs": {n: dict(zip(map(str, seeds), r))

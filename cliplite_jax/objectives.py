@@ -31,6 +31,8 @@ class Objective:
   needs_key: reads outputs["loss_key"], a PRNG key for sampling negatives.
   takes_axis: a device-local fn that all-reduces something (nCLIP's batch
     mean) over the mesh axes named by its `axis_name` argument.
+  modality_score: a multimodal objective's critic for zero-shot prediction
+    of one modality from the others: "mip" (Symile's) or "pairwise".
   gathers: what crosses devices for the loss (README's objectives table).
   paper: where the objective comes from.
   """
@@ -40,6 +42,7 @@ class Objective:
   multimodal: bool = False
   needs_key: bool = False
   takes_axis: bool = False
+  modality_score: str = "mip"
   gathers: str = ""
   paper: str = ""
 
@@ -137,6 +140,7 @@ OBJECTIVES = {
                              paper=f"{_CLIPLITE} + {_SYMILE}"),
     "pairwise_infonce": Objective(
         pairwise_infonce_objective, device_local=False, multimodal=True,
+        modality_score="pairwise",
         gathers="every modality's embeddings [B, D]",
         paper="CLIP on every pair (Symile's baseline)"),
 }

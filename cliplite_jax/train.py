@@ -15,8 +15,8 @@ from jax.sharding import Mesh
 from cliplite_jax import checkpoint, config_io, evaluate, metrics as metrics_lib, objectives
 from cliplite_jax import guards, optim, parallel, prng, state as state_lib
 from cliplite_jax import recovery, summary, validation, workdir_lock
-from cliplite_jax.data import augment, pipeline, sources
-from cliplite_jax.models import cliplite, hf_bert
+from cliplite_jax.data import augment, pipeline, sources, vectors
+from cliplite_jax.models import hf_bert, multimodal
 
 
 def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -51,7 +51,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   """A jitted `(state, batch) -> (state, metrics)` over `mesh`.
 
   batch: "images" uint8 [B, S, S, 3], "input_ids" / "attention_mask" int32
-  [B, L], optionally "skipped" int32 [B] and "color_jitter" float32 [B, 4]
+  [B, L] (a `MultiModal` model: float32 [B, d_m] per modality), optionally "skipped" int32 [B] and "color_jitter" float32 [B, 4]
   with "color_order" int32 [B, 4] (colour jitter applied here, before the
   images are normalised), sharded over the devices. The
   state is laid out by `parallel.state_shardings` and donated. BatchNorm
@@ -69,8 +69,18 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   dropped while assembling this global batch).
   """
   objective = make_objective(config, mesh)
+  needs_key = objectives.OBJECTIVES[config.loss.name].needs_key
   schedules = optim.schedules(config)
   num_micro = config.get("accum_steps", 1)
+  is_multimodal = multimodal.is_multimodal(config)
+  input_keys = (tuple(config.model.modalities) if is_multimodal
+                else ("images", "input_ids", "attention_mask"))
+
+  def model_inputs(batch):
+    if is_multimodal:
+      return (batch,)
+    return (augment.normalize(batch["images"]), batch["input_ids"],
+            batch["attention_mask"])
 
   def micro_grads(params, batch_stats, batch, rngs):
     """Gradients, metrics and new BatchNorm statistics of one (micro-)batch."""
@@ -79,18 +89,19 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
     def loss_fn(params):
       outputs, updates = model.apply(
           {"params": params, "batch_stats": batch_stats},
-          augment.normalize(batch["images"]), batch["input_ids"],
-          batch["attention_mask"], train=True,
+          *model_inputs(batch), train=True,
           rngs={"dropout": dropout_rng, "prior": prior_rng},
           mutable=["batch_stats"])
+      if needs_key:
+        outputs = dict(outputs, loss_key=objectives.loss_key(prior_rng))
       loss, metrics = objective(outputs)
-      return loss, (metrics, updates["batch_stats"])
+      return loss, (metrics, updates.get("batch_stats", batch_stats))
 
     grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
     return grads, metrics, batch_stats
 
   def step_fn(state: state_lib.TrainState, batch):
-    inputs = {k: batch[k] for k in ("images", "input_ids", "attention_mask")}
+    inputs = {k: batch[k] for k in input_keys}
     if "color_jitter" in batch:  # drawn on the host, applied here
       inputs["images"] = augment.apply_color_jitter(
           batch["images"], batch["color_jitter"], batch["color_order"])
@@ -153,7 +164,7 @@ def _adopt_pretrained_text(config: ml_collections.ConfigDict) -> None:
   """With `model.text.pretrained`, takes the text architecture (and, unless
   another tokenizer is named, the tokenizer) from that checkpoint, so the
   saved config.json describes the model that is trained."""
-  path = config.model.text.pretrained
+  path = (config.model.get("text") or {}).get("pretrained")
   if not path:
     return
   try:
@@ -204,7 +215,10 @@ def _check_data(config: ml_collections.ConfigDict) -> int:
   one batch. Returns the number of training examples (the fraction's)."""
   evaluate.check_reads([(config.data.name, config.data.train_split)]
                        + evaluate.eval_reads(config), config.data.data_dir)
-  if sources.get(config.data.name)[0].captions_key is None:
+  if multimodal.is_multimodal(config):
+    vectors.check_features(config, sources.open_split(
+        config.data.name, config.data.train_split, config.data.data_dir))
+  elif sources.get(config.data.name)[0].captions_key is None:
     raise config_io.UserError(
         f"data.name {config.data.name} is a class set, without captions: "
         f"training needs image-caption pairs; score models on it with "
@@ -220,7 +234,7 @@ def _check_data(config: ml_collections.ConfigDict) -> int:
         f"examples (data.fraction {config.data.fraction}), fewer than one "
         f"batch of {needed}: lower --config.batch_size"
         + (" or data.num_workers" if config.data.num_workers > 0 else ""))
-  pipeline.load_rewrites(config.data.rewrites)
+  pipeline.load_rewrites(config.data.get("rewrites"))
   return usable
 
 
@@ -269,15 +283,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_examples = _check_data(config)
   guards.check_config_change(config, workdir, allow_config_change)
   fresh_tokenizer = None
-  if not (epath.Path(workdir) / "tokenizer.json").exists():
+  has_text = not multimodal.is_multimodal(config)
+  if has_text and not (epath.Path(workdir) / "tokenizer.json").exists():
     fresh_tokenizer = pipeline.new_tokenizer(config)  # checked, not written
   config_io.make_workdir(workdir)
   # Held until return: a second run on WORKDIR is refused before it writes.
   lock = workdir_lock.acquire(workdir)
-  tokenizer = (pipeline.workdir_tokenizer(config, workdir)
-               if fresh_tokenizer is None else
-               pipeline.save_tokenizer(fresh_tokenizer, config, workdir))
-  model = cliplite.build(config)
+  tokenizer = None
+  if fresh_tokenizer is not None:
+    tokenizer = pipeline.save_tokenizer(fresh_tokenizer, config, workdir)
+  elif has_text:
+    tokenizer = pipeline.workdir_tokenizer(config, workdir)
+  model = state_lib.build_model(config)
   tx = optim.build(config)
   data_iter = iter(pipeline.train_dataset(
       config, tokenizer, jax.process_index(), jax.process_count()))

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from cliplite_jax.models import heads
 
@@ -61,3 +62,30 @@ class MultiModal(nn.Module):
     log_scale = self.param("log_scale",
                            nn.initializers.constant(self.init_log_scale), ())
     return {"embeddings": embeddings, "log_scale": log_scale}
+
+
+TOWERS = {"mlp": MLPTower}
+
+
+def is_multimodal(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config.model` describes a `MultiModal` model (it names its
+  modalities) rather than the two-tower `CLIPLite`."""
+  return "modalities" in config.model
+
+
+def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{modality: per-example input shape} from `model.towers.<m>.input_dim`."""
+  return {m: (config.model.towers[m].input_dim,)
+          for m in config.model.modalities}
+
+
+def build(config: ml_collections.ConfigDict) -> MultiModal:
+  """The model of `config.model`: modalities, towers.<m> (name "mlp",
+  widths, input_dim), embed_dim, init_log_scale."""
+  m = config.model
+  towers = []
+  for name in m.modalities:
+    tower = m.towers[name]
+    towers.append(TOWERS[tower.name](widths=tuple(tower.widths)))
+  return MultiModal(modalities=tuple(m.modalities), towers=tuple(towers),
+                    embed_dim=m.embed_dim, init_log_scale=m.init_log_scale)
