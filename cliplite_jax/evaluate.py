@@ -52,9 +52,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                               f"{list(PROBES)}")
   for name in (config.data.name, *config.eval.get("transfer", ())):
     try:
-      sources.get(name)
+      source, _ = sources.get(name)
     except ValueError as e:
       raise config_io.UserError(str(e)) from e
+    if source.modalities and not multimodal.is_multimodal(config):
+      raise config_io.UserError(
+          f"{name} holds the vector modalities "
+          f"{', '.join(source.modalities)}, not images: train on it with a "
+          f"multi-modality config such as configs/symile_xor.py")
+  if multimodal.is_multimodal(config) and config.eval.get("transfer"):
+    raise config_io.UserError(
+        "eval.transfer: a multi-modality model is scored on its own "
+        "dataset only; set eval.transfer=()")
 
 
 def datasets(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:

@@ -55,7 +55,8 @@ def cross_entropy_n_squared(anchor: jnp.ndarray,
   non-anchor modalities' rows.
 
   The last non-anchor modality is contracted by a matrix product; the
-  others are scanned over (N^(M−2) steps) with a running log-sum-exp. With
+  others are scanned over (N^(M−2) steps) with a running log-sum-exp, each
+  step recomputed in the backward pass: memory O(N²), never O(N^M). With
   one non-anchor modality (M = 2) this is CLIP's cross-entropy.
   """
   n = anchor.shape[0]
@@ -80,7 +81,10 @@ def cross_entropy_n_squared(anchor: jnp.ndarray,
     return (new_max, running_sum), None
 
   init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32))
-  (running_max, running_sum), _ = jax.lax.scan(step, init, jnp.arange(steps))
+  # Rematerialised: the backward pass recomputes each step's [N, N] block
+  # instead of keeping all N^(M−2) of them.
+  (running_max, running_sum), _ = jax.lax.scan(jax.checkpoint(step), init,
+                                               jnp.arange(steps))
   return running_max + jnp.log(running_sum) - positives
 
 
@@ -120,9 +124,12 @@ def jsd_mip(representations: list[jnp.ndarray],
   """"Symile-Lite": CLIP-Lite's negated JSD bound with Symile's MIP critic.
 
   T = exp(log_scale) · MIP of L2-normalised rows. For each anchor modality
-  a, row i's negative tuple is its anchor row with every other modality's
-  row i + 1 (mod N), a roll within this batch, as CLIP-Lite's one negative
-  caption; the loss is the mean over anchors of
+  a, row i's negative tuple is its anchor row with the k-th other modality's
+  row i + k (mod N), k = 1 .. M − 1: rolls within this batch, as CLIP-Lite's
+  one negative caption, by distinct offsets so that the negative is drawn
+  from the product of every marginal (as Symile's negatives; a common roll
+  would keep the other modalities' joint). Needs N ≥ M rows. The loss is the
+  mean over anchors of
   mean(softplus(T_negative)) − mean(−softplus(−T_positive)).
   representations: M ≥ 2 arrays [N, d], any float → float32 scalar.
   """
@@ -131,7 +138,8 @@ def jsd_mip(representations: list[jnp.ndarray],
   e_joint = jnp.mean(-jax.nn.softplus(-scale * mip(reps)))
   losses = []
   for a in range(len(reps)):
-    rolled = [r if i == a else jnp.roll(r, -1, axis=0)
+    others = [i for i in range(len(reps)) if i != a]
+    rolled = [r if i == a else jnp.roll(r, -(others.index(i) + 1), axis=0)
               for i, r in enumerate(reps)]
     losses.append(jnp.mean(jax.nn.softplus(scale * mip(rolled))) - e_joint)
   return sum(losses) / len(losses)

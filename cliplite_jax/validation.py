@@ -7,6 +7,7 @@ all problems found are reported together.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import ml_collections
@@ -170,11 +171,12 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
     c.problems.append(
         f"batch_size {batch} must be a multiple of devices × accum_steps = "
         f"{num_devices} × {accum} = {rows}")
-  elif objectives.OBJECTIVES[c.get("loss.name")].rolls and batch // rows < 2:
+  elif (objectives.OBJECTIVES[c.get("loss.name")].rolls and batch // rows
+        < (needed := len(c.get("model.modalities") or ("image", "text")))):
     c.problems.append(
         f"loss.name={c.get('loss.name')!r} takes each pair's negative from "
-        f"the next row of the same device's (micro-)batch, so it needs ≥ 2 "
-        f"rows per device per micro-batch; batch_size {batch} on "
+        f"the next row(s) of the same device's (micro-)batch, so it needs "
+        f"≥ {needed} rows per device per micro-batch; batch_size {batch} on "
         f"{num_devices} devices × accum_steps {accum} gives {batch // rows} "
         f"(raise batch_size or lower accum_steps)")
   c.raise_if_any()
@@ -246,4 +248,8 @@ def _multimodal_fields(c: _Checker) -> None:
         for w in widths), f"model.towers.{m}.widths",
               "a tuple of hidden widths ≥ 1 (() for one affine map)")
   c.integer("model.embed_dim", 1)
+  scale = c.get("model.init_log_scale")
+  c.require(isinstance(scale, (int, float)) and not isinstance(scale, bool)
+            and math.isfinite(scale), "model.init_log_scale",
+            "a finite number (the critic's initial log-scale)")
   c.one_of("loss.symile_sampling", ("n", "n_squared"))

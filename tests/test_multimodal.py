@@ -98,3 +98,15 @@ def test_wrong_objective_or_feature_is_one_clear_error(xor_data_dir, tmp_path):
   with pytest.raises(config_io.UserError, match="input_dim is 7"):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_top1_counts_ties_and_nan_as_wrong():
+  from cliplite_jax.probes import modalities
+  candidates = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+  query = [jnp.asarray([[1.0, 0.0], [0.0, 1.0], [jnp.nan, 1.0]])]
+  # Row 0: candidate 0 wins alone; row 1: candidates 1 and 2 tie; row 2:
+  # NaN scores.
+  targets = jnp.asarray([0, 1, 2], jnp.int32)
+  for score in ("mip", "pairwise"):
+    assert float(modalities.top1(query, candidates, targets, score)) == (
+        pytest.approx(1 / 3))

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cliplite_jax import objectives, parallel, train
+from cliplite_jax import config_io, guards, objectives, parallel, train
 from test_noncontrastive import _numpy_nclip
 
 
@@ -28,7 +28,9 @@ def _numpy_jsd_mip(reps, log_scale):
   for a in range(m):
     pos = neg = 0.0
     for i in range(n):
-      tup = [reps[k][i] if k == a else reps[k][(i + 1) % n] for k in range(m)]
+      others = [k for k in range(m) if k != a]
+      tup = [reps[k][i] if k == a else reps[k][(i + 1 + others.index(k)) % n]
+             for k in range(m)]
       neg += _softplus(s * np.sum(np.prod(tup, axis=0)))
       pos += -_softplus(-s * np.sum(np.prod([r[i] for r in reps], axis=0)))
     total += neg / n - pos / n
@@ -165,3 +167,19 @@ def test_losses_are_float32_from_bfloat16_embeddings(name):
   loss, metrics = objectives.OBJECTIVES[name].fn(out, cfg)
   assert loss.dtype == jnp.float32
   assert all(jnp.asarray(v).dtype == jnp.float32 for v in metrics.values())
+
+
+def test_resuming_ignores_fields_only_other_objectives_read(tmp_path):
+  """A run saved before `loss.nclip` existed resumes; an nCLIP run does
+  not resume with another K."""
+  from configs import default
+  saved = default.get_config()
+  del saved.loss["nclip"]
+  config_io.save(saved, str(tmp_path))
+  guards.check_config_change(default.get_config(), str(tmp_path), False)
+  nclip = default.get_config()
+  nclip.loss.name = "nclip"
+  config_io.save(nclip, str(tmp_path))
+  nclip.loss.nclip.prototypes = 64
+  with pytest.raises(config_io.UserError, match="loss.nclip.prototypes"):
+    guards.check_config_change(nclip, str(tmp_path), False)

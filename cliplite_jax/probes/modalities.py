@@ -29,7 +29,8 @@ def top1(query: list[jnp.ndarray], candidates: jnp.ndarray,
 
   query: M − 1 arrays [N, D]; candidates: [C, D]; targets: int32 [N] rows of
   `candidates`; score "mip" or "pairwise". A tie with another candidate
-  counts as wrong (a constant embedding must not score 1). float32 [].
+  counts as wrong (a constant embedding must not score 1), and so does a
+  NaN score. float32 [].
   """
   if score == "mip":
     scores = symile.zeroshot_scores(query, candidates)
@@ -37,14 +38,17 @@ def top1(query: list[jnp.ndarray], candidates: jnp.ndarray,
     scores = sum(l2_normalize(q) for q in query) @ l2_normalize(candidates).T
   true = jnp.take_along_axis(scores, targets[:, None], axis=1)
   others = jnp.arange(scores.shape[1])[None, :] != targets[:, None]
-  beaten = jnp.any(others & (scores >= true), axis=1)
+  beaten = jnp.any(others & ~(scores < true), axis=1)
   return jnp.mean(~beaten).astype(jnp.float32)
 
 
 def evaluate(config: ml_collections.ConfigDict, model, variables,
              mesh: Mesh) -> dict[str, float]:
   """{"zeroshot/<dataset>/<m>_from_<others>": top-1} for every modality m
-  on `config.eval.split` of `config.data.name`."""
+  on `config.eval.split` of `config.data.name` ({} unless "zeroshot" is in
+  `config.eval.probes`)."""
+  if "zeroshot" not in config.eval.probes:
+    return {}
   modalities = tuple(config.model.modalities)
   values = vectors.modality_arrays(config.data.name, config.eval.split,
                                    config.data.data_dir, modalities)
