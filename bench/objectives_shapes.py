@@ -13,7 +13,6 @@ rerunning skips finished runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
@@ -59,12 +58,7 @@ def main() -> None:
       ["objective", *COLUMNS],
       [[name] + [f"{m:.3f} ± {s:.3f}" for m, s in cols.values()]
        for name, cols in summary.items()]))
-  out = os.path.join(runs.REPO, "bench", "objectives_shapes.json")
-  with open(out, "w") as f:
-    json.dump({"steps": STEPS, "seeds": seeds, "mean_std": summary,
-               "runs": {n: dict(zip(map(str, seeds), r))
-                        for n, r in table.items()}}, f, indent=1)
-  print(f"wrote {out}")
+  runs.write_json("objectives_shapes", STEPS, seeds, summary, table)
 
 
 if __name__ == "__main__":

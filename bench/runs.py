@@ -38,6 +38,18 @@ def mean_std(runs: list[dict[str, float]], key: str) -> tuple[float, float]:
   return float(np.mean(values)), float(np.std(values))
 
 
+def write_json(name: str, steps: int, seeds: list[int], summary: dict,
+               results: dict[str, list[dict]]) -> str:
+  """bench/NAME.json: the summary and every run's metrics by seed."""
+  out = os.path.join(REPO, "bench", f"{name}.json")
+  with open(out, "w") as f:
+    json.dump({"steps": steps, "seeds": seeds, "mean_std": summary,
+               "runs": {n: dict(zip(map(str, seeds), r))
+                        for n, r in results.items()}}, f, indent=1)
+  print(f"wrote {out}")
+  return out
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
   """A Markdown table."""
   lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]

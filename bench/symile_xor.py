@@ -13,7 +13,6 @@ finished runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
@@ -51,12 +50,7 @@ def main() -> None:
           for p in PROBABILITIES])
   print(runs.markdown_table(
       ["predict", "objective"] + [f"p = {p:g}" for p in PROBABILITIES], rows))
-  out = os.path.join(runs.REPO, "bench", "symile_xor.json")
-  with open(out, "w") as f:
-    json.dump({"steps": STEPS, "seeds": seeds, "mean_std": summary,
-               "runs": {n: dict(zip(map(str, seeds), r))
-                        for n, r in results.items()}}, f, indent=1)
-  print(f"wrote {out}")
+  runs.write_json("symile_xor", STEPS, seeds, summary, results)
 
 
 if __name__ == "__main__":

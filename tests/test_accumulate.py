@@ -8,8 +8,7 @@ import pytest
 
 from cliplite_jax import accumulate, objectives, optim, parallel
 from cliplite_jax import state as state_lib, train
-from cliplite_jax.data import augment
-from test_scale import _random_batch, _setup
+from test_scale import _micro_batches, _micro_forward, _random_batch, _setup
 
 
 def test_merge_inverts_the_micro_batch_split():
@@ -38,24 +37,13 @@ def test_two_tower_step_takes_the_global_loss_over_micro_batches(tiny, loss):
   model, tx, state = _setup(tiny, mesh)
   host_state = jax.device_get(state)
   batch = _random_batch(tiny.batch_size, tiny)
-  rows = per_device // micro
-  micro_batches = [
-      {k: np.concatenate([v[d * per_device + m * rows:
-                            d * per_device + (m + 1) * rows]
-                          for d in range(devices)]) for k, v in batch.items()}
-      for m in range(micro)]
+  micro_batches = _micro_batches(batch, devices, per_device, micro)
 
   def global_loss(params):
     batch_stats, parts = host_state.batch_stats, []
     for m, mb in enumerate(micro_batches):
-      dropout_rng, prior_rng = train.step_rngs(host_state.rng, 0, m)
-      outputs, updates = model.apply(
-          {"params": params, "batch_stats": batch_stats},
-          augment.normalize(mb["images"]), mb["input_ids"],
-          mb["attention_mask"], train=True,
-          rngs={"dropout": dropout_rng, "prior": prior_rng},
-          mutable=["batch_stats"])
-      batch_stats = updates["batch_stats"]
+      outputs, batch_stats = _micro_forward(model, host_state, params,
+                                            batch_stats, mb, m)
       parts.append(outputs)
     # Rows in micro-batch order: a permutation of the batch, which a
     # contrastive loss over aligned pairs does not see.

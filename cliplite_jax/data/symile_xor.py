@@ -10,12 +10,12 @@ Builder configs "p000", "p050", "p100" (p in percent; each with 10,000 /
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from cliplite_jax.data import shapes
 
 MODALITIES = ("a", "b", "c")
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -42,8 +42,10 @@ def make_example(config: XorConfig, split: str, index: int) -> dict:
           "xor": mixed}
 
 
-class SymileXor(tfds.core.GeneratorBasedBuilder):
+class SymileXor(shapes.SeededSplits):
   """a, b random bits; c = a XOR b with probability p, else a."""
+
+  make_example = staticmethod(make_example)
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -65,25 +67,9 @@ class SymileXor(tfds.core.GeneratorBasedBuilder):
         supervised_keys=None,
         homepage="https://github.com/cliplite-jax/cliplite_jax")
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    cfg = self.builder_config
-    sizes = {"train": cfg.num_train, "validation": cfg.num_validation,
-             "test": cfg.num_test}
-    return {split: self._generate_examples(split, n)
-            for split, n in sizes.items()}
-
-  def _generate_examples(self, split: str, num_examples: int):
-    for index in range(num_examples):
-      yield index, make_example(self.builder_config, split, index)
-
 
 def prepare(data_dir: str | None, config_name: str = "p100") -> None:
   """Builds `symile_xor/<config_name>` as ArrayRecord under `data_dir`
   (TFDS's default when None or ""); a no-op when already prepared."""
-  builder = SymileXor(config=config_name, data_dir=data_dir or None)
-  if builder.is_prepared():
-    return
-  tfds.disable_progress_bar()
-  with contextlib.redirect_stdout(io.StringIO()):
-    builder.download_and_prepare(file_format="array_record")
+  shapes.build_locally(SymileXor(config=config_name, data_dir=data_dir or None),
+                       announce=False)
