@@ -261,6 +261,30 @@ def load_sibling(here: str, name: str,
   return load_file(f"{path}:{arg}" if arg else path)
 
 
+def require_image_text(config: ml_collections.ConfigDict,
+                       workdir: str) -> None:
+  """UserError for a run of a multi-modality model (`model.modalities`),
+  for the tools that embed or export images and captions."""
+  if "modalities" in config.model:
+    raise UserError(
+        f"{workdir} holds a model of the modalities "
+        f"{', '.join(config.model.modalities)}, not an image–text model; "
+        f"score it with python -m cliplite_jax.evaluate --workdir={workdir}")
+
+
+def load_baseline_base(here: str, arg: str | None
+                       ) -> ml_collections.ConfigDict:
+  """The config a baseline (another objective) starts from: the COCO model
+  of `coco_rn50_bert.py` with `arg`, or, for the argument "data=shapes",
+  the embedded demo of `default.py` (same steps, batch and schedules)."""
+  if arg and "data=shapes" in arg.split(","):
+    if arg != "data=shapes":
+      raise UserError(f"config argument {arg!r}: data=shapes takes no "
+                      f"other argument (override fields with --config.*)")
+    return load_sibling(here, "default.py", None)
+  return load_sibling(here, "coco_rn50_bert.py", arg)
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """big_vision-style config argument "k1=v1,k2=v2" → ConfigDict.
 

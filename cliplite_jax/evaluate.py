@@ -36,9 +36,9 @@ from cliplite_jax import (checkpoint, config_io, features, losses, optim,
                           validation)
 from cliplite_jax.data import augment, eval_input, pipeline, sources
 from cliplite_jax.data import text as text_lib
-from cliplite_jax.models import cliplite
-from cliplite_jax.probes import (linear, modality_gap, retrieval, svm,
-                                 zeroshot)
+from cliplite_jax.models import multimodal
+from cliplite_jax.probes import (linear, modalities, modality_gap, retrieval,
+                                 svm, zeroshot)
 
 
 PROBES = ("retrieval", "gap", "zeroshot", "svm", "linear")
@@ -52,9 +52,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                               f"{list(PROBES)}")
   for name in (config.data.name, *config.eval.get("transfer", ())):
     try:
-      sources.get(name)
+      source, _ = sources.get(name)
     except ValueError as e:
       raise config_io.UserError(str(e)) from e
+    if source.modalities and not multimodal.is_multimodal(config):
+      raise config_io.UserError(
+          f"{name} holds the vector modalities "
+          f"{', '.join(source.modalities)}, not images: train on it with a "
+          f"multi-modality config such as configs/symile_xor.py")
+  if multimodal.is_multimodal(config) and config.eval.get("transfer"):
+    raise config_io.UserError(
+        "eval.transfer: a multi-modality model is scored on its own "
+        "dataset only; set eval.transfer=()")
 
 
 def datasets(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
@@ -92,7 +101,10 @@ def check_reads(reads: list[tuple[str, str]], data_dir: str | None) -> None:
 def run_probes(config: ml_collections.ConfigDict, model, variables,
                tokenizer, mesh: Mesh) -> dict[str, float]:
   """Runs the probes of `config.eval.probes` that each evaluated dataset
-  supports; returns flat {"probe/dataset/metric": float}."""
+  supports; returns flat {"probe/dataset/metric": float}. A `MultiModal`
+  model is scored by predicting each modality from the others."""
+  if multimodal.is_multimodal(config):
+    return modalities.evaluate(config, model, variables, mesh)
   encoders = features.make_encoders(
       model, variables, mesh, parallel.compiler_options(config))
   metrics = {}
@@ -215,7 +227,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
   Returns (step, model, variables, tokenizer, mesh).
   """
   mesh = parallel.make_mesh()
-  model = cliplite.build(config)
+  model = state_lib.build_model(config)
   tx = optim.build(config)
   mngr = checkpoint.manager(workdir, config, read_only=True)
   steps = mngr.all_steps()
@@ -233,7 +245,8 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
   # a training run prunes it meanwhile.
   step, state = recovery.restore_reading(mngr, step, abstract,
                                          follow_latest)
-  tokenizer = pipeline.workdir_tokenizer(config, workdir, create=False)
+  tokenizer = (None if multimodal.is_multimodal(config) else
+               pipeline.workdir_tokenizer(config, workdir, create=False))
   return step, model, state.variables, tokenizer, mesh
 
 

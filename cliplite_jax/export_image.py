@@ -93,6 +93,7 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   are written to a new hidden folder beside it and renamed at the end, so
   `out` is complete or absent."""
   config = config_io.load_saved(workdir)
+  config_io.require_image_text(config, workdir)
   step, _, variables, _, _ = evaluate.restore(workdir, config, step)
   tower, heads, description = state_dicts(config, variables, step)
   if jax.process_index() != 0:

@@ -23,6 +23,7 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   """Restores `step` (latest if None) of WORKDIR and writes its text tower
   to `out`; returns the step exported."""
   config = config_io.load_saved(workdir)
+  config_io.require_image_text(config, workdir)
   step, model, variables, tokenizer, _ = evaluate.restore(workdir, config,
                                                           step)
   params = jax.device_get(variables["params"][cliplite.TEXT_TOWER])

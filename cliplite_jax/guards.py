@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from cliplite_jax import config_io
+from cliplite_jax import config_io, validation
 
 # Sections of the config that a checkpoint's contents depend on: resuming
 # with other values would load mismatched weights or train something else.
@@ -19,6 +19,11 @@ _CHECKPOINT_DEFINING = ("model", "loss", "data.name", "data.image_size",
                         "data.max_tokens", "data.tokenizer")
 # Memory/speed choices under those prefixes: changing them changes no result.
 _FREE_TO_CHANGE = ("model.remat",)
+# Loss fields only some objectives read: {prefix: those objectives}. A run of
+# another objective may resume with them changed (or added, as configs saved
+# before they existed lack them).
+_READ_BY = {"loss.nclip.": validation.NCLIP_LOSSES,
+            "loss.symile_sampling": ("symile",)}
 
 
 class PreemptionSignal:
@@ -160,9 +165,13 @@ def check_config_change(config: ml_collections.ConfigDict, workdir: str,
   saved = _flatten(config_io.load_saved(workdir).to_dict())
   # A JSON round trip makes tuples lists, as in the saved file.
   new = _flatten(json.loads(config.to_json()))
+  losses = {saved.get("loss.name"), new.get("loss.name")}
+  inert = tuple(prefix for prefix, readers in _READ_BY.items()
+                if not losses & set(readers))
   changes = []
   for key in sorted(set(saved) | set(new)):
     if (key.startswith(_CHECKPOINT_DEFINING) and key not in _FREE_TO_CHANGE
+        and not key.startswith(inert)
         and saved.get(key) != new.get(key)):
       changes.append(f"{key} ({saved.get(key)!r} -> {new.get(key)!r})")
   if changes:

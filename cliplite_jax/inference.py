@@ -134,6 +134,7 @@ class Model:
     workdir = config_io.existing_workdir(workdir)
     self.workdir = workdir
     self.config = config_io.load_saved(workdir)
+    config_io.require_image_text(self.config, workdir)
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # orbax's read-only notices
     try:

@@ -1,15 +1,11 @@
-"""Contrastive objectives: CLIP-Lite's JSD bound (+ DIM priors), InfoNCE, SigLIP.
+"""Two-tower contrastive objectives: CLIP-Lite's JSD bound (+ DIM priors),
+InfoNCE, SigLIP.
 
 All math is float32. Each objective is `fn(outputs, loss_config) -> (loss,
-metrics)` over the model's output dict (see `models.cliplite.CLIPLite`), and
-`LOSSES[name].device_local` says whether it must see one device's shard only
-(JSD: the negative is the next caption *in the same shard*) or the global batch
-(InfoNCE and SigLIP gather every embedding, like CLIP).
+metrics)` over the model's output dict (see `models.cliplite.CLIPLite`);
+`objectives.OBJECTIVES` names them and says how each must run.
 """
 from __future__ import annotations
-
-import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +15,10 @@ import optax
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
   """x / max(‖x‖, eps) along the last axis (torch.nn.functional.normalize)."""
   x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  # sqrt(max(Σx², eps²)) = max(‖x‖, eps), with torch's zero gradient for the
+  # norm of a zero row (jnp.linalg.norm's is NaN there).
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps**2))
+  return x / norm
 
 
 def jsd_bound(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
@@ -118,23 +117,3 @@ def siglip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
   return loss, {"loss/sigmoid": loss, "loss/total": loss,
                 "temperature": _temperature(outputs),
                 "logit_bias": outputs["logit_bias"]}
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """An objective and how it must run.
-
-  device_local: sees one device's shard only (else the global batch).
-  rolls: takes each pair's negative from the next row of its (micro-)batch,
-    so it needs at least 2 rows there (with 1 the negative is the positive).
-  """
-  fn: Callable[[dict, object], tuple[jnp.ndarray, dict]]
-  device_local: bool
-  rolls: bool = False
-
-
-LOSSES = {
-    "jsd": Objective(cliplite_objective, device_local=True, rolls=True),
-    "infonce": Objective(clip_objective, device_local=False),
-    "sigmoid": Objective(siglip_objective, device_local=False),
-}

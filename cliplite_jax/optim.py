@@ -52,13 +52,20 @@ def param_labels(params, group_regex: dict[str, str], text_layers: int = 0,
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def config_labels(config: ml_collections.ConfigDict, params):
+  """`param_labels` of `params` for `config`: its groups, and the frozen
+  text-tower layers (`model.text.train_last_layers`; a model without a
+  text tower, or a config saved before freezing existed, trains all)."""
+  text = config.model.get("text") or {}
+  return param_labels(params, dict(config.optim.group_regex),
+                      text.get("layers", 0), text.get("train_last_layers", -1))
+
+
 def clipped_norm(config: ml_collections.ConfigDict, grads) -> jax.Array:
   """The global L2 norm that `clip_by_global_norm` sees: float32 scalar over
   the gradient tree `grads` (shaped like the model params), frozen text-tower
   parameters (`model.text.train_last_layers`) left out."""
-  labels = param_labels(grads, dict(config.optim.group_regex),
-                        config.model.text.layers,
-                        config.model.text.get("train_last_layers", -1))
+  labels = config_labels(config, grads)
   trainable = [g for g, label in zip(jax.tree.leaves(grads),
                                      jax.tree.leaves(labels))
                if label != FROZEN]
@@ -96,15 +103,12 @@ def build(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   per_group = {g: _group_optimizer(o, s) for g, s in schedules(config).items()}
   if OTHER not in per_group:
     raise ValueError(f"optim.lr needs an {OTHER!r} entry, got {list(o.lr)}")
-  # Configs saved before freezing existed train everything.
-  train_last_layers = config.model.text.get("train_last_layers", -1)
 
   def labels(params):
-    return param_labels(params, dict(o.group_regex), config.model.text.layers,
-                        train_last_layers)
+    return config_labels(config, params)
 
   stages = [optax.clip_by_global_norm(o.clip_norm)]
-  if train_last_layers >= 0:  # else the optimiser state is as without it
+  if (config.model.get("text") or {}).get("train_last_layers", -1) >= 0:  # else the optimiser state is as without it
     per_group[FROZEN] = optax.set_to_zero()
     stages.insert(0, optax.masked(
         optax.set_to_zero(),

@@ -11,7 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from cliplite_jax import optim, parallel
-from cliplite_jax.models import cliplite, text
+from cliplite_jax.models import cliplite, multimodal, text
 
 
 @flax.struct.dataclass
@@ -40,8 +40,21 @@ class TrainState:
     return {"params": self.model_params, "batch_stats": self.batch_stats}
 
 
+def build_model(config: ml_collections.ConfigDict):
+  """The model `config.model` describes: `MultiModal` when it names
+  modalities, else the two-tower `CLIPLite`."""
+  if multimodal.is_multimodal(config):
+    return multimodal.build(config)
+  return cliplite.build(config)
+
+
 def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 2):
-  """(images float32 [b, S, S, 3], ids int32 [b, L], mask int32 [b, L])."""
+  """The model's positional inputs for `init`: (images float32 [b, S, S, 3],
+  ids int32 [b, L], mask int32 [b, L]), or for a `MultiModal` model
+  ({modality: float32 [b, d_m]},)."""
+  if multimodal.is_multimodal(config):
+    return ({m: jnp.zeros((batch, *shape), jnp.float32)
+             for m, shape in multimodal.input_shapes(config).items()},)
   size, length = config.data.image_size, config.data.max_tokens
   return (jnp.zeros((batch, size, size, 3), jnp.float32),
           jnp.zeros((batch, length), jnp.int32),
@@ -62,13 +75,13 @@ def create_train_state(config: ml_collections.ConfigDict, model,
     params[cliplite.TEXT_TOWER] = text_params
   params = optim.init_params(config, params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables["batch_stats"],
+                    batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(params), rng=state_rng)
 
 
 def pretrained_text_params(config: ml_collections.ConfigDict) -> dict | None:
   """The text tower's weights from `model.text.pretrained` (None if unset)."""
-  path = config.model.text.pretrained
+  path = (config.model.get("text") or {}).get("pretrained")
   if not path:
     return None
   _, variables = text.load_pretrained(path, pooling=config.model.text.pooling)

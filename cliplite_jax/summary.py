@@ -7,7 +7,7 @@ import ml_collections
 
 from cliplite_jax import optim
 from cliplite_jax.data import pipeline
-from cliplite_jax.models import cliplite
+from cliplite_jax.models import cliplite, multimodal
 
 TOWERS = {cliplite.IMAGE_TOWER: "image", cliplite.TEXT_TOWER: "text"}
 
@@ -18,9 +18,7 @@ def parameter_counts(config: ml_collections.ConfigDict,
   parameter counts of the model's `params` tree (arrays or shape structs);
   "heads" is everything outside the two towers (projections, priors,
   temperature); frozen: `model.text.train_last_layers`."""
-  labels = optim.param_labels(params, dict(config.optim.group_regex),
-                              config.model.text.layers,
-                              config.model.text.get("train_last_layers", -1))
+  labels = optim.config_labels(config, params)
   counts = {name: {"total": 0, "trainable": 0, "frozen": 0}
             for name in ("image", "text", "heads", "all")}
   leaves = jax.tree_util.tree_leaves_with_path(params)
@@ -49,6 +47,27 @@ def _millions(n: int) -> str:
   return f"{n / 1e6:.2f}M" if n >= 10_000 else f"{n}"
 
 
+def _model_line(config: ml_collections.ConfigDict, counts: dict) -> str:
+  total = (f"{_millions(counts['all']['total'])} parameters, "
+           f"{_millions(counts['all']['trainable'])} trained")
+  if multimodal.is_multimodal(config):
+    towers = ", ".join(
+        f"{m}: {config.model.towers[m].name} {config.model.towers[m].input_dim}"
+        f"→{config.model.embed_dim}" for m in config.model.modalities)
+    return f"model: {len(config.model.modalities)} modalities ({towers}); {total}"
+  image, text = config.model.image, config.model.text
+  width = f" ×{image.width:g}" if image.width != 1 else ""
+
+  def tower(name):
+    c = counts[name]
+    frozen = f", {_millions(c['frozen'])} frozen" if c["frozen"] else ""
+    return f"{_millions(c['total'])}{frozen}"
+
+  return (f"model: image ResNet-{image.depth}{width} {tower('image')}, text "
+          f"BERT {text.layers}×{text.hidden} {tower('text')}, heads "
+          f"{tower('heads')}; {total}")
+
+
 def startup_lines(config: ml_collections.ConfigDict, params, mesh,
                   workdir: str, resumed_step: int | None,
                   num_examples: int) -> list[str]:
@@ -57,19 +76,13 @@ def startup_lines(config: ml_collections.ConfigDict, params, mesh,
   `num_examples` (the training (sub)set), warmup and learning rates, the
   data, the workdir and resume point."""
   counts = parameter_counts(config, params)
-  image, text = config.model.image, config.model.text
   devices = mesh.devices.size
   per_device = config.batch_size // devices
   accum = config.get("accum_steps", 1)
   epoch = epoch_examples(num_examples, config)
   loss = config.loss.name + (f" + priors (weight {config.loss.prior_weight})"
-                             if config.loss.name == "jsd" else "")
-  width = f" ×{image.width:g}" if image.width != 1 else ""
-
-  def tower(name):
-    c = counts[name]
-    frozen = f", {_millions(c['frozen'])} frozen" if c["frozen"] else ""
-    return f"{_millions(c['total'])}{frozen}"
+                             if config.loss.name in ("jsd", "jsd_nclip")
+                             else "")
 
   lr = ", ".join(f"{g} {v:g}" for g, v in config.optim.lr.items())
   lookahead = (f", Lookahead k {config.optim.lookahead_k}"
@@ -77,11 +90,8 @@ def startup_lines(config: ml_collections.ConfigDict, params, mesh,
   start = (f"resuming at step {resumed_step}" if resumed_step is not None
            else "a new run")
   return [
-      f"objective {loss}; compute {config.model.dtype}",
-      f"model: image ResNet-{image.depth}{width} {tower('image')}, text "
-      f"BERT {text.layers}×{text.hidden} {tower('text')}, heads "
-      f"{tower('heads')}; {_millions(counts['all']['total'])} parameters, "
-      f"{_millions(counts['all']['trainable'])} trained",
+      f"objective {loss}; compute {config.model.get('dtype', 'float32')}",
+      _model_line(config, counts),
       f"devices: {devices} {jax.devices()[0].platform} on "
       f"{jax.process_count()} host(s), mesh "
       + " × ".join(f"{a} {n}" for a, n in mesh.shape.items()),

@@ -12,11 +12,12 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import checkpoint, config_io, evaluate, losses, metrics as metrics_lib
+from cliplite_jax import accumulate, checkpoint, config_io, evaluate
+from cliplite_jax import metrics as metrics_lib, objectives
 from cliplite_jax import guards, optim, parallel, prng, state as state_lib
 from cliplite_jax import recovery, summary, validation, workdir_lock
-from cliplite_jax.data import augment, pipeline, sources
-from cliplite_jax.models import cliplite, hf_bert
+from cliplite_jax.data import augment, pipeline, sources, vectors
+from cliplite_jax.models import hf_bert, multimodal
 
 
 def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -25,9 +26,13 @@ def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
   Device-local objectives (JSD) run per shard through `parallel.device_local`;
   the others see the global batch.
   """
-  objective = losses.LOSSES[config.loss.name]
+  objective = objectives.OBJECTIVES[config.loss.name]
   fn = functools.partial(objective.fn, cfg=config.loss)
-  return parallel.device_local(fn, mesh) if objective.device_local else fn
+  if not objective.device_local:
+    return fn
+  if objective.takes_axis:
+    fn = functools.partial(fn, axis_name=parallel.BATCH)
+  return parallel.device_local(fn, mesh)
 
 
 def step_rngs(rng: jax.Array, step: jax.Array, micro: int | None = None):
@@ -47,71 +52,86 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   """A jitted `(state, batch) -> (state, metrics)` over `mesh`.
 
   batch: "images" uint8 [B, S, S, 3], "input_ids" / "attention_mask" int32
-  [B, L], optionally "skipped" int32 [B] and "color_jitter" float32 [B, 4]
-  with "color_order" int32 [B, 4] (colour jitter applied here, before the
-  images are normalised), sharded over the devices. The
+  [B, L] (a `MultiModal` model: float32 [B, d_m] per modality), optionally
+  "skipped" int32 [B] and "color_jitter" float32 [B, 4] with "color_order"
+  int32 [B, 4] (colour jitter applied here, before the images are
+  normalised), sharded over the devices. The
   state is laid out by `parallel.state_shardings` and donated. BatchNorm
   statistics are over the global (micro-)batch (SyncBN semantics).
 
   With `config.accum_steps` = M > 1, each device's rows are split into M
-  micro-batches (`parallel.split_micro_batches`); the loss (and the JSD
-  roll) is computed per micro-batch, the gradients are averaged over them,
-  BatchNorm statistics are updated after each one in turn, and the
-  optimiser steps once. Metrics are float32 scalars (loss terms averaged
-  over micro-batches): the loss terms, temperature, grad_norm (of the
+  micro-batches (`parallel.split_micro_batches`), BatchNorm statistics are
+  updated after each one in turn, and the optimiser steps once. A
+  device-local objective (the JSD roll) is computed per micro-batch and
+  the gradients averaged; a global one (InfoNCE, SigLIP, ...) over the whole
+  batch from cached micro-batch embeddings (`accumulate.feature_cached`), so
+  every row is every other's negative. Metrics are float32 scalars (loss
+  terms averaged over micro-batches when per micro-batch): the loss terms, temperature, grad_norm (of the
   gradients clipping sees: frozen parameters left out), l2_params and
   l2_updates (the global norms of the weights the model runs with and of
   this step's change to them), lr/<group> and data/skipped (examples
   dropped while assembling this global batch).
   """
   objective = make_objective(config, mesh)
+  needs_key = objectives.OBJECTIVES[config.loss.name].needs_key
+  device_local = objectives.OBJECTIVES[config.loss.name].device_local
   schedules = optim.schedules(config)
   num_micro = config.get("accum_steps", 1)
+  is_multimodal = multimodal.is_multimodal(config)
+  input_keys = (tuple(config.model.modalities) if is_multimodal
+                else ("images", "input_ids", "attention_mask"))
 
-  def micro_grads(params, batch_stats, batch, rngs):
-    """Gradients, metrics and new BatchNorm statistics of one (micro-)batch."""
+  def model_inputs(batch):
+    if is_multimodal:
+      return (batch,)
+    return (augment.normalize(batch["images"]), batch["input_ids"],
+            batch["attention_mask"])
+
+  def forward(params, batch_stats, batch, rngs):
+    """Model outputs and new BatchNorm statistics of one (micro-)batch."""
     dropout_rng, prior_rng = rngs
-
-    def loss_fn(params):
-      outputs, updates = model.apply(
-          {"params": params, "batch_stats": batch_stats},
-          augment.normalize(batch["images"]), batch["input_ids"],
-          batch["attention_mask"], train=True,
-          rngs={"dropout": dropout_rng, "prior": prior_rng},
-          mutable=["batch_stats"])
-      loss, metrics = objective(outputs)
-      return loss, (metrics, updates["batch_stats"])
-
-    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
-    return grads, metrics, batch_stats
+    outputs, updates = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        *model_inputs(batch), train=True,
+        rngs={"dropout": dropout_rng, "prior": prior_rng},
+        mutable=["batch_stats"])
+    return outputs, updates.get("batch_stats", batch_stats)
 
   def step_fn(state: state_lib.TrainState, batch):
-    inputs = {k: batch[k] for k in ("images", "input_ids", "attention_mask")}
+    inputs = {k: batch[k] for k in input_keys}
     if "color_jitter" in batch:  # drawn on the host, applied here
       inputs["images"] = augment.apply_color_jitter(
           batch["images"], batch["color_jitter"], batch["color_order"])
+    step_objective = objective
+    if needs_key:  # one key per step, however it is accumulated
+      key = objectives.loss_key(step_rngs(state.rng, state.step)[1])
+      step_objective = lambda outputs: objective(  # noqa: E731
+          dict(outputs, loss_key=key))
     if num_micro == 1:
-      grads, metrics, batch_stats = micro_grads(
-          state.model_params, state.batch_stats, inputs,
-          step_rngs(state.rng, state.step))
+      def loss_fn(params):
+        outputs, batch_stats = forward(params, state.batch_stats, inputs,
+                                       step_rngs(state.rng, state.step))
+        loss, metrics = step_objective(outputs)
+        return loss, (metrics, batch_stats)
+
+      grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+          state.model_params)
     else:
       micro_batches = jax.tree.map(
           lambda x: parallel.split_micro_batches(x, num_micro, mesh), inputs)
 
-      def accumulate(carry, micro):
-        grad_sum, batch_stats = carry
-        index, micro_batch = micro
-        grads, metrics, batch_stats = micro_grads(
-            state.model_params, batch_stats, micro_batch,
-            step_rngs(state.rng, state.step, index))
-        return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), metrics
+      def micro_forward(params, batch_stats, micro_batch, index):
+        return forward(params, batch_stats, micro_batch,
+                       step_rngs(state.rng, state.step, index))
 
-      zeros = jax.tree.map(jnp.zeros_like, state.model_params)
-      (grad_sum, batch_stats), metrics = jax.lax.scan(
-          accumulate, (zeros, state.batch_stats),
-          (jnp.arange(num_micro), micro_batches))
-      grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
-      metrics = jax.tree.map(jnp.mean, metrics)
+      if device_local:
+        grads, metrics, batch_stats = accumulate.per_micro_batch(
+            micro_forward, step_objective, state.model_params,
+            state.batch_stats, micro_batches, num_micro)
+      else:
+        grads, metrics, batch_stats = accumulate.feature_cached(
+            micro_forward, step_objective, state.model_params,
+            state.batch_stats, micro_batches, num_micro, mesh)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optim.clipped_norm(config, grads)
@@ -149,7 +169,7 @@ def _adopt_pretrained_text(config: ml_collections.ConfigDict) -> None:
   """With `model.text.pretrained`, takes the text architecture (and, unless
   another tokenizer is named, the tokenizer) from that checkpoint, so the
   saved config.json describes the model that is trained."""
-  path = config.model.text.pretrained
+  path = (config.model.get("text") or {}).get("pretrained")
   if not path:
     return
   try:
@@ -200,7 +220,10 @@ def _check_data(config: ml_collections.ConfigDict) -> int:
   one batch. Returns the number of training examples (the fraction's)."""
   evaluate.check_reads([(config.data.name, config.data.train_split)]
                        + evaluate.eval_reads(config), config.data.data_dir)
-  if sources.get(config.data.name)[0].captions_key is None:
+  if multimodal.is_multimodal(config):
+    vectors.check_features(config, sources.open_split(
+        config.data.name, config.data.train_split, config.data.data_dir))
+  elif sources.get(config.data.name)[0].captions_key is None:
     raise config_io.UserError(
         f"data.name {config.data.name} is a class set, without captions: "
         f"training needs image-caption pairs; score models on it with "
@@ -216,7 +239,7 @@ def _check_data(config: ml_collections.ConfigDict) -> int:
         f"examples (data.fraction {config.data.fraction}), fewer than one "
         f"batch of {needed}: lower --config.batch_size"
         + (" or data.num_workers" if config.data.num_workers > 0 else ""))
-  pipeline.load_rewrites(config.data.rewrites)
+  pipeline.load_rewrites(config.data.get("rewrites"))
   return usable
 
 
@@ -265,15 +288,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_examples = _check_data(config)
   guards.check_config_change(config, workdir, allow_config_change)
   fresh_tokenizer = None
-  if not (epath.Path(workdir) / "tokenizer.json").exists():
+  has_text = not multimodal.is_multimodal(config)
+  if has_text and not (epath.Path(workdir) / "tokenizer.json").exists():
     fresh_tokenizer = pipeline.new_tokenizer(config)  # checked, not written
   config_io.make_workdir(workdir)
   # Held until return: a second run on WORKDIR is refused before it writes.
   lock = workdir_lock.acquire(workdir)
-  tokenizer = (pipeline.workdir_tokenizer(config, workdir)
-               if fresh_tokenizer is None else
-               pipeline.save_tokenizer(fresh_tokenizer, config, workdir))
-  model = cliplite.build(config)
+  tokenizer = None
+  if fresh_tokenizer is not None:
+    tokenizer = pipeline.save_tokenizer(fresh_tokenizer, config, workdir)
+  elif has_text:
+    tokenizer = pipeline.workdir_tokenizer(config, workdir)
+  model = state_lib.build_model(config)
   tx = optim.build(config)
   data_iter = iter(pipeline.train_dataset(
       config, tokenizer, jax.process_index(), jax.process_count()))

@@ -7,11 +7,12 @@ all problems found are reported together.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import ml_collections
 
-from cliplite_jax import config_io, losses
+from cliplite_jax import config_io, objectives
 from cliplite_jax.models import resnet, text
 
 DTYPES = ("float32", "bfloat16")
@@ -91,11 +92,15 @@ def check_eval(config: ml_collections.ConfigDict) -> None:
 def _eval_fields(c: _Checker) -> None:
   c.integer("eval.batch_size", 1)
   c.integer("eval.every_steps", 0, "an integer ≥ 0 (0: only at the end)")
-  c.integer("eval.linear.epochs", 1)
-  c.integer("eval.linear.batch_size", 1)
-  c.number("eval.linear.learning_rate", 0, float("inf"), low_open=True,
-           high_open=True)
+  if c.get("eval.linear") is not None:  # the multi-modality configs have none
+    c.integer("eval.linear.epochs", 1)
+    c.integer("eval.linear.batch_size", 1)
+    c.number("eval.linear.learning_rate", 0, float("inf"), low_open=True,
+             high_open=True)
   c.integer("data.num_threads", 0)
+
+
+NCLIP_LOSSES = ("nclip", "xclip", "jsd_nclip")
 
 
 def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -111,6 +116,74 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
             "checkpoints kept; 0 would delete every one)")
   c.integer("keep_every_steps", 0, "an integer ≥ 0 (0: off)")
   c.integer("seed", 0)
+  c.one_of("loss.name", tuple(objectives.OBJECTIVES))
+  is_multimodal = "modalities" in config.model
+  if is_multimodal:
+    _multimodal_fields(c)
+  else:
+    _two_tower_fields(c)
+  name = c.get("loss.name")
+  if name in objectives.OBJECTIVES and (
+      objectives.OBJECTIVES[name].multimodal != is_multimodal):
+    kinds = sorted(n for n, o in objectives.OBJECTIVES.items()
+                   if o.multimodal == is_multimodal)
+    model = ("the multi-modality model (model.modalities)" if is_multimodal
+             else "the two-tower image–text model")
+    c.problems.append(f"loss.name={name!r} does not train {model}; "
+                      f"choose one of {kinds}")
+  if c.get("loss.name") in NCLIP_LOSSES:
+    c.integer("loss.nclip.prototypes", 1)
+    for key in ("student_temperature", "teacher_temperature"):
+      c.number(f"loss.nclip.{key}", 0, float("inf"), low_open=True,
+               high_open=True)
+    for key in ("me_max_weight", "weight"):
+      c.number(f"loss.nclip.{key}", 0, float("inf"), high_open=True)
+  c.one_of("optim.name", OPTIMIZERS)
+  c.number("optim.momentum", 0, 1, high_open=True)
+  c.number("optim.weight_decay", 0, float("inf"), high_open=True)
+  c.number("optim.clip_norm", 0, float("inf"), low_open=True, high_open=True)
+  c.integer("optim.lookahead_k", 0, "an integer ≥ 0 (0: no Lookahead)")
+  c.number("optim.lookahead_alpha", 0, 1, low_open=True)
+  c.integer("optim.warmup_steps", 0)
+  c.number("data.fraction", 0, 1, low_open=True)
+  c.integer("data.num_workers", 0)
+  _eval_fields(c)
+  c.raise_if_any()  # the relations below assume sane values
+
+  if not is_multimodal:
+    _two_tower_relations(c)
+  total, warmup = c.get("total_steps"), c.get("optim.warmup_steps")
+  c.require(warmup < total, "optim.warmup_steps",
+            f"in [0, total_steps={total})")
+  for group, pattern in (c.get("optim.group_regex") or {}).items():
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      c.problems.append(f"optim.group_regex.{group}={pattern!r} is not a "
+                        f"regular expression ({e})")
+  lr = c.get("optim.lr") or {}
+  c.require("other" in lr, "optim.lr", "a dict with an 'other' entry")
+  c.require(all(isinstance(v, (int, float)) and v >= 0 for v in lr.values()),
+            "optim.lr", "a dict of finite learning rates ≥ 0")
+  batch, accum = c.get("batch_size"), c.get("accum_steps", 1)
+  rows = num_devices * accum
+  if batch % rows:
+    c.problems.append(
+        f"batch_size {batch} must be a multiple of devices × accum_steps = "
+        f"{num_devices} × {accum} = {rows}")
+  elif (objectives.OBJECTIVES[c.get("loss.name")].rolls and batch // rows
+        < (needed := len(c.get("model.modalities") or ("image", "text")))):
+    c.problems.append(
+        f"loss.name={c.get('loss.name')!r} takes each pair's negative from "
+        f"the next row(s) of the same device's (micro-)batch, so it needs "
+        f"≥ {needed} rows per device per micro-batch; batch_size {batch} on "
+        f"{num_devices} devices × accum_steps {accum} gives {batch // rows} "
+        f"(raise batch_size or lower accum_steps)")
+  c.raise_if_any()
+
+
+def _two_tower_fields(c: _Checker) -> None:
+  c.number("loss.prior_weight", 0, 1)
   c.one_of("model.dtype", DTYPES)
   c.one_of("model.image.depth", tuple(resnet.LAYOUTS))
   c.number("model.image.width", 0, float("inf"), low_open=True,
@@ -135,26 +208,15 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
         isinstance(v, (int, float)) and v >= 0 for v in jitter)
               and jitter[3] <= 0.5, "data.color_jitter",
               "(brightness, contrast, saturation, hue), each ≥ 0, hue ≤ 0.5")
-  c.one_of("loss.name", tuple(losses.LOSSES))
-  c.number("loss.prior_weight", 0, 1)
-  c.one_of("optim.name", OPTIMIZERS)
-  c.number("optim.momentum", 0, 1, high_open=True)
-  c.number("optim.weight_decay", 0, float("inf"), high_open=True)
-  c.number("optim.clip_norm", 0, float("inf"), low_open=True, high_open=True)
-  c.integer("optim.lookahead_k", 0, "an integer ≥ 0 (0: no Lookahead)")
-  c.number("optim.lookahead_alpha", 0, 1, low_open=True)
-  c.integer("optim.warmup_steps", 0)
-  c.number("data.fraction", 0, 1, low_open=True)
   c.integer("data.image_size", 16)
   c.interval("data.crop_scale", 0, 1)
   c.interval("data.crop_ratio", 0, float("inf"))
   c.number("data.color_jitter_prob", 0, 1)
   c.integer("data.max_words", 1)
   c.integer("data.max_tokens", 3, "an integer ≥ 3 ([CLS], a word, [SEP])")
-  c.integer("data.num_workers", 0)
-  _eval_fields(c)
-  c.raise_if_any()  # the relations below assume sane values
 
+
+def _two_tower_relations(c: _Checker) -> None:
   hidden, heads = c.get("model.text.hidden"), c.get("model.text.heads")
   c.require(hidden % heads == 0, "model.text.heads",
             f"a divisor of model.text.hidden={hidden}")
@@ -162,34 +224,32 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   c.require(max_len >= max_tokens, "model.text.max_len",
             f"≥ data.max_tokens={max_tokens} (one position embedding per "
             f"token)")
-  total, warmup = c.get("total_steps"), c.get("optim.warmup_steps")
-  c.require(warmup < total, "optim.warmup_steps",
-            f"in [0, total_steps={total})")
   last = c.get("model.text.train_last_layers", -1)
   layers = c.get("model.text.layers")
   c.require(last <= layers, "model.text.train_last_layers",
             f"≤ model.text.layers={layers}")
-  for group, pattern in (c.get("optim.group_regex") or {}).items():
-    try:
-      re.compile(pattern)
-    except (re.error, TypeError) as e:
-      c.problems.append(f"optim.group_regex.{group}={pattern!r} is not a "
-                        f"regular expression ({e})")
-  lr = c.get("optim.lr") or {}
-  c.require("other" in lr, "optim.lr", "a dict with an 'other' entry")
-  c.require(all(isinstance(v, (int, float)) and v >= 0 for v in lr.values()),
-            "optim.lr", "a dict of finite learning rates ≥ 0")
-  batch, accum = c.get("batch_size"), c.get("accum_steps", 1)
-  rows = num_devices * accum
-  if batch % rows:
-    c.problems.append(
-        f"batch_size {batch} must be a multiple of devices × accum_steps = "
-        f"{num_devices} × {accum} = {rows}")
-  elif losses.LOSSES[c.get("loss.name")].rolls and batch // rows < 2:
-    c.problems.append(
-        f"loss.name={c.get('loss.name')!r} takes each pair's negative from "
-        f"the next row of the same device's (micro-)batch, so it needs ≥ 2 "
-        f"rows per device per micro-batch; batch_size {batch} on "
-        f"{num_devices} devices × accum_steps {accum} gives {batch // rows} "
-        f"(raise batch_size or lower accum_steps)")
-  c.raise_if_any()
+
+
+def _multimodal_fields(c: _Checker) -> None:
+  modalities = c.get("model.modalities")
+  c.require(isinstance(modalities, (tuple, list)) and len(modalities) >= 2
+            and len(set(modalities)) == len(modalities), "model.modalities",
+            "a tuple of ≥ 2 distinct modality (feature) names")
+  towers = c.get("model.towers") or {}
+  for m in modalities or ():
+    if m not in towers:
+      c.problems.append(f"model.towers has no entry for modality {m!r}")
+      continue
+    c.one_of(f"model.towers.{m}.name", ("mlp",))
+    c.integer(f"model.towers.{m}.input_dim", 1)
+    widths = c.get(f"model.towers.{m}.widths")
+    c.require(isinstance(widths, (tuple, list)) and all(
+        isinstance(w, int) and not isinstance(w, bool) and w >= 1
+        for w in widths), f"model.towers.{m}.widths",
+              "a tuple of hidden widths ≥ 1 (() for one affine map)")
+  c.integer("model.embed_dim", 1)
+  scale = c.get("model.init_log_scale")
+  c.require(isinstance(scale, (int, float)) and not isinstance(scale, bool)
+            and math.isfinite(scale), "model.init_log_scale",
+            "a finite number (the critic's initial log-scale)")
+  c.one_of("loss.symile_sampling", ("n", "n_squared"))

@@ -75,11 +75,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.prior_widths = (1000, 200)  # paper: (1000, 200)
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = "jsd"  # "jsd" (CLIP-Lite), "infonce" (CLIP), "sigmoid" (SigLIP)
+  # "jsd" (CLIP-Lite), "infonce" (CLIP), "sigmoid" (SigLIP), "nclip",
+  # "xclip" (InfoNCE + nCLIP), "jsd_nclip" (CLIP-Lite + nCLIP); README.md,
+  # "Objectives".
+  c.loss.name = "jsd"
   c.loss.prior_weight = 0.1  # w
   c.loss.prior_img = True
   c.loss.prior_txt = True
   c.loss.init_logit_bias = -10.0  # SigLIP only
+  # nCLIP's terms (nclip, xclip, jsd_nclip). Its code is unpublished: the
+  # temperatures and ME-MAX weight are DINO's / MSN's values.
+  c.loss.nclip = dict(
+      prototypes=256,  # K, shared by both modalities
+      student_temperature=0.1,  # the predicted assignment's
+      teacher_temperature=0.04,  # the sharpened stop-gradient target's
+      me_max_weight=1.0,  # log K − H(mean assignment), against collapse
+      weight=1.0)  # of the nCLIP loss added to InfoNCE / CLIP-Lite's
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"

@@ -14,7 +14,9 @@ GRID = ([("coco_rn50_bert.py", "")]
         + [("coco_rn50_bert.py", f"backbone={b}") for b in ("rn18", "rn101", "rn152")]
         + [("coco_rn50_bert.py", f"fraction={f}") for f in (0.1, 0.25, 0.5, 0.75)]
         + [("clip_baseline.py", ""), ("siglip_baseline.py", "batch=256"),
-           ("default.py", "")])
+           ("nclip_baseline.py", ""), ("xclip_baseline.py", "batch=256"),
+           ("clip_baseline.py", "data=shapes"),
+           ("nclip_baseline.py", "data=shapes"), ("default.py", "")])
 
 
 def _load(name, arg):
@@ -56,6 +58,40 @@ def test_grid_values_follow_the_paper():
   assert (frac.data.fraction, frac.total_steps) == (0.25, 62_500)
   assert _load("clip_baseline.py", "").loss.name == "infonce"
   assert _load("siglip_baseline.py", "").loss.name == "sigmoid"
+  for name, loss in (("nclip_baseline.py", "nclip"),
+                     ("xclip_baseline.py", "xclip")):
+    coco, shapes = _load(name, ""), _load(name, "data=shapes")
+    assert (coco.loss.name, coco.data.name) == (loss, "coco_captions")
+    assert (shapes.loss.name, shapes.data.name) == (loss, "shapes_captions")
+    assert coco.loss.nclip.prototypes == 4096
+    assert not (coco.loss.prior_img or shapes.loss.prior_txt)
+  # The shapes baselines differ from the demo in the objective alone.
+  demo = _load("default.py", "").to_dict()
+  for name in ("clip_baseline.py", "nclip_baseline.py", "xclip_baseline.py"):
+    other = _load(name, "data=shapes").to_dict()
+    assert {k for k in demo if demo[k] != other[k]} == {"loss"}, name
+
+
+@pytest.mark.parametrize("arg", ["", "p=0", "p=0.5,loss=pairwise_infonce",
+                                 "loss=symile_lite,sampling=n_squared"])
+def test_symile_xor_configs_build(arg):
+  c = _load("symile_xor.py", arg)
+  validation.check_train(c, num_devices=1)
+  model = state_lib.build_model(c)
+  state = state_lib.abstract_state(c, model, optim.build(c),
+                                   parallel.make_mesh(1))
+  assert state.model_params["c_head"]["kernel"].shape == (5, 16)
+  p = float(dict(kv.split("=") for kv in arg.split(",") if kv).get("p", 1))
+  assert c.data.name == f"symile_xor/p{round(p * 100):03d}"
+
+
+@pytest.mark.parametrize("name,arg", [("symile_xor.py", "p=0.3"),
+                                      ("symile_xor.py", "q=1"),
+                                      ("nclip_baseline.py",
+                                       "data=shapes,batch=256")])
+def test_bad_objective_config_arguments(name, arg):
+  with pytest.raises(config_io.UserError):
+    _load(name, arg)
 
 
 @pytest.mark.parametrize("arg", ["bach=64", "batch=63", "backbone=vgg", "batch"])

@@ -26,6 +26,29 @@ def _setup(config, mesh):
   return model, tx, state_lib.init_sharded(config, model, tx, mesh)
 
 
+def _micro_batches(batch, devices, per_device, micro):
+  """Micro-batch m: rows m·b .. (m+1)·b − 1 of each device's share, picked
+  out with NumPy (b = per_device / micro)."""
+  rows = per_device // micro
+  return [{k: np.concatenate([v[d * per_device + m * rows:
+                                 d * per_device + (m + 1) * rows]
+                               for d in range(devices)])
+           for k, v in batch.items()} for m in range(micro)]
+
+
+def _micro_forward(model, host_state, params, batch_stats, micro_batch, m):
+  """Step 0's forward pass of micro-batch m, with its own keys:
+  (outputs, new batch_stats)."""
+  dropout_rng, prior_rng = train.step_rngs(host_state.rng, 0, m)
+  outputs, updates = model.apply(
+      {"params": params, "batch_stats": batch_stats},
+      augment.normalize(micro_batch["images"]), micro_batch["input_ids"],
+      micro_batch["attention_mask"], train=True,
+      rngs={"dropout": dropout_rng, "prior": prior_rng},
+      mutable=["batch_stats"])
+  return outputs, updates["batch_stats"]
+
+
 def test_accumulation_equals_one_step_with_the_roll_per_micro_batch(tiny):
   """2 micro-batches of 8 rows per device == one update from the gradient of
   the mean of the two micro-batch losses, each rolled within its own rows."""
@@ -41,23 +64,13 @@ def test_accumulation_equals_one_step_with_the_roll_per_micro_batch(tiny):
   # own roll (the objective on each slice); BatchNorm statistics pass from
   # one micro-batch to the next; one gradient of the mean, one update.
   rows = per_device // micro
-  micro_batches = [
-      {k: np.concatenate([v[d * per_device + m * rows:
-                            d * per_device + (m + 1) * rows]
-                          for d in range(devices)]) for k, v in batch.items()}
-      for m in range(micro)]
+  micro_batches = _micro_batches(batch, devices, per_device, micro)
 
   def mean_loss(params):
     batch_stats, total, jsd = host_state.batch_stats, 0.0, 0.0
     for m, mb in enumerate(micro_batches):
-      dropout_rng, prior_rng = train.step_rngs(host_state.rng, 0, m)
-      outputs, updates = model.apply(
-          {"params": params, "batch_stats": batch_stats},
-          augment.normalize(mb["images"]), mb["input_ids"],
-          mb["attention_mask"], train=True,
-          rngs={"dropout": dropout_rng, "prior": prior_rng},
-          mutable=["batch_stats"])
-      batch_stats = updates["batch_stats"]
+      outputs, batch_stats = _micro_forward(model, host_state, params,
+                                            batch_stats, mb, m)
       for d in range(devices):
         device_rows = {k: v[d * rows:(d + 1) * rows] if v.ndim else v
                        for k, v in outputs.items()}

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax import config_io, losses, optim, parallel, state as state_lib
+from cliplite_jax import config_io, losses, objectives, optim, parallel
+from cliplite_jax import state as state_lib
 from cliplite_jax import train, validation
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
@@ -127,7 +128,7 @@ def test_global_losses_are_the_same_on_four_devices_and_one(tiny, loss):
   state = state_lib.init_sharded(tiny, model, tx, mesh)
   batch = _random_batch(tiny, np.random.default_rng(2))
   outputs = _reference_outputs(model, state, batch)
-  expected = losses.LOSSES[loss].fn(outputs, tiny.loss)[1]
+  expected = objectives.OBJECTIVES[loss].fn(outputs, tiny.loss)[1]
   step = train.make_train_step(tiny, model, tx, mesh)
   _, metrics = step(state, parallel.shard_batch(batch, mesh))
   for key in (f"loss/{loss}", "loss/total", "temperature"):
@@ -137,7 +138,7 @@ def test_global_losses_are_the_same_on_four_devices_and_one(tiny, loss):
     assert key in metrics, key
   assert ("logit_bias" in metrics) == (loss == "sigmoid")
   # Per-device losses would differ: each device alone sees 4 of 16 rows.
-  quarter = losses.LOSSES[loss].fn(_slice(outputs, 0, 4), tiny.loss)[1]
+  quarter = objectives.OBJECTIVES[loss].fn(_slice(outputs, 0, 4), tiny.loss)[1]
   assert abs(float(quarter["loss/total"]) - float(metrics["loss/total"])) > 1e-3
 
 

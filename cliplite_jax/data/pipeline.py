@@ -20,8 +20,9 @@ from etils import epath
 from tokenizers import Tokenizer
 
 from cliplite_jax import config_io
-from cliplite_jax.data import augment, sources
+from cliplite_jax.data import augment, sources, vectors
 from cliplite_jax.data import text as text_lib
+from cliplite_jax.models import multimodal
 
 
 class EpochShuffle(grain.MapDataset):
@@ -262,7 +263,8 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
 
   Each batch is a dict of numpy arrays with leading size
   `config.batch_size // process_count`: "images" uint8 [b, S, S, 3],
-  "input_ids" and "attention_mask" int32 [b, L], and "skipped" int32 [b]
+  "input_ids" and "attention_mask" int32 [b, L] (for a `MultiModal` model:
+  float32 [b, d_m] per modality instead), and "skipped" int32 [b]
   (unusable examples dropped before each element; see `SkipAndCount`).
   Epochs run over the `data.fraction` subset of the split; every batch holds
   distinct images unless examples were skipped right at an epoch boundary.
@@ -281,13 +283,18 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                                 config.data.data_dir)
   indices = subset_indices(len(examples), config.data.fraction,
                            config.data.fraction_seed)
+  if multimodal.is_multimodal(config):
+    examples = vectors.InMemory(examples, tuple(config.model.modalities))
   ds = grain.MapDataset.source(IndexedExamples(examples, indices))
   ds = EpochShuffle(ds, seed=config.seed, batch_size=epoch_chunk(config))
   # Augmentation randomness is keyed by the position in the global stream,
   # so it too is the same on any number of processes.
-  ds = ds.random_map(TrainTransform(source, tokenizer, config.data,
-                                    load_rewrites(config.data.rewrites)),
-                     seed=config.seed)
+  if multimodal.is_multimodal(config):
+    transform = vectors.VectorTransform(tuple(config.model.modalities))
+  else:
+    transform = TrainTransform(source, tokenizer, config.data,
+                               load_rewrites(config.data.rewrites))
+  ds = ds.random_map(transform, seed=config.seed)
   if process_count > 1:
     ds = ProcessRows(ds, epoch_chunk(config), process_index, process_count)
   ds = ds.to_iter_dataset(grain.ReadOptions(

@@ -167,8 +167,50 @@ def make_example(config: ShapesConfig, split: str, index: int) -> dict:
   }
 
 
-class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
+class SeededSplits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A locally generated builder: train / validation / test of its config's
+  `num_train` / `num_validation` / `num_test` examples, example `index` of
+  a split being `make_example(config, split, index)` (a pure function)."""
+
+  @staticmethod
+  def make_example(config, split: str, index: int) -> dict:
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    cfg = self.builder_config
+    sizes = {"train": cfg.num_train, "validation": cfg.num_validation,
+             "test": cfg.num_test}
+    return {split: self._generate_examples(split, n)
+            for split, n in sizes.items()}
+
+  def _generate_examples(self, split: str, num_examples: int):
+    for index in range(num_examples):
+      yield index, self.make_example(self.builder_config, split, index)
+
+
+def build_locally(builder: tfds.core.DatasetBuilder,
+                  announce: bool = True) -> None:
+  """Prepares `builder` as ArrayRecord (a no-op when it is), TFDS's chatter
+  about a "download" (there is none) kept out; `announce` prints a line
+  before and the time after."""
+  if builder.is_prepared():
+    return
+  if announce:
+    print(f"building {builder.name}/{builder.builder_config.name} under "
+          f"{builder.data_dir} (once)...", flush=True)
+  start = time.perf_counter()
+  tfds.disable_progress_bar()
+  with contextlib.redirect_stdout(io.StringIO()):
+    builder.download_and_prepare(file_format="array_record")
+  if announce:
+    print(f"built in {time.perf_counter() - start:.0f}s", flush=True)
+
+
+class ShapesCaptions(SeededSplits):
   """Synthetic coloured shapes with 5 templated captions per image."""
+
+  make_example = staticmethod(make_example)
 
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
@@ -198,18 +240,6 @@ class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
         homepage="https://github.com/cliplite-jax/cliplite_jax",
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    cfg = self.builder_config
-    sizes = {"train": cfg.num_train, "validation": cfg.num_validation,
-             "test": cfg.num_test}
-    return {split: self._generate_examples(split, n)
-            for split, n in sizes.items()}
-
-  def _generate_examples(self, split: str, num_examples: int):
-    for index in range(num_examples):
-      yield index, make_example(self.builder_config, split, index)
-
 
 def prepare(data_dir: str | None, config_name: str = "default") -> None:
   """Builds `shapes_captions/<config_name>` as ArrayRecord under `data_dir`.
@@ -217,14 +247,4 @@ def prepare(data_dir: str | None, config_name: str = "default") -> None:
   A no-op when it is already prepared. Takes seconds for the default config.
   `data_dir` None or "": TFDS's default (~/tensorflow_datasets).
   """
-  builder = ShapesCaptions(config=config_name, data_dir=data_dir or None)
-  if builder.is_prepared():
-    return
-  print(f"building shapes_captions/{config_name} under {builder.data_dir} "
-        "(once)...", flush=True)
-  start = time.perf_counter()
-  tfds.disable_progress_bar()
-  # TFDS announces a "download"; there is none, so keep its chatter out.
-  with contextlib.redirect_stdout(io.StringIO()):
-    builder.download_and_prepare(file_format="array_record")
-  print(f"built in {time.perf_counter() - start:.0f}s", flush=True)
+  build_locally(ShapesCaptions(config=config_name, data_dir=data_dir or None))

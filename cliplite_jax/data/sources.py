@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cliplite_jax.data import prepared, shapes
+from cliplite_jax.data import prepared, shapes, symile_xor
 
 
 class DatasetNotPreparedError(RuntimeError):
@@ -78,9 +78,11 @@ class Source:
       be prepared by the user (`tfds build`).
     build_flags: extra `tfds build` flags the error message suggests, e.g.
       for a manual download.
+    modalities: the vector-valued features of a multi-modality set (no
+      image: `image_key` None), scored by predicting each from the others.
   """
   tfds_name: str
-  image_key: str = "image"
+  image_key: str | None = "image"
   captions_key: tuple[str, ...] | None = ("captions",)
   id_key: str | None = None
   zeroshot: dict = dataclasses.field(default_factory=dict)
@@ -90,6 +92,7 @@ class Source:
   fit_split: str = "train"
   prepare: Callable[[str | None, str], None] | None = None
   build_flags: str = ""
+  modalities: tuple[str, ...] = ()
 
   @property
   def probes(self) -> frozenset[str]:
@@ -98,7 +101,8 @@ class Source:
         ({"retrieval", "gap"} if self.captions_key else set())
         | ({"zeroshot"} if self.zeroshot else set())
         | ({"linear"} if self.linear_label else set())
-        | ({"svm"} if self.svm_targets else set()))
+        | ({"svm"} if self.svm_targets else set())
+        | ({"zeroshot"} if self.modalities else set()))
 
   def labels(self, example: dict) -> dict[str, np.ndarray]:
     """The example's probe labels: int32 [] per zero-shot or linear label
@@ -128,6 +132,11 @@ SOURCES = {
         tfds_name="coco_captions/2014",
         captions_key=("captions", "text"),
         id_key="image/id"),
+    # Symile's synthetic higher-order set (configs p000 ... p100, tiny).
+    "symile_xor": Source(
+        tfds_name="symile_xor/p100", image_key=None, captions_key=None,
+        eval_split="test", modalities=symile_xor.MODALITIES,
+        prepare=symile_xor.prepare),
     # Transfer sets for the paper's protocols.
     "voc": Source(tfds_name="voc/2007", captions_key=None,
                   svm_targets=voc_targets, fit_split="train+validation"),
@@ -232,7 +241,8 @@ def open_split(name: str, split: str, data_dir: str | None):
     # skipped there instead of failing inside TFDS.
     return tfds.data_source(
         tfds_name, split=split, data_dir=data_dir, download=False,
-        decoders={source.image_key: tfds.decode.SkipDecoding()})
+        decoders=({source.image_key: tfds.decode.SkipDecoding()}
+                  if source.image_key else None))
   except (KeyError, ValueError, AssertionError, NotImplementedError) as e:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")

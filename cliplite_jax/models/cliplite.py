@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cliplite_jax import noncontrastive, validation
 from cliplite_jax.models import heads, resnet, text
 
 # Parameter-tree names of the towers (the attribute names below).
@@ -28,6 +29,9 @@ class CLIPLite(nn.Module):
     prior_widths: hidden widths of each discriminator ((1000, 200)).
     logit_bias: initial value of a learnable logit bias (SigLIP, -10), or None
       for no bias parameter.
+    num_prototypes: K > 0 adds nCLIP's K learnable prototypes [K, proj_dim]
+      (shared by both modalities); 0, no prototypes (the parameter tree of
+      checkpoints written without them).
   """
   image_encoder: nn.Module
   text_encoder: nn.Module
@@ -37,6 +41,7 @@ class CLIPLite(nn.Module):
   prior_txt: bool = True
   prior_widths: tuple[int, ...] = (1000, 200)
   logit_bias: float | None = None
+  num_prototypes: int = 0
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -51,6 +56,12 @@ class CLIPLite(nn.Module):
     if self.logit_bias is not None:
       self.bias = self.param(
           "logit_bias", nn.initializers.constant(self.logit_bias), ())
+    if self.num_prototypes:
+      # Rows of norm ~1: the cosines are scale-free, but the step size a
+      # prototype's direction takes is 1/norm.
+      self.prototypes = self.param(
+          "prototypes", nn.initializers.normal(self.proj_dim ** -0.5),
+          (self.num_prototypes, self.proj_dim))
 
   def encode_image(self, images: jnp.ndarray, train: bool = False):
     """images float [B, H, W, 3] → (features [B, d_img], embeddings [B, proj_dim]).
@@ -71,7 +82,9 @@ class CLIPLite(nn.Module):
     """Forward pass for training.
 
     Returns a dict of float32 arrays: "img_emb", "txt_emb" [B, proj_dim],
-    "log_scale" [] and, per enabled prior, "prior_img_real"/"prior_img_noise"
+    "log_scale" [], with prototypes "img_proto_logits" / "txt_proto_logits"
+    [B, K] (cosines of the embeddings with nCLIP's prototypes), and, per
+    enabled prior, "prior_img_real"/"prior_img_noise"
     (resp. txt) logits [B] of the discriminator on the raw tower features and
     on uniform noise U[0, 1) of the same shape (drawn from the "prior" rng).
     """
@@ -80,6 +93,11 @@ class CLIPLite(nn.Module):
     out = {"img_emb": img_emb, "txt_emb": txt_emb, "log_scale": self.log_scale}
     if self.logit_bias is not None:
       out["logit_bias"] = self.bias
+    if self.num_prototypes:
+      out["img_proto_logits"] = noncontrastive.prototype_logits(
+          img_emb, self.prototypes)
+      out["txt_proto_logits"] = noncontrastive.prototype_logits(
+          txt_emb, self.prototypes)
     for name, enabled, features in (("img", self.prior_img, img_features),
                                     ("txt", self.prior_txt, txt_features)):
       if enabled:
@@ -101,7 +119,8 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
       vocab_size=m.text.vocab_size, hidden=m.text.hidden, layers=m.text.layers,
       heads=m.text.heads, mlp_dim=m.text.mlp_dim, max_len=m.text.max_len,
       pooling=m.text.pooling, dropout=m.text.dropout, dtype=dtype, remat=remat)
-  is_jsd = config.loss.name == "jsd"
+  is_jsd = config.loss.name in ("jsd", "jsd_nclip")
+  nclip = config.loss.name in validation.NCLIP_LOSSES
   return CLIPLite(
       image_encoder=image, text_encoder=txt, proj_dim=m.proj_dim,
       init_log_scale=math.log(1.0 / m.init_temperature),
@@ -110,4 +129,5 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
       prior_widths=tuple(m.prior_widths),
       logit_bias=(config.loss.init_logit_bias
                   if config.loss.name == "sigmoid" else None),
+      num_prototypes=config.loss.nclip.prototypes if nclip else 0,
       dtype=dtype)

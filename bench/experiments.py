@@ -1,0 +1,271 @@
+r"""The paper's claims as declared grids: objective × batch × data fraction ×
+steps × seed, learning rates chosen on the validation split, scored on test.
+
+  python bench/experiments.py STUDY [--seeds=0,1,2] [--root=DIR] [--dry_run]
+  python bench/experiments.py batch     # JSD / InfoNCE / SigLIP at batch 16-128
+  python bench/experiments.py fraction  # JSD / InfoNCE on 10-100 % of the images
+  python bench/experiments.py steps     # the batch study's batch 64 at 3 lengths
+  python bench/experiments.py batch --only=infonce_b128  # one condition
+
+For each condition (a cell of the grid but its seed), every learning rate
+of the study's grid trains seed 0 and is scored on the **validation** split;
+the best (by the study's selection metric) is kept. Each seed then trains
+at that rate and is scored on **test** (seed 0's run is re-evaluated, not
+retrained). Every run is `python -m cliplite_jax.main` in its own workdir
+under --root, skipped when its evaluation exists, so rerunning a study
+continues where it stopped. Results: ROOT/STUDY/results.jsonl (one record
+per run and split), bench/results/STUDY.json (mean ± std per condition),
+bench/results/STUDY.md (the table) and bench/results/STUDY.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import runs
+
+# The demo (configs/default.py), shortened so a cell costs about two minutes
+# on 2 CPU cores (--steps_scale stretches or shrinks every study).
+BASE = "configs/default.py"
+DEMO_STEPS = 500
+METRICS = {
+    "zero-shot shape": "zeroshot/shapes_captions/top1",
+    "zero-shot colour": "zeroshot/shapes_captions_color/top1",
+    "linear": "linear/shapes_captions/top1",
+    "SVM mAP": "svm/shapes_captions/map",
+    "i2t R@1": "retrieval/shapes_captions/i2t_r1",
+    "i2t R@10": "retrieval/shapes_captions/i2t_r10",
+    "t2i R@1": "retrieval/shapes_captions/t2i_r1",
+    "t2i R@10": "retrieval/shapes_captions/t2i_r10",
+    "modality gap": "gap/shapes_captions/modality_gap",
+}
+# Chosen on validation: the mean of the two zero-shot tasks.
+SELECT = ("zeroshot/shapes_captions/top1", "zeroshot/shapes_captions_color/top1")
+OBJECTIVE_CONFIGS = {"jsd": [],
+                     "infonce": ["--config.loss.name=infonce"],
+                     "sigmoid": ["--config.loss.name=sigmoid",
+                                 "--config.model.init_temperature=0.1"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+  """One cell of a study but its seed and learning rate."""
+  objective: str
+  batch: int = 64
+  accum: int = 1
+  fraction: float = 1.0
+  steps: int = DEMO_STEPS
+
+  @property
+  def name(self) -> str:
+    return (f"{self.objective}_b{self.batch}"
+            + (f"x{self.accum}" if self.accum > 1 else "")
+            + (f"_f{self.fraction:g}" if self.fraction < 1 else "")
+            + f"_s{self.steps}")
+
+  def overrides(self, lr_scale: float) -> list[str]:
+    """Command-line overrides of BASE for this cell at `lr_scale` × the
+    demo's learning rates."""
+    return [*OBJECTIVE_CONFIGS[self.objective],
+            f"--config.batch_size={self.batch}",
+            f"--config.accum_steps={self.accum}",
+            f"--config.data.fraction={self.fraction}",
+            f"--config.optim.warmup_steps={max(1, self.steps // 10)}",
+            f"--config.checkpoint_every_steps={self.steps}",
+            f"--config.log_every_steps={max(1, self.steps // 5)}",
+            f"--config.optim.lr.image={0.2 * lr_scale:g}",
+            f"--config.optim.lr.text={0.1 * lr_scale:g}",
+            f"--config.optim.lr.other={0.1 * lr_scale:g}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """A declared grid: its conditions, the learning-rate scales tried on
+  validation, and what the table's rows are grouped by."""
+  conditions: tuple[Condition, ...]
+  lr_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+  about: str = ""
+
+
+STUDIES = {
+    "batch": Study(tuple(
+        Condition(o, batch=b, accum=2 if b == 128 else 1)
+        for o in ("jsd", "infonce", "sigmoid") for b in (16, 32, 64, 128)),
+        about="equal steps; batch 128 as 2 micro-batches of 64 (InfoNCE and "
+              "SigLIP with cached features: all 127 negatives)"),
+    "fraction": Study(tuple(
+        Condition(o, fraction=f) for o in ("jsd", "infonce")
+        for f in (0.1, 0.25, 0.5, 1.0)),
+        about="batch 64, equal steps: smaller fractions repeat images more"),
+    "steps": Study(tuple(
+        Condition(o, steps=s) for o in ("jsd", "infonce", "sigmoid")
+        for s in (DEMO_STEPS // 2, DEMO_STEPS, DEMO_STEPS * 2)),
+        about="batch 64 at three schedule lengths"),
+}
+
+
+def _evaluate_on(workdir: str, step: int, split: str) -> dict[str, float]:
+  """Scores WORKDIR's step on `split` (the training run scored another)."""
+  command = [sys.executable, "-m", "cliplite_jax.evaluate",
+             f"--workdir={workdir}", f"--step={step}",
+             f"--config.eval.split={split}"]
+  done = subprocess.run(command, cwd=runs.REPO)
+  if done.returncode:
+    sys.exit(f"failed (exit {done.returncode}): {' '.join(command)}")
+  with open(os.path.join(workdir, "eval", f"step_{step}.json")) as f:
+    return json.load(f)
+
+
+class Ledger:
+  """ROOT/STUDY/results.jsonl: one record per (run, split), appended as runs
+  finish; what is in it is never recomputed."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.records = []
+    if os.path.exists(path):
+      with open(path) as f:
+        self.records = [json.loads(line) for line in f if line.strip()]
+
+  def find(self, run: str, split: str) -> dict | None:
+    return next((r for r in self.records
+                 if r["run"] == run and r["split"] == split), None)
+
+  def add(self, record: dict) -> dict:
+    self.records.append(record)
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    return record
+
+
+def score(ledger: Ledger, root: str, cond: Condition, lr_scale: float,
+          seed: int, split: str) -> dict:
+  """The record of `cond` at `lr_scale` and `seed` scored on `split`,
+  training and evaluating only what is missing."""
+  run = f"{cond.name}_lr{lr_scale:g}_seed{seed}"
+  found = ledger.find(run, split)
+  if found:
+    return found
+  workdir = os.path.join(root, run)
+  start = time.time()
+  if os.path.exists(os.path.join(workdir, "eval", f"step_{cond.steps}.json")):
+    metrics = _evaluate_on(workdir, cond.steps, split)
+  else:
+    metrics = runs.train(workdir, BASE, cond.steps, seed,
+                         cond.overrides(lr_scale)
+                         + [f"--config.eval.split={split}"])
+  return ledger.add({"run": run, "split": split, "seed": seed,
+                     "lr_scale": lr_scale, "seconds": time.time() - start,
+                     **dataclasses.asdict(cond), "metrics": metrics})
+
+
+def selection(record: dict) -> float:
+  return sum(record["metrics"][k] for k in SELECT) / len(SELECT)
+
+
+def run_study(name: str, seeds: list[int], root: str,
+              dry_run: bool = False, steps_scale: float = 1.0,
+              only: str = "") -> dict:
+  """Tunes, trains and scores every condition (whose name contains `only`);
+  returns the summary."""
+  study = STUDIES[name]
+  study = dataclasses.replace(study, conditions=tuple(
+      dataclasses.replace(c, steps=max(2, round(c.steps * steps_scale)))
+      for c in study.conditions if only in c.name))
+  root = os.path.join(root, name)
+  os.makedirs(root, exist_ok=True)
+  if dry_run:
+    for cond, lr in itertools.product(study.conditions, study.lr_scales):
+      print(f"{cond.name} lr×{lr:g}: python -m cliplite_jax.main "
+            f"--config={BASE} --config.total_steps={cond.steps} "
+            + " ".join(cond.overrides(lr)))
+    return {}
+  ledger = Ledger(os.path.join(root, "results.jsonl"))
+  summary = {}
+  for cond in study.conditions:
+    tuned = {lr: score(ledger, root, cond, lr, seeds[0], "validation")
+             for lr in study.lr_scales}
+    best = max(tuned, key=lambda lr: selection(tuned[lr]))
+    tests = [score(ledger, root, cond, best, s, "test") for s in seeds]
+    summary[cond.name] = {
+        "condition": dataclasses.asdict(cond), "lr_scale": best,
+        "validation": {f"{lr:g}": selection(r) for lr, r in tuned.items()},
+        "seeds": seeds,
+        "test": {col: runs.mean_std([r["metrics"] for r in tests], key)
+                 for col, key in METRICS.items()}}
+  return summary
+
+
+def write(name: str, summary: dict, out_dir: str) -> None:
+  """bench/results/NAME.{json,md,png}."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  rows = [[key.rsplit("_s", 1)[0] + f" ({c['condition']['steps']} steps)",
+           f"×{c['lr_scale']:g}"]
+          + [f"{m:.3f} ± {s:.3f}" for m, s in c["test"].values()]
+          for key, c in summary.items()]
+  table = runs.markdown_table(["condition", "lr"] + list(METRICS), rows)
+  with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)
+  _plot(name, summary, os.path.join(out_dir, f"{name}.png"))
+
+
+def _plot(name: str, summary: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  axis = {"batch": "batch", "fraction": "fraction", "steps": "steps"}[name]
+  shown = ("zero-shot shape", "zero-shot colour", "linear", "i2t R@10")
+  fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.6))
+  objectives = sorted({c["condition"]["objective"] for c in summary.values()})
+  for ax, column in zip(axes, shown):
+    for objective in objectives:
+      cells = sorted((c["condition"][axis], *c["test"][column])
+                     for c in summary.values()
+                     if c["condition"]["objective"] == objective)
+      xs, means, stds = zip(*cells)
+      ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3,
+                  label=objective)
+    ax.set(xscale="log", xlabel=axis, title=column)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  fig.suptitle(f"{name}: mean ± std over seeds, test split")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("study", choices=sorted(STUDIES))
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--root", default=os.path.join(
+      tempfile.gettempdir(), "cliplite_experiments"))
+  parser.add_argument("--out", default=os.path.join(runs.REPO, "bench",
+                                                     "results"))
+  parser.add_argument("--dry_run", action="store_true",
+                      help="print every tuning command and exit")
+  parser.add_argument("--steps_scale", type=float, default=1.0,
+                      help="every run's steps × this (0.02: a smoke test)")
+  parser.add_argument("--only", default="",
+                      help="the conditions whose name contains this")
+  args = parser.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  summary = run_study(args.study, seeds, args.root, args.dry_run,
+                      args.steps_scale, args.only)
+  if summary:
+    write(args.study, summary, args.out)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,65 @@
+r"""Every two-tower objective on the embedded set, over seeds: the demo's
+model, data, steps and batch, only the loss changed.
+
+  python bench/objectives_shapes.py [--seeds=0,1,2] [--root=DIR]
+  # ~3.5 min per run on 2 cores: 6 objectives × 3 seeds ≈ 1 hour
+
+Each run is `python -m cliplite_jax.main --config=CONFIG --config.seed=S`
+with CONFIG from OBJECTIVES below (configs/default.py for CLIP-Lite, the
+baselines' `:data=shapes`). Prints a Markdown table of mean ± std over
+seeds and writes bench/objectives_shapes.json. Workdirs stay under --root:
+rerunning skips finished runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import runs
+
+STEPS = 1000
+OBJECTIVES = {
+    "jsd (CLIP-Lite)": ["configs/default.py"],
+    "infonce (CLIP)": ["configs/clip_baseline.py:data=shapes"],
+    "sigmoid (SigLIP)": ["configs/siglip_baseline.py:data=shapes"],
+    "nclip": ["configs/nclip_baseline.py:data=shapes"],
+    "xclip": ["configs/xclip_baseline.py:data=shapes"],
+    "jsd_nclip": ["configs/default.py", "--config.loss.name=jsd_nclip"],
+}
+COLUMNS = {
+    "zero-shot shape": "zeroshot/shapes_captions/top1",
+    "zero-shot colour": "zeroshot/shapes_captions_color/top1",
+    "linear": "linear/shapes_captions/top1",
+    "SVM mAP": "svm/shapes_captions/map",
+    "i2t R@5": "retrieval/shapes_captions/i2t_r5",
+    "t2i R@5": "retrieval/shapes_captions/t2i_r5",
+    "modality gap": "gap/shapes_captions/modality_gap",
+}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--root", default=os.path.join(
+      tempfile.gettempdir(), "cliplite_objectives"))
+  args = parser.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  table = {}
+  for name, (config, *overrides) in OBJECTIVES.items():
+    tag = name.split()[0]
+    table[name] = [runs.train(os.path.join(args.root, f"{tag}_seed{s}"),
+                              config, STEPS, s, overrides) for s in seeds]
+  summary = {name: {col: runs.mean_std(results, key)
+                    for col, key in COLUMNS.items()}
+             for name, results in table.items()}
+  print(f"\n{STEPS} steps, batch 64, seeds {seeds} (mean ± std)\n")
+  print(runs.markdown_table(
+      ["objective", *COLUMNS],
+      [[name] + [f"{m:.3f} ± {s:.3f}" for m, s in cols.values()]
+       for name, cols in summary.items()]))
+  runs.write_json("objectives_shapes", STEPS, seeds, summary, table)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,75 @@
+"""Symile's synthetic higher-order dataset as a TFDS builder (seeded,
+built in seconds, nothing downloaded).
+
+a, b ~ Bernoulli(0.5)^d independently; with probability p (one draw per
+example) c = a XOR b elementwise, else c = a. At p = 1, b is independent of
+a and of c taken alone, yet determined by the pair: only a higher-order
+objective can predict it. At p = 0, b is independent of everything.
+Builder configs "p000", "p050", "p100" (p in percent; each with 10,000 /
+1,000 / 5,000 examples, d = 5, as Symile's experiment) and "tiny" for tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cliplite_jax.data import shapes
+
+MODALITIES = ("a", "b", "c")
+_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclasses.dataclass
+class XorConfig(tfds.core.BuilderConfig):
+  """p: probability that c = a XOR b; dim: bits per modality."""
+  p: float = 1.0
+  dim: int = 5
+  num_train: int = 10000
+  num_validation: int = 1000
+  num_test: int = 5000
+  seed: int = 0
+
+
+def make_example(config: XorConfig, split: str, index: int) -> dict:
+  """One example; pure in (config.seed, split, index)."""
+  rng = np.random.default_rng([config.seed, _SPLIT_IDS[split], index])
+  a = rng.integers(0, 2, config.dim, dtype=np.uint8)
+  b = rng.integers(0, 2, config.dim, dtype=np.uint8)
+  mixed = bool(rng.random() < config.p)
+  return {"a": a, "b": b, "c": (a ^ b) if mixed else a.copy(),
+          "xor": mixed}
+
+
+class SymileXor(shapes.SeededSplits):
+  """a, b random bits; c = a XOR b with probability p, else a."""
+
+  make_example = staticmethod(make_example)
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+      XorConfig(name=f"p{percent:03d}", p=percent / 100,
+                description=f"p = {percent / 100}")
+      for percent in (0, 25, 50, 75, 100)] + [
+      XorConfig(name="tiny", p=1.0, num_train=256, num_validation=64,
+                num_test=128, description="For tests: p = 1, 256/64/128.")]
+  DEFAULT_CONFIG_NAME = "p100"
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    bits = tfds.features.Tensor(shape=(self.builder_config.dim,),
+                                dtype=np.uint8)
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(
+            {**{m: bits for m in MODALITIES},
+             "xor": tfds.features.Scalar(dtype=np.bool_)}),
+        supervised_keys=None,
+        homepage="https://github.com/cliplite-jax/cliplite_jax")
+
+
+def prepare(data_dir: str | None, config_name: str = "p100") -> None:
+  """Builds `symile_xor/<config_name>` as ArrayRecord under `data_dir`
+  (TFDS's default when None or ""); a no-op when already prepared."""
+  shapes.build_locally(SymileXor(config=config_name, data_dir=data_dir or None),
+                       announce=False)

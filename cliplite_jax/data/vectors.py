@@ -1,0 +1,81 @@
+"""Training examples of vector-valued modalities (the `MultiModal` models):
+each example's modality features as float32 vectors, no augmentation."""
+from __future__ import annotations
+
+import grain
+import ml_collections
+import numpy as np
+
+from cliplite_jax import config_io
+from cliplite_jax.data import sources
+
+
+class VectorTransform(grain.transforms.RandomMap):
+  """(index, example of `InMemory`) → {modality: float32 [d_m]}.
+
+  A random map, like the image–caption transform, so the pipeline around it
+  (epoch shuffle, process rows, skip counting) is the same; it draws
+  nothing.
+  """
+
+  def __init__(self, modalities: tuple[str, ...]):
+    self._modalities = modalities
+
+  def random_map(self, element, rng: np.random.Generator):
+    del rng
+    _, example = element
+    return {m: example[m] for m in self._modalities}
+
+
+def check_features(config: ml_collections.ConfigDict, examples) -> None:
+  """UserError unless the split's first example has every modality of
+  `config.model.modalities` with `model.towers.<m>.input_dim` values."""
+  first = examples[0]
+  for m in config.model.modalities:
+    if m not in first:
+      raise config_io.UserError(
+          f"model.modalities names {m!r}, but {config.data.name} has "
+          f"features {sorted(first)}")
+    size = np.asarray(first[m]).size
+    want = config.model.towers[m].input_dim
+    if size != want:
+      raise config_io.UserError(
+          f"model.towers.{m}.input_dim is {want}, but {config.data.name}'s "
+          f"{m!r} has {size} values per example")
+
+
+def read_arrays(examples, modalities: tuple[str, ...],
+                chunk: int = 1000) -> dict[str, np.ndarray]:
+  """Every example of a random-access source: {modality: float32 [N, d_m]},
+  read in chunks (a TFDS source reads many rows at once several times
+  faster than one by one)."""
+  rows = []
+  for start in range(0, len(examples), chunk):
+    indices = list(range(start, min(start + chunk, len(examples))))
+    rows += (examples.__getitems__(indices)
+             if hasattr(examples, "__getitems__")
+             else [examples[i] for i in indices])
+  return {m: np.stack([np.asarray(r[m], np.float32).reshape(-1)
+                       for r in rows]) for m in modalities}
+
+
+def modality_arrays(name: str, split: str, data_dir: str | None,
+                    modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """Every example of a split: {modality: float32 [N, d_m]}."""
+  return read_arrays(sources.open_split(name, split, data_dir), modalities)
+
+
+class InMemory:
+  """A split of vector modalities held in memory, indexable like its TFDS
+  source: the training stream then costs no read per example (vector sets
+  are small; 10,000 × 3 × 5 floats for the XOR set)."""
+
+  def __init__(self, examples, modalities: tuple[str, ...]):
+    self._arrays = read_arrays(examples, modalities)
+    self._size = len(examples)
+
+  def __len__(self) -> int:
+    return self._size
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {m: a[index] for m, a in self._arrays.items()}
