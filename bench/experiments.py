@@ -176,9 +176,10 @@ def selection(record: dict) -> float:
 
 def run_study(name: str, seeds: list[int], root: str,
               dry_run: bool = False, steps_scale: float = 1.0,
-              only: str = "") -> dict:
+              only: str = "", out: str | None = None) -> dict:
   """Tunes, trains and scores every condition (whose name contains one of
-  the comma-separated `only`); returns the summary."""
+  the comma-separated `only`); returns the summary, also written to `out`
+  (see `write`) after each condition."""
   study = STUDIES[name]
   study = dataclasses.replace(study, conditions=tuple(
       dataclasses.replace(c, steps=max(2, round(c.steps * steps_scale)))
@@ -205,6 +206,8 @@ def run_study(name: str, seeds: list[int], root: str,
         "seeds": seeds,
         "test": {col: runs.mean_std([r["metrics"] for r in tests], key)
                  for col, key in METRICS.items()}}
+    if out:
+      write(name, summary, out)
   return summary
 
 
@@ -299,10 +302,8 @@ def main() -> None:
     collect(args.root)
     return
   seeds = [int(s) for s in args.seeds.split(",")]
-  summary = run_study(args.study, seeds, args.root, args.dry_run,
-                      args.steps_scale, args.only)
-  if summary:
-    write(args.study, summary, args.out)
+  run_study(args.study, seeds, args.root, args.dry_run, args.steps_scale,
+            args.only, args.out)
 
 
 if __name__ == "__main__":
