@@ -6,6 +6,8 @@ steps × seed, learning rates chosen on the validation split, scored on test.
   python bench/experiments.py fraction  # JSD / InfoNCE on 10-100 % of the images
   python bench/experiments.py steps     # the batch study's batch 64 at 3 lengths
   python bench/experiments.py batch --only=infonce_b128  # one condition
+  python bench/experiments.py batch --only=jsd_b16,jsd_b64 --steps_scale=0.6
+  python bench/experiments.py collect --root=DIR  # any workdirs' final evals
 
 For each condition (a cell of the grid but its seed), every learning rate
 of the study's grid trains seed 0 and is scored on the **validation** split;
@@ -95,18 +97,20 @@ class Study:
 
 
 STUDIES = {
+    # Objectives inner: a study cut short still compares them at each batch.
     "batch": Study(tuple(
         Condition(o, batch=b, accum=2 if b == 128 else 1)
-        for o in ("jsd", "infonce", "sigmoid") for b in (16, 32, 64, 128)),
+        for b in (16, 32, 64, 128) for o in ("jsd", "infonce", "sigmoid")),
         about="equal steps; batch 128 as 2 micro-batches of 64 (InfoNCE and "
               "SigLIP with cached features: all 127 negatives)"),
     "fraction": Study(tuple(
-        Condition(o, fraction=f) for o in ("jsd", "infonce")
-        for f in (0.1, 0.25, 0.5, 1.0)),
+        Condition(o, fraction=f) for f in (0.1, 0.25, 0.5, 1.0)
+        for o in ("jsd", "infonce")),
         about="batch 64, equal steps: smaller fractions repeat images more"),
     "steps": Study(tuple(
-        Condition(o, steps=s) for o in ("jsd", "infonce", "sigmoid")
-        for s in (DEMO_STEPS // 2, DEMO_STEPS, DEMO_STEPS * 2)),
+        Condition(o, steps=s) for s in (DEMO_STEPS // 2, DEMO_STEPS,
+                                        DEMO_STEPS * 2)
+        for o in ("jsd", "infonce", "sigmoid")),
         about="batch 64 at three schedule lengths"),
 }
 
@@ -172,13 +176,15 @@ def selection(record: dict) -> float:
 
 def run_study(name: str, seeds: list[int], root: str,
               dry_run: bool = False, steps_scale: float = 1.0,
-              only: str = "") -> dict:
-  """Tunes, trains and scores every condition (whose name contains `only`);
-  returns the summary."""
+              only: str = "", out: str | None = None) -> dict:
+  """Tunes, trains and scores every condition (whose name contains one of
+  the comma-separated `only`); returns the summary, also written to `out`
+  (see `write`) after each condition."""
   study = STUDIES[name]
   study = dataclasses.replace(study, conditions=tuple(
       dataclasses.replace(c, steps=max(2, round(c.steps * steps_scale)))
-      for c in study.conditions if only in c.name))
+      for c in study.conditions
+      if any(part in c.name for part in only.split(","))))
   root = os.path.join(root, name)
   os.makedirs(root, exist_ok=True)
   if dry_run:
@@ -200,6 +206,8 @@ def run_study(name: str, seeds: list[int], root: str,
         "seeds": seeds,
         "test": {col: runs.mean_std([r["metrics"] for r in tests], key)
                  for col, key in METRICS.items()}}
+    if out:
+      write(name, summary, out)
   return summary
 
 
@@ -245,9 +253,38 @@ def _plot(name: str, summary: dict, path: str) -> None:
   fig.savefig(path, dpi=110)
 
 
+def collect(root: str) -> str:
+  """A table of every finished run under ROOT (e.g. launch/coco_ablations.sh's),
+  grouped by workdir name without its "_seed<S>": mean ± std over seeds of
+  each run's final evaluation on its config's eval split."""
+  groups = {}
+  for name in sorted(os.listdir(root)):
+    config_path = os.path.join(root, name, "config.json")
+    if not os.path.exists(config_path):
+      continue
+    with open(config_path) as f:
+      steps = json.load(f)["total_steps"]
+    result = os.path.join(root, name, "eval", f"step_{steps}.json")
+    if os.path.exists(result):
+      with open(result) as f:
+        groups.setdefault(name.rsplit("_seed", 1)[0], []).append(json.load(f))
+  keys = sorted({k for results in groups.values() for r in results for k in r
+                 if k.startswith(("zeroshot/", "retrieval/", "linear/", "svm/",
+                                  "gap/"))})
+  rows = [[group, str(len(results))] + [
+      "{:.3f} ± {:.3f}".format(*runs.mean_std(results, k))
+      if all(k in r for r in results) else "" for k in keys]
+          for group, results in groups.items()]
+  table = runs.markdown_table(["runs", "seeds"] + keys, rows)
+  print(table)
+  return table
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("study", choices=sorted(STUDIES))
+  parser.add_argument("study", choices=sorted(STUDIES) + ["collect"],
+                      help="a study, or collect: tabulate the runs under "
+                           "--root (e.g. launch/coco_ablations.sh's)")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--root", default=os.path.join(
       tempfile.gettempdir(), "cliplite_experiments"))
@@ -258,13 +295,15 @@ def main() -> None:
   parser.add_argument("--steps_scale", type=float, default=1.0,
                       help="every run's steps × this (0.02: a smoke test)")
   parser.add_argument("--only", default="",
-                      help="the conditions whose name contains this")
+                      help="the conditions whose name contains one of these "
+                           "comma-separated strings")
   args = parser.parse_args()
+  if args.study == "collect":
+    collect(args.root)
+    return
   seeds = [int(s) for s in args.seeds.split(",")]
-  summary = run_study(args.study, seeds, args.root, args.dry_run,
-                      args.steps_scale, args.only)
-  if summary:
-    write(args.study, summary, args.out)
+  run_study(args.study, seeds, args.root, args.dry_run, args.steps_scale,
+            args.only, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+#!/bin/bash
+# The paper's COCO ablations, CLIP-Lite against CLIP, as one command each:
+#
+#   launch/coco_ablations.sh batch ROOT [SEEDS]     # batch 64/128/256/512 + 1024
+#   launch/coco_ablations.sh fraction ROOT [SEEDS]  # 10/25/50/75/100 % of the images
+#
+# SEEDS defaults to "0 1 2". Every run is configs/coco_rn50_bert.py or
+# configs/clip_baseline.py with the ablation's argument (the paper's
+# learning rates and schedules; COCO prepared with `tfds build
+# coco_captions/2014`), trained into ROOT/<config>_<arg>_seed<S> through
+# launch/gpu_host.sh (every GPU of the host). A run whose final evaluation
+# exists is skipped and an interrupted one resumes, so rerunning the command
+# continues the grid. Collect the results (mean ± std over seeds) with
+#   python bench/experiments.py collect --root=ROOT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+study=${1:?usage: launch/coco_ablations.sh batch|fraction ROOT [SEEDS]}
+root=${2:?usage: launch/coco_ablations.sh batch|fraction ROOT [SEEDS]}
+seeds=${3:-0 1 2}
+case "$study" in
+  batch) args=("batch=64" "batch=128" "batch=256" "batch=512" "") ;;
+  fraction) args=("fraction=0.1" "fraction=0.25" "fraction=0.5"
+                  "fraction=0.75" "") ;;
+  *) echo "unknown study $study: batch or fraction" >&2; exit 2 ;;
+esac
+for seed in $seeds; do
+  for arg in "${args[@]}"; do
+    for config in coco_rn50_bert clip_baseline; do
+      name="${config}_${arg:-headline}_seed${seed}"
+      workdir="$root/${name//=/}"
+      if [[ -f "$workdir/config.json" ]]; then
+        total=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['total_steps'])" "$workdir/config.json")
+        if [[ -f "$workdir/eval/step_${total}.json" ]]; then
+          echo "done: $name"; continue
+        fi
+      fi
+      echo "--- $name"
+      launch/gpu_host.sh --config="configs/${config}.py${arg:+:$arg}" \
+          --workdir="$workdir" --config.seed="$seed"
+    done
+  done
+done
