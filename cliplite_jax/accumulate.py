@@ -27,6 +27,14 @@ from jax.sharding import Mesh
 
 from cliplite_jax import parallel
 
+def _unroll() -> bool:
+  """Whether the micro-batch loops are unrolled: on CPU, where XLA runs a
+  loop body's convolutions ~8× slower than straight-line code (the demo's
+  step at 63 against 527 images/s); elsewhere a loop, so one micro-batch's
+  activations live at a time, which is the point of accumulating."""
+  return jax.default_backend() == "cpu"
+
+
 # forward(params, batch_stats, micro_batch, micro_index)
 #   -> (outputs, new batch_stats)
 Forward = Callable
@@ -54,7 +62,8 @@ def per_micro_batch(forward: Forward, objective: Callable, params,
 
   zeros = jax.tree.map(jnp.zeros_like, params)
   (grad_sum, batch_stats), metrics = jax.lax.scan(
-      accumulate, (zeros, batch_stats), (jnp.arange(num_micro), micro_batches))
+      accumulate, (zeros, batch_stats), (jnp.arange(num_micro), micro_batches),
+      unroll=_unroll())
   grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
   return grads, jax.tree.map(jnp.mean, metrics), batch_stats
 
@@ -87,7 +96,8 @@ def feature_cached(forward: Forward, objective: Callable, params, batch_stats,
     return None, outputs
 
   _, stacked = jax.lax.scan(embed, None,
-                            (jnp.arange(num_micro), micro_batches))
+                            (jnp.arange(num_micro), micro_batches),
+                            unroll=_unroll())
   # stacked: batch-shaped outputs [M, b, ...], scalars [M].
   batched = jax.tree.map(lambda x: x.ndim >= 2, stacked)
   whole = jax.tree.map(
@@ -112,5 +122,5 @@ def feature_cached(forward: Forward, objective: Callable, params, batch_stats,
   zeros = jax.tree.map(jnp.zeros_like, params)
   (grads, batch_stats), _ = jax.lax.scan(
       backward, (zeros, batch_stats),
-      (jnp.arange(num_micro), micro_batches, cotangents))
+      (jnp.arange(num_micro), micro_batches, cotangents), unroll=_unroll())
   return grads, metrics, batch_stats
