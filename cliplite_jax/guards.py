@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from cliplite_jax import config_io, validation
+from cliplite_jax import config_io, objectives
 
 # Sections of the config that a checkpoint's contents depend on: resuming
 # with other values would load mismatched weights or train something else.
@@ -22,7 +22,7 @@ _FREE_TO_CHANGE = ("model.remat",)
 # Loss fields only some objectives read: {prefix: those objectives}. A run of
 # another objective may resume with them changed (or added, as configs saved
 # before they existed lack them).
-_READ_BY = {"loss.nclip.": validation.NCLIP_LOSSES,
+_READ_BY = {"loss.nclip.": objectives.NCLIP_LOSSES,
             "loss.symile_sampling": ("symile",)}
 
 

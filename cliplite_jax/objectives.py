@@ -31,6 +31,10 @@ class Objective:
   needs_key: reads outputs["loss_key"], a PRNG key for sampling negatives.
   takes_axis: a device-local fn that all-reduces something (nCLIP's batch
     mean) over the mesh axes named by its `axis_name` argument.
+  priors: the image–text model gets Deep InfoMax prior discriminators
+    (`loss.prior_img` / `loss.prior_txt`), weighted by `loss.prior_weight`.
+  prototypes: the image–text model gets nCLIP's prototypes; the objective
+    reads `loss.nclip`.
   modality_score: a multimodal objective's critic for zero-shot prediction
     of one modality from the others: "mip" (Symile's) or "pairwise".
   gathers: what crosses devices for the loss (README's objectives table).
@@ -42,6 +46,8 @@ class Objective:
   multimodal: bool = False
   needs_key: bool = False
   takes_axis: bool = False
+  priors: bool = False
+  prototypes: bool = False
   modality_score: str = "mip"
   gathers: str = ""
   paper: str = ""
@@ -117,19 +123,20 @@ _NCLIP = "Zhou et al., CVPR 2023"
 _SYMILE = "Saporta et al., NeurIPS 2024"
 OBJECTIVES = {
     "jsd": Objective(losses.cliplite_objective, device_local=True, rolls=True,
-                     gathers="nothing", paper=_CLIPLITE),
+                     priors=True, gathers="nothing", paper=_CLIPLITE),
     "infonce": Objective(losses.clip_objective, device_local=False,
                          gathers="every embedding [B, D]",
                          paper="Radford et al., 2021 (CLIP)"),
     "sigmoid": Objective(losses.siglip_objective, device_local=False,
                          gathers="every embedding [B, D]",
                          paper="Zhai et al., 2023 (SigLIP)"),
-    "nclip": Objective(nclip_objective, device_local=False,
+    "nclip": Objective(nclip_objective, device_local=False, prototypes=True,
                        gathers="the mean assignment [K]", paper=_NCLIP),
-    "xclip": Objective(xclip_objective, device_local=False,
+    "xclip": Objective(xclip_objective, device_local=False, prototypes=True,
                        gathers="every embedding [B, D]", paper=_NCLIP),
     "jsd_nclip": Objective(jsd_nclip_objective, device_local=True, rolls=True,
-                           takes_axis=True, gathers="the mean assignment [K]",
+                           takes_axis=True, priors=True, prototypes=True,
+                           gathers="the mean assignment [K]",
                            paper=f"{_CLIPLITE} + {_NCLIP}"),
     "symile": Objective(symile_objective, device_local=False, multimodal=True,
                         needs_key=True,
@@ -144,6 +151,10 @@ OBJECTIVES = {
         gathers="every modality's embeddings [B, D]",
         paper="CLIP on every pair (Symile's baseline)"),
 }
+
+
+# The objectives that read `loss.nclip`.
+NCLIP_LOSSES = tuple(n for n, o in OBJECTIVES.items() if o.prototypes)
 
 
 def loss_key(prior_rng: jax.Array) -> jax.Array:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from cliplite_jax import optim
+from cliplite_jax import objectives, optim
 from cliplite_jax.data import pipeline
 from cliplite_jax.models import cliplite, multimodal
 
@@ -81,7 +81,7 @@ def startup_lines(config: ml_collections.ConfigDict, params, mesh,
   accum = config.get("accum_steps", 1)
   epoch = epoch_examples(num_examples, config)
   loss = config.loss.name + (f" + priors (weight {config.loss.prior_weight})"
-                             if config.loss.name in ("jsd", "jsd_nclip")
+                             if objectives.OBJECTIVES[config.loss.name].priors
                              else "")
 
   lr = ", ".join(f"{g} {v:g}" for g, v in config.optim.lr.items())

@@ -66,9 +66,9 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   the gradients averaged; a global one (InfoNCE, SigLIP, ...) over the whole
   batch from cached micro-batch embeddings (`accumulate.feature_cached`), so
   every row is every other's negative. Metrics are float32 scalars (loss
-  terms averaged over micro-batches when per micro-batch): the loss terms, temperature, grad_norm (of the
-  gradients clipping sees: frozen parameters left out), l2_params and
-  l2_updates (the global norms of the weights the model runs with and of
+  terms averaged over micro-batches when per micro-batch): the loss terms,
+  temperature, grad_norm (of the gradients clipping sees: frozen parameters
+  left out), l2_params and l2_updates (the global norms of the weights the model runs with and of
   this step's change to them), lr/<group> and data/skipped (examples
   dropped while assembling this global batch).
   """

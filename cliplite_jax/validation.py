@@ -100,9 +100,6 @@ def _eval_fields(c: _Checker) -> None:
   c.integer("data.num_threads", 0)
 
 
-NCLIP_LOSSES = ("nclip", "xclip", "jsd_nclip")
-
-
 def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every training field's domain and the relations between fields, for a
   run on `num_devices` devices. Raises UserError listing each problem."""
@@ -131,7 +128,7 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
              else "the two-tower image–text model")
     c.problems.append(f"loss.name={name!r} does not train {model}; "
                       f"choose one of {kinds}")
-  if c.get("loss.name") in NCLIP_LOSSES:
+  if c.get("loss.name") in objectives.NCLIP_LOSSES:
     c.integer("loss.nclip.prototypes", 1)
     for key in ("student_temperature", "teacher_temperature"):
       c.number(f"loss.nclip.{key}", 0, float("inf"), low_open=True,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cliplite_jax import noncontrastive, validation
+from cliplite_jax import noncontrastive, objectives
 from cliplite_jax.models import heads, resnet, text
 
 # Parameter-tree names of the towers (the attribute names below).
@@ -119,15 +119,15 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
       vocab_size=m.text.vocab_size, hidden=m.text.hidden, layers=m.text.layers,
       heads=m.text.heads, mlp_dim=m.text.mlp_dim, max_len=m.text.max_len,
       pooling=m.text.pooling, dropout=m.text.dropout, dtype=dtype, remat=remat)
-  is_jsd = config.loss.name in ("jsd", "jsd_nclip")
-  nclip = config.loss.name in validation.NCLIP_LOSSES
+  objective = objectives.OBJECTIVES[config.loss.name]
   return CLIPLite(
       image_encoder=image, text_encoder=txt, proj_dim=m.proj_dim,
       init_log_scale=math.log(1.0 / m.init_temperature),
-      prior_img=is_jsd and config.loss.prior_img,
-      prior_txt=is_jsd and config.loss.prior_txt,
+      prior_img=objective.priors and config.loss.prior_img,
+      prior_txt=objective.priors and config.loss.prior_txt,
       prior_widths=tuple(m.prior_widths),
       logit_bias=(config.loss.init_logit_bias
                   if config.loss.name == "sigmoid" else None),
-      num_prototypes=config.loss.nclip.prototypes if nclip else 0,
+      num_prototypes=(config.loss.nclip.prototypes if objective.prototypes
+                      else 0),
       dtype=dtype)
