@@ -4,26 +4,29 @@ steps × seed, learning rates chosen on the validation split, scored on test.
   python bench/experiments.py STUDY [--seeds=0,1,2] [--root=DIR] [--dry_run]
   python bench/experiments.py batch     # JSD / InfoNCE / SigLIP at batch 16-128
   python bench/experiments.py fraction  # JSD / InfoNCE on 10-100 % of the images
+  python bench/experiments.py images    # batch 16-128 at equal images seen
   python bench/experiments.py steps     # the batch study's batch 64 at 3 lengths
   python bench/experiments.py batch --only=infonce_b128  # one condition
   python bench/experiments.py batch --only=jsd_b16,jsd_b64 --steps_scale=0.6
   python bench/experiments.py collect --root=DIR  # any workdirs' final evals
 
-For each condition (a cell of the grid but its seed), every learning rate
-of the study's grid trains seed 0 and is scored on the **validation** split;
-the best (by the study's selection metric) is kept. Each seed then trains
-at that rate and is scored on **test** (seed 0's run is re-evaluated, not
+Learning rates are chosen per objective and batch: every scale of the
+grid trains seed 0 at full data and the base schedule (the demo's 500
+steps × --steps_scale) and is scored on the **validation** split; the best
+(by the mean zero-shot top-1) is kept for every data fraction and schedule
+length of that objective and batch. Each seed then trains at that rate and
+is scored on **test** (a run already trained is re-evaluated, not
 retrained). Every run is `python -m cliplite_jax.main` in its own workdir
-under --root, skipped when its evaluation exists, so rerunning a study
-continues where it stopped. Results: ROOT/STUDY/results.jsonl (one record
-per run and split), bench/results/STUDY.json (mean ± std per condition),
+under --root, named by everything that sets it, so studies share runs (the
+batch study's batch 64 is the fraction study's 100 %) and rerunning a study
+continues where it stopped. Results: ROOT/results.jsonl (one record per run
+and split), bench/results/STUDY.json (mean ± std per condition),
 bench/results/STUDY.md (the table) and bench/results/STUDY.png.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import subprocess
@@ -103,6 +106,12 @@ STUDIES = {
         for b in (16, 32, 64, 128) for o in ("jsd", "infonce", "sigmoid")),
         about="equal steps; batch 128 as 2 micro-batches of 64 (InfoNCE and "
               "SigLIP with cached features: all 127 negatives)"),
+    # Equal images seen: batch 64's budget of images at every batch.
+    "images": Study(tuple(
+        Condition(o, batch=b, accum=2 if b == 128 else 1,
+                  steps=DEMO_STEPS * 64 // b)
+        for b in (16, 32, 64, 128) for o in ("jsd", "infonce", "sigmoid")),
+        about="equal images seen (batch × steps), as many as batch 64's"),
     "fraction": Study(tuple(
         Condition(o, fraction=f) for f in (0.1, 0.25, 0.5, 1.0)
         for o in ("jsd", "infonce")),
@@ -174,6 +183,10 @@ def selection(record: dict) -> float:
   return sum(record["metrics"][k] for k in SELECT) / len(SELECT)
 
 
+def _scaled(steps: int, steps_scale: float) -> int:
+  return max(2, round(steps * steps_scale))
+
+
 def run_study(name: str, seeds: list[int], root: str,
               dry_run: bool = False, steps_scale: float = 1.0,
               only: str = "", out: str | None = None) -> dict:
@@ -181,27 +194,33 @@ def run_study(name: str, seeds: list[int], root: str,
   the comma-separated `only`); returns the summary, also written to `out`
   (see `write`) after each condition."""
   study = STUDIES[name]
+  base_steps = _scaled(DEMO_STEPS, steps_scale)
   study = dataclasses.replace(study, conditions=tuple(
-      dataclasses.replace(c, steps=max(2, round(c.steps * steps_scale)))
+      dataclasses.replace(c, steps=_scaled(c.steps, steps_scale))
       for c in study.conditions
       if any(part in c.name for part in only.split(","))))
-  root = os.path.join(root, name)
-  os.makedirs(root, exist_ok=True)
   if dry_run:
-    for cond, lr in itertools.product(study.conditions, study.lr_scales):
-      print(f"{cond.name} lr×{lr:g}: python -m cliplite_jax.main "
-            f"--config={BASE} --config.total_steps={cond.steps} "
-            + " ".join(cond.overrides(lr)))
+    for cond in study.conditions:
+      tuning = dataclasses.replace(cond, fraction=1.0, steps=base_steps)
+      print(f"{cond.name}: seeds {seeds} on test at the learning rate "
+            f"chosen by {tuning.name} on validation, from")
+      for lr in study.lr_scales:
+        print(f"  lr×{lr:g}: python -m cliplite_jax.main --config={BASE} "
+              f"--config.total_steps={tuning.steps} "
+              + " ".join(tuning.overrides(lr)))
     return {}
+  os.makedirs(root, exist_ok=True)
   ledger = Ledger(os.path.join(root, "results.jsonl"))
   summary = {}
   for cond in study.conditions:
-    tuned = {lr: score(ledger, root, cond, lr, seeds[0], "validation")
+    tuning = dataclasses.replace(cond, fraction=1.0, steps=base_steps)
+    tuned = {lr: score(ledger, root, tuning, lr, seeds[0], "validation")
              for lr in study.lr_scales}
     best = max(tuned, key=lambda lr: selection(tuned[lr]))
     tests = [score(ledger, root, cond, best, s, "test") for s in seeds]
     summary[cond.name] = {
         "condition": dataclasses.asdict(cond), "lr_scale": best,
+        "tuned_on": tuning.name,
         "validation": {f"{lr:g}": selection(r) for lr, r in tuned.items()},
         "seeds": seeds,
         "test": {col: runs.mean_std([r["metrics"] for r in tests], key)
@@ -231,7 +250,8 @@ def _plot(name: str, summary: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  axis = {"batch": "batch", "fraction": "fraction", "steps": "steps"}[name]
+  axis = {"batch": "batch", "images": "batch", "fraction": "fraction",
+          "steps": "steps"}[name]
   shown = ("zero-shot shape", "zero-shot colour", "linear", "i2t R@10")
   fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.6))
   objectives = sorted({c["condition"]["objective"] for c in summary.values()})

@@ -1,0 +1,120 @@
+"""bench/experiments.py's bookkeeping, with training replaced by a function
+of the run's settings: learning rates are chosen on validation only, shared
+per objective and batch across fractions and schedule lengths, and a study
+stopped part-way continues without retraining what is recorded."""
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import experiments  # noqa: E402
+
+
+def _metrics(objective, lr_scale, seed, split, fraction=1.0):
+  """Validation prefers lr ×2 for JSD and ×0.5 for InfoNCE; test would
+  prefer the opposite, so a choice made on test would show."""
+  best = {"jsd": 2.0, "infonce": 0.5}[objective]
+  good = 1.0 - abs(lr_scale - best) / 4
+  if split == "test":
+    good = 1.0 - good
+  value = good * fraction + 0.01 * seed
+  return {key: value for key in experiments.METRICS.values()}
+
+
+class FakeTraining:
+  """Stands in for runs.train and experiments._evaluate_on; records calls."""
+
+  def __init__(self, fail_after=None):
+    self.trained, self.evaluated = [], []
+    self.fail_after = fail_after
+
+  def train(self, workdir, config, steps, seed, overrides):
+    if self.fail_after is not None and len(self.trained) == self.fail_after:
+      raise KeyboardInterrupt  # a study stopped part-way
+    settings = dict(o[len("--config."):].split("=", 1) for o in overrides
+                    if o.startswith("--config."))
+    objective = ("infonce" if settings.get("loss.name") == "infonce"
+                 else "jsd")
+    lr_scale = float(settings["optim.lr.image"]) / 0.2
+    split = settings["eval.split"]
+    metrics = _metrics(objective, lr_scale, seed, split,
+                       float(settings["data.fraction"]))
+    os.makedirs(os.path.join(workdir, "eval"))
+    with open(os.path.join(workdir, "eval", f"step_{steps}.json"), "w") as f:
+      json.dump({"objective": objective, "lr_scale": lr_scale,
+                 "fraction": float(settings["data.fraction"])}, f)
+    self.trained.append((os.path.basename(workdir), split))
+    return metrics
+
+  def evaluate(self, workdir, step, split):
+    with open(os.path.join(workdir, "eval", f"step_{step}.json")) as f:
+      run = json.load(f)
+    seed = int(workdir.rsplit("_seed", 1)[1])
+    self.evaluated.append((os.path.basename(workdir), split))
+    return _metrics(run["objective"], run["lr_scale"], seed, split,
+                    run["fraction"])
+
+
+@pytest.fixture
+def fake(monkeypatch):
+  def install(**kwargs):
+    training = FakeTraining(**kwargs)
+    monkeypatch.setattr(experiments.runs, "train", training.train)
+    monkeypatch.setattr(experiments, "_evaluate_on", training.evaluate)
+    return training
+  return install
+
+
+def test_learning_rate_chosen_on_validation_and_seeds_scored_on_test(
+    fake, tmp_path):
+  training = fake()
+  summary = experiments.run_study("batch", [0, 1, 2], str(tmp_path),
+                                  steps_scale=0.01, only="jsd_b64,infonce_b64")
+  assert summary["jsd_b64_s5"]["lr_scale"] == 2.0
+  assert summary["infonce_b64_s5"]["lr_scale"] == 0.5
+  # Seed 0 at the chosen rate is re-evaluated on test, not retrained.
+  assert ("jsd_b64_s5_lr2_seed0", "test") in training.evaluated
+  assert len(training.trained) == 2 * (3 + 2)
+  mean, std = summary["jsd_b64_s5"]["test"]["linear"]
+  expected = [_metrics("jsd", 2.0, s, "test")["linear/shapes_captions/top1"]
+              for s in (0, 1, 2)]
+  assert mean == pytest.approx(sum(expected) / 3)
+  assert std == pytest.approx(0.01 * (2 / 3) ** 0.5)
+
+
+def test_fraction_study_reuses_the_batch_study_runs_and_tuning(fake, tmp_path):
+  fake()
+  experiments.run_study("batch", [0, 1], str(tmp_path), steps_scale=0.01,
+                        only="jsd_b64")
+  training = fake()
+  summary = experiments.run_study("fraction", [0, 1], str(tmp_path),
+                                  steps_scale=0.01, only="jsd")
+  # Only the smaller fractions' seeds train; 100 % and the rates are shared.
+  assert sorted(training.trained) == sorted(
+      (f"jsd_b64_f{f:g}_s5_lr2_seed{s}", "test")
+      for f in (0.1, 0.25, 0.5) for s in (0, 1))
+  assert summary["jsd_b64_f0.1_s5"]["tuned_on"] == "jsd_b64_s5"
+  assert summary["jsd_b64_f0.1_s5"]["lr_scale"] == 2.0
+
+
+def test_a_stopped_study_continues_where_it_stopped(fake, tmp_path):
+  stopped = fake(fail_after=4)
+  with pytest.raises(KeyboardInterrupt):
+    experiments.run_study("batch", [0, 1, 2], str(tmp_path),
+                          steps_scale=0.01, only="jsd_b64")
+  first = list(stopped.trained)
+  resumed = fake()
+  summary = experiments.run_study("batch", [0, 1, 2], str(tmp_path),
+                                  steps_scale=0.01, only="jsd_b64")
+  assert not set(first) & set(resumed.trained)
+  assert len(first) + len(resumed.trained) == 3 + 2
+  again = fake()
+  assert experiments.run_study("batch", [0, 1, 2], str(tmp_path),
+                               steps_scale=0.01, only="jsd_b64") == summary
+  assert again.trained == [] and again.evaluated == []
+  with open(tmp_path / "results.jsonl") as f:
+    assert len(f.readlines()) == 3 + 3  # 3 validation, 3 test records
