@@ -228,8 +228,9 @@ def make_optimizer(model: nn.Module, config, lookahead_every_step=True):
 
   Clip the global gradient norm, set each group's learning rate from its
   schedule at the step count, SGD (momentum, weight decay on the fast
-  weights), then Lookahead when `optim.lookahead_k > 0`. SGD runs on
-  `foreach` kernels, PyTorch's fastest CPU path for many small tensors.
+  weights), then Lookahead when `optim.lookahead_k > 0`. SGD runs fused on a
+  GPU (one kernel for all parameters) and on `foreach` kernels on CPU, each
+  PyTorch's fastest path there.
   """
   o = config.optim
   if o.name != "sgd":
@@ -239,7 +240,7 @@ def make_optimizer(model: nn.Module, config, lookahead_every_step=True):
   groups = param_groups(model, config)
   params = [p for g in groups for p in g["params"]]
   sgd = torch.optim.SGD(groups, lr=0.0, momentum=o.momentum,
-                        weight_decay=o.weight_decay, foreach=True)
+                        weight_decay=o.weight_decay, **_fast_path(params))
   lookahead = (Lookahead(params, o.lookahead_k, o.lookahead_alpha,
                          lookahead_every_step) if o.lookahead_k > 0 else None)
   count = 0
@@ -259,38 +260,94 @@ def make_optimizer(model: nn.Module, config, lookahead_every_step=True):
   return update
 
 
+def _fast_path(params) -> dict:
+  """torch.optim's keyword for its fastest kernels where `params` live."""
+  return {"fused": True} if params[0].is_cuda else {"foreach": True}
+
+
 VARIANTS = ("eager", "eager_channels_last", "compile", "compile_channels_last")
 
 
-def make_step(config, variant: str = "eager", lookahead_every_step=True):
-  """A `step(images uint8 [B, H, W, 3], ids int64 [B, L], mask int64 [B, L])
-  -> loss` (a Python float) closure: one training step of the model.
+class Variant:
+  """What a PyTorch user would set for `config` on `device` ("cpu",
+  "cuda"): eager or `torch.compile`d (forward and, through AOTAutograd, its
+  backward; optimisers run eagerly), contiguous (NCHW) or channels_last;
+  on CUDA cuDNN's autotuner (`cudnn.benchmark`), and bf16 autocast when
+  `model.dtype` is bfloat16 (float32 weights, as the JAX model keeps)."""
 
-  `variant` (one of VARIANTS): eager or `torch.compile`d model (forward and,
-  through AOTAutograd, its backward; the optimiser runs eagerly on foreach
-  kernels), in contiguous (NCHW) or channels_last memory format. A compile
-  failure (e.g. no C++ compiler) is raised at the first call.
-  """
-  if variant not in VARIANTS:
-    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-  channels_last = variant.endswith("channels_last")
-  model = CLIPLite(config).train()
-  if channels_last:
-    model = model.to(memory_format=torch.channels_last)
-  update = make_optimizer(model, config, lookahead_every_step)
-  forward = torch.compile(model) if variant.startswith("compile") else model
-  mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-  std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+  def __init__(self, config, variant: str, device: str):
+    if variant not in VARIANTS:
+      raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    self.device = torch.device(device)
+    self.compiled = variant.startswith("compile")
+    self.memory_format = (torch.channels_last
+                          if variant.endswith("channels_last")
+                          else torch.contiguous_format)
+    self.autocast = torch.autocast(
+        self.device.type, dtype=torch.bfloat16,
+        enabled=config.model.dtype == "bfloat16")
+    if self.device.type == "cuda":
+      torch.backends.cudnn.benchmark = True
+    self.mean = torch.tensor([0.485, 0.456, 0.406],
+                             device=self.device).view(1, 3, 1, 1) * 255
+    self.std = torch.tensor([0.229, 0.224, 0.225],
+                            device=self.device).view(1, 3, 1, 1) * 255
 
-  def step(images, input_ids, attention_mask):
-    x = (images.permute(0, 3, 1, 2).float() - mean) / std
+  def place(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(the model on the device in the memory format, what to call)."""
+    model = model.to(self.device, memory_format=self.memory_format).train()
+    return model, torch.compile(model) if self.compiled else model
+
+  def pixels(self, images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] → normalised float32 [B, 3, H, W]."""
+    x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
     # The permuted NHWC batch has channels_last strides, and convs follow
     # their input's layout: without this copy "contiguous" would not be.
-    x = x.contiguous(memory_format=torch.channels_last if channels_last
-                     else torch.contiguous_format)
-    loss = forward(x, input_ids, attention_mask, config.loss.prior_weight)
+    return x.contiguous(memory_format=self.memory_format)
+
+
+def make_step(config, variant: str = "eager", lookahead_every_step=True,
+              device: str = "cpu"):
+  """A `step(images uint8 [B, H, W, 3], ids int64 [B, L], mask int64 [B, L])
+  -> loss` (a Python float, so the step has finished on the device)
+  closure: one training step of the model, set up as `Variant` says. A
+  compile failure (e.g. no C++ compiler) is raised at the first call.
+  """
+  setup = Variant(config, variant, device)
+  model, forward = setup.place(CLIPLite(config))
+  update = make_optimizer(model, config, lookahead_every_step)
+
+  def step(images, input_ids, attention_mask):
+    with setup.autocast:
+      loss = forward(setup.pixels(images), input_ids, attention_mask,
+                     config.loss.prior_weight)
     loss.backward()
     update()
+    return loss.item()
+
+  return step
+
+
+def make_image_tower_step(config, variant: str = "eager",
+                          device: str = "cpu", num_classes: int = 1000):
+  """`step(images uint8 [B, H, W, 3], labels int64 [B]) -> loss` (a Python
+  float): the image tower alone trained as an ImageNet classifier, the
+  workload of published ResNet figures: the ResNet, a linear classifier,
+  softmax cross-entropy, SGD with momentum 0.9 and weight decay 5e-5."""
+  setup = Variant(config, variant, device)
+  tower = ResNet(config.model.image.depth, config.model.image.width)
+  model, forward = setup.place(
+      nn.Sequential(tower, nn.Linear(tower.num_features, num_classes)))
+  params = list(model.parameters())
+  sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-5,
+                        **_fast_path(params))
+
+  def step(images, labels):
+    with setup.autocast:
+      loss = F.cross_entropy(forward(setup.pixels(images)).float(), labels)
+    loss.backward()
+    sgd.step()
+    sgd.zero_grad(set_to_none=True)
     return loss.item()
 
   return step

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -47,6 +46,11 @@ import numpy as np  # noqa: E402
 from cliplite_jax import config_io, host_memory, optim, parallel  # noqa: E402
 from cliplite_jax import state as state_lib, train  # noqa: E402
 from cliplite_jax.models import cliplite  # noqa: E402
+
+import image_tower  # noqa: E402  (bench/, beside this file)
+from torch_steps import (TORCH_VARIANTS, TorchProcess,  # noqa: E402
+                         TorchUnavailable, serve_torch_rounds, timed,
+                         torch_version)
 
 PRESETS = {
     "demo": ("configs/default.py", {}),
@@ -123,13 +127,22 @@ def _flops(cost) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
+PARTS = ("step", "image_tower")
+
+
 class JaxStep:
-  def __init__(self, config):
+  """`part` of `config` compiled for every device: "step" (the train step)
+  or "image_tower" (bench/image_tower.py)."""
+
+  def __init__(self, config, part: str = "step"):
     mesh = parallel.make_mesh()
-    model, tx = cliplite.build(config), optim.build(config)
-    self.state = state_lib.init_sharded(config, model, tx, mesh)
-    self.batch = parallel.shard_batch(random_batch(config), mesh)
-    step = train.make_train_step(config, model, tx, mesh)
+    if part == "image_tower":
+      step, self.state, self.batch = image_tower.make_step(config, mesh)
+    else:
+      model, tx = cliplite.build(config), optim.build(config)
+      self.state = state_lib.init_sharded(config, model, tx, mesh)
+      self.batch = parallel.shard_batch(random_batch(config), mesh)
+      step = train.make_train_step(config, model, tx, mesh)
     start = time.perf_counter()
     lowered = step.lower(self.state, self.batch)
     self.compiled = lowered.compile()
@@ -143,103 +156,18 @@ class JaxStep:
     self.run()  # the first call allocates
 
   def run(self):
-    self.state, metrics = self.compiled(self.state, self.batch)
-    jax.block_until_ready(metrics)
-
-
-TORCH_VARIANTS = ("eager", "eager_channels_last", "compile",
-                  "compile_channels_last")  # torch_cliplite.VARIANTS
-
-
-class TorchStep:
-  def __init__(self, config, variant: str, lookahead_every_step: bool):
-    import torch
-    import torch_cliplite
-    torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count())
-    batch = random_batch(config)
-    self.inputs = [torch.from_numpy(batch[k]).long() if k != "images"
-                   else torch.from_numpy(batch[k])
-                   for k in ("images", "input_ids", "attention_mask")]
-    self.step = torch_cliplite.make_step(config, variant, lookahead_every_step)
-    self.run()  # compiles (torch.compile) and allocates
-    self.run()  # the backward's first call after compiling may still adjust
-
-  def run(self):
-    self.step(*self.inputs)
-
-
-class TorchUnavailable(RuntimeError):
-  """A PyTorch variant could not be set up (e.g. torch.compile, no compiler)."""
-
-
-class TorchProcess:
-  """`TorchStep` in a child process, timed there a round at a time."""
-
-  def __init__(self, argv: list[str], variant: str):
-    self.proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *argv, "--torch_worker",
-         f"--torch_variant={variant}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = self.proc.stdout.readline().strip()
-    if line != "ready":
-      self.proc.wait()
-      raise TorchUnavailable(line.removeprefix("failed: ") or
-                             "the PyTorch worker stopped (see above)")
-
-  def round(self, steps: int) -> list[tuple[float, float]]:
-    """`steps` × (wall, kernel CPU) seconds, timed in the child."""
-    self.proc.stdin.write(f"{steps}\n")
-    self.proc.stdin.flush()
-    line = self.proc.stdout.readline()
-    if not line:
-      raise RuntimeError("the PyTorch worker stopped (see above)")
-    return [tuple(t) for t in json.loads(line)]
-
-  def close(self):
-    self.proc.stdin.close()
-    self.proc.wait()
-
-
-def serve_torch_rounds(config, variant: str,
-                       lookahead_every_step: bool) -> None:
-  """The child's side of `TorchProcess`: "ready" (or "failed: why" and
-  exit), then one JSON line per round."""
-  try:
-    step = TorchStep(config, variant, lookahead_every_step)
-  except Exception as e:  # noqa: BLE001  (reported, and the parent goes on)
-    why = " ".join(str(e).split())[:300]
-    print(f"failed: {type(e).__name__}: {why}", flush=True)
-    return
-  print("ready", flush=True)
-  for line in sys.stdin:
-    print(json.dumps([timed(step) for _ in range(int(line))]), flush=True)
-
-
-def torch_version() -> str:
-  """The installed torch's version, read without importing it here."""
-  from importlib import metadata
-  try:
-    return metadata.version("torch")
-  except metadata.PackageNotFoundError:
-    return "(not installed)"
-
-
-def timed(step) -> tuple[float, float]:
-  """(wall, kernel CPU) seconds of one `step.run()`.
-
-  Kernel (system) CPU is mostly page faults on freshly mapped buffers: what
-  the host-memory setting changes (cliplite_jax/host_memory.py).
-  """
-  cpu, start = os.times(), time.perf_counter()
-  step.run()
-  wall, after = time.perf_counter() - start, os.times()
-  return wall, after.system - cpu.system
+    self.state, outputs = self.compiled(self.state, self.batch)
+    jax.block_until_ready(outputs)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+  parser.add_argument("--part", choices=PARTS, default="step",
+                      help="the whole train step, or the image tower alone "
+                      "trained as an ImageNet classifier")
+  parser.add_argument("--json", help="append the measurements as one JSON "
+                      "line to this file")
   parser.add_argument("--config", help="a config file[:arg] instead of the "
                       "preset's (the preset's overrides still apply)")
   parser.add_argument("--set", action="append", default=[],
@@ -265,33 +193,40 @@ def main():
   args = parser.parse_args()
   config = load_config(args)
   if args.torch_worker:
-    return serve_torch_rounds(config, args.torch_variant,
-                              args.torch_lookahead == "every_step")
+    batch = (image_tower.random_batch(config) if args.part == "image_tower"
+             else random_batch(config))
+    return serve_torch_rounds(config, batch, args.torch_variant,
+                              args.torch_lookahead == "every_step", args.part)
   variants = [v for v in args.torch_variants.split(",") if v]
   unknown = sorted(set(variants) - set(TORCH_VARIANTS))
   if unknown:
     parser.error(f"--torch_variants: unknown {unknown}; "
                  f"choose from {', '.join(TORCH_VARIANTS)}")
   b, s = config.batch_size, config.data.image_size
+  text = (" alone, as an ImageNet classifier" if args.part == "image_tower"
+          else f" + {config.model.text.layers}-layer BERT "
+               f"({config.model.text.hidden})")
   print(f"{args.preset}: ResNet-{config.model.image.depth} "
-        f"(width {config.model.image.width}) + {config.model.text.layers}-layer "
-        f"BERT ({config.model.text.hidden}), {s} px, batch {b}, "
+        f"(width {config.model.image.width}){text}, {s} px, batch {b}, "
         f"{config.model.dtype}, {jax.device_count()} × "
         f"{jax.devices()[0].device_kind}", flush=True)
+  if os.environ.get("XLA_FLAGS"):
+    print(f"  XLA_FLAGS        {os.environ['XLA_FLAGS']}")
   print(f"  XLA options      {parallel.compiler_options(config) or 'defaults'}")
-  ours = JaxStep(config)
+  ours = JaxStep(config, args.part)
   defaults = None
   if args.xla_defaults:
     config_defaults = config.copy_and_resolve_references()
     config_defaults.cpu_compiler_options = {}
-    defaults = JaxStep(config_defaults)
+    defaults = JaxStep(config_defaults, args.part)
   theirs, compile_failed = {}, False
   for variant in variants if args.torch else []:
     if variant.startswith("compile") and compile_failed:
       continue  # said once already
     start = time.perf_counter()
     try:
-      theirs[variant] = TorchProcess(sys.argv[1:], variant)
+      theirs[variant] = TorchProcess(os.path.abspath(__file__), sys.argv[1:],
+                                     variant)
     except TorchUnavailable as e:
       compile_failed |= variant.startswith("compile")
       what = ("torch.compile variants" if variant.startswith("compile")
@@ -366,6 +301,23 @@ def main():
     print(step_line("torch") + f"   (fastest: {best})")
     print(f"  jax / torch speed {torch_s / jax_s:7.2f}  (> 1: JAX faster; "
           f"against the fastest PyTorch variant, {best})")
+  if args.json:
+    record = {
+        "preset": args.preset, "part": args.part, "set": args.set,
+        "batch": b, "dtype": config.model.dtype,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "device": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
+        "compile_s": ours.compile_s, "jax_ms": jax_s * 1e3,
+        "jax_images_per_s": b / jax_s, "gflop_per_device": ours.flops / 1e9,
+        "mfu": (ours.flops / jax_s / args.peak_tflops / 1e12
+                if args.peak_tflops else None),
+        "torch_ms": {v: statistics.median(times[f"torch {v}"]) * 1e3
+                     for v in theirs}}
+    if theirs:
+      record.update(torch_version=torch_version(), torch_fastest=best,
+                    jax_over_torch=torch_s / jax_s)
+    with open(args.json, "a") as f:
+      f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Wheels for bench/gpu_check.sh: the packages cliplite_jax needs that a bare
+# CUDA JAX + PyTorch image lacks (grain, tfds, ml_collections and theirs),
+# at the versions installed here, for Python 3.12 on x86-64 Linux.
+#
+#   bench/gpu_wheels.sh [DIR]     # default .whl (git-ignored)
+#
+# Pure-Python packages published only as source (promise) are built into a
+# wheel here. Needs pip's registry; the GPU machine then needs none.
+set -euo pipefail
+dir=${1:-.whl}
+python=${PYTHON:-python3}
+packages="grain array_record tensorflow-datasets tensorflow-metadata
+  ml_collections immutabledict promise toml portpicker simplejpeg
+  googleapis-common-protos"
+mkdir -p "$dir"
+for name in $packages; do
+  version=$("$python" -c "import importlib.metadata as m, sys
+print(m.version(sys.argv[1]))" "$name" 2>/dev/null) || {
+    echo "gpu_wheels: $name is not installed here (pip install -e '.[test]' first)" >&2
+    exit 1; }
+  if ! "$python" -m pip download -q --no-deps --only-binary=:all: \
+      --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$dir" "$name==$version" 2>/dev/null; then
+    "$python" -m pip wheel -q --no-deps -w "$dir" "$name==$version"
+  fi
+done
+du -sh "$dir"
+ls "$dir"

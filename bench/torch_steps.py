@@ -1,0 +1,118 @@
+"""The PyTorch side of bench/train_step.py: each variant of the step (bench/
+torch_cliplite.py) in a worker process of its own, on the GPU where PyTorch
+sees one, timed there a round at a time."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+TORCH_VARIANTS = ("eager", "eager_channels_last", "compile",
+                  "compile_channels_last")  # torch_cliplite.VARIANTS
+
+
+def torch_device() -> str:
+  """"cuda" where PyTorch sees a GPU, else "cpu"."""
+  import torch
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TorchStep:
+  """`part` of `config` in PyTorch (bench/torch_cliplite.py) on its GPU if it
+  has one, its inputs already there as JAX's are."""
+
+  def __init__(self, config, batch: dict[str, np.ndarray], variant: str,
+               lookahead_every_step: bool, part: str = "step"):
+    import torch
+    import torch_cliplite
+    torch.manual_seed(0)
+    device = torch_device()
+    if device == "cpu":
+      torch.set_num_threads(os.cpu_count())
+    if part == "image_tower":
+      keys = ("images", "labels")
+      self.step = torch_cliplite.make_image_tower_step(config, variant, device)
+    else:
+      keys = ("images", "input_ids", "attention_mask")
+      self.step = torch_cliplite.make_step(config, variant,
+                                           lookahead_every_step, device)
+    self.inputs = [torch.from_numpy(batch[k]).to(device) if k == "images"
+                   else torch.from_numpy(batch[k]).long().to(device)
+                   for k in keys]
+    self.run()  # compiles (torch.compile) and allocates
+    self.run()  # the backward's first call after compiling may still adjust
+
+  def run(self):
+    self.step(*self.inputs)
+
+
+class TorchUnavailable(RuntimeError):
+  """A PyTorch variant could not be set up (e.g. torch.compile, no compiler)."""
+
+
+class TorchProcess:
+  """`TorchStep` in a child process, timed there a round at a time."""
+
+  def __init__(self, script: str, argv: list[str], variant: str):
+    self.proc = subprocess.Popen(
+        [sys.executable, script, *argv, "--torch_worker",
+         f"--torch_variant={variant}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = self.proc.stdout.readline().strip()
+    if line != "ready":
+      self.proc.wait()
+      raise TorchUnavailable(line.removeprefix("failed: ") or
+                             "the PyTorch worker stopped (see above)")
+
+  def round(self, steps: int) -> list[tuple[float, float]]:
+    """`steps` × (wall, kernel CPU) seconds, timed in the child."""
+    self.proc.stdin.write(f"{steps}\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError("the PyTorch worker stopped (see above)")
+    return [tuple(t) for t in json.loads(line)]
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def serve_torch_rounds(config, batch: dict[str, np.ndarray], variant: str,
+                       lookahead_every_step: bool, part: str) -> None:
+  """The child's side of `TorchProcess`: "ready" (or "failed: why" and
+  exit), then one JSON line per round."""
+  try:
+    step = TorchStep(config, batch, variant, lookahead_every_step, part)
+  except Exception as e:  # noqa: BLE001  (reported, and the parent goes on)
+    why = " ".join(str(e).split())[:300]
+    print(f"failed: {type(e).__name__}: {why}", flush=True)
+    return
+  print("ready", flush=True)
+  for line in sys.stdin:
+    print(json.dumps([timed(step) for _ in range(int(line))]), flush=True)
+
+
+def torch_version() -> str:
+  """The installed torch's version, read without importing it here."""
+  from importlib import metadata
+  try:
+    return metadata.version("torch")
+  except metadata.PackageNotFoundError:
+    return "(not installed)"
+
+
+def timed(step) -> tuple[float, float]:
+  """(wall, kernel CPU) seconds of one `step.run()`.
+
+  Kernel (system) CPU is mostly page faults on freshly mapped buffers: what
+  the host-memory setting changes (cliplite_jax/host_memory.py).
+  """
+  cpu, start = os.times(), time.perf_counter()
+  step.run()
+  wall, after = time.perf_counter() - start, os.times()
+  return wall, after.system - cpu.system

@@ -1,0 +1,91 @@
+"""The GPU check's pieces, on CPU: both sides of the image-tower benchmark see
+the same pixels and train, and bench/train_step.py's JSON line feeds
+bench/gpu_report.py's table."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cliplite_jax import config_io, parallel  # noqa: E402
+from cliplite_jax.data import augment  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import gpu_report  # noqa: E402
+import image_tower  # noqa: E402
+import torch_cliplite  # noqa: E402
+
+CLASSES = 10
+
+
+def tiny_config():
+  c = config_io.load_file(os.path.join(REPO, "configs", "default.py"))
+  c.data.image_size, c.batch_size = 32, 8
+  return c
+
+
+@pytest.mark.parametrize("variant", ["eager", "eager_channels_last"])
+def test_torch_pixels_are_jax_pixels(variant):
+  images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), np.uint8)
+  setup = torch_cliplite.Variant(tiny_config(), variant, "cpu")
+  theirs = setup.pixels(torch.from_numpy(images)).numpy()
+  ours = np.asarray(augment.normalize(images))
+  np.testing.assert_allclose(theirs.transpose(0, 2, 3, 1), ours, rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_jax_image_tower_fits_a_fixed_batch():
+  config = tiny_config()
+  mesh = parallel.make_mesh()
+  step, state, batch = image_tower.make_step(config, mesh, CLASSES)
+  losses = []
+  for _ in range(8):
+    state, loss = step(state, batch)
+    losses.append(float(loss))
+  # Cross-entropy of a fresh classifier is near log(classes); then SGD fits
+  # the 8 images.
+  assert abs(losses[0] - math.log(CLASSES)) < 1.0
+  assert losses[-1] < 0.5 * losses[0]
+  assert jax.tree.leaves(state)[0].dtype == np.float32
+
+
+def test_torch_image_tower_fits_a_fixed_batch():
+  config = tiny_config()
+  batch = image_tower.random_batch(config, CLASSES)
+  torch.manual_seed(0)
+  step = torch_cliplite.make_image_tower_step(config, "eager", "cpu", CLASSES)
+  inputs = torch.from_numpy(batch["images"]), torch.from_numpy(
+      batch["labels"]).long()
+  losses = [step(*inputs) for _ in range(8)]
+  assert abs(losses[0] - math.log(CLASSES)) < 1.0
+  assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_step_json_line_makes_the_report_row(tmp_path):
+  results = tmp_path / "results.jsonl"
+  done = subprocess.run(
+      [sys.executable, os.path.join(REPO, "bench", "train_step.py"),
+       "--preset=demo", "--part=image_tower", "--set", "data.image_size=32",
+       "--set", "batch_size=8", "--steps=1", "--rounds=1",
+       "--torch_variants=eager", f"--json={results}"],
+      capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 0, done.stderr[-2000:]
+  record, = [json.loads(line) for line in results.read_text().splitlines()]
+  assert (record["part"], record["batch"]) == ("image_tower", 8)
+  assert record["torch_fastest"] == "eager"
+  assert record["jax_over_torch"] == pytest.approx(
+      record["torch_ms"]["eager"] / record["jax_ms"])
+  assert record["jax_images_per_s"] == pytest.approx(
+      8 / record["jax_ms"] * 1e3)
+  row = gpu_report.table([record]).splitlines()[-1].split(" | ")
+  assert row[0] == "| demo image_tower"
+  assert row[1].startswith("data.image_size=32 batch_size=8")  # last wins
+  assert float(row[-1].rstrip(" |")) == pytest.approx(
+      record["jax_over_torch"], abs=0.005)
