@@ -15,13 +15,16 @@
 # per run, bench/train_step.py --json) and OUT/summary.md (the table,
 # bench/gpu_report.py). A run that fails or overruns is logged and the next
 # one goes on; runs left when GPU_CHECK_BUDGET_S (default 420) is spent are
-# skipped with a line. Without a GPU it is a dry run: it says so, and runs
+# skipped with a line, and GPU_CHECK_RUNS (names, space-separated) picks
+# runs, so a second call can take what the first had no time for
+# (e.g. GPU_CHECK_RUNS="big_batch remat"). Without a GPU it is a dry run: it says so, and runs
 # every command once at a tiny size on CPU (PyTorch eager only), so the
 # script and its flags are checked before a GPU is at hand.
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [WHEELS_DIR]}
 wheels=${2:-.whl}
 budget=${GPU_CHECK_BUDGET_S:-420}
+only=${GPU_CHECK_RUNS:-step image_tower big_batch latency_hiding remat cublas_gemm}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 wheels=$(cd "$wheels" 2>/dev/null && pwd || echo "$wheels")
@@ -73,6 +76,7 @@ fi
 run() {  # run NAME XLA_FLAGS ARGS...: one bench/train_step.py, logged
   local name=$1 flags=$2 left=$((budget - (SECONDS - start)))
   shift 2
+  case " $only " in *" $name "*) ;; *) return ;; esac
   if [ "$left" -lt 60 ]; then
     echo "=== $name: skipped, ${budget} s budget spent"
     return
@@ -86,7 +90,7 @@ run() {  # run NAME XLA_FLAGS ARGS...: one bench/train_step.py, logged
 run step "" --torch_variants=$torch_variants
 run image_tower "" --part=image_tower --set batch_size=$tower_batch \
     --torch_variants=$torch_variants
-run batch_$big_batch "" --notorch --set batch_size=$big_batch
+run big_batch "" --notorch --set batch_size=$big_batch
 run latency_hiding "--xla_gpu_enable_latency_hiding_scheduler=true" --notorch
 run remat "" --notorch --set model.remat=True
 run cublas_gemm "--xla_gpu_enable_triton_gemm=false" --notorch
