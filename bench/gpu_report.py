@@ -29,7 +29,10 @@ def table(records: list[dict]) -> str:
     rows.append([f"{r['preset']} {r['part']}", settings or "(preset)",
                  str(r["batch"]), f"{r['jax_ms']:.1f}",
                  f"{r['jax_images_per_s']:,.0f}", f"{r['compile_s']:.0f}",
-                 f"{r['gflop_per_device']:,.1f}", _fmt(r["mfu"], ".3f"),
+                 f"{r['gflop_per_device']:,.1f}",
+                 # The lowered program's FLOPs count what remat recomputes.
+                 _fmt(r["mfu"], ".3f") + (" (with recompute)" if r["mfu"]
+                     and overrides.get("model.remat") == "True" else ""),
                  (f"{torch_ms:.1f} ({r['torch_fastest']})"
                   if torch_ms is not None else ""),
                  _fmt(r.get("jax_over_torch"), ".2f")])

@@ -14,6 +14,7 @@ packages="grain array_record tensorflow-datasets tensorflow-metadata
   ml_collections immutabledict promise toml portpicker simplejpeg
   googleapis-common-protos"
 mkdir -p "$dir"
+rm -f "$dir"/*.whl  # two versions of one package would stop the install
 for name in $packages; do
   version=$("$python" -c "import importlib.metadata as m, sys
 print(m.version(sys.argv[1]))" "$name" 2>/dev/null) || {
@@ -23,9 +24,18 @@ print(m.version(sys.argv[1]))" "$name" 2>/dev/null) || {
       --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      -d "$dir" "$name==$version" 2>/dev/null; then
-    "$python" -m pip wheel -q --no-deps -w "$dir" "$name==$version"
+      -d "$dir" "$name==$version" 2> "$dir/.pip.log"; then
+    # Only a pure-Python wheel built here installs on the GPU host's Python.
+    echo "gpu_wheels: no Python 3.12 wheel of $name==$version; building one"
+    "$python" -m pip wheel -q --no-deps -w "$dir" "$name==$version" || exit 1
+    if ! compgen -G "$dir/${name//-/_}-$version-py*-none-any.whl" > /dev/null \
+       && ! compgen -G "$dir/$name-$version-py*-none-any.whl" > /dev/null; then
+      cat "$dir/.pip.log" >&2
+      echo "gpu_wheels: $name is not pure Python; no wheel for Python 3.12" >&2
+      exit 1
+    fi
   fi
 done
+rm -f "$dir/.pip.log"
 du -sh "$dir"
 ls "$dir"

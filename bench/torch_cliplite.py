@@ -74,7 +74,7 @@ class ResNet(nn.Module):
     self.num_features = channels
 
   def forward(self, x):
-    return self.trunk(x).mean(dim=(2, 3))
+    return self.trunk(x).float().mean(dim=(2, 3))  # pooled in float32
 
 
 def prior(d: int, widths) -> nn.Sequential:
@@ -117,17 +117,23 @@ class CLIPLite(nn.Module):
     else:
       mask = attention_mask.unsqueeze(-1).float()
       txt_f = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
-    img = F.normalize(self.image_head(img_f), dim=-1)
-    txt = F.normalize(self.text_head(txt_f), dim=-1)
-    scale = self.log_scale.exp()
-    joint = (img * txt).sum(-1) * scale
-    marginal = (img * txt.roll(-1, 0)).sum(-1) * scale
-    jsd = F.softplus(marginal).mean() + F.softplus(-joint).mean()
-    priors = 0.0
-    for features, disc in ((img_f, self.image_prior), (txt_f, self.text_prior)):
-      noise = torch.rand_like(features)
-      priors = priors - (F.logsigmoid(disc(noise)).mean()
-                         + F.logsigmoid(-disc(features)).mean())
+    img_z, txt_z = self.image_head(img_f), self.text_head(txt_f)
+    # As the JAX model under bfloat16: the critic, the loss and the prior
+    # discriminators in float32.
+    with torch.autocast(img_z.device.type, enabled=False):
+      img = F.normalize(img_z.float(), dim=-1)
+      txt = F.normalize(txt_z.float(), dim=-1)
+      scale = self.log_scale.exp()
+      joint = (img * txt).sum(-1) * scale
+      marginal = (img * txt.roll(-1, 0)).sum(-1) * scale
+      jsd = F.softplus(marginal).mean() + F.softplus(-joint).mean()
+      priors = 0.0
+      for features, disc in ((img_f, self.image_prior),
+                             (txt_f, self.text_prior)):
+        features = features.float()
+        noise = torch.rand_like(features)
+        priors = priors - (F.logsigmoid(disc(noise)).mean()
+                           + F.logsigmoid(-disc(features)).mean())
     return (1 - prior_weight) * jsd + prior_weight * priors
 
 

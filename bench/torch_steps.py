@@ -51,7 +51,10 @@ class TorchStep:
 
 
 class TorchUnavailable(RuntimeError):
-  """A PyTorch variant could not be set up (e.g. torch.compile, no compiler)."""
+  """A PyTorch variant could not be set up or stopped; the message says why."""
+
+
+PROTOCOL = "@@ "  # marks the worker's replies; other stdout lines are echoed
 
 
 class TorchProcess:
@@ -62,39 +65,63 @@ class TorchProcess:
         [sys.executable, script, *argv, "--torch_worker",
          f"--torch_variant={variant}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = self.proc.stdout.readline().strip()
-    if line != "ready":
+    reply = self._reply()
+    if reply != "ready":
       self.proc.wait()
-      raise TorchUnavailable(line.removeprefix("failed: ") or
-                             "the PyTorch worker stopped (see above)")
+      raise TorchUnavailable(reply)
+
+  def _reply(self) -> str:
+    """The worker's next reply, echoing what else it prints."""
+    for line in self.proc.stdout:
+      if line.startswith(PROTOCOL):
+        return line[len(PROTOCOL):].strip()
+      print(line, end="", flush=True)
+    return "failed: the PyTorch worker stopped (see above)"
 
   def round(self, steps: int) -> list[tuple[float, float]]:
-    """`steps` × (wall, kernel CPU) seconds, timed in the child."""
-    self.proc.stdin.write(f"{steps}\n")
-    self.proc.stdin.flush()
-    line = self.proc.stdout.readline()
-    if not line:
-      raise RuntimeError("the PyTorch worker stopped (see above)")
-    return [tuple(t) for t in json.loads(line)]
+    """`steps` × (wall, kernel CPU) seconds, timed in the child; raises
+    TorchUnavailable if a step failed there."""
+    try:
+      self.proc.stdin.write(f"{steps}\n")
+      self.proc.stdin.flush()
+    except BrokenPipeError:
+      raise TorchUnavailable("the PyTorch worker stopped (see above)")
+    reply = self._reply()
+    if reply.startswith("failed"):
+      raise TorchUnavailable(reply)
+    return [tuple(t) for t in json.loads(reply)]
 
   def close(self):
-    self.proc.stdin.close()
+    if self.proc.stdin and not self.proc.stdin.closed:
+      try:
+        self.proc.stdin.close()
+      except BrokenPipeError:
+        pass
     self.proc.wait()
+
+
+def _failure(e: Exception) -> str:
+  return f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
 def serve_torch_rounds(config, batch: dict[str, np.ndarray], variant: str,
                        lookahead_every_step: bool, part: str) -> None:
   """The child's side of `TorchProcess`: "ready" (or "failed: why" and
-  exit), then one JSON line per round."""
+  exit), then one JSON line per round (or "failed: why" and exit), each
+  after PROTOCOL."""
   try:
     step = TorchStep(config, batch, variant, lookahead_every_step, part)
   except Exception as e:  # noqa: BLE001  (reported, and the parent goes on)
-    why = " ".join(str(e).split())[:300]
-    print(f"failed: {type(e).__name__}: {why}", flush=True)
+    print(PROTOCOL + _failure(e), flush=True)
     return
-  print("ready", flush=True)
+  print(PROTOCOL + "ready", flush=True)
   for line in sys.stdin:
-    print(json.dumps([timed(step) for _ in range(int(line))]), flush=True)
+    try:
+      reply = json.dumps([timed(step) for _ in range(int(line))])
+    except Exception as e:  # noqa: BLE001  (e.g. out of memory)
+      print(PROTOCOL + _failure(e), flush=True)
+      return
+    print(PROTOCOL + reply, flush=True)
 
 
 def torch_version() -> str:

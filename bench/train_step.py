@@ -41,12 +41,18 @@ sys.path.insert(0, REPO)
 # On a GPU the PyTorch workers share the device: JAX takes what it uses, not
 # 75 % of the memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-import cliplite_jax  # noqa: E402,F401  (quiets XLA's C++ log before jax loads)
+from cliplite_jax import host_memory  # noqa: E402  (light: no jax)
+
+if __name__ == "__main__":
+  # As the training command runs; before the heavy imports, which the
+  # re-executed process would otherwise repeat.
+  host_memory.reexec_with_fast_malloc()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cliplite_jax import config_io, host_memory, optim, parallel  # noqa: E402
+from cliplite_jax import config_io, optim, parallel  # noqa: E402
 from cliplite_jax import state as state_lib, train  # noqa: E402
 from cliplite_jax.models import cliplite  # noqa: E402
 
@@ -113,7 +119,8 @@ def random_batch(config, seed=0):
 def matmul_peak(dtype) -> float:
   """Best FLOP/s of a square matmul on the default device (f32 on CPU)."""
   n = 2048 if jax.default_backend() == "cpu" else 8192
-  a = jnp.ones((n, n), dtype)
+  # Random, not constant, data: a GPU's products run faster on the latter.
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   best = float("inf")
@@ -160,7 +167,7 @@ class JaxStep:
 
   def run(self):
     self.state, outputs = self.compiled(self.state, self.batch)
-    jax.block_until_ready(outputs)
+    jax.block_until_ready((self.state, outputs))
 
 
 def main():
@@ -222,20 +229,20 @@ def main():
     config_defaults = config.copy_and_resolve_references()
     config_defaults.cpu_compiler_options = {}
     defaults = JaxStep(config_defaults, args.part)
-  theirs, compile_failed = {}, False
+  theirs, torch_errors = {}, {}
   for variant in variants if args.torch else []:
-    if variant.startswith("compile") and compile_failed:
-      continue  # said once already
+    if variant.startswith("compile") and any(
+        v.startswith("compile") for v in torch_errors):
+      continue  # torch.compile failed once: it would again, said already
     start = time.perf_counter()
     try:
       theirs[variant] = TorchProcess(os.path.abspath(__file__), sys.argv[1:],
                                      variant)
     except TorchUnavailable as e:
-      compile_failed |= variant.startswith("compile")
+      torch_errors[variant] = str(e)
       what = ("torch.compile variants" if variant.startswith("compile")
               else f"torch {variant}")
-      print(f"  {what}: unavailable on this machine, skipped ({e})",
-            flush=True)
+      print(f"  {what}: could not run here, skipped ({e})", flush=True)
       continue
     print(f"  torch {variant}: set up in {time.perf_counter() - start:.1f} s "
           "(model, compile, two steps)", flush=True)
@@ -246,9 +253,19 @@ def main():
   system = {name: [] for name in steps}
   round_medians = {name: [] for name in steps}
   for _ in range(args.rounds):
-    for name, step in steps.items():
+    for name, step in list(steps.items()):
       if name.startswith("torch"):
-        timings = step.round(args.steps)
+        try:
+          timings = step.round(args.steps)
+        except TorchUnavailable as e:
+          variant = name.removeprefix("torch ")
+          print(f"  torch {variant}: failed in a round, dropped ({e})",
+                flush=True)
+          torch_errors[variant] = str(e)
+          theirs.pop(variant).close()
+          for table in (steps, times, system, round_medians):
+            del table[name]
+          continue
       else:
         timings = [timed(step) for _ in range(args.steps)]
       times[name] += [wall for wall, _ in timings]
@@ -315,7 +332,8 @@ def main():
         "mfu": (ours.flops / jax_s / args.peak_tflops / 1e12
                 if args.peak_tflops else None),
         "torch_ms": {v: statistics.median(times[f"torch {v}"]) * 1e3
-                     for v in theirs}}
+                     for v in theirs},
+        "torch_errors": torch_errors}
     if theirs:
       record.update(torch_version=torch_version(), torch_fastest=best,
                     jax_over_torch=torch_s / jax_s)
@@ -324,5 +342,4 @@ def main():
 
 
 if __name__ == "__main__":
-  host_memory.reexec_with_fast_malloc()  # as the training command runs
   main()
