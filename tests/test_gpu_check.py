@@ -56,8 +56,10 @@ def test_jax_image_tower_fits_a_fixed_batch():
   assert jax.tree.leaves(state)[0].dtype == np.float32
 
 
-def test_torch_image_tower_fits_a_fixed_batch():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16: autocast
+def test_torch_image_tower_fits_a_fixed_batch(dtype):
   config = tiny_config()
+  config.model.dtype = dtype
   batch = image_tower.random_batch(config, CLASSES)
   torch.manual_seed(0)
   step = torch_cliplite.make_image_tower_step(config, "eager", "cpu", CLASSES)
@@ -89,3 +91,25 @@ def test_train_step_json_line_makes_the_report_row(tmp_path):
   assert row[1].startswith("data.image_size=32 batch_size=8")  # last wins
   assert float(row[-1].rstrip(" |")) == pytest.approx(
       record["jax_over_torch"], abs=0.005)
+
+
+def test_torch_step_under_autocast_keeps_the_loss_in_float32():
+  """As the JAX model under bfloat16: towers and heads in bf16, the critic,
+  the JSD and the priors in float32."""
+  config = tiny_config()
+  config.model.dtype = "bfloat16"
+  torch.manual_seed(0)
+  model = torch_cliplite.CLIPLite(config)
+  setup = torch_cliplite.Variant(config, "eager", "cpu")
+  batch = np.random.default_rng(0)
+  images = torch.from_numpy(batch.integers(0, 256, (4, 32, 32, 3), np.uint8))
+  ids = torch.from_numpy(batch.integers(5, 100, (4, 16)))
+  mask = torch.ones_like(ids)
+  model.eval()  # no dropout; the priors' noise is seeded below
+  torch.manual_seed(1)
+  with setup.autocast:
+    loss = model(setup.pixels(images), ids, mask, 0.1)
+  assert loss.dtype == torch.float32
+  torch.manual_seed(1)
+  exact = model(setup.pixels(images), ids, mask, 0.1)  # float32 throughout
+  assert abs(loss.item() - exact.item()) < 0.05
