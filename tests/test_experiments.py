@@ -15,9 +15,10 @@ import experiments  # noqa: E402
 
 
 def _metrics(objective, lr_scale, seed, split, fraction=1.0):
-  """Validation prefers lr ×2 for JSD and ×0.5 for InfoNCE; test would
-  prefer the opposite, so a choice made on test would show."""
-  best = {"jsd": 2.0, "infonce": 0.5}[objective]
+  """Validation prefers lr ×2 for JSD, ×0.5 for InfoNCE (the grid's edges)
+  and ×1 for SigLIP; test would prefer others, so a choice made on test
+  would show."""
+  best = {"jsd": 2.0, "infonce": 0.5, "sigmoid": 1.0}[objective]
   good = 1.0 - abs(lr_scale - best) / 4
   if split == "test":
     good = 1.0 - good
@@ -37,8 +38,7 @@ class FakeTraining:
       raise KeyboardInterrupt  # a study stopped part-way
     settings = dict(o[len("--config."):].split("=", 1) for o in overrides
                     if o.startswith("--config."))
-    objective = ("infonce" if settings.get("loss.name") == "infonce"
-                 else "jsd")
+    objective = settings.get("loss.name", "jsd")
     lr_scale = float(settings["optim.lr.image"]) / 0.2
     split = settings["eval.split"]
     metrics = _metrics(objective, lr_scale, seed, split,
@@ -78,12 +78,25 @@ def test_learning_rate_chosen_on_validation_and_seeds_scored_on_test(
   assert summary["infonce_b64_s5"]["lr_scale"] == 0.5
   # Seed 0 at the chosen rate is re-evaluated on test, not retrained.
   assert ("jsd_b64_s5_lr2_seed0", "test") in training.evaluated
-  assert len(training.trained) == 2 * (3 + 2)
+  # Bests at the grid's edges: one more rate beyond each, on validation.
+  assert set(summary["jsd_b64_s5"]["validation"]) == {"0.5", "1", "2", "4"}
+  assert set(summary["infonce_b64_s5"]["validation"]) == {
+      "0.25", "0.5", "1", "2"}
+  assert len(training.trained) == 2 * (4 + 2)
   mean, std = summary["jsd_b64_s5"]["test"]["linear"]
   expected = [_metrics("jsd", 2.0, s, "test")["linear/shapes_captions/top1"]
               for s in (0, 1, 2)]
   assert mean == pytest.approx(sum(expected) / 3)
   assert std == pytest.approx(0.01 * (2 / 3) ** 0.5)
+
+
+def test_grid_widened_only_where_the_best_is_at_its_edge(fake, tmp_path):
+  training = fake()
+  summary = experiments.run_study("batch", [0, 1], str(tmp_path),
+                                  steps_scale=0.01, only="sigmoid_b64")
+  assert summary["sigmoid_b64_s5"]["lr_scale"] == 1.0
+  assert set(summary["sigmoid_b64_s5"]["validation"]) == {"0.5", "1", "2"}
+  assert len(training.trained) == 3 + 1
 
 
 def test_fraction_study_reuses_the_batch_study_runs_and_tuning(fake, tmp_path):
@@ -111,10 +124,10 @@ def test_a_stopped_study_continues_where_it_stopped(fake, tmp_path):
   summary = experiments.run_study("batch", [0, 1, 2], str(tmp_path),
                                   steps_scale=0.01, only="jsd_b64")
   assert not set(first) & set(resumed.trained)
-  assert len(first) + len(resumed.trained) == 3 + 2
+  assert len(first) + len(resumed.trained) == 4 + 2
   again = fake()
   assert experiments.run_study("batch", [0, 1, 2], str(tmp_path),
                                steps_scale=0.01, only="jsd_b64") == summary
   assert again.trained == [] and again.evaluated == []
   with open(tmp_path / "results.jsonl") as f:
-    assert len(f.readlines()) == 3 + 3  # 3 validation, 3 test records
+    assert len(f.readlines()) == 4 + 3  # 4 validation, 3 test records
