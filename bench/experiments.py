@@ -227,6 +227,8 @@ def run_study(name: str, seeds: list[int], root: str,
     summary[cond.name] = {
         "condition": dataclasses.asdict(cond), "lr_scale": best,
         "tuned_on": tuning.name,
+        "seconds": {r["run"] + "/" + r["split"]: r["seconds"]
+                    for r in [*tuned.values(), *tests]},
         "validation": {f"{lr:g}": selection(r) for lr, r in tuned.items()},
         "seeds": seeds,
         "test": {col: runs.mean_std([r["metrics"] for r in tests], key)
@@ -247,9 +249,20 @@ def write(name: str, summary: dict, out_dir: str) -> None:
           for key, c in summary.items()]
   table = runs.markdown_table(["condition", "lr"] + list(METRICS), rows)
   with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-    f.write(table + "\n\n" + _tuning_table(summary) + "\n")
+    f.write(table + "\n\n" + _tuning_table(summary) + "\n\n"
+            + _cost(summary) + "\n")
   print(table)
   _plot(name, summary, os.path.join(out_dir, f"{name}.png"))
+
+
+def _cost(summary: dict) -> str:
+  """How many runs the study's table rests on and their wall time (each
+  training or re-evaluation once, also where conditions share it)."""
+  seconds = {run: t for c in summary.values()
+             for run, t in c.get("seconds", {}).items()}
+  return (f"{len(seconds)} training runs or re-evaluations, "
+          f"{sum(seconds.values()) / 60:.0f} minutes of wall time as recorded "
+          "when each ran.")
 
 
 def _tuning_table(summary: dict) -> str:
