@@ -76,6 +76,11 @@ class Condition:
             + (f"_f{self.fraction:g}" if self.fraction < 1 else "")
             + f"_s{self.steps}")
 
+  def tuning(self, base_steps: int) -> "Condition":
+    """The cell whose validation runs choose this one's learning rate: the
+    same objective and batch, at full data and `base_steps`."""
+    return dataclasses.replace(self, fraction=1.0, steps=base_steps)
+
   def overrides(self, lr_scale: float) -> list[str]:
     """Command-line overrides of BASE for this cell at `lr_scale` × the
     demo's learning rates."""
@@ -202,7 +207,7 @@ def run_study(name: str, seeds: list[int], root: str,
       if any(part in c.name for part in only.split(","))))
   if dry_run:
     for cond in study.conditions:
-      tuning = dataclasses.replace(cond, fraction=1.0, steps=base_steps)
+      tuning = cond.tuning(base_steps)
       print(f"{cond.name}: seeds {seeds} on test at the learning rate "
             f"chosen by {tuning.name} on validation, from")
       for lr in study.lr_scales:
@@ -214,7 +219,7 @@ def run_study(name: str, seeds: list[int], root: str,
   ledger = Ledger(os.path.join(root, "results.jsonl"))
   summary = {}
   for cond in study.conditions:
-    tuning = dataclasses.replace(cond, fraction=1.0, steps=base_steps)
+    tuning = cond.tuning(base_steps)
     tuned = {lr: score(ledger, root, tuning, lr, seeds[0], "validation")
              for lr in study.lr_scales}
     best = max(tuned, key=lambda lr: selection(tuned[lr]))
