@@ -45,8 +45,11 @@ def table(records: list[dict]) -> str:
 def main() -> None:
   if len(sys.argv) != 2:
     sys.exit(__doc__.strip())
-  with open(sys.argv[1]) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  try:
+    with open(sys.argv[1]) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  except (OSError, json.JSONDecodeError) as e:
+    sys.exit(f"gpu_report: cannot read {sys.argv[1]}: {e}")
   print(table(records))
 
 
