@@ -12,8 +12,9 @@ steps × seed, learning rates chosen on the validation split, scored on test.
 
 Learning rates are chosen per objective and batch: every scale of the
 grid trains seed 0 at full data and the base schedule (the demo's 500
-steps × --steps_scale) and is scored on the **validation** split (where
-the best is at the grid's edge, one more scale beyond it is tried); the best
+steps × --steps_scale) and is scored on the **validation** split (while
+the best is at the grid's edge, the next scale beyond it is tried, down to
+×1/16 or up to ×16); the best
 (by the mean zero-shot top-1) is kept for every data fraction and schedule
 length of that objective and batch. Each seed then trains at that rate and
 is scored on **test** (a run already trained is re-evaluated, not
@@ -54,6 +55,8 @@ METRICS = {
 }
 # Chosen on validation: the mean of the two zero-shot tasks.
 SELECT = ("zeroshot/shapes_captions/top1", "zeroshot/shapes_captions_color/top1")
+# Past the grid's edge, at most ×1/16 or ×16 of the demo's rates.
+MAX_WIDENINGS = 3
 OBJECTIVE_CONFIGS = {"jsd": [],
                      "infonce": ["--config.loss.name=infonce"],
                      "sigmoid": ["--config.loss.name=sigmoid",
@@ -223,8 +226,11 @@ def run_study(name: str, seeds: list[int], root: str,
     tuned = {lr: score(ledger, root, tuning, lr, seeds[0], "validation")
              for lr in study.lr_scales}
     best = max(tuned, key=lambda lr: selection(tuned[lr]))
-    # A best rate at the grid's edge may not be the best rate: widen once.
-    if best in (min(tuned), max(tuned)):
+    # A best rate at the grid's edge may not be the best rate: step past that
+    # edge until the best is inside the grid, MAX_WIDENINGS times at most.
+    for _ in range(MAX_WIDENINGS):
+      if best not in (min(tuned), max(tuned)):
+        break
       wider = best / 2 if best == min(tuned) else best * 2
       tuned[wider] = score(ledger, root, tuning, wider, seeds[0], "validation")
       best = max(tuned, key=lambda lr: selection(tuned[lr]))

@@ -14,11 +14,14 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 import experiments  # noqa: E402
 
 
-def _metrics(objective, lr_scale, seed, split, fraction=1.0):
+BESTS = {"jsd": 2.0, "infonce": 0.5, "sigmoid": 1.0}
+
+
+def _metrics(objective, lr_scale, seed, split, fraction=1.0, bests=BESTS):
   """Validation prefers lr ×2 for JSD, ×0.5 for InfoNCE (the grid's edges)
-  and ×1 for SigLIP; test would prefer others, so a choice made on test
-  would show."""
-  best = {"jsd": 2.0, "infonce": 0.5, "sigmoid": 1.0}[objective]
+  and ×1 for SigLIP unless `bests` says otherwise; test would prefer others,
+  so a choice made on test would show."""
+  best = bests[objective]
   good = 1.0 - abs(lr_scale - best) / 4
   if split == "test":
     good = 1.0 - good
@@ -29,9 +32,10 @@ def _metrics(objective, lr_scale, seed, split, fraction=1.0):
 class FakeTraining:
   """Stands in for runs.train and experiments._evaluate_on; records calls."""
 
-  def __init__(self, fail_after=None):
+  def __init__(self, fail_after=None, bests=BESTS):
     self.trained, self.evaluated = [], []
     self.fail_after = fail_after
+    self.bests = bests
 
   def train(self, workdir, config, steps, seed, overrides):
     if self.fail_after is not None and len(self.trained) == self.fail_after:
@@ -42,7 +46,7 @@ class FakeTraining:
     lr_scale = float(settings["optim.lr.image"]) / 0.2
     split = settings["eval.split"]
     metrics = _metrics(objective, lr_scale, seed, split,
-                       float(settings["data.fraction"]))
+                       float(settings["data.fraction"]), self.bests)
     os.makedirs(os.path.join(workdir, "eval"))
     with open(os.path.join(workdir, "eval", f"step_{steps}.json"), "w") as f:
       json.dump({"objective": objective, "lr_scale": lr_scale,
@@ -56,7 +60,7 @@ class FakeTraining:
     seed = int(workdir.rsplit("_seed", 1)[1])
     self.evaluated.append((os.path.basename(workdir), split))
     return _metrics(run["objective"], run["lr_scale"], seed, split,
-                    run["fraction"])
+                    run["fraction"], self.bests)
 
 
 @pytest.fixture
@@ -78,7 +82,8 @@ def test_learning_rate_chosen_on_validation_and_seeds_scored_on_test(
   assert summary["infonce_b64_s5"]["lr_scale"] == 0.5
   # Seed 0 at the chosen rate is re-evaluated on test, not retrained.
   assert ("jsd_b64_s5_lr2_seed0", "test") in training.evaluated
-  # Bests at the grid's edges: one more rate beyond each, on validation.
+  # Bests at the grid's edges: one more rate beyond each, on validation,
+  # which puts them inside the grid.
   assert set(summary["jsd_b64_s5"]["validation"]) == {"0.5", "1", "2", "4"}
   assert set(summary["infonce_b64_s5"]["validation"]) == {
       "0.25", "0.5", "1", "2"}
@@ -97,6 +102,24 @@ def test_grid_widened_only_where_the_best_is_at_its_edge(fake, tmp_path):
   assert summary["sigmoid_b64_s5"]["lr_scale"] == 1.0
   assert set(summary["sigmoid_b64_s5"]["validation"]) == {"0.5", "1", "2"}
   assert len(training.trained) == 3 + 1
+
+
+def test_grid_widened_until_the_best_is_inside_it_or_at_the_limit(
+    fake, tmp_path):
+  # InfoNCE's best ×0.1 lies three halvings below the grid: ×0.125 wins,
+  # then ×0.0625 loses, so ×0.125 is inside. SigLIP's best ×100 is beyond
+  # the limit: the grid stops at ×16 and keeps it.
+  training = fake(bests={"jsd": 1.0, "infonce": 0.1, "sigmoid": 100.0})
+  summary = experiments.run_study("batch", [0], str(tmp_path),
+                                  steps_scale=0.01,
+                                  only="infonce_b64,sigmoid_b64")
+  assert summary["infonce_b64_s5"]["lr_scale"] == 0.125
+  assert set(summary["infonce_b64_s5"]["validation"]) == {
+      "0.0625", "0.125", "0.25", "0.5", "1", "2"}
+  assert summary["sigmoid_b64_s5"]["lr_scale"] == 16.0
+  assert set(summary["sigmoid_b64_s5"]["validation"]) == {
+      "0.5", "1", "2", "4", "8", "16"}
+  assert len(training.trained) == 2 * (3 + experiments.MAX_WIDENINGS)
 
 
 def test_fraction_study_reuses_the_batch_study_runs_and_tuning(fake, tmp_path):
