@@ -14,7 +14,7 @@ Learning rates are chosen per objective and batch: every scale of the
 grid trains seed 0 at full data and the base schedule (the demo's 500
 steps × --steps_scale) and is scored on the **validation** split (while
 the best is at the grid's edge, the next scale beyond it is tried, down to
-×1/16 or up to ×16); the best
+×1/32 or up to ×32); the best
 (by the mean zero-shot top-1) is kept for every data fraction and schedule
 length of that objective and batch. Each seed then trains at that rate and
 is scored on **test** (a run already trained is re-evaluated, not
@@ -55,8 +55,8 @@ METRICS = {
 }
 # Chosen on validation: the mean of the two zero-shot tasks.
 SELECT = ("zeroshot/shapes_captions/top1", "zeroshot/shapes_captions_color/top1")
-# Past the grid's edge, at most ×1/16 or ×16 of the demo's rates.
-MAX_WIDENINGS = 3
+# Past the grid's edge, at most ×1/32 or ×32 of the demo's rates.
+MAX_WIDENINGS = 4
 OBJECTIVE_CONFIGS = {"jsd": [],
                      "infonce": ["--config.loss.name=infonce"],
                      "sigmoid": ["--config.loss.name=sigmoid",

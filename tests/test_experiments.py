@@ -108,7 +108,7 @@ def test_grid_widened_until_the_best_is_inside_it_or_at_the_limit(
     fake, tmp_path):
   # InfoNCE's best ×0.1 lies three halvings below the grid: ×0.125 wins,
   # then ×0.0625 loses, so ×0.125 is inside. SigLIP's best ×100 is beyond
-  # the limit: the grid stops at ×16 and keeps it.
+  # the limit: the grid stops at ×2 · 2**MAX_WIDENINGS and keeps it.
   training = fake(bests={"jsd": 1.0, "infonce": 0.1, "sigmoid": 100.0})
   summary = experiments.run_study("batch", [0], str(tmp_path),
                                   steps_scale=0.01,
@@ -116,10 +116,11 @@ def test_grid_widened_until_the_best_is_inside_it_or_at_the_limit(
   assert summary["infonce_b64_s5"]["lr_scale"] == 0.125
   assert set(summary["infonce_b64_s5"]["validation"]) == {
       "0.0625", "0.125", "0.25", "0.5", "1", "2"}
-  assert summary["sigmoid_b64_s5"]["lr_scale"] == 16.0
+  limit = 2.0 * 2 ** experiments.MAX_WIDENINGS
+  assert summary["sigmoid_b64_s5"]["lr_scale"] == limit
   assert set(summary["sigmoid_b64_s5"]["validation"]) == {
-      "0.5", "1", "2", "4", "8", "16"}
-  assert len(training.trained) == 2 * (3 + experiments.MAX_WIDENINGS)
+      f"{0.5 * 2 ** k:g}" for k in range(3 + experiments.MAX_WIDENINGS)}
+  assert len(training.trained) == (3 + 3) + (3 + experiments.MAX_WIDENINGS)
 
 
 def test_fraction_study_reuses_the_batch_study_runs_and_tuning(fake, tmp_path):
