@@ -11,8 +11,8 @@ steps × seed, learning rates chosen on the validation split, scored on test.
   python bench/experiments.py collect --root=DIR  # any workdirs' final evals
 
 Learning rates are chosen per objective and batch: every scale of the
-grid trains seed 0 at full data and the base schedule (the demo's 500
-steps × --steps_scale) and is scored on the **validation** split (while
+grid trains seed 0 at full data and the base schedule (500 steps, half
+the demo's, × --steps_scale) and is scored on the **validation** split (while
 the best is at the grid's edge, the next scale beyond it is tried, down to
 ×1/32 or up to ×32); the best
 (by the mean zero-shot top-1) is kept for every data fraction and schedule
@@ -38,10 +38,10 @@ import time
 
 import runs
 
-# The demo (configs/default.py), shortened so a cell costs about two minutes
-# on 2 CPU cores (--steps_scale stretches or shrinks every study).
+# The demo (configs/default.py) at half its 1000 steps, so a cell costs about
+# a minute on 2 CPU cores (--steps_scale stretches or shrinks every study).
 BASE = "configs/default.py"
-DEMO_STEPS = 500
+BASE_STEPS = 500
 METRICS = {
     "zero-shot shape": "zeroshot/shapes_captions/top1",
     "zero-shot colour": "zeroshot/shapes_captions_color/top1",
@@ -70,7 +70,7 @@ class Condition:
   batch: int = 64
   accum: int = 1
   fraction: float = 1.0
-  steps: int = DEMO_STEPS
+  steps: int = BASE_STEPS
 
   @property
   def name(self) -> str:
@@ -118,7 +118,7 @@ STUDIES = {
     # Equal images seen: batch 64's budget of images at every batch.
     "images": Study(tuple(
         Condition(o, batch=b, accum=2 if b == 128 else 1,
-                  steps=DEMO_STEPS * 64 // b)
+                  steps=BASE_STEPS * 64 // b)
         for b in (16, 32, 64, 128) for o in ("jsd", "infonce", "sigmoid")),
         about="equal images seen (batch × steps), as many as batch 64's"),
     "fraction": Study(tuple(
@@ -126,8 +126,8 @@ STUDIES = {
         for o in ("jsd", "infonce")),
         about="batch 64, equal steps: smaller fractions repeat images more"),
     "steps": Study(tuple(
-        Condition(o, steps=s) for s in (DEMO_STEPS // 2, DEMO_STEPS,
-                                        DEMO_STEPS * 2)
+        Condition(o, steps=s) for s in (BASE_STEPS // 2, BASE_STEPS,
+                                        BASE_STEPS * 2)
         for o in ("jsd", "infonce", "sigmoid")),
         about="batch 64 at three schedule lengths"),
 }
@@ -203,7 +203,7 @@ def run_study(name: str, seeds: list[int], root: str,
   the comma-separated `only`); returns the summary, also written to `out`
   (see `write`) after each condition."""
   study = STUDIES[name]
-  base_steps = _scaled(DEMO_STEPS, steps_scale)
+  base_steps = _scaled(BASE_STEPS, steps_scale)
   study = dataclasses.replace(study, conditions=tuple(
       dataclasses.replace(c, steps=_scaled(c.steps, steps_scale))
       for c in study.conditions
