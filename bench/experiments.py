@@ -208,6 +208,9 @@ def run_study(name: str, seeds: list[int], root: str,
       dataclasses.replace(c, steps=_scaled(c.steps, steps_scale))
       for c in study.conditions
       if any(part in c.name for part in only.split(","))))
+  if not study.conditions:
+    raise ValueError(f"no condition of the {name} study matches "
+                     f"--only={only}")
   if dry_run:
     for cond in study.conditions:
       tuning = cond.tuning(base_steps)
@@ -322,7 +325,7 @@ def collect(root: str) -> str:
   grouped by workdir name without its "_seed<S>": mean ± std over seeds of
   each run's final evaluation on its config's eval split."""
   groups = {}
-  for name in sorted(os.listdir(root)):
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     config_path = os.path.join(root, name, "config.json")
     if not os.path.exists(config_path):
       continue
@@ -332,6 +335,8 @@ def collect(root: str) -> str:
     if os.path.exists(result):
       with open(result) as f:
         groups.setdefault(name.rsplit("_seed", 1)[0], []).append(json.load(f))
+  if not groups:
+    raise ValueError(f"no finished run under {root}")
   keys = sorted({k for results in groups.values() for r in results for k in r
                  if k.startswith(("zeroshot/", "retrieval/", "linear/", "svm/",
                                   "gap/"))})
@@ -344,30 +349,51 @@ def collect(root: str) -> str:
   return table
 
 
+def _seed_list(text: str) -> list[int]:
+  try:
+    return [int(s) for s in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not comma-separated integers") from None
+
+
+def _positive(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = None
+  if value is None or not value > 0:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+  return value
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("study", choices=sorted(STUDIES) + ["collect"],
                       help="a study, or collect: tabulate the runs under "
                            "--root (e.g. launch/coco_ablations.sh's)")
-  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--seeds", default="0,1,2", type=_seed_list,
+                      help="comma-separated seeds; the first tunes")
   parser.add_argument("--root", default=os.path.join(
       tempfile.gettempdir(), "cliplite_experiments"))
   parser.add_argument("--out", default=os.path.join(runs.REPO, "bench",
                                                      "results"))
   parser.add_argument("--dry_run", action="store_true",
                       help="print every tuning command and exit")
-  parser.add_argument("--steps_scale", type=float, default=1.0,
+  parser.add_argument("--steps_scale", type=_positive, default=1.0,
                       help="every run's steps × this (0.02: a smoke test)")
   parser.add_argument("--only", default="",
                       help="the conditions whose name contains one of these "
                            "comma-separated strings")
   args = parser.parse_args()
-  if args.study == "collect":
-    collect(args.root)
-    return
-  seeds = [int(s) for s in args.seeds.split(",")]
-  run_study(args.study, seeds, args.root, args.dry_run, args.steps_scale,
-            args.only, args.out)
+  try:
+    if args.study == "collect":
+      collect(args.root)
+    else:
+      run_study(args.study, args.seeds, args.root, args.dry_run,
+                args.steps_scale, args.only, args.out)
+  except ValueError as e:
+    parser.error(str(e))
 
 
 if __name__ == "__main__":

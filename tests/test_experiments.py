@@ -155,3 +155,13 @@ def test_a_stopped_study_continues_where_it_stopped(fake, tmp_path):
   assert again.trained == [] and again.evaluated == []
   with open(tmp_path / "results.jsonl") as f:
     assert len(f.readlines()) == 4 + 3  # 4 validation, 3 test records
+
+
+def test_a_selection_or_root_with_nothing_in_it_is_an_error(fake, tmp_path):
+  training = fake()
+  with pytest.raises(ValueError, match="--only=jsd_b8"):
+    experiments.run_study("batch", [0], str(tmp_path / "runs"),
+                          steps_scale=0.01, only="jsd_b8")
+  assert not training.trained and not os.path.exists(tmp_path / "runs")
+  with pytest.raises(ValueError, match="no finished run"):
+    experiments.collect(str(tmp_path))
