@@ -5,8 +5,8 @@ r"""How long the training loop pauses when an async Orbax save starts.
 
 Runs windows of --window train steps exactly as `train.train_and_evaluate`
 does (no host sync between steps), in interleaved rounds: without a save;
-with the loop's `checkpoint.OverlappedSaver` (the packed state staged after
-step 3, saved once step 4 is dispatched); with `checkpoint.save` (packed)
+with the loop's `checkpoint_saver.OverlappedSaver` (the packed state staged
+after step 3, saved once step 4 is dispatched); with `checkpoint.save` (packed)
 straight after step 3; and with a per-leaf Orbax save (the format before
 packing) straight after step 3. Each window ends when its last step's
 result is on the host. The stall is the median extra wall time of a window
@@ -35,8 +35,8 @@ import grain  # noqa: E402
 import jax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from cliplite_jax import (checkpoint, config_io, guards,  # noqa: E402
-                          host_memory)
+from cliplite_jax import (checkpoint, checkpoint_saver, config_io,  # noqa: E402
+                          guards, host_memory)
 from cliplite_jax.data import pipeline  # noqa: E402
 import train_step  # noqa: E402
 
@@ -93,7 +93,7 @@ def main():
     step_number = 0
 
     guard = guards.NonFiniteGuard()
-    saver = checkpoint.OverlappedSaver(mngr, config, guard, None)
+    saver = checkpoint_saver.OverlappedSaver(mngr, config, guard, None)
 
     def window(mode: str | None) -> tuple[float, float, float]:
       """Wall time of one window, how long the save calls blocked, and how

@@ -1,19 +1,17 @@
-"""Orbax checkpoints under WORKDIR/checkpoints: train state, grain iterator, config.
+"""Orbax checkpoints under WORKDIR/checkpoints: state, grain iterator, config.
 
 The state is saved packed (`packing`): a few large arrays and their layout.
 Each step the train loop saves gets an integrity record (`integrity`),
-checked on every restore.
+checked on every restore. The loop writes them with
+`checkpoint_saver.OverlappedSaver`, which overlaps a save with the steps
+after it.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import logging
 import os
 import re
-import shutil
 import sys
-import threading
 
 import grain
 import jax
@@ -29,10 +27,6 @@ DATA_ITER, CONFIG = "data_iter", "config"
 
 class DamagedCheckpointError(config_io.UserError):
   """A checkpoint's files differ from what was written."""
-
-
-class SaveError(config_io.UserError):
-  """Writing a checkpoint failed (disk full, unwritable, ...)."""
 
 
 def manager(workdir: str, config: ml_collections.ConfigDict,
@@ -58,213 +52,20 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iter,
   `data_iter` is the grain iterator (or anything with its `get_state`).
   """
   layout = packing.layout(state)
-  _save_packed(mngr, step, packing.pack(state, layout), layout, data_iter,
+  save_packed(mngr, step, packing.pack(state, layout), layout, data_iter,
                config)
 
 
-def _save_packed(mngr, step, packed, layout, data_iter, config) -> None:
+def save_packed(mngr: ocp.CheckpointManager, step: int, packed: dict,
+                layout: dict, data_iter, config: ml_collections.ConfigDict
+                ) -> None:
+  """`save` of a state already packed (`packing.pack`) with `layout`."""
   mngr.save(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardSave(packed),
       LAYOUT: ocp.args.JsonSave(layout),
       DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
       CONFIG: ocp.args.JsonSave(config.to_dict()),
   }))
-
-
-class _Position:
-  """A data iterator's position, frozen when its checkpoint was staged.
-
-  Stands in for the iterator in `grain.checkpoint.CheckpointSave`, which
-  writes `get_state()` bytes as they are.
-  """
-
-  def __init__(self, data_iter):
-    state = data_iter.get_state()
-    self._state = (state if isinstance(state, bytes)
-                   else json.dumps(state, indent=4).encode())
-
-  def get_state(self) -> bytes:
-    return self._state
-
-
-class OverlappedSaver:
-  """Writes step N's checkpoint while the steps after it run.
-
-  Orbax's `save` first waits for the state it saves (so for the steps
-  still queued), then copies it to the host and does its bookkeeping, and
-  its async write then competes for the CPU. Here `stage` keeps the packed
-  state (a copy on the device: one extra state's memory until the save, and
-  the next step may donate the original), the iterator position and
-  `guard`'s non-finite record, without waiting for the step.
-  `flush`, called once the next step is dispatched, checks the record and
-  hands the save to a writer thread at low CPU priority (Linux); Orbax's
-  own write threads, started from it, inherit that priority. With several
-  processes `flush` waits for Orbax's `save` to return, so its cross-process
-  barrier keeps its place among the steps' collectives.
-
-  The writer thread then waits for Orbax to finalise the step and (process
-  0) writes its integrity record. A save that fails is raised as SaveError
-  by the next `flush` (called every step), `wait` or `close`: one line
-  naming the step, the error and the free space, after removing the
-  step's temporary folder; earlier checkpoints stay as they are.
-  """
-
-  NICENESS = 10
-
-  def __init__(self, mngr: ocp.CheckpointManager,
-               config: ml_collections.ConfigDict, guard,
-               last_saved: int | None):
-    """`guard` has `record()` and `check(last_saved, record)`
-    (guards.NonFiniteGuard); `last_saved` is the latest step on disk."""
-    self._mngr, self._config, self._guard = mngr, config, guard
-    self._staged = None
-    self._pending = None
-    self._finalising = []
-    self._failed = None
-    self._broken = False  # set on the writer thread by a failed save
-    _quiet_orbax_save_errors()
-    self._writer = concurrent.futures.ThreadPoolExecutor(
-        1, "checkpoint", initializer=self._lower_priority)
-    self.last_saved = last_saved
-    if (last_saved is not None and hasattr(guard, "unverified_step")
-        and not integrity.has_record(step_dir(mngr, last_saved))):
-      guard.unverified_step = last_saved
-
-  def stage(self, step: int, state, data_iter) -> None:
-    """Takes step `step`'s checkpoint; an earlier staged one is saved first."""
-    self.flush()
-    layout = packing.layout(state)
-    self._staged = (step, packing.pack(state, layout), layout,
-                    _Position(data_iter), self._guard.record())
-
-  def flush(self) -> None:
-    """Starts saving the staged checkpoint, if any. Raises
-    guards.NonFiniteError, saving nothing, if a step up to the staged one had
-    a non-finite loss or gradient norm; raises SaveError if an earlier save
-    failed."""
-    if self._pending is not None and self._pending.done():
-      self._wait_for_save_call()  # raises its error, if any
-    self._raise_failed_saves(block=False)
-    if self._staged is None:
-      return
-    step, packed, layout, position, record = self._staged
-    self._staged = None
-    self._guard.check(self.last_saved, record)
-    self._wait_for_save_call()
-    self._pending = self._writer.submit(self._save, step, packed, layout,
-                                        position)
-    self._finalising.append(self._writer.submit(self._finalise, step,
-                                                self._pending))
-    if jax.process_count() > 1:
-      self._wait_for_save_call()
-    self.last_saved = step
-
-  def wait(self) -> None:
-    """Returns when every flushed checkpoint is on disk with its integrity
-    record (a staged one is not flushed); raises SaveError if one failed."""
-    self._wait_for_save_call()
-    self._raise_failed_saves(block=True)
-    self._mngr.wait_until_finished()
-
-  def close(self) -> None:
-    """`wait`, then stops the writer thread. After a failed save it raises
-    nothing more and leaves Orbax's manager safe to close."""
-    try:
-      if self._failed is None:
-        self.wait()
-    finally:
-      self._writer.shutdown()
-      if self._failed is not None:
-        try:
-          # Orbax re-raises a failed finalisation once per calling thread;
-          # taking it here keeps `mngr.close()` from raising it again.
-          self._mngr.wait_until_finished()
-        except Exception:  # pylint: disable=broad-except
-          pass
-
-  def _save(self, step, packed, layout, position) -> None:
-    if self._broken:
-      return  # after a failed save nothing more is written
-    try:
-      _save_packed(self._mngr, step, packed, layout, position, self._config)
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(step, e) from e
-
-  def _finalise(self, step: int, save_call) -> None:
-    """On the writer thread, after `save_call` (its `_save`): waits for
-    Orbax to finalise `step`, then records its files' checksums."""
-    if self._broken or save_call.exception() is not None:
-      return  # that save never started; its error is raised already
-    try:
-      self._mngr.wait_until_finished()
-      if jax.process_index() == 0:
-        integrity.write(step_dir(self._mngr, step))
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(step, e) from e
-
-  def _save_error(self, step: int, error: Exception) -> SaveError:
-    self._broken = True
-    directory = epath.Path(self._mngr.directory)
-    if jax.process_index() == 0:
-      # Only this save's temporary folder: finished steps stay untouched.
-      for tmp in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    earlier = [s for s in self._mngr.all_steps() if s != step]
-    kept = (f"the last complete checkpoint, step {max(earlier)}, is kept"
-            if earlier else "no earlier checkpoint exists")
-    return SaveError(
-        f"saving the checkpoint of step {step} to {directory} failed: "
-        f"{one_line(error)} ({_free_space(directory)}); {kept}. Free space or "
-        f"fix the folder, then run the same command to resume")
-
-  def _raise_failed_saves(self, block: bool) -> None:
-    if self._failed is not None:
-      return
-    still = []
-    for done in self._finalising:
-      if not block and not done.done():
-        still.append(done)
-        continue
-      error = done.exception()
-      if error is not None:
-        self._failed = error
-        self._finalising = []
-        raise error
-    self._finalising = still
-
-  def _wait_for_save_call(self) -> None:
-    pending, self._pending = self._pending, None
-    if pending is not None:
-      error = pending.exception()
-      if error is not None and self._failed is None:
-        self._failed = error
-        raise error
-
-  @classmethod
-  def _lower_priority(cls) -> None:
-    if sys.platform == "linux":
-      try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                       cls.NICENESS)
-      except OSError:
-        pass  # best effort: the save still runs, at normal priority
-
-
-class _DropOrbaxSaveErrors(logging.Filter):
-  """Orbax logs a failed background save with its traceback, at each layer
-  that sees it; OverlappedSaver raises it as one SaveError line instead."""
-
-  FILES = ("async_checkpointer.py", "checkpoint_manager.py", "future.py")
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno == logging.ERROR and "orbax" in record.pathname
-                and os.path.basename(record.pathname) in self.FILES)
-
-
-def _quiet_orbax_save_errors() -> None:
-  absl_logger = logging.getLogger("absl")
-  if not any(isinstance(f, _DropOrbaxSaveErrors) for f in absl_logger.filters):
-    absl_logger.addFilter(_DropOrbaxSaveErrors())
 
 
 def step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -281,19 +82,6 @@ def one_line(error: BaseException) -> str:
   if len(text) > 200 and ": " in text:
     text = "...: " + ": ".join(text.split(": ")[-2:])
   return text
-
-
-def _free_space(directory: epath.Path) -> str:
-  path = str(directory)
-  if "://" in path:
-    return "free space unknown on this file system"
-  while not os.path.exists(path) and os.path.dirname(path) != path:
-    path = os.path.dirname(path)
-  try:
-    free = shutil.disk_usage(path).free
-  except OSError:
-    return "free space unknown"
-  return f"{free / 2**30:.2f} GiB free on its file system"
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state,

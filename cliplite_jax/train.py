@@ -12,7 +12,8 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import accumulate, checkpoint, config_io, evaluate
+from cliplite_jax import accumulate, checkpoint, checkpoint_saver, config_io
+from cliplite_jax import evaluate
 from cliplite_jax import metrics as metrics_lib, objectives
 from cliplite_jax import guards, optim, parallel, prng, state as state_lib
 from cliplite_jax import recovery, summary, validation, workdir_lock
@@ -335,7 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   progress = metrics_lib.Progress(first_step, config.total_steps,
                                   config.batch_size)
   nonfinite = guards.NonFiniteGuard()
-  saver = checkpoint.OverlappedSaver(mngr, config, nonfinite, last_saved)
+  saver = checkpoint_saver.OverlappedSaver(mngr, config, nonfinite,
+                                           last_saved)
   skipped = 0.0  # data/skipped is logged as the sum since the last log line
   try:
     with guards.PreemptionSignal() as preemption:

@@ -1,4 +1,8 @@
-"""checkpoint.OverlappedSaver and the packed state it saves."""
+"""checkpoint_saver.OverlappedSaver and the packed state it saves."""
+import os
+import subprocess
+import sys
+
 import grain
 import jax
 import jax.numpy as jnp
@@ -6,7 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cliplite_jax import checkpoint, guards, optim, packing, parallel
+from cliplite_jax import checkpoint, checkpoint_saver, guards, optim, packing
+from cliplite_jax import parallel
 from cliplite_jax import state as state_lib
 from cliplite_jax.data import pipeline
 from cliplite_jax.models import cliplite
@@ -44,8 +49,8 @@ def test_staged_checkpoint_survives_the_next_step(run, tmp_path):
   and resumes the data at batch 2."""
   config, mesh, model, tx, state, data_iter = run
   mngr = checkpoint.manager(str(tmp_path / "run"), config)
-  saver = checkpoint.OverlappedSaver(mngr, config, guards.NonFiniteGuard(),
-                                     None)
+  saver = checkpoint_saver.OverlappedSaver(mngr, config,
+                                           guards.NonFiniteGuard(), None)
   next(data_iter)
   state = _step(state)
   expected = _raw(state)
@@ -72,7 +77,7 @@ def test_flush_refuses_a_nonfinite_record_and_saves_nothing(run, tmp_path):
   config, _, _, _, state, data_iter = run
   mngr = checkpoint.manager(str(tmp_path / "run"), config)
   guard = guards.NonFiniteGuard()
-  saver = checkpoint.OverlappedSaver(mngr, config, guard, 7)
+  saver = checkpoint_saver.OverlappedSaver(mngr, config, guard, 7)
   guard.update(8, {"loss/total": jnp.float32(jnp.nan),
                    "grad_norm": jnp.float32(1.0)})
   saver.stage(8, state, data_iter)
@@ -180,3 +185,59 @@ def test_checkpoint_saved_unpacked_still_restores(run, tmp_path):
       mngr, 2, state_lib.abstract_state(config, model, tx, mesh))
   jax.tree.map(np.testing.assert_array_equal, _raw(restored), expected)
   mngr.close()
+
+
+# Saves step 1, then caps the process's file size so that step 2's arrays
+# cannot be written. Eight large sharded leaves are eight concurrent
+# TensorStore writes: when the first fails, Orbax closes its event loop while
+# the others are still running, and their completions then call into the
+# closed loop.
+_FAILING_SAVE = """
+import json, resource, sys
+import jax, ml_collections, numpy as np
+from cliplite_jax import checkpoint, checkpoint_saver, guards
+
+class Position:
+  def get_state(self):
+    return json.dumps({"next_index": 0}).encode()
+
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+# Random values, as a compressed constant would fit under the cap.
+rng = np.random.default_rng(0)
+state = {f"w{i}": jax.device_put(rng.random(2**20, np.float32), sharded)
+         for i in range(8)}
+config = ml_collections.ConfigDict({"keep_checkpoints": 3})
+mngr = checkpoint.manager(sys.argv[1], config)
+saver = checkpoint_saver.OverlappedSaver(mngr, config, guards.NonFiniteGuard(),
+                                         None)
+saver.stage(1, state, Position())
+saver.flush()
+saver.wait()
+resource.setrlimit(resource.RLIMIT_FSIZE, (10**6, 10**6))
+saver.stage(2, state, Position())
+try:
+  saver.flush()
+  saver.wait()
+except checkpoint_saver.SaveError as e:
+  print(e)
+finally:
+  saver.close()
+  mngr.close()
+"""
+
+
+def test_failed_save_prints_no_traceback(tmp_path):
+  """The late TensorStore completions of a failed save are not printed: the
+  SaveError line is the whole story, and step 1 stays."""
+  workdir = tmp_path / "run"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  result = subprocess.run([sys.executable, "-c", _FAILING_SAVE, str(workdir)],
+                          capture_output=True, text=True, env=env,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "saving the checkpoint of step 2" in result.stdout
+  assert "File too large" in result.stdout
+  assert "the last complete checkpoint, step 1, is kept" in result.stdout
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert os.listdir(workdir / "checkpoints") == ["1"]

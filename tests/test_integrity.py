@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax import (checkpoint, config_io, guards, integrity, optim,
-                          parallel, recovery, state as state_lib)
+from cliplite_jax import (checkpoint, checkpoint_saver, config_io, guards,
+                          integrity, optim, parallel, recovery,
+                          state as state_lib)
 from cliplite_jax.models import cliplite
 from conftest import eight_step_args, run_module
 
@@ -144,7 +145,7 @@ def test_nonfinite_message_does_not_call_an_unverified_restore_good(tmp_path):
   step_dir.mkdir(parents=True)
   mngr = types.SimpleNamespace(directory=str(tmp_path / "checkpoints"))
   guard = guards.NonFiniteGuard()
-  saver = checkpoint.OverlappedSaver(mngr, None, guard, 7)
+  saver = checkpoint_saver.OverlappedSaver(mngr, None, guard, 7)
   saver._writer.shutdown()  # pylint: disable=protected-access
   guard.update(8, {"loss/total": np.float32(np.nan),
                    "grad_norm": np.float32(1.0)})
@@ -155,7 +156,7 @@ def test_nonfinite_message_does_not_call_an_unverified_restore_good(tmp_path):
       error.value)
   integrity.write(str(step_dir))
   guard = guards.NonFiniteGuard()
-  checkpoint.OverlappedSaver(mngr, None, guard, 7)._writer.shutdown()
+  checkpoint_saver.OverlappedSaver(mngr, None, guard, 7)._writer.shutdown()
   guard.update(8, {"loss/total": np.float32(np.nan),
                    "grad_norm": np.float32(1.0)})
   with pytest.raises(guards.NonFiniteError,
