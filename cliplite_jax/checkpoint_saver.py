@@ -222,15 +222,14 @@ class _DropLateWriteCallbacks:
   """An unraisable-exception hook that drops one message and passes on the
   rest. When one of a save's concurrent TensorStore writes fails, Orbax
   stops and closes that save's event loop; each write still running then
-  completes into the closed loop, and Python prints a bare "Event loop is
+  completes into the closed loop, and Python prints an "Event loop is
   closed" traceback for it. The failure itself is raised as SaveError."""
 
   def __init__(self, previous):
     self.previous = previous
 
   def __call__(self, unraisable) -> None:
-    if not (unraisable.object is None
-            and isinstance(unraisable.exc_value, RuntimeError)
+    if not (isinstance(unraisable.exc_value, RuntimeError)
             and str(unraisable.exc_value) == "Event loop is closed"):
       self.previous(unraisable)
 

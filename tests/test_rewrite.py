@@ -165,7 +165,7 @@ def test_generation_end_to_end_resumes_after_a_kill(tiny_data_dir, tmp_path):
   args = _rewrite_args(tiny_data_dir, model, resumed)
   process = run_module("cliplite_jax.rewrite", *args, popen=True)
   partial = resumed + ".partial.jsonl"
-  deadline = time.time() + 120
+  deadline = time.time() + 400
   while not (os.path.exists(partial) and
              open(partial).read().count("\n") >= 4):
     assert process.poll() is None and time.time() < deadline, (
