@@ -36,6 +36,9 @@ def manager(workdir: str, config: ml_collections.ConfigDict,
       max_to_keep=config.keep_checkpoints,
       keep_period=config.get("keep_every_steps") or None,
       enable_async_checkpointing=not read_only,
+      # What a killed or failed save left (a step's temporary folder) goes
+      # when training next starts.
+      cleanup_tmp_directories=not read_only,
       read_only=read_only,
       create=not read_only)
   return ocp.CheckpointManager(

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 
 import jax
 import ml_collections
@@ -62,10 +63,13 @@ class OverlappedSaver:
   0) writes its integrity record. A save that fails is raised as SaveError
   by the next `flush` (called every step), `wait` or `close`: one line
   naming the step, the error and the free space, after removing the
-  step's temporary folder; earlier checkpoints stay as they are.
+  step's temporary folder; earlier checkpoints stay as they are. Writes
+  that were still running when the save failed can recreate that folder,
+  so `close` removes it again until it stays gone for SETTLE_S seconds.
   """
 
   NICENESS = 10
+  SETTLE_S, SETTLE_LIMIT_S = 0.5, 30.0
 
   def __init__(self, mngr: ocp.CheckpointManager,
                config: ml_collections.ConfigDict, guard,
@@ -78,6 +82,7 @@ class OverlappedSaver:
     self._finalising = []
     self._failed = None
     self._broken = False  # set on the writer thread by a failed save
+    self._failed_step = None
     _quiet_orbax_save_errors()
     self._writer = concurrent.futures.ThreadPoolExecutor(
         1, "checkpoint", initializer=self._lower_priority)
@@ -137,6 +142,7 @@ class OverlappedSaver:
           self._mngr.wait_until_finished()
         except Exception:  # pylint: disable=broad-except
           pass
+        self._remove_partial_save(self._failed_step, self.SETTLE_S)
 
   def _save(self, step, packed, layout, position) -> None:
     if self._broken:
@@ -160,12 +166,9 @@ class OverlappedSaver:
       raise self._save_error(step, e) from e
 
   def _save_error(self, step: int, error: Exception) -> SaveError:
-    self._broken = True
+    self._broken, self._failed_step = True, step
     directory = epath.Path(self._mngr.directory)
-    if jax.process_index() == 0:
-      # Only this save's temporary folder: finished steps stay untouched.
-      for tmp in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    self._remove_partial_save(step, settle_s=0.0)
     earlier = [s for s in self._mngr.all_steps() if s != step]
     kept = (f"the last complete checkpoint, step {max(earlier)}, is kept"
             if earlier else "no earlier checkpoint exists")
@@ -173,6 +176,25 @@ class OverlappedSaver:
         f"saving the checkpoint of step {step} to {directory} failed: "
         f"{checkpoint.one_line(error)} ({_free_space(directory)}); {kept}. "
         f"Free space or fix the folder, then run the same command to resume")
+
+  def _remove_partial_save(self, step: int | None, settle_s: float) -> None:
+    """Process 0 removes `step`'s temporary folders (only those: finished
+    steps stay untouched), again whenever one reappears, until none has
+    for `settle_s` seconds or SETTLE_LIMIT_S have passed."""
+    if step is None or jax.process_index() != 0:
+      return
+    directory = epath.Path(self._mngr.directory)
+    start = quiet_since = time.monotonic()
+    while True:
+      leftovers = list(directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+      for tmp in leftovers:
+        shutil.rmtree(tmp, ignore_errors=True)
+      now = time.monotonic()
+      if leftovers:
+        quiet_since = now
+      if now - quiet_since >= settle_s or now - start >= self.SETTLE_LIMIT_S:
+        return
+      time.sleep(0.05)
 
   def _raise_failed_saves(self, block: bool) -> None:
     if self._failed is not None:

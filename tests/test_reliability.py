@@ -89,6 +89,7 @@ def test_half_written_checkpoint_is_ignored(reference, tiny_data_dir, tmp_path):
   result = run_module(MAIN, *_args(tiny_data_dir, workdir))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "resuming from step 4" in result.stdout
+  assert not os.path.exists(partial)  # removed when the run started
   jax.tree.map(np.testing.assert_array_equal, _final_params(workdir)[1],
                _final_params(reference)[1])
 
