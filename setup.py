@@ -38,7 +38,7 @@ setup(
         # scikit-image and scikit-learn: their bundled sample photographs
         # are the real-photo test set of prepared datasets.
         # pytest-xdist: the suite runs in 2 processes, a test file each.
-        "test": ["pytest", "pytest-xdist", "filelock", "scikit-learn", "scikit-image", "transformers>=5",
+        "test": ["pytest", "pytest-xdist", "scikit-learn", "scikit-image", "transformers>=5",
                  "torch==2.13.0"],
     },
 )
