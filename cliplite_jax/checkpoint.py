@@ -37,8 +37,10 @@ def manager(workdir: str, config: ml_collections.ConfigDict,
       keep_period=config.get("keep_every_steps") or None,
       enable_async_checkpointing=not read_only,
       # What a killed or failed save left (a step's temporary folder) goes
-      # when training next starts.
-      cleanup_tmp_directories=not read_only,
+      # when training next starts. Local disks only: on gs:// Orbax takes
+      # any step without its commit file for one, and no lock keeps a
+      # second run from deleting a first one's save in progress.
+      cleanup_tmp_directories=not read_only and "://" not in workdir,
       read_only=read_only,
       create=not read_only)
   return ocp.CheckpointManager(

@@ -180,21 +180,32 @@ class OverlappedSaver:
   def _remove_partial_save(self, step: int | None, settle_s: float) -> None:
     """Process 0 removes `step`'s temporary folders (only those: finished
     steps stay untouched), again whenever one reappears, until none has
-    for `settle_s` seconds or SETTLE_LIMIT_S have passed."""
+    for `settle_s` seconds or SETTLE_LIMIT_S have passed. Best effort: it
+    gives up on a folder that survives 10 removals in a row (read-only or
+    unreachable); a write landing mid-removal only makes one fail."""
     if step is None or jax.process_index() != 0:
       return
     directory = epath.Path(self._mngr.directory)
     start = quiet_since = time.monotonic()
-    while True:
-      leftovers = list(directory.glob(f"{step}.orbax-checkpoint-tmp*"))
-      for tmp in leftovers:
-        shutil.rmtree(tmp, ignore_errors=True)
-      now = time.monotonic()
-      if leftovers:
-        quiet_since = now
-      if now - quiet_since >= settle_s or now - start >= self.SETTLE_LIMIT_S:
-        return
-      time.sleep(0.05)
+    stuck = 0
+    try:
+      while True:
+        leftovers = list(directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+        for tmp in leftovers:
+          try:
+            tmp.rmtree(missing_ok=True)
+          except Exception:  # pylint: disable=broad-except
+            pass  # counted below
+        stuck = stuck + 1 if any(t.exists() for t in leftovers) else 0
+        now = time.monotonic()
+        if leftovers:
+          quiet_since = now
+        if (stuck >= 10 or now - quiet_since >= settle_s
+            or now - start >= self.SETTLE_LIMIT_S):
+          return
+        time.sleep(0.05)
+    except Exception:  # pylint: disable=broad-except
+      return  # listing the folder failed (unreachable): leave it
 
   def _raise_failed_saves(self, block: bool) -> None:
     if self._failed is not None:

@@ -108,8 +108,8 @@ class NonFiniteGuard:
 
   def __init__(self):
     self._first_bad = jnp.full((len(self.WATCHED),), -1, jnp.int32)
-    # A step restored without an integrity record
-    # (checkpoint_saver.OverlappedSaver sets it): not called "good" in the message.
+    # A step restored without an integrity record (set by
+    # checkpoint_saver.OverlappedSaver): not called "good" in the message.
     self.unverified_step = None
 
   def update(self, step: int, metrics: dict) -> None:

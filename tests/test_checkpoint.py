@@ -2,13 +2,16 @@
 import os
 import subprocess
 import sys
+import types
 
 import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 from cliplite_jax import checkpoint, checkpoint_saver, guards, optim, packing
 from cliplite_jax import parallel
@@ -241,3 +244,47 @@ def test_failed_save_prints_no_traceback(tmp_path):
   assert "the last complete checkpoint, step 1, is kept" in result.stdout
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   assert os.listdir(workdir / "checkpoints") == ["1"]
+
+
+def test_late_write_hook_drops_only_closed_loop_errors():
+  seen = []
+  hook = checkpoint_saver._DropLateWriteCallbacks(seen.append)  # pylint: disable=protected-access
+
+  def unraisable(error, obj=None):
+    return types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                 exc_traceback=None, err_msg=None, object=obj)
+
+  hook(unraisable(RuntimeError("Event loop is closed")))
+  hook(unraisable(RuntimeError("Event loop is closed"), obj="a coroutine"))
+  others = [unraisable(RuntimeError("Event loop is stopped")),
+            unraisable(ValueError("Event loop is closed")),
+            unraisable(OSError("disk full"), obj="a coroutine")]
+  for other in others:
+    hook(other)
+  assert seen == others
+
+
+def test_partial_save_removal_gives_up_on_a_folder_it_cannot_remove(
+    tmp_path, monkeypatch):
+  """A folder that survives every removal (read-only disk) is tried 10
+  times, not for SETTLE_LIMIT_S; other steps' folders are never touched."""
+  directory = tmp_path / "run" / "checkpoints"
+  for name in ("12.orbax-checkpoint-tmp", "2", "22.orbax-checkpoint-tmp"):
+    (directory / name / "d").mkdir(parents=True)
+  # Read-only: a training manager would clean these folders up itself.
+  config = ml_collections.ConfigDict({"keep_checkpoints": 3})
+  mngr = checkpoint.manager(str(tmp_path / "run"), config, read_only=True)
+  saver = checkpoint_saver.OverlappedSaver(mngr, config,
+                                           guards.NonFiniteGuard(), None)
+  attempts = []
+  monkeypatch.setattr(type(epath.Path(directory)), "rmtree",
+                      lambda path, missing_ok=False: attempts.append(path))
+  saver._remove_partial_save(2, settle_s=0.5)  # pylint: disable=protected-access
+  assert attempts == []  # no folder of step 2's save
+  saver._remove_partial_save(12, settle_s=0.5)  # pylint: disable=protected-access
+  assert [p.name for p in attempts] == ["12.orbax-checkpoint-tmp"] * 10
+  monkeypatch.undo()
+  saver._remove_partial_save(12, settle_s=0.0)  # pylint: disable=protected-access
+  assert sorted(os.listdir(directory)) == ["2", "22.orbax-checkpoint-tmp"]
+  saver.close()
+  mngr.close()

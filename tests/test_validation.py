@@ -227,7 +227,8 @@ def test_ctrl_c_during_start_up_is_one_line_and_status_130(tiny_data_dir,
     # seconds to get there, and Python's own Ctrl-C before it is a traceback.
     deadline = time.time() + 120
     while not _has_mapped(process.pid, "jaxlib"):
-      assert process.poll() is None and time.time() < deadline
+      assert process.poll() is None and time.time() < deadline, (
+          process.communicate()[1][-2000:])
       time.sleep(0.01)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
