@@ -58,7 +58,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iter,
   """
   layout = packing.layout(state)
   save_packed(mngr, step, packing.pack(state, layout), layout, data_iter,
-               config)
+              config)
 
 
 def save_packed(mngr: ocp.CheckpointManager, step: int, packed: dict,

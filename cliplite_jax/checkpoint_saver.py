@@ -81,8 +81,7 @@ class OverlappedSaver:
     self._pending = None
     self._finalising = []
     self._failed = None
-    self._broken = False  # set on the writer thread by a failed save
-    self._failed_step = None
+    self._failed_step = None  # set on the writer thread by a failed save
     _quiet_orbax_save_errors()
     self._writer = concurrent.futures.ThreadPoolExecutor(
         1, "checkpoint", initializer=self._lower_priority)
@@ -145,7 +144,7 @@ class OverlappedSaver:
         self._remove_partial_save(self._failed_step, self.SETTLE_S)
 
   def _save(self, step, packed, layout, position) -> None:
-    if self._broken:
+    if self._failed_step is not None:
       return  # after a failed save nothing more is written
     try:
       checkpoint.save_packed(self._mngr, step, packed, layout, position,
@@ -156,7 +155,7 @@ class OverlappedSaver:
   def _finalise(self, step: int, save_call) -> None:
     """On the writer thread, after `save_call` (its `_save`): waits for
     Orbax to finalise `step`, then records its files' checksums."""
-    if self._broken or save_call.exception() is not None:
+    if self._failed_step is not None or save_call.exception() is not None:
       return  # that save never started; its error is raised already
     try:
       self._mngr.wait_until_finished()
@@ -166,7 +165,7 @@ class OverlappedSaver:
       raise self._save_error(step, e) from e
 
   def _save_error(self, step: int, error: Exception) -> SaveError:
-    self._broken, self._failed_step = True, step
+    self._failed_step = step
     directory = epath.Path(self._mngr.directory)
     self._remove_partial_save(step, settle_s=0.0)
     earlier = [s for s in self._mngr.all_steps() if s != step]
@@ -273,7 +272,6 @@ def _quiet_orbax_save_errors() -> None:
     absl_logger.addFilter(_DropOrbaxSaveErrors())
   if not isinstance(sys.unraisablehook, _DropLateWriteCallbacks):
     sys.unraisablehook = _DropLateWriteCallbacks(sys.unraisablehook)
-
 
 
 def _free_space(directory: epath.Path) -> str:
