@@ -132,25 +132,39 @@ def logged_steps(workdir: str) -> list[int]:
     return [json.loads(line)["step"] for line in f]
 
 
+def wait_until(condition, process, what: str, timeout: float = 400,
+               poll_s: float = 0.05) -> None:
+  """Polls `condition()` until it is true. Fails with the process's output
+  if it exits first, and with TimeoutError naming `what` after `timeout`
+  seconds."""
+  import time
+  deadline = time.time() + timeout
+  while not condition():
+    if process.poll() is not None:
+      out, err = process.communicate()
+      raise AssertionError((err or out or "")[-3000:])
+    if time.time() >= deadline:
+      raise TimeoutError(f"{what} not reached in {timeout:.0f} s")
+    time.sleep(poll_s)
+
+
 def wait_for_step(workdir: str, step: int, process, timeout: float = 400):
   """Polls WORKDIR/metrics.jsonl until it logs `step` (or later); returns
   the latest step logged. Fails with the process's output if it exits
   first."""
   import json
-  import time
   path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if process.poll() is not None:
-      out, err = process.communicate()
-      raise AssertionError((err or out or "")[-3000:])
+  latest = [None]
+
+  def reached() -> bool:
     if os.path.exists(path):
       with open(path) as f:
         steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
-      if steps and max(steps) >= step:
-        return max(steps)
-    time.sleep(0.05)
-  raise TimeoutError(f"step {step} not reached")
+      latest[0] = max(steps, default=None)
+    return latest[0] is not None and latest[0] >= step
+
+  wait_until(reached, process, f"step {step}", timeout)
+  return latest[0]
 
 
 def quick_init(module, *args, **kwargs):

@@ -3,10 +3,9 @@ import os
 import re
 import resource
 import signal
-import time
 
 from cliplite_jax import integrity
-from conftest import logged_steps, quick_run_args, run_module
+from conftest import logged_steps, quick_run_args, run_module, wait_until
 
 MAIN = "cliplite_jax.main"
 
@@ -22,11 +21,8 @@ def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(
                "--config.checkpoint_every_steps=4")
   process = run_module(MAIN, *args, popen=True)
   recorded = os.path.join(workdir, "checkpoints", "4", integrity.MANIFEST)
-  deadline = time.time() + 300
-  while not os.path.exists(recorded):
-    assert process.poll() is None and time.time() < deadline, (
-        process.communicate()[1][-2000:])
-    time.sleep(0.01)
+  wait_until(lambda: os.path.exists(recorded), process,
+             "step 4's integrity record", timeout=300, poll_s=0.01)
   resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (10**6, 10**6))
   stdout, stderr = process.communicate(timeout=300)
   assert process.returncode == 1

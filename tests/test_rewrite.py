@@ -4,14 +4,13 @@ here from a config; no weights shipped), interrupted and resumed."""
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
 
 from cliplite_jax.data import pipeline, rewriting, sources
 from cliplite_jax.data import text as text_lib
-from conftest import run_module
+from conftest import run_module, wait_until
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torch")
@@ -165,12 +164,9 @@ def test_generation_end_to_end_resumes_after_a_kill(tiny_data_dir, tmp_path):
   args = _rewrite_args(tiny_data_dir, model, resumed)
   process = run_module("cliplite_jax.rewrite", *args, popen=True)
   partial = resumed + ".partial.jsonl"
-  deadline = time.time() + 400
-  while not (os.path.exists(partial) and
-             open(partial).read().count("\n") >= 4):
-    assert process.poll() is None and time.time() < deadline, (
-        process.communicate()[1][-2000:])
-    time.sleep(0.05)
+  wait_until(lambda: (os.path.exists(partial) and
+                      open(partial).read().count("\n") >= 4),
+             process, "4 batches written", timeout=400)
   process.send_signal(signal.SIGKILL)
   process.wait()
   with open(partial, "a") as f:

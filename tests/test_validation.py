@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cliplite_jax import config_io, evaluate, train
-from conftest import run_module, tiny_overrides
+from conftest import run_module, tiny_overrides, wait_until
 
 MAIN = "cliplite_jax.main"
 
@@ -225,11 +225,8 @@ def test_ctrl_c_during_start_up_is_one_line_and_status_130(tiny_data_dir,
     # Counted from jaxlib's import, which comes after the handler is set
     # (and after main's one re-execution): a loaded machine may take
     # seconds to get there, and Python's own Ctrl-C before it is a traceback.
-    deadline = time.time() + 120
-    while not _has_mapped(process.pid, "jaxlib"):
-      assert process.poll() is None and time.time() < deadline, (
-          process.communicate()[1][-2000:])
-      time.sleep(0.01)
+    wait_until(lambda: _has_mapped(process.pid, "jaxlib"), process,
+               "jaxlib's import", timeout=120, poll_s=0.01)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=300)
