@@ -78,6 +78,52 @@ def test_recall_counts_ties_against_the_query(chunk):
   assert float(twins["t2i_r1"]) == 0.0
 
 
+def _ulps_apart(x, ulps, rng):
+  """x with each row nudged by `ulps` float32 ulps in random components:
+  what another code path inside one jitted batch can do to equal rows."""
+  x = np.array(x, np.float32)
+  for row in x:
+    for d in rng.choice(row.size, size=2, replace=False):
+      for _ in range(ulps):
+        row[d] = np.nextafter(row[d], np.float32(np.inf), dtype=np.float32)
+  return x
+
+
+@pytest.mark.parametrize("chunk", [1024, 7], ids=["whole", "chunked"])
+def test_duplicates_a_few_ulps_apart_still_tie(chunk):
+  """Random embeddings, every caption also given to other images word for
+  word: copies that differ in the last bits must rank as exact copies do
+  (the exact-equality rule lets one copy win by an ulp)."""
+  rng = np.random.default_rng(5)
+  num_images, dim = 60, 8
+  img = rng.normal(size=(num_images, dim)).astype(np.float32)
+  captions = rng.normal(size=(20, dim)).astype(np.float32)
+  # Each image owns 3 captions drawn from 20 shared ones: many exact twins.
+  picks = np.stack([rng.choice(20, 3, replace=False) for _ in img])
+  owner = np.repeat(np.arange(num_images), 3).astype(np.int32)
+  exact = captions[picks.reshape(-1)]
+  nudged = _ulps_apart(exact, 3, rng)
+  want = retrieval.recall_at_k(img, exact, owner, ks=(1, 5, 10), chunk=chunk)
+  got = retrieval.recall_at_k(img, nudged, owner, ks=(1, 5, 10), chunk=chunk)
+  for key in want:
+    assert float(got[key]) == float(want[key]), key
+  # The same for zero-shot: two classes whose prompts embed a few ulps apart
+  # tie for every image, so neither is ever a top-1 hit.
+  classes = np.stack([captions[0], captions[1], captions[1]])
+  classes = np.concatenate([classes[:2], _ulps_apart(classes[2:], 3, rng)])
+  labels = np.array([1, 2] * 5, np.int32)
+  img_near = captions[1] + rng.normal(size=(10, dim)).astype(np.float32) * 0.01
+  assert float(zeroshot.accuracy(img_near, classes, labels)["top1"]) == 0.0
+
+
+def test_a_real_score_difference_is_not_a_tie():
+  """The tolerance is ulps, not a model's margin: 1e-4 apart ranks."""
+  classes = np.array([[1.0, 0.0], [0.99995, 0.01]], np.float32)
+  img = np.array([[1.0, 0.0]], np.float32)
+  assert float(zeroshot.accuracy(img, classes,
+                                 np.array([0], np.int32))["top1"]) == 1.0
+
+
 def test_nan_embeddings_are_never_hits():
   img = np.array([[1.0, 0.0], [np.nan, 0.0], [0.0, 1.0]], np.float32)
   txt = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)

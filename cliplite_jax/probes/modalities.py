@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from cliplite_jax import features, objectives, parallel, symile
 from cliplite_jax.data import sources, vectors
 from cliplite_jax.losses import l2_normalize
+from cliplite_jax.probes.ranking import ties_or_beats
 
 
 @functools.partial(jax.jit, static_argnames="score")
@@ -28,8 +29,8 @@ def top1(query: list[jnp.ndarray], candidates: jnp.ndarray,
   """Fraction of rows whose target candidate scores strictly highest.
 
   query: M − 1 arrays [N, D]; candidates: [C, D]; targets: int32 [N] rows of
-  `candidates`; score "mip" or "pairwise". A tie with another candidate
-  counts as wrong (a constant embedding must not score 1), and so does a
+  `candidates`; score "mip" or "pairwise". A tie with another candidate (within
+  `ranking.TIE_TOLERANCE`) counts as wrong (a constant embedding must not score 1), and so does a
   NaN score. float32 [].
   """
   if score == "mip":
@@ -38,7 +39,7 @@ def top1(query: list[jnp.ndarray], candidates: jnp.ndarray,
     scores = sum(l2_normalize(q) for q in query) @ l2_normalize(candidates).T
   true = jnp.take_along_axis(scores, targets[:, None], axis=1)
   others = jnp.arange(scores.shape[1])[None, :] != targets[:, None]
-  beaten = jnp.any(others & ~(scores < true), axis=1)
+  beaten = jnp.any(others & ties_or_beats(scores, true), axis=1)
   return jnp.mean(~beaten).astype(jnp.float32)
 
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from cliplite_jax.losses import l2_normalize
+from cliplite_jax.probes.ranking import ties_or_beats
 
 
 def _in_chunks(fn, xs: tuple[jnp.ndarray, ...], chunk: int) -> jnp.ndarray:
@@ -39,7 +40,7 @@ def recall_at_k(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
     among the k best captions) and "t2i_r{k}" (a caption is a hit when its
     image is among the k best images). Ties count against the query: the rank
     is the number of other candidates scoring at least as high as the best
-    match (for i2t, captions of other images only, so an image's duplicate
+    match, within `ranking.TIE_TOLERANCE` (for i2t, captions of other images only, so an image's duplicate
     captions do not push each other down). A candidate or match whose score
     is NaN ranks the match last, so it is never a hit.
   """
@@ -49,14 +50,14 @@ def recall_at_k(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
     sim = rows @ txt.T
     owns = caption_image[None, :] == image_ids[:, None]
     best_own = jnp.max(jnp.where(owns, sim, -jnp.inf), axis=1)
-    return jnp.sum(~owns & ~(sim < best_own[:, None]), axis=1)
+    return jnp.sum(~owns & ties_or_beats(sim, best_own[:, None]), axis=1)
 
   def caption_ranks(cols, owners):  # [c, D], [c]
     sim = img @ cols.T  # [N, c]
     columns = jnp.arange(cols.shape[0])
     own_score = sim[owners, columns]
     is_own = jnp.arange(img.shape[0])[:, None] == owners[None, :]
-    return jnp.sum(~is_own & ~(sim < own_score[None, :]), axis=0)
+    return jnp.sum(~is_own & ties_or_beats(sim, own_score[None, :]), axis=0)
 
   rank_i2t = _in_chunks(image_ranks, (img, jnp.arange(img.shape[0])), chunk)
   rank_t2i = _in_chunks(caption_ranks, (txt, caption_image), chunk)
