@@ -39,6 +39,6 @@ setup(
         # are the real-photo test set of prepared datasets.
         # pytest-xdist: the suite runs in 2 processes, a test file each.
         "test": ["pytest", "pytest-xdist", "scikit-learn", "scikit-image", "transformers>=5",
-                 "torch==2.13.0"],
+                 "torch==2.14.1", "torchvision==0.29.1"],
     },
 )

@@ -2,30 +2,36 @@ r"""LaCLIP's text augmentation on the embedded set: the demo trained with and
 without rule-based caption rewrites, zero-shot with the usual prompts and
 with held-out phrasings, over seeds.
 
-  python bench/laclip_rules.py [--seeds=0,1,2] [--root=DIR]   # ~21 min, 2 cores
+  python bench/laclip_rules.py [--seeds=0,1,2] [--root=DIR]   # ~35 min, 2 cores
 
 Rewrites come from `python -m cliplite_jax.rewrite --model=rules --num=4`
 (4 per caption). Each run is the demo (`configs/default.py`, 1000 steps)
 with `--config.seed=S` and, for "rules", `--config.data.rewrites`. The usual
 prompts are the dataset's ("a picture of a {}." / "a picture of a {} shape.",
 close to the training captions' wording); the held-out ones share no
-framing word with the captions or the rules' rewrites. Prints a table of
-mean ± std over seeds and writes bench/laclip_rules.json. Workdirs stay
-under --root: rerunning skips finished runs.
+framing word with the captions or the rules' rewrites.
+
+The baseline ("none") is always trained by the same invocation as the
+treatment, on the same commit: runs live under ROOT/<commit>, so a rerun
+after any code change trains both rows again (a rerun on the same commit
+skips the finished runs). Prints mean ± sample std per row and the paired
+difference rules − none with its 95 % t interval, and writes
+bench/laclip_rules.json with the commit and the CPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
 
-import numpy as np
+import runs
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 STEPS = 1000
+CONDITIONS = ("none", "rules")
 HELD_OUT = {
     "shape": ("this illustration contains a {}.", "look, a {}!",
               "something shaped like a {}.", "the main object is a {}."),
@@ -37,23 +43,31 @@ USUAL = {"shape": "zeroshot/shapes_captions/top1",
 
 
 def _run(command: list[str]) -> None:
-  done = subprocess.run(command, cwd=REPO)
+  done = subprocess.run(command, cwd=runs.REPO)
   if done.returncode:
     sys.exit(f"failed (exit {done.returncode}): {' '.join(command)}")
 
 
-def train(root: str, condition: str, seed: int, rewrites: str) -> str:
-  workdir = os.path.join(root, f"{condition}_seed{seed}")
-  if os.path.exists(os.path.join(workdir, "eval", f"step_{STEPS}.json")):
-    return workdir
-  print(f"--- {condition}, seed {seed}: {workdir}", flush=True)
-  command = [sys.executable, "-m", "cliplite_jax.main",
-             "--config=configs/default.py", f"--workdir={workdir}",
-             f"--config.seed={seed}"]
-  if condition == "rules":
-    command.append(f"--config.data.rewrites={rewrites}")
-  _run(command)
-  return workdir
+def code_version() -> str:
+  """The commit the runs are trained with, "-dirty" when the tree has
+  uncommitted changes to tracked files."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=runs.REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+  dirty = git("status", "--porcelain", "--untracked-files=no")
+  return git("rev-parse", "--short=12", "HEAD") + ("-dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+  """The CPU's model name (float results differ between CPUs)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def held_out_zeroshot(workdir: str) -> dict[str, float]:
@@ -82,19 +96,30 @@ def main():
   parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(),
                                                      "cliplite_laclip"))
   args = parser.parse_args()
-  seeds = [int(s) for s in args.seeds.split(",")]
-  os.makedirs(args.root, exist_ok=True)
-  rewrites = os.path.join(args.root, "rules.json")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",")]
+  except ValueError:
+    parser.error(f"--seeds={args.seeds!r}: comma-separated integers")
+  if len(set(seeds)) != len(seeds) or len(seeds) < 2:
+    parser.error(f"--seeds={args.seeds!r}: at least two distinct seeds")
+  version = code_version()
+  if version.endswith("-dirty"):
+    print(f"note: uncommitted changes; runs go under {version} and are "
+          "retrained after a commit", file=sys.stderr)
+  study = os.path.join(args.root, version)
+  os.makedirs(study, exist_ok=True)
+  rewrites = os.path.join(study, "rules.json")
   if not os.path.exists(rewrites):
     _run([sys.executable, "-m", "cliplite_jax.rewrite",
           "--data=shapes_captions", "--model=rules", f"--out={rewrites}",
           "--num=4"])
   results = {}
-  for condition in ("none", "rules"):
-    for seed in seeds:
-      workdir = train(args.root, condition, seed, rewrites)
-      with open(os.path.join(workdir, "eval", f"step_{STEPS}.json")) as f:
-        final = json.load(f)
+  for seed in seeds:  # baseline and treatment side by side, seed by seed
+    for condition in CONDITIONS:
+      extra = ([f"--config.data.rewrites={rewrites}"]
+               if condition == "rules" else [])
+      workdir = os.path.join(study, f"{condition}_seed{seed}")
+      final = runs.train(workdir, "configs/default.py", STEPS, seed, extra)
       row = {f"usual/{task}": final[key] for task, key in USUAL.items()}
       row.update({f"held_out/{task}": v
                   for task, v in held_out_zeroshot(workdir).items()})
@@ -102,19 +127,28 @@ def main():
       row["t2i_r10"] = final["retrieval/shapes_captions/t2i_r10"]
       results[f"{condition}/{seed}"] = row
   columns = list(next(iter(results.values())))
-  print("| rewrites | " + " | ".join(columns) + " |")
-  print("|---" * (len(columns) + 1) + "|")
-  summary = {}
-  for condition in ("none", "rules"):
-    rows = [results[f"{condition}/{s}"] for s in seeds]
-    summary[condition] = {c: (float(np.mean([r[c] for r in rows])),
-                              float(np.std([r[c] for r in rows])))
-                          for c in columns}
-    print(f"| {condition} | " + " | ".join(
-        f"{m:.3f} ± {s:.3f}" for m, s in summary[condition].values()) + " |")
-  with open(os.path.join(REPO, "bench", "laclip_rules.json"), "w") as f:
-    json.dump({"seeds": seeds, "held_out_templates": HELD_OUT,
-               "runs": results, "mean_std": summary}, f, indent=1)
+  per_condition = {c: [results[f"{c}/{s}"] for s in seeds] for c in CONDITIONS}
+  summary = {c: {col: runs.mean_std(rows, col) for col in columns}
+             for c, rows in per_condition.items()}
+  difference = {col: runs.paired_difference(
+      [r[col] for r in per_condition["rules"]],
+      [r[col] for r in per_condition["none"]]) for col in columns}
+  table = [[c] + ["{:.3f} ± {:.3f}".format(*summary[c][col])
+                  for col in columns] for c in CONDITIONS]
+  table.append(["rules − none"] + [
+      "{mean:+.3f} [{low:+.3f}, {high:+.3f}]".format(**difference[col])
+      for col in columns])
+  print(f"mean ± sample std over seeds {seeds}; the difference row is the "
+        "paired mean with its 95 % t interval")
+  print(runs.markdown_table(["rewrites"] + columns, table))
+  out = os.path.join(runs.REPO, "bench", "laclip_rules.json")
+  with open(out, "w") as f:
+    json.dump({"commit": version, "cpu": cpu_model(), "steps": STEPS,
+               "seeds": seeds, "held_out_templates": HELD_OUT,
+               "runs": results, "mean_std": summary,
+               "std": "sample (ddof 1)",
+               "difference_rules_minus_none": difference}, f, indent=1)
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,35 @@ def train(workdir: str, config: str, steps: int, seed: int,
 
 
 def mean_std(runs: list[dict[str, float]], key: str) -> tuple[float, float]:
-  """Mean and (population) standard deviation of `key` over runs."""
+  """Mean and sample standard deviation (ddof 1; 0 for one run) of `key`."""
   values = [r[key] for r in runs]
-  return float(np.mean(values)), float(np.std(values))
+  return float(np.mean(values)), sample_std(values)
+
+
+def sample_std(values) -> float:
+  """The sample standard deviation (ddof 1) of values; 0.0 for one value."""
+  values = np.asarray(values, np.float64)
+  return float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (1–10).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def paired_difference(treatment, baseline) -> dict[str, float]:
+  """Mean of treatment − baseline over paired runs (same seeds, same
+  invocation) with its 95 % t interval: {"mean", "low", "high", "n"}."""
+  diff = np.asarray(treatment, np.float64) - np.asarray(baseline, np.float64)
+  n = diff.size
+  half = (_T975[min(n - 1, len(_T975)) - 1] * sample_std(diff) / np.sqrt(n)
+          if n > 1 else float("nan"))
+  return {"mean": float(diff.mean()), "low": float(diff.mean() - half),
+          "high": float(diff.mean() + half), "n": n}
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+  """Standard error of an accuracy measured on n fixed test examples."""
+  return float(np.sqrt(accuracy * (1 - accuracy) / n))
 
 
 def write_json(name: str, steps: int, seeds: list[int], summary: dict,
