@@ -37,6 +37,7 @@ import tempfile
 import time
 
 import runs
+from experiment_inputs import Ledger, positive_scale, seed_list
 
 # The demo (configs/default.py) at half its 1000 steps, so a cell costs about
 # a minute on 2 CPU cores (--steps_scale stretches or shrinks every study).
@@ -143,28 +144,6 @@ def _evaluate_on(workdir: str, step: int, split: str) -> dict[str, float]:
     sys.exit(f"failed (exit {done.returncode}): {' '.join(command)}")
   with open(os.path.join(workdir, "eval", f"step_{step}.json")) as f:
     return json.load(f)
-
-
-class Ledger:
-  """ROOT/STUDY/results.jsonl: one record per (run, split), appended as runs
-  finish; what is in it is never recomputed."""
-
-  def __init__(self, path: str):
-    self.path = path
-    self.records = []
-    if os.path.exists(path):
-      with open(path) as f:
-        self.records = [json.loads(line) for line in f if line.strip()]
-
-  def find(self, run: str, split: str) -> dict | None:
-    return next((r for r in self.records
-                 if r["run"] == run and r["split"] == split), None)
-
-  def add(self, record: dict) -> dict:
-    self.records.append(record)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    return record
 
 
 def score(ledger: Ledger, root: str, cond: Condition, lr_scale: float,
@@ -349,30 +328,12 @@ def collect(root: str) -> str:
   return table
 
 
-def _seed_list(text: str) -> list[int]:
-  try:
-    return [int(s) for s in text.split(",")]
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"{text!r} is not comma-separated integers") from None
-
-
-def _positive(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    value = None
-  if value is None or not value > 0:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
-  return value
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("study", choices=sorted(STUDIES) + ["collect"],
                       help="a study, or collect: tabulate the runs under "
                            "--root (e.g. launch/coco_ablations.sh's)")
-  parser.add_argument("--seeds", default="0,1,2", type=_seed_list,
+  parser.add_argument("--seeds", default="0,1,2", type=seed_list,
                       help="comma-separated seeds; the first tunes")
   parser.add_argument("--root", default=os.path.join(
       tempfile.gettempdir(), "cliplite_experiments"))
@@ -380,7 +341,7 @@ def main() -> None:
                                                      "results"))
   parser.add_argument("--dry_run", action="store_true",
                       help="print every tuning command and exit")
-  parser.add_argument("--steps_scale", type=_positive, default=1.0,
+  parser.add_argument("--steps_scale", type=positive_scale, default=1.0,
                       help="every run's steps × this (0.02: a smoke test)")
   parser.add_argument("--only", default="",
                       help="the conditions whose name contains one of these "
