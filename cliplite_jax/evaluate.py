@@ -45,7 +45,8 @@ PROBES = ("retrieval", "gap", "zeroshot", "svm", "linear")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """UserError for an unknown probe or dataset in the eval section."""
+  """UserError for an unknown probe or dataset in the eval section, or two
+  datasets scored under one name."""
   unknown = sorted(set(config.eval.probes) - set(PROBES))
   if unknown:
     raise config_io.UserError(f"eval.probes: unknown {unknown}; known: "
@@ -64,6 +65,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise config_io.UserError(
         "eval.transfer: a multi-modality model is scored on its own "
         "dataset only; set eval.transfer=()")
+  validation.check_dataset_names(config)
 
 
 def datasets(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:

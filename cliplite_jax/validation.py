@@ -100,6 +100,46 @@ def _eval_fields(c: _Checker) -> None:
   c.integer("data.num_threads", 0)
 
 
+def check_dataset_names(config: ml_collections.ConfigDict) -> None:
+  """UserError when two evaluated datasets (`data.name`, `eval.transfer`)
+  would be scored under one name in the metric keys (`<probe>/<name>/...`,
+  `sources.display_name`: e.g. two prepared sets in directories of the same
+  name), so that one's scores would replace the other's. Only datasets that
+  one of `eval.probes` scores count; with zero-shot, a dataset's extra tasks
+  (`<name>_<task>`) count too."""
+  from cliplite_jax.data import sources  # the heavy TFDS import, late
+  probes = set(config.eval.probes)
+  named = {}  # metric name → (field, dataset)
+  entries = [("data.name", config.data.name)] + [
+      ("eval.transfer", n) for n in config.eval.get("transfer", ())]
+  for field, name in entries:
+    source, _ = sources.get(name)
+    if not probes & source.probes:
+      continue
+    ds = sources.display_name(name)
+    keys = [ds] + ([f"{ds}_{task}" for task in list(source.zeroshot)[1:]]
+                   if "zeroshot" in probes else [])
+    for key in keys:
+      if key not in named:
+        named[key] = (field, name)
+        continue
+      other_field, other = named[key]
+      if other == name:
+        raise config_io.UserError(
+            f"{name} is evaluated twice ({other_field} and {field}): its "
+            f"scores would be written twice under {key}; drop it from "
+            f"eval.transfer")
+      rename = (f"give one prepared set's directory another name (a "
+                f"symlink will do: ln -s {name} {name.rstrip('/')}_2, then "
+                f"name that) or drop one from eval.transfer"
+                if sources.prepared.is_prepared_name(name)
+                else "drop one from eval.transfer")
+      raise config_io.UserError(
+          f"{other_field} {other} and {field} {name} would both be scored "
+          f"as {key!r} (e.g. retrieval/{key}/…), one replacing the other's "
+          f"metrics; {rename}")
+
+
 def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every training field's domain and the relations between fields, for a
   run on `num_devices` devices. Raises UserError listing each problem."""

@@ -2,6 +2,7 @@
 probes fed with features computed directly, example by example; streamed
 extraction across processes; device-count independence."""
 import io
+import os
 
 import jax
 import jax.numpy as jnp
@@ -9,12 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliplite_jax import evaluate, parallel, state as state_lib
+import photos
+from cliplite_jax import config_io, evaluate, parallel, prepare
+from cliplite_jax import state as state_lib, train
 from cliplite_jax.data import augment, eval_input, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
 from cliplite_jax.probes import linear, retrieval, svm, zeroshot
-from conftest import quick_init
+from conftest import quick_init, run_module
 from fakes import (cifar10_examples, coco_examples, fake_coco, fake_tfds,
                    voc_examples)
 
@@ -172,3 +175,67 @@ def test_each_process_streams_its_share_in_equal_batch_counts(processes):
   assert sorted(index[index >= 0]) == list(range(10))
   assert sorted(index[valid]) == [i for i in range(10) if i != 6]
   assert all(b["images"].shape == (2, 16, 16, 3) for b in rows)
+
+
+@pytest.fixture(scope="module")
+def two_p_hosts(tmp_path_factory):
+  """The photo caption set prepared twice, at a/p_host and b/p_host."""
+  root = tmp_path_factory.mktemp("same_name")
+  raw = photos.write_jsonl(str(root / "raw"))
+  outs = [str(root / parent / "p_host") for parent in ("a", "b")]
+  for out in outs:
+    prepare.run(prepare.Options(source=[raw], out=out))
+  return outs
+
+
+def test_two_datasets_of_one_name_are_refused_before_any_work(
+    tiny, two_p_hosts, tmp_path):
+  first, second = two_p_hosts
+  tiny.data.name, tiny.eval.transfer = first, (second,)
+  tiny.batch_size = 8
+  tiny.eval.probes = ("retrieval", "gap")
+  with pytest.raises(config_io.UserError) as error:
+    evaluate.check_config(tiny)
+  message = str(error.value)
+  assert (f"data.name {first} and eval.transfer {second} would both be "
+          f"scored as 'p_host'") in message
+  assert f"ln -s {second} {second}_2" in message and "\n" not in message
+  workdir = tmp_path / "run"
+  with pytest.raises(config_io.UserError, match="both be scored as 'p_host'"):
+    train.train_and_evaluate(tiny, str(workdir))
+  assert not workdir.exists()
+  tiny.eval.transfer = (first,)  # the training set again
+  with pytest.raises(config_io.UserError,
+                     match=f"{first} is evaluated twice .data.name and "
+                           f"eval.transfer.*drop it from eval.transfer"):
+    evaluate.check_config(tiny)
+  # A dataset no probe scores writes no keys: no clash.
+  tiny.eval.transfer = (second,)
+  tiny.eval.probes = ("svm",)
+  evaluate.check_config(tiny)
+  # Another name for the same directory is another name in the keys.
+  os.symlink(second, second + "_2")
+  tiny.eval.transfer = (second + "_2",)
+  tiny.eval.probes = ("retrieval", "gap")
+  evaluate.check_config(tiny)
+  # Registered names clash by their name before "/" too.
+  tiny.data.name, tiny.eval.transfer = "shapes_captions/tiny", (
+      "shapes_captions/default",)
+  with pytest.raises(config_io.UserError,
+                     match="would both be scored as 'shapes_captions'.*drop "
+                           "one from eval.transfer"):
+    evaluate.check_config(tiny)
+
+
+def test_evaluate_refuses_a_name_clash_in_one_line(two_p_hosts, tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  result = run_module("cliplite_jax.evaluate", f"--workdir={workdir}",
+                      "--config=configs/default.py",
+                      f"--config.eval.transfer=({two_p_hosts[0]!r}, "
+                      f"{two_p_hosts[1]!r})")
+  assert result.returncode == 1, result.stderr[-3000:]
+  line, = result.stderr.strip().splitlines()
+  assert line.startswith("cliplite_jax.evaluate: error: eval.transfer ")
+  assert "both be scored as 'p_host'" in line
+  assert os.listdir(workdir) == []
