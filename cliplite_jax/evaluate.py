@@ -31,9 +31,9 @@ from absl import app, flags, logging
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import (checkpoint, config_io, features, losses, optim,
-                          parallel, plots, recovery, state as state_lib,
-                          validation)
+from cliplite_jax import (checkpoint, config_io, features, held_out, losses,
+                          optim, parallel, plots, recovery,
+                          state as state_lib, validation)
 from cliplite_jax.data import augment, eval_input, pipeline, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import multimodal
@@ -166,17 +166,19 @@ def _probe_dataset(config, name, split, fit_split, probes, encoders,
       metrics.update({f"zeroshot/{task_name}/{k}": v
                       for k, v in accuracy.items()})
   if {"svm", "linear"} & probes:
-    fit = extract(fit_split)
+    fit = test if fit_split == split else extract(fit_split)
     _require_finite(fit, f"{name} {fit_split} images")
+    # Never scored on what they fit: overlapping splits hold a part out.
+    fit, scored = held_out.fit_and_scored(name, split, fit_split, fit, test)
   if "svm" in probes:
     metrics[f"svm/{ds}/map"] = svm.voc07_map(
-        fit["features"], fit["svm_targets"], test["features"],
-        test["svm_targets"])["map"]
+        fit["features"], fit["svm_targets"], scored["features"],
+        scored["svm_targets"])["map"]
   if "linear" in probes:
     label = source.linear_label
     metrics[f"linear/{ds}/top1"] = linear.train_and_score(
-        fit["features"], fit[label], test["features"], test[label],
-        num_classes=int(max(fit[label].max(), test[label].max())) + 1,
+        fit["features"], fit[label], scored["features"], scored[label],
+        num_classes=int(max(fit[label].max(), scored[label].max())) + 1,
         epochs=config.eval.linear.epochs,
         batch_size=config.eval.linear.batch_size,
         learning_rate=config.eval.linear.learning_rate)["top1"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 import photos
 from cliplite_jax import config_io, evaluate, parallel, prepare
-from cliplite_jax import state as state_lib, train
+from cliplite_jax import held_out, state as state_lib, train
 from cliplite_jax.data import augment, eval_input, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
@@ -239,3 +239,68 @@ def test_evaluate_refuses_a_name_clash_in_one_line(two_p_hosts, tmp_path):
   assert line.startswith("cliplite_jax.evaluate: error: eval.transfer ")
   assert "both be scored as 'p_host'" in line
   assert os.listdir(workdir) == []
+
+
+@pytest.mark.parametrize("split,fit_split,overlap", [
+    ("test", "train", False), ("train", "train", True),
+    ("train", "train+validation", True), ("train[:10%]", "train", True),
+    ("train[:80%]", "train[80%:]", False), ("validation", "train", False)])
+def test_which_splits_overlap(split, fit_split, overlap):
+  assert held_out.overlaps(split, fit_split) == overlap
+
+
+def _spy_on_linear(monkeypatch):
+  """Records the (fit, scored) features each linear probe gets."""
+  calls, real = [], linear.train_and_score
+
+  def spy(train_x, train_y, test_x, test_y, **kwargs):
+    calls.append((np.asarray(train_x), np.asarray(test_x)))
+    return real(train_x, train_y, test_x, test_y, **kwargs)
+  monkeypatch.setattr(linear, "train_and_score", spy)
+  return calls
+
+
+def _disjoint(fit, scored):
+  return not any((fit == row).all(axis=1).any() for row in scored)
+
+
+def test_a_class_set_with_only_train_is_scored_on_held_out_images(
+    setup, tmp_path, monkeypatch, capsys):
+  config, model, variables, tokenizer = setup
+  for folder, names in {"c0": ("astronaut", "rocket", "moon", "coins"),
+                        "c1": ("chelsea", "coffee", "flower"),
+                        "c2": ("camera", "motorcycle", "china")}.items():
+    os.makedirs(tmp_path / "classes" / folder)
+    for name in names:
+      (tmp_path / "classes" / folder / f"{name}.jpg").write_bytes(
+          photos.jpeg(name))
+  out = str(tmp_path / "only_train")
+  card = prepare.run(prepare.Options(
+      source=[f"folder:{tmp_path / 'classes'}"], out=out))
+  assert list(card["splits"]) == ["train"]
+  calls = _spy_on_linear(monkeypatch)
+  config.eval.probes = ("zeroshot", "linear")
+  config.eval.transfer = (out,)
+  config.eval.linear.update(epochs=2, batch_size=4)
+  config.data.name = "coco_captions"  # scored with neither probe
+  capsys.readouterr()
+  with fake_coco(4):
+    got = _run(config, model, variables, tokenizer)
+  assert {"zeroshot/only_train/top1", "linear/only_train/top1"} <= set(got)
+  (fit, scored), = calls
+  assert (len(fit), len(scored)) == (8, 2)  # 20 % of the 10 held out
+  assert _disjoint(fit, scored)
+  assert (f"{out}: train overlaps train, which the SVM and linear probes fit "
+          f"on: they fit on 8 of its images and are scored on the other 2"
+          ) in capsys.readouterr().err
+
+  # The training set scored on the split its probes fit on: likewise.
+  calls.clear()
+  config.data.name, config.eval.transfer = "shapes_captions/tiny", ()
+  config.eval.probes = ("linear", "svm")
+  config.eval.split = config.eval.fit_split = "train"
+  got = _run(config, model, variables, tokenizer)
+  (fit, scored), = calls
+  assert (len(fit), len(scored)) == (205, 51)  # of 256
+  assert _disjoint(fit, scored)
+  assert 0 <= got["svm/shapes_captions/map"] <= 1
