@@ -22,7 +22,7 @@ retrained). Every run is `python -m cliplite_jax.main` in its own workdir
 under --root, named by everything that sets it, so studies share runs (the
 batch study's batch 64 is the fraction study's 100 %) and rerunning a study
 continues where it stopped. Results: ROOT/results.jsonl (one record per run
-and split), bench/results/STUDY.json (mean ± std per condition),
+and split), bench/results/STUDY.json (mean ± sample std per condition),
 bench/results/STUDY.md (the table) and bench/results/STUDY.png.
 """
 from __future__ import annotations
@@ -240,12 +240,22 @@ def write(name: str, summary: dict, out_dir: str) -> None:
            f"×{c['lr_scale']:g}"]
           + [f"{m:.3f} ± {s:.3f}" for m, s in c["test"].values()]
           for key, c in summary.items()]
-  table = runs.markdown_table(["condition", "lr"] + list(METRICS), rows)
+  table = (_spread_label(summary) + "\n\n"
+           + runs.markdown_table(["condition", "lr"] + list(METRICS), rows))
   with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
     f.write(table + "\n\n" + _tuning_table(summary) + "\n\n"
             + _cost(summary) + "\n")
   print(table)
   _plot(name, summary, os.path.join(out_dir, f"{name}.png"))
+
+
+def _spread_label(summary: dict) -> str:
+  """The line above a results table: what its ± is."""
+  seeds = {tuple(c["seeds"]) for c in summary.values()}
+  over = (f"{len(next(iter(seeds)))} seeds ("
+          + ", ".join(map(str, next(iter(seeds)))) + ")"
+          if len(seeds) == 1 else "each condition's seeds")
+  return f"Test split, mean ± sample std (ddof 1) over {over}."
 
 
 def _cost(summary: dict) -> str:
@@ -294,15 +304,15 @@ def _plot(name: str, summary: dict, path: str) -> None:
     ax.minorticks_off()
     ax.grid(alpha=0.3)
   axes[0].legend()
-  fig.suptitle(f"{name}: mean ± std over seeds, test split")
+  fig.suptitle(f"{name}: mean ± sample std over seeds, test split")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
 
 def collect(root: str) -> str:
   """A table of every finished run under ROOT (e.g. launch/coco_ablations.sh's),
-  grouped by workdir name without its "_seed<S>": mean ± std over seeds of
-  each run's final evaluation on its config's eval split."""
+  grouped by workdir name without its "_seed<S>": mean ± sample std (ddof 1)
+  over seeds of each run's final evaluation on its config's eval split."""
   groups = {}
   for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     config_path = os.path.join(root, name, "config.json")
@@ -323,7 +333,8 @@ def collect(root: str) -> str:
       "{:.3f} ± {:.3f}".format(*runs.mean_std(results, k))
       if all(k in r for r in results) else "" for k in keys]
           for group, results in groups.items()]
-  table = runs.markdown_table(["runs", "seeds"] + keys, rows)
+  table = ("mean ± sample std (ddof 1) over each group's seeds\n\n"
+           + runs.markdown_table(["runs", "seeds"] + keys, rows))
   print(table)
   return table
 

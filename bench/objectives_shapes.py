@@ -6,8 +6,9 @@ model, data, steps and batch, only the loss changed.
 
 Each run is `python -m cliplite_jax.main --config=CONFIG --config.seed=S`
 with CONFIG from OBJECTIVES below (configs/default.py for CLIP-Lite, the
-baselines' `:data=shapes`). Prints a Markdown table of mean ± std over
-seeds and writes bench/objectives_shapes.json. Workdirs stay under --root:
+baselines' `:data=shapes`). Prints a Markdown table of mean ± sample std
+(ddof 1) over seeds and writes bench/objectives_shapes.json (every run's
+metrics and the same summary). Workdirs stay under --root:
 rerunning skips finished runs.
 """
 from __future__ import annotations
@@ -53,7 +54,8 @@ def main() -> None:
   summary = {name: {col: runs.mean_std(results, key)
                     for col, key in COLUMNS.items()}
              for name, results in table.items()}
-  print(f"\n{STEPS} steps, batch 64, seeds {seeds} (mean ± std)\n")
+  print(f"\n{STEPS} steps, batch 64: mean ± sample std (ddof 1) over "
+        f"{len(seeds)} seeds {seeds}\n")
   print(runs.markdown_table(
       ["objective", *COLUMNS],
       [[name] + [f"{m:.3f} ± {s:.3f}" for m, s in cols.values()]

@@ -7,8 +7,10 @@ Every run is `python -m cliplite_jax.main --config=configs/default.py` on one
 device with the same model, data, seed and number of steps; only
 `loss.name` and `batch_size` change. Prints a table of zero-shot accuracy and
 retrieval recall on the test split and writes bench/small_batch.png and
-bench/small_batch.json. Workdirs go under --root (kept: rerunning resumes
-and re-evaluates instead of training again).
+bench/small_batch.json. One run per cell, at the config's seed 0: the table
+has no spread over seeds (bench/objectives_shapes.py and bench/experiments.py
+give mean ± sample std over seeds). Workdirs go under --root (kept:
+rerunning resumes and re-evaluates instead of training again).
 """
 from __future__ import annotations
 
@@ -91,7 +93,9 @@ def main():
                    **{k: results[k] for k in METRICS}})
   header = f"{'loss':<8} {'batch':>5} " + " ".join(
       f"{k.split('/')[0][:4]}/{k.split('/')[-1]:>6}" for k in METRICS)
-  print("\n" + header)
+  print(f"\n{args.steps} steps, one run per cell at seed 0 (no spread over "
+        f"seeds); test split")
+  print(header)
   for r in rows:
     print(f"{r['loss']:<8} {r['batch']:>5} "
           + " ".join(f"{r[k]:>11.3f}" for k in METRICS))
