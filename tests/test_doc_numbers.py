@@ -1,0 +1,276 @@
+"""The figures README.md, BENCHMARKS.md and RESULTS.md cite from the results
+files under bench/ equal what those files hold: every "mean ± std" cell of
+the result tables recomputed from the per-run values (mean, sample std with
+ddof 1, rounded to 3 decimals as printed), each JSON's stored summary equal
+to its runs, and every "m ± s" anywhere in the three documents one of the
+JSONs' cells. The tables are parsed from the Markdown, so an edited figure,
+or a rerun that changes a JSON without its table, fails here. No JAX."""
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import experiments  # noqa: E402
+import objectives_shapes  # noqa: E402
+import small_batch  # noqa: E402
+import symile_xor  # noqa: E402
+
+STUDIES = ("batch", "images", "fraction", "steps")
+PLUS_MINUS = re.compile(r"(\d+\.\d{3}) ± (\d+\.\d{3})")
+
+
+def _text(name: str) -> str:
+  with open(os.path.join(REPO, name), encoding="utf-8") as f:
+    return f.read()
+
+
+def _json(name: str):
+  with open(os.path.join(REPO, name)) as f:
+    return json.load(f)
+
+
+def _without_laclip(readme: str) -> str:
+  """README without its LaCLIP section (bench/laclip_rules.json is checked
+  by the benchmark that writes it, not here)."""
+  start = readme.index("\n## LaCLIP: caption rewrites")
+  end = readme.index("\n## ", start + 1)
+  return readme[:start] + readme[end:]
+
+
+def _tables(text: str) -> list[tuple[int, list[str], list[list[str]]]]:
+  """Every Markdown table: (offset of its first line, header cells, rows of
+  cells); cells stripped of spaces and bold marks. Indented tables count."""
+  tables, lines, offset = [], text.split("\n"), 0
+  block, start = [], 0
+  for line in lines + [""]:
+    if line.strip().startswith("|"):
+      if not block:
+        start = offset
+      block.append(line.strip())
+    elif block:
+      cells = [[c.strip().replace("**", "") for c in row.strip("|").split("|")]
+               for row in block]
+      assert set(block[1].replace("|", "")) <= {"-", ":", " "}, block[:2]
+      tables.append((start, cells[0], cells[2:]))
+      block = []
+    offset += len(line) + 1
+  return tables
+
+
+def _table(text: str, header_start: list[str]):
+  """The one table whose header begins with header_start."""
+  found = [t for t in _tables(text) if t[1][:len(header_start)] == header_start]
+  assert len(found) == 1, (header_start, len(found))
+  return found[0]
+
+
+def _cell(mean: float, std: float) -> str:
+  return f"{mean:.3f} ± {std:.3f}"
+
+
+def _mean_std(values) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(np.std(values, ddof=1))
+
+
+def _backticked(cell: str) -> str:
+  return re.search(r"`([^`]+)`", cell).group(1)
+
+
+# --- bench/objectives_shapes.json ---------------------------------------
+
+def _objective_runs() -> dict[str, list[dict]]:
+  data = _json("bench/objectives_shapes.json")
+  return {name: [by_seed[str(s)] for s in data["seeds"]]
+          for name, by_seed in data["runs"].items()}
+
+
+def test_objectives_json_summary_is_its_runs():
+  data = _json("bench/objectives_shapes.json")
+  assert data["seeds"] == [0, 1, 2]
+  for name, runs in _objective_runs().items():
+    for column, key in objectives_shapes.COLUMNS.items():
+      np.testing.assert_allclose(data["mean_std"][name][column],
+                                 _mean_std([r[key] for r in runs]),
+                                 rtol=1e-12, err_msg=f"{name} {column}")
+
+
+def test_readme_objectives_table():
+  runs = _objective_runs()
+  _, header, rows = _table(_text("README.md"), ["objective", "zero-shot shape"])
+  assert header[1:] == list(objectives_shapes.COLUMNS)
+  assert len(rows) == len(runs)
+  for row in rows:
+    name = next(n for n in runs if n.split()[0] == _backticked(row[0]))
+    for column, cell in zip(header[1:], row[1:]):
+      key = objectives_shapes.COLUMNS[column]
+      assert cell == _cell(*_mean_std([r[key] for r in runs[name]])), (
+          name, column, cell)
+
+
+def test_readme_demo_table_is_the_jsd_runs():
+  runs = _objective_runs()["jsd (CLIP-Lite)"]
+  _, header, rows = _table(_text("README.md"), ["metric", "seed 0"])
+  assert header[2:4] == ["seeds 0–2: min–max", "seeds 0–2: mean ± sample std"]
+  checked = 0
+  for row in rows:
+    if not row[0].startswith("`"):
+      continue  # the wall time
+    values = [r[_backticked(row[0])] for r in runs]
+    assert row[1] == f"{values[0]:.3f}", row
+    assert row[2] == f"{min(values):.3f}–{max(values):.3f}", row
+    assert row[3] == _cell(*_mean_std(values)), row
+    checked += 1
+  assert checked == 8
+
+
+# --- bench/symile_xor.json ----------------------------------------------
+
+def _xor_runs() -> dict[str, list[dict]]:
+  data = _json("bench/symile_xor.json")
+  return {name: [by_seed[str(s)] for s in data["seeds"]]
+          for name, by_seed in data["runs"].items()}
+
+
+def test_xor_json_summary_is_its_runs():
+  data = _json("bench/symile_xor.json")
+  for name, runs in _xor_runs().items():
+    for target in symile_xor.TARGETS:
+      np.testing.assert_allclose(
+          data["mean_std"][name][target],
+          _mean_std([r[f"zeroshot/symile_xor/{target}"] for r in runs]),
+          rtol=1e-12, err_msg=f"{name} {target}")
+
+
+def test_readme_xor_table():
+  runs = _xor_runs()
+  _, header, rows = _table(_text("README.md"), ["predict", "objective"])
+  probabilities = [float(h.removeprefix("p = ")) for h in header[2:]]
+  assert probabilities == list(symile_xor.PROBABILITIES)
+  kinds = set()
+  for row in rows:
+    target = row[0].replace(" from ", "_from_").replace(", ", "+")
+    assert target in symile_xor.TARGETS, row[0]
+    if row[1] == "best possible":
+      expected = [f"{symile_xor.best_possible(p):.3f}" for p in probabilities]
+    elif row[1].startswith("binomial SE of the best possible"):
+      n = symile_xor.TEST_EXAMPLES
+      assert f"{n:,} examples" in row[1]
+      expected = [f"{math.sqrt(q * (1 - q) / n):.3f}" for q in
+                  map(symile_xor.best_possible, probabilities)]
+    else:
+      loss, key = _backticked(row[1]), f"zeroshot/symile_xor/{target}"
+      expected = [_cell(*_mean_std([r[key] for r in runs[f"{loss} p={p:g}"]]))
+                  for p in probabilities]
+    assert row[2:] == expected, row
+    kinds.add((target, row[1]))
+  assert len(kinds) == len(rows) == 2 * len(symile_xor.OBJECTIVES) + 2
+
+
+# --- bench/small_batch.json ---------------------------------------------
+
+def test_benchmarks_small_batch_table():
+  runs = _json("bench/small_batch.json")
+  _, header, rows = _table(_text("BENCHMARKS.md"), ["loss", "batch"])
+  keys = small_batch.METRICS
+  assert len(header) == 2 + len(keys)
+  assert len(rows) == len(runs)
+  for row in rows:
+    run = next(r for r in runs if r["loss"] == row[0].lower()
+               and r["batch"] == int(row[1]))
+    assert row[2:] == [f"{run[k]:.3f}" for k in keys], row
+
+
+# --- bench/results/*.json (the experiment runner's studies) --------------
+
+def _study_of(text: str, offset: int) -> str:
+  """The study whose command comes last before `offset`."""
+  commands = [(m.start(), m.group(1)) for m in re.finditer(
+      r"python bench/experiments.py (\w+) --steps_scale", text[:offset])]
+  return commands[-1][1]
+
+
+def _condition_label(key: str, cond: dict) -> str:
+  return key.rsplit("_s", 1)[0] + f" ({cond['condition']['steps']} steps)"
+
+
+@pytest.mark.parametrize("name", ["RESULTS.md"] + [
+    f"bench/results/{s}.md" for s in STUDIES])
+def test_results_tables(name):
+  text = _text(name)
+  tables = [t for t in _tables(text) if t[1][:2] == ["condition", "lr"]]
+  assert len(tables) == (len(STUDIES) if name == "RESULTS.md" else 1)
+  for offset, header, rows in tables:
+    study = (_study_of(text, offset) if name == "RESULTS.md"
+             else os.path.basename(name)[:-3])
+    summary = _json(f"bench/results/{study}.json")
+    # The line above the table says what the ± is.
+    above = text[:offset].rstrip("\n").rsplit("\n", 1)[-1]
+    assert above == experiments._spread_label(summary), above
+    assert header[2:] == list(experiments.METRICS)
+    assert [r[0] for r in rows] == [_condition_label(k, c)
+                                    for k, c in summary.items()]
+    for row, (key, cond) in zip(rows, summary.items()):
+      assert row[1] == f"×{cond['lr_scale']:g}", row
+      assert len(cond["seeds"]) == 3
+      for column, cell in zip(header[2:], row[2:]):
+        assert cell == _cell(*cond["test"][column]), (study, key, column)
+    # The validation grid under it.
+    tuning = next(t for t in _tables(text) if t[0] > offset)
+    grid = {c["tuned_on"]: (c["validation"], f"{c['lr_scale']:g}")
+            for c in summary.values()}
+    assert [r[0] for r in tuning[2]] == list(grid)
+    scales = [h.removeprefix("×") for h in tuning[1][1:]]
+    for row in tuning[2]:
+      values, _ = grid[row[0]]
+      assert row[1:] == [f"{values[s]:.3f}" if s in values else ""
+                         for s in scales], row
+
+
+def test_results_small_batch_summary():
+  """RESULTS.md's shape zero-shot by batch at equal steps (300)."""
+  summary = _json("bench/results/batch.json")
+  _, header, rows = _table(_text("RESULTS.md"), ["batch", "JSD"])
+  objectives = {"JSD": "jsd", "InfoNCE": "infonce", "SigLIP": "sigmoid"}
+  assert [int(r[0]) for r in rows] == [16, 32, 64, 128]
+  for row in rows:
+    for name, cell in zip(header[1:], row[1:]):
+      cond = next(c for c in summary.values()
+                  if c["condition"]["objective"] == objectives[name]
+                  and c["condition"]["batch"] == int(row[0])
+                  and c["condition"]["steps"] == 300)
+      assert cell == _cell(*cond["test"]["zero-shot shape"]), (row[0], name)
+
+
+# --- every "m ± s" in the prose too --------------------------------------
+
+def _all_cells() -> set[str]:
+  """Every mean ± sample std the results files give: each metric over each
+  configuration's seeds, and each study cell."""
+  cells = set()
+  for runs in (*_objective_runs().values(), *_xor_runs().values()):
+    cells.update(_cell(*_mean_std([r[key] for r in runs])) for key in runs[0])
+  for study in STUDIES:
+    for cond in _json(f"bench/results/{study}.json").values():
+      cells.update(_cell(*ms) for ms in cond["test"].values())
+  return cells
+
+
+@pytest.mark.parametrize("name", ["README.md", "BENCHMARKS.md", "RESULTS.md"])
+def test_every_cited_mean_and_std_is_in_a_results_file(name):
+  text = _text(name)
+  if name == "README.md":
+    text = _without_laclip(text)
+  text = re.sub(r"\s+", " ", text.replace("**", ""))  # wrapped prose
+  cited = PLUS_MINUS.findall(text)
+  assert cited, name
+  known = _all_cells()
+  unknown = sorted({f"{m} ± {s}" for m, s in cited} - known)
+  assert not unknown, f"{name}: {unknown}"
