@@ -32,6 +32,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -45,9 +46,10 @@ if __name__ == "__main__":
   native_logs.quiet()  # before readers import TensorFlow (tfds:NAME)
 
 from cliplite_jax.data import prepare_units, prepared, readers
+from cliplite_jax.data.prepare_output import check_out, create_out, lock_out
 from cliplite_jax.data.prepare_options import (Options, PrepareError,
-                                               differences, parse_fractions,
-                                               parse_source, read_lines)
+                                               parse_fractions, parse_source,
+                                               read_lines)
 from cliplite_jax.data.prepare_options import spec as make_spec
 
 FLAGS = flags.FLAGS
@@ -224,69 +226,69 @@ class Progress:
       self.line()
 
 
-def _check_out(root: epath.Path, spec: dict) -> dict | None:
-  """The finished card when `root` holds this very preparation; None when
-  it is new or an unfinished one to continue (one with other flags and no
-  unit done is started over). PrepareError for anything else."""
-  out, work = str(root), root / ".work"
-  if root.exists() and not root.is_dir():
-    raise PrepareError(f"--out {out} is a file")
-  if (root / prepared.CARD).exists():
-    card = prepared.read_card(out)
-    if card.get("spec") != spec:
-      raise PrepareError(
-          f"{out} already holds a prepared dataset made with other flags "
-          f"({differences(card.get('spec', {}), spec)}); choose a new --out")
-    return card
-  spec_file = work / "spec.json"
-  if spec_file.exists():
-    saved = json.loads(spec_file.read_text())
-    if saved != spec:
-      if any(work.glob("unit-*.json")):
-        raise PrepareError(
-            f"{out} holds an unfinished preparation made with other flags or "
-            f"an older version of its sources ({differences(saved, spec)}): "
-            f"rerun that command, or delete {out} to start over")
-      work.rmtree()
-  elif root.exists() and any(root.iterdir()):
-    raise PrepareError(f"--out {out} exists and holds other files; choose a "
-                       f"new or an empty directory")
-  return None
-
-
 def run(opts: Options) -> dict:
   """Prepares (or continues preparing) `opts.source` into `opts.out`;
   returns the dataset card."""
-  out = opts.out
-  root = epath.Path(out)
-  work = root / ".work"
+  root = epath.Path(opts.out)
   spec = make_spec(opts)
-  card = _check_out(root, spec)
-  if card is not None:
-    print(f"{out} is already prepared: {_summary(card)}")
-    return card
-  created = not root.exists()
+  created = create_out(root)
+  lock = lock_out(root)  # refused: touch nothing, another prepare owns it
   try:
-    units, fixed = plan(work, opts)
+    return _run_locked(opts, root, spec, created)
   except BaseException:
-    # Bad input found while reading the source: leave nothing behind
-    # unless earlier runs converted units already.
+    # Bad input found before any unit was converted: leave nothing behind.
+    work = root / ".work"
     if not (work.exists() and any(work.glob("unit-*.json"))):
       _bucket_dir(work).rmtree(missing_ok=True)
       work.rmtree(missing_ok=True)
       if created:
         root.rmtree(missing_ok=True)
     raise
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _pending_jobs(units, names, out, work, staging) -> list[tuple]:
+  """The convert jobs of the units not done; a done unit whose shards no
+  longer match its marker is converted again (and said so)."""
+  jobs, redone = [], []
+  for unit, name in zip(units, names):
+    marker = work / f"unit-{name}.json"
+    if marker.exists():
+      problem = prepare_units.damaged(out, json.loads(marker.read_text()))
+      if problem is None:
+        continue
+      redone.append(problem)
+      marker.unlink()
+    jobs.append((unit, out, name, str(marker), staging))
+  if redone:
+    print(f"prepare: {len(redone)} finished unit(s) have damaged shards "
+          f"({redone[0]}); converting them again", file=sys.stderr)
+  return jobs
+
+
+def _run_locked(opts: Options, root: epath.Path, spec: dict,
+                created: bool) -> dict:
+  """`run` once --out exists and is locked."""
+  out, work = str(root), root / ".work"
+  card = check_out(root, spec)
+  if card is not None:
+    print(f"{out} is already prepared: {_summary(card)}")
+    return card
+  units, fixed = plan(work, opts)
   work.mkdir(parents=True, exist_ok=True)
   (work / "spec.json").write_text(json.dumps(spec, indent=1))
   # Units stage their files here (local outputs) or in a local temporary
-  # directory; what an interrupted unit left is removed when it is redone.
-  staging = (str(work / "staging") if "://" not in out
-             else tempfile.gettempdir())
+  # directory, each in a folder of its own; what an interrupted run staged
+  # is removed here (its workers ended with it).
+  if "://" not in out:
+    staging = str(work / "staging")
+    (work / "staging").rmtree(missing_ok=True)
+  else:
+    staging = tempfile.gettempdir()
   names = [f"{i:05d}-of-{len(units):05d}" for i in range(len(units))]
-  pending = [(unit, out, name, str(work / f"unit-{name}.json"), staging)
-             for unit, name in zip(units, names)
-             if not (work / f"unit-{name}.json").exists()]
+  pending = _pending_jobs(units, names, out, work, staging)
   if len(pending) < len(units):
     print(f"prepare: continuing, {len(units) - len(pending)} of {len(units)} "
           f"units already done", file=sys.stderr)
@@ -302,13 +304,26 @@ def run(opts: Options) -> dict:
         progress.units_done += 1
     else:
       with context.Pool(workers, initializer=prepare_units.init_worker,
-                        initargs=(counter,)) as pool:
+                        initargs=(counter, os.getpid())) as pool:
         for _ in pool.imap_unordered(prepare_units.convert_job, pending):
           progress.units_done += 1
   done = [json.loads((work / f"unit-{name}.json").read_text())
           for name in names]
+  # Every shard is read back once before the card calls the set finished.
+  for name, marker in zip(names, done):
+    problem = prepare_units.damaged(out, marker)
+    if problem is not None:
+      (work / f"unit-{name}.json").unlink()
+      raise PrepareError(f"{problem} after it was written (another process "
+                         f"writing into {out}?); rerun the same command to "
+                         f"convert it again")
   card = prepare_units.card(done, fixed, spec)
   if not card["splits"]:
+    # Nothing worth continuing: a rerun with corrected flags starts afresh.
+    _bucket_dir(work).rmtree(missing_ok=True)
+    work.rmtree(missing_ok=True)
+    if created:
+      root.rmtree(missing_ok=True)
     raise PrepareError(f"the sources hold no usable example (skipped: "
                        f"{_summary(card).split('skipped ')[-1]})")
   (root / prepared.CARD).write_text(json.dumps(card, indent=1))
@@ -328,10 +343,21 @@ def _summary(card: dict) -> str:
   return f"{card['kind']}: {splits}; skipped {lost}"
 
 
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, raised where the main thread is (like Ctrl-C)."""
+
+
+def _terminate(signum, frame):
+  raise Terminated()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # TFDS logs at INFO
+  # timeout, docker stop and preemption send SIGTERM: stop as Ctrl-C does,
+  # the pool's workers with us, and say how to continue.
+  signal.signal(signal.SIGTERM, _terminate)
   opts = options_from_flags()
   try:
     if not opts.out:
@@ -346,6 +372,10 @@ def main(argv):
           ValueError) as e:
     print(f"prepare: {e}", file=sys.stderr)
     sys.exit(1)
+  except Terminated:
+    print("\nprepare: terminated (SIGTERM); rerun the same command to "
+          "continue", file=sys.stderr)
+    sys.exit(143)
   except KeyboardInterrupt:
     print("\nprepare: interrupted; rerun the same command to continue",
           file=sys.stderr)

@@ -10,7 +10,10 @@ import os
 import resource
 import shutil
 import signal
+import sys
+import threading
 import time
+import uuid
 
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
@@ -39,11 +42,36 @@ def set_counter(counter) -> None:
   _counter = counter
 
 
-def init_worker(counter) -> None:
-  """A pool worker: the shared counter, and Ctrl-C left to the parent (it
-  stops the pool; the units in flight are redone on the next run)."""
+def init_worker(counter, parent: int) -> None:
+  """A pool worker: the shared counter, Ctrl-C left to the parent (it stops
+  the pool; the units in flight are redone on the next run), and an end as
+  soon as the parent (PID `parent`) ends, however it ends: a worker that
+  outlived a kill -9 would go on writing into --out beside the next run."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
   set_counter(counter)
+  _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+  """SIGKILL from the kernel when the parent dies (Linux), and on every
+  system a thread that exits once the parent is gone (re-parented)."""
+  if sys.platform.startswith("linux"):
+    try:
+      import ctypes
+      libc = ctypes.CDLL(None, use_errno=True)
+      pr_set_pdeathsig = 1
+      libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+      pass
+  if os.getppid() != parent:  # died before the request above took effect
+    os._exit(1)
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(1)
+  threading.Thread(target=watch, daemon=True).start()
 
 
 def _hash(text: str) -> int:
@@ -127,12 +155,14 @@ def convert(unit: Unit, out: str, name: str, marker: str,
             staging_root: str) -> None:
   """Converts one unit into SPLIT-NAME.array_record files under `out`
   (written in a directory of `staging_root` first) and then writes its
-  `marker` (counts, caption histogram, problems): a unit with a marker is
-  complete, one without is redone from scratch."""
+  `marker` (counts, caption histogram, problems, and each shard's size and
+  CRC32): a unit with a marker whose shards match it is complete, any other
+  is redone from scratch. The staging directory is this call's own, so
+  nothing another process writes can be moved into `out` by this one."""
   a = unit.args
   os.makedirs(staging_root, exist_ok=True)
-  staging = os.path.join(staging_root, f"unit-{name}")
-  shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
+  staging = os.path.join(staging_root,
+                         f"unit-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
   os.makedirs(staging)
   writers, stats = {}, {}
   skipped = {"missing": 0, "undecodable": 0, "no_caption": 0, "no_label": 0,
@@ -183,6 +213,8 @@ def convert(unit: Unit, out: str, name: str, marker: str,
         s["hist"][min(len(caption.split()), MAX_WORDS_BIN)] += 1
     for split, (writer, path) in writers.items():
       writer.close()
+      stats[split]["bytes"] = os.path.getsize(path)
+      stats[split]["crc32"] = prepared.file_crc32(path)
       target = epath.Path(out) / os.path.basename(path)
       if "://" in out:
         epath.Path(path).copy(target, overwrite=True)
@@ -202,6 +234,18 @@ def convert_job(job) -> None:
   convert(*job)
 
 
+def damaged(out: str, marker: dict) -> str | None:
+  """Why a done unit's shards under `out` are not the ones its `marker`
+  records (e.g. "train-00003-of-00010.array_record: missing"), or None.
+  Markers written before sizes were recorded pass unchecked."""
+  for s in marker["splits"].values():
+    problem = prepared.shard_problem(str(epath.Path(out) / s["file"]),
+                                     s.get("bytes"), s.get("crc32"))
+    if problem is not None:
+      return f"{s['file']}: {problem}"
+  return None
+
+
 def card(done: list[dict], fixed: dict, spec: dict) -> dict:
   """The dataset card from the units' markers (in unit order)."""
   splits, counts, problems = {}, {}, []
@@ -212,7 +256,8 @@ def card(done: list[dict], fixed: dict, spec: dict) -> dict:
                                         "hist": [0] * (MAX_WORDS_BIN + 1)})
       entry["examples"] += s["examples"]
       entry["captions"] += s["captions"]
-      entry["shards"].append({"file": s["file"], "examples": s["examples"]})
+      entry["shards"].append({k: s[k] for k in ("file", "examples", "bytes",
+                                                 "crc32") if k in s})
       entry["hist"] = [x + y for x, y in zip(entry["hist"], s["hist"])]
     for why, n in marker["skipped"].items():
       counts[why] = counts.get(why, 0) + n

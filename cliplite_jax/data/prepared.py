@@ -10,14 +10,23 @@ A prepared dataset is a directory (local or gs://):
                                records: msgpack {"key": str, "image": bytes,
                                "captions": [str], "label": int (class sets)}
 
-Opening one reads only the card: the shards' record counts are in it, so a
-set of 10M examples opens in the time it takes to read one JSON file, and the
-shards are opened lazily, on first read.
+Opening one reads the card (the shards' record counts are in it) and checks
+each shard of the opened split against the size and CRC32 the card records,
+so a truncated or damaged shard is named in one line before any record is
+read (`DamagedShardError`). The check reads every byte once per process (at
+several GB/s; each shard once, however often it is opened); sets over
+`CHECKSUM_LIMIT_BYTES` are checked by size only, and cards written before
+checksums were recorded are not checked.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import json
 import os
+import sys
+import time
+import zlib
 
 import msgpack
 import numpy as np
@@ -27,6 +36,79 @@ from etils import epath
 CARD = "dataset_card.json"
 FORMAT = "cliplite_prepared"
 VERSION = 1
+# Above this many bytes in one opened split, shards are checked by size only.
+CHECKSUM_LIMIT_BYTES = 256 * 2**30
+_CRC_BLOCK = 8 * 2**20
+
+
+class DamagedShardError(ValueError):
+  """A prepared shard whose size or checksum is not what prepare wrote."""
+
+
+def file_crc32(path: str) -> str:
+  """CRC32 of a (local or gs://) file's bytes, as 8 hex digits."""
+  crc = 0
+  with epath.Path(path).open("rb") as f:
+    while block := f.read(_CRC_BLOCK):
+      crc = zlib.crc32(block, crc)
+  return f"{crc:08x}"
+
+
+def shard_problem(path: str, size: int | None, crc32: str | None,
+                  checksum: bool = True) -> str | None:
+  """Why the shard at `path` is not the one prepare recorded (missing, other
+  size, other CRC32), or None when it matches; None fields are unchecked."""
+  try:
+    actual = epath.Path(path).stat().length
+  except (FileNotFoundError, NotADirectoryError):
+    return "missing"
+  if size is not None and actual != size:
+    return f"{actual} bytes, prepare wrote {size}"
+  if checksum and crc32 is not None and file_crc32(path) != crc32:
+    return "its bytes changed since prepare wrote it (CRC32 differs)"
+  return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(path: str, size: int, mtime: float, crc32: str) -> str | None:
+  """`shard_problem` with its checksum, once per file version and process."""
+  return shard_problem(path, size, crc32)
+
+
+def verify_shards(root: epath.Path, shards: list[dict]) -> None:
+  """Checks the card's `shards` ({"file", "bytes", "crc32"}) under `root`;
+  DamagedShardError naming the first bad one. Shards are checked in
+  parallel threads; a progress line appears when it takes a while."""
+  recorded = [s for s in shards if "bytes" in s]
+  checksum = sum(s["bytes"] for s in recorded) <= CHECKSUM_LIMIT_BYTES
+
+  def check(shard):
+    path = str(root / shard["file"])
+    try:
+      stat = epath.Path(path).stat()
+    except (FileNotFoundError, NotADirectoryError):
+      return path, "missing"
+    if stat.length != shard["bytes"]:
+      return path, f"{stat.length} bytes, prepare wrote {shard['bytes']}"
+    if not checksum:
+      return path, None
+    return path, _verified(path, shard["bytes"], stat.mtime,
+                           shard.get("crc32"))
+
+  start, shown = time.time(), False
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)
+                                             ) as pool:
+    for done, (path, problem) in enumerate(pool.map(check, recorded), 1):
+      if problem is not None:
+        raise DamagedShardError(
+            f"{path}: damaged prepared shard ({problem}); prepare the "
+            f"dataset again (delete {root} and rerun the prepare command)")
+      if time.time() - start > 5 and (done % 16 == 0 or done == len(recorded)):
+        shown = True
+        print(f"\rchecking {root}: {done}/{len(recorded)} shards",
+              end="", file=sys.stderr, flush=True)
+  if shown:
+    print(file=sys.stderr)
 
 
 def is_prepared_name(name: str) -> bool:
@@ -77,22 +159,27 @@ class Examples:
 
   `examples[i]` is a dict: "key" str, "image" bytes (encoded), "captions"
   list[str], and "label" int for a class set. Picklable (grain workers).
+  Opening checks the split's shards (`verify_shards`); a record that still
+  fails to read raises DamagedShardError naming its shard.
   """
 
   def __init__(self, name: str, split: str, card: dict | None = None):
     card = card if card is not None else read_card(name)
     root = resolve(name)
     known = card["splits"]
-    paths = []
+    paths, shards = [], []
     for part in split_names(split):
       if part not in known:
         raise ValueError(f"prepared dataset {root} has no split {part!r} "
                          f"(it has {sorted(known)}; the config names splits "
                          f"in data.train_split, eval.split, eval.fit_split)")
-      paths += [f"{root / shard['file']}[0:{shard['examples']}]"
-                for shard in known[part]["shards"] if shard["examples"]]
+      shards += [shard for shard in known[part]["shards"]
+                 if shard["examples"]]
+    paths = [f"{root / shard['file']}[0:{shard['examples']}]"
+             for shard in shards]
     if not paths:
       raise ValueError(f"split {split!r} of {root} has no examples")
+    verify_shards(root, shards)
     self._paths = paths
     self._records = array_record_data_source.ArrayRecordDataSource(paths)
 
@@ -100,7 +187,24 @@ class Examples:
     return len(self._records)
 
   def __getitem__(self, index: int) -> dict:
-    return msgpack.unpackb(self._records[index], raw=False)
+    try:
+      return msgpack.unpackb(self._records[index], raw=False)
+    except (IndexError, KeyboardInterrupt):
+      raise
+    except Exception as e:  # Riegeli's and msgpack's errors have no class
+      raise DamagedShardError(
+          f"{self._shard_of(index)}: damaged prepared shard, record {index} "
+          f"does not read ({str(e).splitlines()[0] if str(e) else e!r}); "
+          f"prepare the dataset again") from e
+
+  def _shard_of(self, index: int) -> str:
+    """The shard file holding record `index`."""
+    for spec in self._paths:
+      path, _, count = spec.rpartition("[0:")
+      if index < int(count.rstrip("]")):
+        return path
+      index -= int(count.rstrip("]"))
+    return self._paths[-1].rpartition("[0:")[0]
 
   def __getstate__(self):
     return {"paths": self._paths}
