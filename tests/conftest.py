@@ -167,6 +167,29 @@ def wait_for_step(workdir: str, step: int, process, timeout: float = 400):
   return latest[0]
 
 
+def in_ci() -> bool:
+  """Whether the suite runs under CI: the environment variable CI is "true"
+  (or "1"), as CI services set it."""
+  return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require(module: str):
+  """`module`, imported. Where it does not import (absent, or a build for
+  another PyTorch that fails at import), the calling test, or at module
+  level the whole file, is skipped; under CI (`in_ci()`), whose test extra
+  installs every optional package the tests use, it fails instead, so a
+  check cannot silently go missing there."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except Exception as e:  # noqa: BLE001 — a broken build raises others
+    message = f"{module} does not import: {type(e).__name__}: {e}"
+    if in_ci():
+      pytest.fail(f"CI: {message} (the test extra installs it)",
+                  pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
 def quick_init(module, *args, **kwargs):
   """`module.init(*args, **kwargs)` as one program compiled without LLVM
   optimisation: eagerly every op compiles on its own, and optimised the

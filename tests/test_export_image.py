@@ -1,9 +1,12 @@
 """The image tower in PyTorch: exported weights give our pooled features.
 
 The PyTorch side is `cliplite_jax.torch_models.ResNet`, which keeps
-torchvision's module names and forward pass; where torchvision imports, the
-same weights also go through `torchvision.models.resnetN` itself.
+torchvision's module names and forward pass, and `torchvision.models.resnetN`
+itself, which loads the same weights strictly. Both come with the test
+extra: outside CI a missing one skips its tests, under CI (CI=true) it fails
+them (`conftest.require`).
 """
+import functools
 import os
 
 import jax
@@ -11,12 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import quick_init, require, run_module
+
+torch = require("torch")
 
 from cliplite_jax import config_io, evaluate, export_image, torch_models  # noqa: E402
 from cliplite_jax.data import augment  # noqa: E402
 from cliplite_jax.models import cliplite, resnet, torch_layout  # noqa: E402
-from conftest import quick_init, run_module  # noqa: E402
 import photos  # noqa: E402
 
 
@@ -43,26 +47,19 @@ def _trained_looking(variables, seed: int = 0):
 
 
 def _torch_features(model, images: np.ndarray) -> np.ndarray:
+  """`model` in no-grad mode on uint8 images [N, S, S, 3], normalised as
+  the export says and laid out NCHW: float32 [N, F]."""
   x = torch.from_numpy(np.array(augment.normalize(images))).permute(0, 3, 1, 2)
   with torch.no_grad():
     return model(x.contiguous()).numpy()
 
 
-def _torchvision():
-  """torchvision's models module, or None where it does not import (its
-  wheels are built for one PyTorch; a mismatched install fails at import)."""
-  try:
-    import torchvision
-  except Exception:
-    return None
-  return torchvision.models
-
-
-@pytest.mark.parametrize("depth,width,size", [
-    (18, 1.0, 64), (50, 1.0, 64),
-    # CI time: the width multiplier also runs in the CLI test's ResNet-18.
-    pytest.param(50, 0.25, 48, marks=pytest.mark.slow)])
-def test_exported_tower_gives_our_pooled_features(depth, width, size):
+@functools.lru_cache(maxsize=None)
+def _exported(depth: int, width: float, size: int):
+  """A ResNet with drawn BatchNorm values, on `_photo_batch(size)`: (images
+  uint8 [4, size, size, 3], our pooled features float32 [4, F], the export's
+  state_dict {name: torch tensor, float32; int64 counters = 7}). Cached:
+  the PyTorch ResNet and torchvision tests share one computation."""
   tower = resnet.ResNet(depth=depth, width=width)
   images = _photo_batch(size)
   variables = _trained_looking(quick_init(
@@ -70,30 +67,50 @@ def test_exported_tower_gives_our_pooled_features(depth, width, size):
       train=False))
   ours = np.asarray(jax.jit(lambda v, x: tower.apply(
       v, augment.normalize(x), train=False))(variables, images))
+  assert ours.shape == (4, tower.num_features)
+  # The features differ between photos: the comparisons are not of constants.
+  assert np.abs(ours[0] - ours[1]).max() > 1e-2 * np.abs(ours).max()
   weights = {k: torch.from_numpy(v) for k, v in torch_layout.resnet_state_dict(
       variables["params"], variables["batch_stats"], depth, 7).items()}
+  return images, ours, weights
 
-  models = [torch_models.ResNet(depth, width)]
-  tv = _torchvision()
-  if width == 1.0 and tv is not None:
-    models.append(getattr(tv, f"resnet{depth}")())
-    models[-1].fc = torch.nn.Identity()
-  for model in models:
-    model.load_state_dict(weights)  # strict: the same names and shapes
-    theirs = _torch_features(model.eval(), images)
-    assert theirs.shape == (4, tower.num_features)
-    np.testing.assert_allclose(theirs, ours, rtol=1e-4,
-                               atol=1e-4 * np.abs(ours).max())
-  # The features differ between photos: the comparison is not of constants.
-  assert np.abs(ours[0] - ours[1]).max() > 1e-2 * np.abs(ours).max()
+
+def _load_and_compare(model, depth: int, width: float, size: int) -> None:
+  """Loads the export into `model` strictly and checks its features."""
+  images, ours, weights = _exported(depth, width, size)
+  # strict: the same names, no key missing or left over, the same shapes.
+  result = model.load_state_dict(weights, strict=True)
+  assert not result.missing_keys and not result.unexpected_keys
+  theirs = _torch_features(model.eval(), images)
+  assert theirs.shape == ours.shape
+  np.testing.assert_allclose(theirs, ours, rtol=1e-4,
+                             atol=1e-4 * np.abs(ours).max())
+
+
+@pytest.mark.parametrize("depth,width,size", [
+    (18, 1.0, 64), (50, 1.0, 64),
+    # CI time: the width multiplier also runs in the CLI test's ResNet-18.
+    pytest.param(50, 0.25, 48, marks=pytest.mark.slow)])
+def test_exported_tower_gives_our_pooled_features(depth, width, size):
+  """`torch_models.ResNet` loads the export strictly and gives our pooled
+  features on real photographs."""
+  _load_and_compare(torch_models.ResNet(depth, width), depth, width, size)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_torchvision_loads_the_export_strictly(depth):
+  """torchvision's own `resnetN()` (fc → Identity) loads the width-1.0
+  export with strict=True and gives our pooled features."""
+  tv = require("torchvision")
+  model = getattr(tv.models, f"resnet{depth}")()
+  model.fc = torch.nn.Identity()
+  _load_and_compare(model, depth, 1.0, 64)
 
 
 def test_torchvision_names_at_width_one():
-  """Where torchvision imports: the export's names and shapes are exactly
-  torchvision's (fc aside), for every depth."""
-  tv = _torchvision()
-  if tv is None:
-    pytest.skip("torchvision does not import here")
+  """The export's names and shapes are exactly torchvision's (fc aside),
+  for every depth."""
+  tv = require("torchvision").models
   for depth in resnet.LAYOUTS:
     theirs = getattr(tv, f"resnet{depth}")().state_dict()
     ours = torch_models.ResNet(depth).state_dict()
