@@ -331,6 +331,12 @@ def _run_locked(opts: Options, root: epath.Path, spec: dict,
   _bucket_dir(work).rmtree(missing_ok=True)
   work.rmtree(missing_ok=True)
   print(f"prepared {out}: {_summary(card)}")
+  conflicts = card["split_conflicts"]
+  if conflicts["count"]:
+    print(f"prepare: warning: {conflicts['count']} images are listed in more "
+          f"than one split, each kept in its first row's split (e.g. "
+          f"{conflicts['examples'][0]}; all in {root / 'dataset_card.md'})",
+          file=sys.stderr)
   return card
 
 

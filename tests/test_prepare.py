@@ -174,12 +174,26 @@ def test_tfds_keys_caption_set_and_class_set(tiny_data_dir, tmp_path):
     (["--source={csv}", "--image_column=path"], "no column 'path'"),
     (["--source={bad}"], "bad.jsonl:2: not JSON"),
     (["--source=tfds:no_such_dataset_xyz"], "tfds:no_such_dataset_xyz"),
+    (["--source={latin1}"], "latin1.jsonl:3: not UTF-8 text (byte 0xe9 at "
+     "column 35)"),
+    (["--source={latin1_csv}"], "latin1.csv:4: not UTF-8 text (byte 0xe9"),
+    (["--source={jsonl}", "--class_names={latin1}"],
+     "--class_names: {latin1}:3: not UTF-8"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(photo_files, tmp_path, args,
                                                    message):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"image": "a.jpg", "caption": "x"}\n{oops\n')
-  args = [a.format(bad=bad, **{k: v for k, v in photo_files.items()
+  latin1 = tmp_path / "latin1.jsonl"
+  latin1.write_bytes(b'{"image": "a.jpg", "caption": "x"}\n' * 2
+                     + '{"image": "b.jpg", "caption": "caf\u00e9"}\n'
+                     .encode("latin-1"))
+  latin1_csv = tmp_path / "latin1.csv"
+  latin1_csv.write_bytes(b"image,caption\na.jpg,x\nb.jpg,y\n"
+                         + "c.jpg,caf\u00e9\n".encode("latin-1"))
+  message = message.format(latin1=latin1)
+  args = [a.format(bad=bad, latin1=latin1, latin1_csv=latin1_csv,
+                   **{k: v for k, v in photo_files.items()
                                if isinstance(v, str)}) for a in args]
   out = tmp_path / "out"
   result = run_module("cliplite_jax.prepare", *args, f"--out={out}")
@@ -287,3 +301,67 @@ def test_an_edited_source_is_not_continued_over(photo_files, tmp_path,
 
 def _interrupt(*job):
   raise KeyboardInterrupt
+
+
+def test_out_under_a_file_is_one_line(photo_files, tmp_path):
+  (tmp_path / "file").write_text("x")
+  for out in (tmp_path / "file", tmp_path / "file" / "x"):
+    result = run_module("cliplite_jax.prepare",
+                        f"--source={photo_files['jsonl']}", f"--out={out}")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is a file" in lines[0] or (
+        "lies under a file" in lines[0]), result.stderr
+  assert (tmp_path / "file").read_text() == "x"
+
+
+def test_unreadable_paths_are_skipped_and_one_image_is_one_path(tmp_path):
+  """A self-symlink (ELOOP), a 300-character name (ENAMETOOLONG) and a NUL
+  byte are missing images, counted; img/x, ./img/x and img//x are one."""
+  os.makedirs(tmp_path / "img")
+  (tmp_path / "img" / "coffee.jpg").write_bytes(photos.jpeg("coffee"))
+  os.symlink("loop.jpg", tmp_path / "img" / "loop.jpg")
+  rows = [("img/coffee.jpg", "a cup"), ("./img/coffee.jpg", "a red cup"),
+          ("img//coffee.jpg", "coffee on a saucer"),
+          ("img/loop.jpg", "a loop"), ("img/" + "n" * 300 + ".jpg", "long"),
+          ("img/nul\u0000.jpg", "nul")]
+  source = tmp_path / "captions.jsonl"
+  source.write_text("".join(json.dumps({"image": i, "caption": c}) + "\n"
+                            for i, c in rows))
+  card = _prepare(tmp_path / "out", str(source))
+  assert card["splits"]["train"]["examples"] == 1
+  assert card["splits"]["train"]["captions"] == 3
+  assert card["skipped"]["counts"]["missing"] == 3
+  shown = "\n".join(card["skipped"]["examples"])
+  assert "symbolic links" in shown and "too long" in shown and "NUL" in shown
+
+
+def test_an_image_in_two_splits_is_kept_once_and_reported(tmp_path, capsys):
+  os.makedirs(tmp_path / "img")
+  for name in ("coffee", "chelsea"):
+    (tmp_path / "img" / f"{name}.jpg").write_bytes(photos.jpeg(name))
+  source = tmp_path / "captions.jsonl"
+  source.write_text("".join(json.dumps(r) + "\n" for r in (
+      {"image": "img/coffee.jpg", "caption": "a cup", "split": "train"},
+      {"image": "img/chelsea.jpg", "caption": "a cat", "split": "train"},
+      {"image": "img/coffee.jpg", "caption": "a red cup", "split": "test"})))
+  card = _prepare(tmp_path / "out", str(source))
+  assert {k: v["examples"] for k, v in card["splits"].items()} == {"train": 2}
+  assert card["split_conflicts"]["count"] == 1
+  assert "img/coffee.jpg: in train and test" in (
+      card["split_conflicts"]["examples"][0])
+  assert "1 images are listed in more than one split" in capsys.readouterr().err
+  assert "more than one split: 1" in (tmp_path / "out" /
+                                      "dataset_card.md").read_text()
+
+
+def test_a_run_with_no_usable_example_leaves_nothing_to_continue(
+    photo_files, tmp_path):
+  """A typo in --images: every image missing. The corrected command then
+  runs, instead of being refused as an unfinished run with other flags."""
+  out = tmp_path / "out"
+  with pytest.raises(prepare.PrepareError, match="no usable example"):
+    _prepare(out, photo_files["jsonl"], images=str(tmp_path / "typo"))
+  assert not out.exists()
+  card = _prepare(out, photo_files["jsonl"])
+  assert card["splits"]["train"]["examples"] > 0

@@ -125,9 +125,13 @@ def read_lines(path: str, what: str) -> list[str]:
   """The non-blank, stripped lines of the file that flag --`what` names;
   PrepareError when it cannot be read or has none."""
   try:
-    lines = [line.strip() for line in epath.Path(path).read_text().splitlines()]
+    data = epath.Path(path).read_bytes()
+    lines = [line.strip() for line in data.decode("utf-8").splitlines()]
   except OSError as e:
     raise PrepareError(f"--{what}: cannot read {path}: {e}") from e
+  except UnicodeDecodeError as e:
+    raise PrepareError(f"--{what}: {readers.utf8_error(path, data, e)}"
+                       ) from None
   lines = [line for line in lines if line]
   if not lines:
     raise PrepareError(f"--{what}: {path} is empty")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import resource
 import shutil
 import signal
@@ -111,6 +112,8 @@ def partition(make_rows, directory: epath.Path,
   files = [None] * buckets
   try:
     for row in make_rows():
+      # img/x.png, ./img/x.png and img//x.png are one image.
+      row.image = posixpath.normpath(row.image)
       b = _hash(row.image) % buckets
       if files[b] is None:
         files[b] = open(directory / f"bucket-{b:05d}.jsonl", "w")
@@ -131,12 +134,17 @@ def _row_items(bucket: str, root: str):
   with open(bucket) as f:
     for line in f:
       row = json.loads(line)
-      entry = grouped.setdefault(row["image"], row | {"captions": []})
+      entry = grouped.setdefault(row["image"], row | {"captions": [],
+                                                      "splits": []})
       entry["captions"] += row["captions"]
+      if row["split"] is not None and row["split"] not in entry["splits"]:
+        entry["splits"].append(row["split"])
   for image, row in grouped.items():
     item = readers.read_image(root, image)
-    item.captions, item.split, item.label = (row["captions"], row["split"],
+    splits = row["splits"] or [None]  # rows without a split name none
+    item.captions, item.split, item.label = (row["captions"], splits[0],
                                              row["label"])
+    item.other_splits = tuple(splits[1:])
     yield item
 
 
@@ -167,7 +175,7 @@ def convert(unit: Unit, out: str, name: str, marker: str,
   writers, stats = {}, {}
   skipped = {"missing": 0, "undecodable": 0, "no_caption": 0, "no_label": 0,
              "damaged": 0}
-  problems = []
+  problems, conflicts = [], {"count": 0, "examples": []}
 
   def skip(item, why):
     skipped[why.split(" ")[0]] += 1
@@ -199,6 +207,12 @@ def convert(unit: Unit, out: str, name: str, marker: str,
         continue
       split = (a["split"] or item.split
                or draw_split(item.key, a["fractions"], a["seed"]))
+      if item.other_splits and not a["split"]:
+        conflicts["count"] += 1
+        if len(conflicts["examples"]) < PROBLEMS_SHOWN:
+          conflicts["examples"].append(
+              f"{item.key}: in {split} and {', '.join(item.other_splits)} "
+              f"(kept in {split})")
       if split not in writers:
         path = os.path.join(staging, f"{split}-{name}.array_record")
         writers[split] = (ArrayRecordWriter(path, "group_size:1"), path)
@@ -223,7 +237,8 @@ def convert(unit: Unit, out: str, name: str, marker: str,
       stats[split]["file"] = target.name
     tmp_marker = marker + ".tmp"
     epath.Path(tmp_marker).write_text(json.dumps(
-        {"splits": stats, "skipped": skipped, "problems": problems}))
+        {"splits": stats, "skipped": skipped, "problems": problems,
+         "split_conflicts": conflicts}))
     epath.Path(tmp_marker).rename(marker)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
@@ -249,6 +264,7 @@ def damaged(out: str, marker: dict) -> str | None:
 def card(done: list[dict], fixed: dict, spec: dict) -> dict:
   """The dataset card from the units' markers (in unit order)."""
   splits, counts, problems = {}, {}, []
+  conflicts = {"count": 0, "examples": []}
   for marker in done:
     for split, s in marker["splits"].items():
       entry = splits.setdefault(split, {"examples": 0, "captions": 0,
@@ -262,11 +278,16 @@ def card(done: list[dict], fixed: dict, spec: dict) -> dict:
     for why, n in marker["skipped"].items():
       counts[why] = counts.get(why, 0) + n
     problems += marker["problems"]
+    marked = marker.get("split_conflicts", {"count": 0, "examples": []})
+    conflicts["count"] += marked["count"]
+    conflicts["examples"] += marked["examples"]
   for entry in splits.values():
     entry["caption_words"] = prepared.word_statistics(entry.pop("hist"))
   return {"format": prepared.FORMAT, "version": prepared.VERSION, **fixed,
           "splits": splits,
           "skipped": {"counts": counts, "examples": problems[:PROBLEMS_SHOWN]},
+          "split_conflicts": {"count": conflicts["count"], "examples":
+                              conflicts["examples"][:PROBLEMS_SHOWN]},
           "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
           "spec": spec}
 
@@ -294,4 +315,9 @@ def card_markdown(card: dict) -> str:
                                          sorted(counts.items()) if n)
                                or "none")]
   lines += [f"- {p}" for p in card["skipped"]["examples"]]
+  conflicts = card.get("split_conflicts", {"count": 0})
+  if conflicts["count"]:
+    lines += ["", f"Listed in more than one split: {conflicts['count']} "
+              f"images, each kept in the split of its first row"]
+    lines += [f"- {c}" for c in conflicts["examples"]]
   return "\n".join(lines) + "\n"

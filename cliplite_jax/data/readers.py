@@ -12,6 +12,7 @@ Every reader streams: nothing holds more than one row or one example.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import glob
@@ -47,6 +48,8 @@ class Item:
   split: str | None = None
   label: int | None = None
   problem: str | None = None
+  # Splits other rows of the same image named (the first row's is kept).
+  other_splits: tuple[str, ...] = ()
 
 
 class SourceError(ValueError):
@@ -85,23 +88,39 @@ def _check_label(label, where: str) -> int | None:
                     f"integer ≥ 0; names go in --class_names)")
 
 
-def _open_text(path: str):
-  """A local or gs:// text file, a leading byte-order mark dropped (Excel's
-  "CSV UTF-8"); newline="" keeps line breaks inside quoted CSV fields."""
-  if "://" in path:
-    f = epath.Path(path).open()
-    first = f.read(1)
-    if first != "\ufeff":
-      f.seek(0)
-    return f
-  return open(path, newline="", encoding="utf-8-sig")
+def utf8_error(path: str, data: bytes, error: UnicodeDecodeError,
+               first_line: int = 1) -> str:
+  """One line naming the file, line and byte that are not UTF-8; `data`
+  is the text from line `first_line` on."""
+  line = data.count(b"\n", 0, error.start) + first_line
+  column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+  return (f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} "
+          f"at column {column}); save the file as UTF-8")
+
+
+@contextlib.contextmanager
+def _open_text(path: str) -> Iterator[Iterator[str]]:
+  """The lines of a local or gs:// UTF-8 text file, line breaks kept (CSV
+  fields may hold them) and a leading byte-order mark dropped (Excel's "CSV
+  UTF-8"). Decoded line by line, so bytes that are not UTF-8 are a
+  SourceError naming their line."""
+  with epath.Path(path).open("rb") as f:
+    def lines():
+      for number, raw in enumerate(f, 1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+          raw = raw[3:]
+        try:
+          yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise SourceError(utf8_error(path, raw, e, number)) from None
+    yield lines()
 
 
 def jsonl_rows(path: str) -> Iterator[Row]:
   """{"image": "rel/path.jpg", "captions": [...] or "caption": "...",
   optional "split", optional "label"} per line."""
-  with _open_text(path) as f:
-    for number, line in enumerate(f, 1):
+  with _open_text(path) as lines:
+    for number, line in enumerate(lines, 1):
       if not line.strip():
         continue
       where = f"{path}:{number}"
@@ -122,8 +141,8 @@ def csv_rows(path: str, image_column: str, caption_column: str,
   """One caption per row; a header names the columns. A TSV's fields are
   taken as they are (no quoting: a caption may start with a quote)."""
   quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-  with _open_text(path) as f:
-    reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
+  with _open_text(path) as lines:
+    reader = csv.DictReader(lines, delimiter=delimiter, quoting=quoting)
     columns = reader.fieldnames or []
     for needed in (image_column, caption_column):
       if needed not in columns:
@@ -143,8 +162,11 @@ def karpathy_rows(path: str) -> Iterator[Row]:
   """Karpathy's split file (dataset_coco.json, dataset_flickr30k.json):
   {"images": [{"filename", "filepath"?, "split", "sentences": [{"raw"}]}]}.
   The file is one JSON object, read whole (30 MB for Flickr30k)."""
+  data = epath.Path(path).read_bytes()
   try:
-    images = json.loads(epath.Path(path).read_text())["images"]
+    images = json.loads(data.decode("utf-8"))["images"]
+  except UnicodeDecodeError as e:
+    raise SourceError(utf8_error(path, data, e)) from None
   except (ValueError, KeyError, TypeError) as e:
     raise SourceError(f"{path}: not a Karpathy split file ({e!r})") from e
   for number, image in enumerate(images):
@@ -180,11 +202,15 @@ def folder_rows(root: str) -> tuple[list[str], Iterator[Row]]:
 
 def read_image(root: str, relative: str) -> Item:
   """The encoded bytes of an image file of a row source."""
-  path = epath.Path(root) / relative
   try:
-    return Item(relative, path.read_bytes(), [])
+    return Item(relative, (epath.Path(root) / relative).read_bytes(), [])
   except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
     return Item(relative, None, [], problem="missing")
+  except OSError as e:  # a symlink loop, a name too long, no permission
+    return Item(relative, None, [],
+                problem=f"missing ({e.strerror or type(e).__name__})")
+  except ValueError:  # a NUL byte in the path
+    return Item(relative, None, [], problem="missing (NUL byte in the path)")
 
 
 def webdataset_shards(spec: str) -> list[str]:
