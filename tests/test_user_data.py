@@ -55,6 +55,34 @@ def test_prepare_train_and_evaluate_from_the_command_line(tmp_path,
   assert 0 <= got["retrieval/my_photos/i2t_r1"] <= 1
   assert 0 <= got["gap/my_photos/modality_gap"] <= 2
   assert not any(k.startswith("zeroshot/") for k in got)  # a caption set
+  # A byte flipped in a shard: the rerun (it re-evaluates), evaluate and a
+  # new run each stop in one line naming the shard; nothing is written.
+  card = prepared.read_card(data)
+  shard = os.path.join(data, card["splits"]["test"]["shards"][0]["file"])
+  with open(shard, "r+b") as f:
+    f.seek(-100, os.SEEK_END)
+    byte = f.read(1)
+    f.seek(-100, os.SEEK_END)
+    f.write(bytes([byte[0] ^ 1]))
+  before = sorted(os.listdir(workdir))
+  for command in (("cliplite_jax.main", "--config=configs/default.py",
+                   f"--workdir={workdir}", *tiny_overrides(tiny_data_dir),
+                   f"--config.data.name={data}", "--config.batch_size=8",
+                   "--config.eval.probes=('retrieval','gap','zeroshot')"),
+                  ("cliplite_jax.evaluate", f"--workdir={workdir}")):
+    result = run_module(*command)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{shard}: damaged prepared shard" in lines[0], (
+        result.stderr[-3000:])
+  assert sorted(os.listdir(workdir)) == before
+  result = run_module("cliplite_jax.main", "--config=configs/default.py",
+                      f"--workdir={tmp_path / 'new'}",
+                      *tiny_overrides(tiny_data_dir),
+                      f"--config.data.name={data}", "--config.batch_size=8",
+                      "--config.data.train_split=test")
+  assert result.returncode != 0 and "damaged prepared shard" in result.stderr
+  assert not os.path.exists(tmp_path / "new")
 
 
 def _tokenizer(config):
