@@ -16,8 +16,9 @@ from cliplite_jax import accumulate, checkpoint, checkpoint_saver, config_io
 from cliplite_jax import evaluate
 from cliplite_jax import metrics as metrics_lib, objectives
 from cliplite_jax import guards, optim, parallel, prng, state as state_lib
-from cliplite_jax import recovery, summary, validation, workdir_lock
-from cliplite_jax.data import augment, pipeline, sources, vectors
+from cliplite_jax import recovery, run_start, summary, validation
+from cliplite_jax import workdir_lock
+from cliplite_jax.data import augment, pipeline, sources
 from cliplite_jax.models import hf_bert, multimodal
 
 
@@ -215,63 +216,6 @@ def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
   return results
 
 
-def _check_data(config: ml_collections.ConfigDict) -> int:
-  """Fails early, before anything is written, on an unreadable dataset or
-  rewrites file, a class set to train on, or a training split smaller than
-  one batch. Returns the number of training examples (the fraction's)."""
-  evaluate.check_reads([(config.data.name, config.data.train_split)]
-                       + evaluate.eval_reads(config), config.data.data_dir)
-  if multimodal.is_multimodal(config):
-    vectors.check_features(config, sources.open_split(
-        config.data.name, config.data.train_split, config.data.data_dir))
-  elif sources.get(config.data.name)[0].captions_key is None:
-    raise config_io.UserError(
-        f"data.name {config.data.name} is a class set, without captions: "
-        f"training needs image-caption pairs; score models on it with "
-        f"eval.transfer")
-  examples = sources.open_split(config.data.name, config.data.train_split,
-                                config.data.data_dir)
-  usable = len(pipeline.subset_indices(len(examples), config.data.fraction,
-                                       config.data.fraction_seed))
-  needed = pipeline.epoch_chunk(config)
-  if usable < needed:
-    raise config_io.UserError(
-        f"{config.data.name} {config.data.train_split} has {usable} training "
-        f"examples (data.fraction {config.data.fraction}), fewer than one "
-        f"batch of {needed}: lower --config.batch_size"
-        + (" or data.num_workers" if config.data.num_workers > 0 else ""))
-  pipeline.load_rewrites(config.data.get("rewrites"))
-  return usable
-
-
-def _say_what_resuming_changes(config: ml_collections.ConfigDict,
-                               workdir: str, step: int,
-                               on_disk: list[int]) -> None:
-  """One line each for resume-time changes that alter more than they seem
-  to: a new total_steps re-stretches the cosine schedule (the learning rate
-  jumps), and a smaller retention deletes earlier runs' checkpoints."""
-  if not (epath.Path(workdir) / config_io.CONFIG_FILE).exists():
-    return
-  saved = config_io.load_saved(workdir)
-  if saved.total_steps != config.total_steps:
-    group = next(iter(config.optim.lr))
-    before = optim.schedules(saved)[group](step)
-    after = optim.schedules(config)[group](step)
-    print(f"total_steps changed from {saved.total_steps} to "
-          f"{config.total_steps}: the warmup-cosine schedule is stretched to "
-          f"the new length, so lr/{group} at step {step} goes from "
-          f"{float(before):.4g} to {float(after):.4g}", flush=True)
-  kept = config.keep_checkpoints
-  every = config.get("keep_every_steps") or 0
-  steps = sorted(on_disk)
-  doomed = [s for s in steps[:len(steps) + 1 - kept]
-            if not every or s % every]
-  if len(steps) > kept and doomed:
-    print(f"keep_checkpoints={kept}: the next save deletes the earlier "
-          f"checkpoints at steps {doomed} (raise keep_checkpoints to keep "
-          f"them)", flush=True)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> dict[str, float]:
   """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
@@ -286,8 +230,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = make_mesh(config)
   _adopt_pretrained_text(config)
   _validate(config, mesh)
-  num_examples = _check_data(config)
+  data_check = run_start.check_data(config)
+  num_examples = data_check.num_examples
   guards.check_config_change(config, workdir, allow_config_change)
+  identity = run_start.check_dataset_identity(config, workdir,
+                                              allow_config_change)
   fresh_tokenizer = None
   has_text = not multimodal.is_multimodal(config)
   if has_text and not (epath.Path(workdir) / "tokenizer.json").exists():
@@ -314,19 +261,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                 config.batch_size)
     logging.info("resumed from step %d", int(state.step))
     print(f"resuming from step {int(state.step)}", flush=True)
-  if jax.process_index() == 0:
-    if last_saved is not None:
-      _say_what_resuming_changes(config, workdir, int(state.step),
-                                 mngr.all_steps())
-    # Only now that the state is restored (or made): a run that fails before
-    # this leaves the saved config, and so the next resume, as they were.
-    config_io.save(config, workdir)
+  if jax.process_index() == 0 and last_saved is not None:
+    run_start.say_what_resuming_changes(config, workdir, int(state.step),
+                                        mngr.all_steps())
   train_step = make_train_step(config, model, tx, mesh)
   first_step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, resume_step=first_step)
   lines = summary.startup_lines(
       config, optim.model_params(state.params), mesh, workdir,
       first_step if last_saved is not None else None, num_examples)
+  lines += [data_check.rewrites_line] if data_check.rewrites_line else []
   writer.write_text(first_step, "run", "\n\n".join(lines))
   if jax.process_index() == 0:
     print("\n".join(lines), flush=True)
@@ -339,6 +283,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   saver = checkpoint_saver.OverlappedSaver(mngr, config, nonfinite,
                                            last_saved)
   skipped = 0.0  # data/skipped is logged as the sum since the last log line
+  # config.json and the dataset's identity are written once the first step
+  # has run: a run that fails at start-up (restore, compilation, the first
+  # batch) leaves what the next resume compares against as it was.
+  recorded = False
   try:
     with guards.PreemptionSignal() as preemption:
       for step in range(first_step + 1, config.total_steps + 1):
@@ -346,6 +294,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batch = parallel.shard_batch(next(data_iter), mesh)
         progress.waited(time.perf_counter() - waiting)
         state, step_metrics = train_step(state, batch)
+        if not recorded:
+          jax.block_until_ready(step_metrics)
+          run_start.record_start(config, workdir, identity)
+          recorded = True
         nonfinite.update(step, step_metrics)
         saver.flush()  # the previous step's checkpoint, while this step runs
         skipped = skipped + step_metrics["data/skipped"]
@@ -383,6 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           _evaluate_and_log(config, model, state, tokenizer, mesh, workdir,
                             writer, step)
     saver.flush()
+    if not recorded:  # a finished run, resumed to evaluate again
+      run_start.record_start(config, workdir, identity)
     results = {}
     if config.eval.probes:
       results = _evaluate_and_log(config, model, state, tokenizer, mesh,

@@ -10,7 +10,7 @@ import pytest
 
 from cliplite_jax import config_io, losses, objectives, optim, parallel
 from cliplite_jax import state as state_lib
-from cliplite_jax import train, validation
+from cliplite_jax import prepare, run_start, train, validation
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
 
@@ -303,3 +303,53 @@ def test_weight_norms_stay_finite_where_a_sum_of_squares_overflows():
   np.testing.assert_allclose(float(train._scaled_norm(plain)),
                              np.sqrt(30 + 2), rtol=1e-6)
   assert float(train._scaled_norm({"a": jnp.zeros(3)})) == 0.0
+
+
+def _prepare_photos(raw: str, out: str, drop: str | None = None) -> dict:
+  """The photo caption set (train 9, test 3) prepared at `out`, without
+  the photo `drop`."""
+  import photos
+  captions = photos.write_jsonl(raw)
+  if drop:
+    with open(captions) as f:
+      lines = [line for line in f if f"img/{drop}.jpg" not in line]
+    with open(captions, "w") as f:
+      f.writelines(lines)
+  return prepare.run(prepare.Options(source=[captions], out=out))
+
+
+def test_resuming_on_a_re_prepared_dataset_is_refused(tiny, tmp_path, capsys):
+  data = str(tmp_path / "my_photos")
+  _prepare_photos(str(tmp_path / "raw"), data)
+  tiny.data.name = data
+  tiny.batch_size = 8
+  tiny.total_steps = tiny.checkpoint_every_steps = 2
+  tiny.optim.warmup_steps = 1
+  tiny.eval.probes = ()
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny, workdir)
+  recorded = json.load(open(os.path.join(workdir, run_start.IDENTITY_FILE)))
+  assert recorded["name"] == data and recorded["examples"] == {"train": 9,
+                                                               "test": 3}
+  # Prepared again at the same path, from an edited captions file.
+  shutil.rmtree(data)
+  _prepare_photos(str(tmp_path / "raw2"), data, drop="coffee")
+  before = {name: os.path.getmtime(os.path.join(workdir, name))
+            for name in os.listdir(workdir)}
+  tiny.total_steps = 4
+  with pytest.raises(config_io.UserError) as error:
+    train.train_and_evaluate(tiny, workdir)
+  message = str(error.value)
+  assert message.startswith(f"data.name {data} was prepared again since this "
+                            f"run started (train 9 → 8 examples, prepared ")
+  assert "put back the set this run trained on" in message
+  assert "--allow_config_change" in message and "\n" not in message
+  assert {name: os.path.getmtime(os.path.join(workdir, name))
+          for name in os.listdir(workdir)} == before
+  # Deliberately: continued on the new set, which is then the one recorded.
+  capsys.readouterr()
+  train.train_and_evaluate(tiny, workdir, allow_config_change=True)
+  assert "continuing on it (--allow_config_change)" in capsys.readouterr().out
+  recorded = json.load(open(os.path.join(workdir, run_start.IDENTITY_FILE)))
+  assert recorded["examples"] == {"train": 8, "test": 3}
+  assert run_start.check_dataset_identity(tiny, workdir, False) == recorded

@@ -1,5 +1,6 @@
 """Bad values are refused before anything is written; what resuming changes
 is said; checkpoint retention; a damaged workdir file is named."""
+import json
 import os
 import shutil
 
@@ -7,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax import config_io, evaluate, train
+from cliplite_jax import config_io, evaluate, guards, run_start, train
 from conftest import run_module, tiny_overrides, wait_until
 
 MAIN = "cliplite_jax.main"
@@ -57,6 +58,67 @@ def test_rewrites_are_checked_before_the_workdir_is_touched(tiny, tmp_path):
     assert not workdir.exists()
 
 
+def test_rewrites_matching_no_example_are_refused_before_anything_is_written(
+    tiny, tmp_path):
+  workdir = tmp_path / "never"
+  path = tmp_path / "rewrites.json"
+  for content, keys in (({"img_7.jpg": ["a red circle"]}, "its keys (e.g. "
+                         "'img_7.jpg')"), ({}, "it holds no key")):
+    path.write_text(json.dumps(content))
+    tiny.data.rewrites = str(path)
+    with pytest.raises(config_io.UserError) as error:
+      train.train_and_evaluate(tiny, str(workdir))
+    message = str(error.value)
+    assert (f"data.rewrites {path} has rewrites for none of the 256 training "
+            f"examples of shapes_captions/tiny train: {keys} are not the "
+            f"examples' ids (their index in the split, e.g. '0')") in message
+    assert "python -m cliplite_jax.rewrite --data=shapes_captions/tiny" in (
+        message)
+    assert not workdir.exists()
+
+
+class _Stop(Exception):
+  """Raised by a train step standing in for one that fails to compile."""
+
+
+def _failing_step(*args, **kwargs):
+  def step(state, batch):
+    raise _Stop("RESOURCE_EXHAUSTED: out of memory while compiling")
+  return step
+
+
+def test_the_summary_says_how_many_examples_have_rewrites(
+    tiny, tmp_path, monkeypatch, capsys):
+  path = tmp_path / "rewrites.json"
+  # 64 of the 256 training examples (split indices), and keys of none.
+  path.write_text(json.dumps({**{str(i): ["an image of a shape"]
+                                 for i in range(0, 256, 4)},
+                              "not_an_index": ["x"], "7": []}))
+  tiny.data.rewrites = str(path)
+  monkeypatch.setattr(train, "make_train_step", _failing_step)
+  with pytest.raises(_Stop):
+    train.train_and_evaluate(tiny, str(tmp_path / "run"))
+  out, err = capsys.readouterr()
+  assert (f"rewrites: {path}, for 64 of the 256 training examples (25%)"
+          in out.splitlines())
+  assert (f"warning: data.rewrites {path} has rewrites for only 25% of the "
+          f"training examples of shapes_captions/tiny train (64 of 256); the "
+          f"others train on their own captions only") in err.splitlines()
+  # Half or more: no warning. A sample when ids must be read one by one.
+  path.write_text(json.dumps({str(i): ["x"] for i in range(0, 256, 2)}))
+  got = run_start.check_data(tiny)
+  assert got.rewrites_line.endswith("for 128 of the 256 training examples "
+                                    "(50%)")
+  assert "warning" not in capsys.readouterr().err
+  monkeypatch.setattr(run_start, "REWRITES_SAMPLE", 10)
+  monkeypatch.setattr(run_start.sources, "image_id",
+                      lambda source, index, example: str(index))
+  source = run_start.sources.Source(tfds_name="x", id_key="key")
+  assert run_start.rewrite_coverage(
+      source, list(range(256)), np.arange(256),
+      {str(i): ["x"] for i in range(0, 256, 2)}) == (6, 10)
+
+
 @pytest.fixture(scope="module")
 def kept_every_2(tiny_data_dir, tmp_path_factory):
   """A 6-step run that checkpoints every step, keeps the latest one and
@@ -90,7 +152,7 @@ def test_resuming_says_what_a_new_length_or_retention_changes(
   config.total_steps = 12
   config.keep_every_steps = 0
   capsys.readouterr()
-  train._say_what_resuming_changes(config, workdir, 6, _steps(workdir))
+  run_start.say_what_resuming_changes(config, workdir, 6, _steps(workdir))
   out = capsys.readouterr().out
   # The saved run ends its cosine at step 6 (lr 0); stretched to 12 steps
   # the same step is mid-schedule.
@@ -112,6 +174,30 @@ def test_incompatible_change_is_refused_before_config_json_is_rewritten(
   _one_error_line(result, "does not match the model")
   assert open(os.path.join(workdir, "config.json")).read() == saved
   assert _steps(workdir) == [2, 4, 6]
+
+
+def test_a_resume_failing_at_start_up_leaves_config_json_as_it_was(
+    kept_every_2, tmp_path, monkeypatch, capsys):
+  config, reference = kept_every_2
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  saved = open(os.path.join(workdir, "config.json")).read()
+  changed = config_io.ml_collections.ConfigDict(config.to_dict())
+  changed.total_steps = 12
+  changed.loss.prior_weight = 0.2
+  monkeypatch.setattr(train, "make_train_step", _failing_step)
+  capsys.readouterr()
+  with pytest.raises(_Stop):  # after the restore, at the first step
+    train.train_and_evaluate(changed, workdir, allow_config_change=True)
+  assert "resuming from step 6" in capsys.readouterr().out
+  assert open(os.path.join(workdir, "config.json")).read() == saved
+  assert _steps(workdir) == [2, 4, 6]
+  # So the next start still says what changed.
+  with pytest.raises(config_io.UserError,
+                     match=r"loss.prior_weight \(0.1 -> 0.2\)"):
+    guards.check_config_change(changed, workdir, allow=False)
+  run_start.say_what_resuming_changes(changed, workdir, 6, _steps(workdir))
+  assert "total_steps changed from 6 to 12" in capsys.readouterr().out
 
 
 def test_damaged_config_or_tokenizer_json_is_named(kept_every_2, tmp_path):
