@@ -141,7 +141,10 @@ def write_synthetic_prepared(path: str, n: int, shards: int = 2000) -> None:
       writer.write(prepared.encode_record(f"{s}/{i}", b"\0" * 64,
                                           ["a caption"]))
     writer.close()
-    entries.append({"file": name, "examples": count})
+    shard = os.path.join(path, name)
+    entries.append({"file": name, "examples": count,
+                    "bytes": os.path.getsize(shard),
+                    "crc32": prepared.file_crc32(shard)})
   card = {"format": prepared.FORMAT, "version": prepared.VERSION,
           "kind": "captions", "sources": ["synthetic"],
           "splits": {"train": {"examples": n, "captions": n,

@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
@@ -90,6 +91,7 @@ def plan(work: epath.Path, opts: Options
   Row sources are partitioned here, into local bucket files."""
   fractions = parse_fractions(opts.split_fractions)
   units, classes, kinds, described = [], None, set(), []
+  row_sources, fixed_warnings = [], []
   buckets = _bucket_dir(work)
   for number, text in enumerate(opts.source):
     split, kind, location = parse_source(text)
@@ -133,9 +135,19 @@ def plan(work: epath.Path, opts: Options
       else:
         root = opts.images or os.path.dirname(os.path.abspath(location))
         kinds.add("captions")
-      paths = prepare_units.partition(
+      paths, images = prepare_units.partition(
           lambda: _row_reader(kind, location, opts), buckets / f"source{number}",
-          opts.examples_per_shard)
+          opts.examples_per_shard, root)
+      for earlier, earlier_images in row_sources:
+        shared = np.intersect1d(earlier_images, images).size
+        if shared:
+          print(f"prepare: warning: {shared} images are named by both "
+                f"--source {earlier} and --source {text}; each source's rows "
+                f"are separate examples (and may land in different splits)",
+                file=sys.stderr)
+          fixed_warnings.append(f"{shared} images named by both {earlier} "
+                                f"and {text}")
+      row_sources.append((text, images))
       units += [prepare_units.Unit("rows", dict(bucket=str(path), root=root,
                                                 **common))
                 for path in paths]
@@ -155,7 +167,8 @@ def plan(work: epath.Path, opts: Options
                        "names)")
   for unit in units:
     unit.args["num_classes"] = len(classes) if kind == "classes" else None
-  fixed = {"kind": kind, "sources": described}
+  fixed = {"kind": kind, "sources": described,
+           "images_in_several_sources": fixed_warnings}
   if kind == "classes":
     fixed["class_names"] = list(classes)
     fixed["templates"] = (read_lines(opts.templates, "templates")

@@ -365,3 +365,21 @@ def test_a_run_with_no_usable_example_leaves_nothing_to_continue(
   assert not out.exists()
   card = _prepare(out, photo_files["jsonl"])
   assert card["splits"]["train"]["examples"] > 0
+
+
+def test_an_image_named_by_two_sources_is_reported(tmp_path, capsys):
+  os.makedirs(tmp_path / "img")
+  for name in ("coffee", "chelsea"):
+    (tmp_path / "img" / f"{name}.jpg").write_bytes(photos.jpeg(name))
+  for name, rows in (("a", ("img/coffee.jpg", "img/chelsea.jpg")),
+                     ("b", ("./img/coffee.jpg",))):
+    (tmp_path / f"{name}.jsonl").write_text("".join(
+        json.dumps({"image": r, "caption": "x"}) + "\n" for r in rows))
+  card = _prepare(tmp_path / "out", f"train={tmp_path / 'a.jsonl'}",
+                  f"test={tmp_path / 'b.jsonl'}")
+  assert "1 images are named by both" in capsys.readouterr().err
+  assert card["images_in_several_sources"] == [
+      f"1 images named by both train={tmp_path / 'a.jsonl'} and "
+      f"test={tmp_path / 'b.jsonl'}"]
+  assert "Warning: 1 images named by both" in (
+      tmp_path / "out" / "dataset_card.md").read_text()

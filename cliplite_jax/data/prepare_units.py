@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 
+import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
@@ -91,15 +92,18 @@ def draw_split(key: str, fractions: dict[str, float], seed: int) -> str:
   return "train"
 
 
-def partition(make_rows, directory: epath.Path,
-              examples_per_shard: int) -> list[epath.Path]:
+def partition(make_rows, directory: epath.Path, examples_per_shard: int,
+              root: str) -> tuple[list[epath.Path], np.ndarray]:
   """Streams the rows of `make_rows()` into hash buckets of about
   `examples_per_shard` rows each, by image path, so all rows of one image
   land in one bucket. Deterministic; redone unless it finished before.
-  Returns the non-empty bucket files."""
+  Returns the non-empty bucket files and uint64 [K], the sorted distinct
+  hashes of the images' paths under `root` (to find an image that several
+  sources name)."""
   done = directory / "DONE"
   if done.exists():
-    return [directory / name for name in json.loads(done.read_text())]
+    return ([directory / name for name in json.loads(done.read_text())],
+            np.load(directory / "images.npy"))
   if directory.exists():
     shutil.rmtree(directory)
   directory.mkdir(parents=True)
@@ -110,10 +114,12 @@ def partition(make_rows, directory: epath.Path,
     resource.setrlimit(resource.RLIMIT_NOFILE,
                        (min(hard, buckets + 64), hard))
   files = [None] * buckets
+  images = np.zeros(count, np.uint64)
   try:
-    for row in make_rows():
+    for number, row in enumerate(make_rows()):
       # img/x.png, ./img/x.png and img//x.png are one image.
       row.image = posixpath.normpath(row.image)
+      images[number] = _hash(os.path.normpath(os.path.join(root, row.image)))
       b = _hash(row.image) % buckets
       if files[b] is None:
         files[b] = open(directory / f"bucket-{b:05d}.jsonl", "w")
@@ -122,9 +128,11 @@ def partition(make_rows, directory: epath.Path,
     for f in files:
       if f is not None:
         f.close()
+  images = np.unique(images)
+  np.save(directory / "images.npy", images)
   names = [f"bucket-{b:05d}.jsonl" for b in range(buckets) if files[b]]
   done.write_text(json.dumps(names))
-  return [directory / name for name in names]
+  return [directory / name for name in names], images
 
 
 def _row_items(bucket: str, root: str):
@@ -315,6 +323,8 @@ def card_markdown(card: dict) -> str:
                                          sorted(counts.items()) if n)
                                or "none")]
   lines += [f"- {p}" for p in card["skipped"]["examples"]]
+  for shared in card.get("images_in_several_sources", []):
+    lines += ["", f"Warning: {shared} (separate examples of one image)"]
   conflicts = card.get("split_conflicts", {"count": 0})
   if conflicts["count"]:
     lines += ["", f"Listed in more than one split: {conflicts['count']} "
