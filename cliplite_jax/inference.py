@@ -5,10 +5,12 @@
   text_emb = model.encode_texts(["a dog on a beach"])   # float32 [1, D]
   model.similarity(image_emb, text_emb)                 # cosine [2, 1]
 
-Images are preprocessed as evaluation does (the central square, resized to
-the checkpoint's image size), texts cleaned and tokenised with the run's own
-tokenizer; both go through the jitted encoders of `features.make_encoders`
-in batches sharded over every local device.
+Images are decoded as training and evaluation decode them (data/decode.py:
+EXIF orientation applied, 16-bit grey reduced to 8 bits) and preprocessed as
+evaluation does (the central square, resized to the checkpoint's image
+size), texts cleaned and tokenised with the run's own tokenizer; both go
+through the jitted encoders of `features.make_encoders` in batches sharded
+over every local device.
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from absl import logging
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cliplite_jax import config_io, evaluate, features, parallel
-from cliplite_jax.data import augment
+from cliplite_jax.data import augment, decode
 from cliplite_jax.data import text as text_lib
 
 
@@ -31,34 +33,25 @@ class UnreadableImageError(ValueError):
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-  """An image file → uint8 [H, W, 3] RGB, turned upright by its EXIF
-  orientation. UnreadableImageError (naming the file) if it does not decode."""
+  """An image file → uint8 [H, W, 3] RGB, decoded as training and
+  evaluation decode it (`data.decode`: EXIF orientation applied, 16-bit
+  grey reduced to 8 bits). UnreadableImageError (naming the file) if it does
+  not decode."""
   try:
-    with Image.open(path) as image:
-      return _rgb(ImageOps.exif_transpose(image))
-  except (OSError, ValueError, SyntaxError,  # PIL's ways to fail
-          Image.DecompressionBombError) as e:
+    return decode.read(path)
+  except decode.DECODE_ERRORS as e:
     raise UnreadableImageError(f"{path}: not a readable image ({e})") from e
-
-
-def _rgb(image: Image.Image) -> np.ndarray:
-  """uint8 [H, W, 3]; 16- and 32-bit grey images scaled from their full
-  range (PIL's RGB conversion would clip them to white)."""
-  if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-    wide = np.asarray(image, np.float64)
-    top = 65535.0 if image.mode.startswith("I;16") else max(wide.max(), 1.0)
-    grey = np.clip(np.round(wide / top * 255.0), 0, 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
-  return np.asarray(image.convert("RGB"))
 
 
 def as_pixels(item) -> np.ndarray:
   """A path, PIL image or uint8 array ([H, W], [H, W, 3] or [H, W, 4]) →
-  uint8 [H, W, 3]."""
+  uint8 [H, W, 3]. A PIL image is taken as it stands (16-bit grey reduced
+  to 8 bits, no EXIF turn: it may have been turned already); a path is
+  decoded as `read_image` does."""
   if isinstance(item, (str, os.PathLike)):
     return read_image(item)
   if isinstance(item, Image.Image):
-    return _rgb(item)
+    return np.asarray(decode.rgb(item))
   pixels = np.asarray(item)
   if pixels.dtype != np.uint8:
     raise TypeError(f"image arrays must be uint8 in [0, 255], not "

@@ -1,16 +1,17 @@
 """A trained model outside its workdir: `cliplite_jax.load` and the embed
 command, checked against the model applied directly."""
+import io
 import os
 import re
 
 import jax
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import cliplite_jax
 from cliplite_jax import config_io, evaluate, inference
-from cliplite_jax.data import augment
+from cliplite_jax.data import augment, decode, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
 from conftest import run_module
@@ -194,3 +195,81 @@ def test_embed_dataset_query_and_bad_flags(eight_step_run, tmp_path):
   line, = bad.stderr.strip().splitlines()
   assert line == ("cliplite_jax.embed: error: --texts /nonexistent.txt: no "
                   "such file")
+
+
+def _with_orientation(pixels: np.ndarray, turn: int, fmt: str) -> bytes:
+  """`pixels` encoded as `fmt` with EXIF orientation `turn`."""
+  exif = Image.Exif()
+  exif[0x0112] = turn
+  out = io.BytesIO()
+  Image.fromarray(pixels).save(out, format=fmt, exif=exif.tobytes(),
+                               **({"quality": 95} if fmt == "JPEG" else {}))
+  return out.getvalue()
+
+
+def _upright(data: bytes) -> np.ndarray:
+  """What PIL's ImageOps.exif_transpose shows: the reference."""
+  with Image.open(io.BytesIO(data)) as image:
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def _every_decoder(data: bytes, tmp_path, size: int = 24, seeds=range(3)):
+  """The pixels of the evaluation and inference decoders, and training's
+  crops of them (seeded) against the crops `random_resized_crop` takes of
+  the evaluation pixels."""
+  path = tmp_path / "image"
+  path.write_bytes(data)
+  source = sources.SOURCES["shapes_captions"]
+  evaluation, _ = sources.decode(source, {"image": data, "captions": []})
+  assert evaluation is not None
+  np.testing.assert_array_equal(inference.read_image(path), evaluation)
+  crops = [(augment.decode_random_resized_crop(
+      data, np.random.default_rng(seed), size),
+            augment.random_resized_crop(
+                evaluation, np.random.default_rng(seed), size))
+           for seed in seeds]
+  return evaluation, crops
+
+
+def test_one_decoder_for_training_evaluation_and_inference(tmp_path):
+  """EXIF orientation applied and 16-bit grey reduced to its high byte, on
+  every path."""
+  photo = np.asarray(Image.fromarray(photos._pixels("chelsea")).resize(
+      (45, 30)))  # wide: a quarter turn makes it tall
+  for turn in range(1, 9):
+    for fmt in ("JPEG", "PNG"):  # simplejpeg's path and PIL's
+      data = _with_orientation(photo, turn, fmt)
+      pixels, crops = _every_decoder(data, tmp_path)
+      np.testing.assert_array_equal(pixels, _upright(data))
+      assert pixels.shape[:2] == ((45, 30) if turn >= 5 else (30, 45))
+      for fast, want in crops:
+        np.testing.assert_array_equal(fast, want, err_msg=f"{fmt} {turn}")
+  # Rotated and decoded at a reduced DCT scale: within a grey level.
+  big = _with_orientation(photos._pixels("coffee"), 6, "JPEG")
+  pixels, crops = _every_decoder(big, tmp_path, size=32, seeds=range(6))
+  assert pixels.shape == (600, 400, 3)
+  for fast, want in crops:
+    assert np.abs(fast.astype(float) - want).mean() <= 1.0
+
+  wide = (np.arange(30 * 45, dtype=np.uint16).reshape(30, 45) * 48) + 7
+  out = io.BytesIO()
+  Image.fromarray(wide).save(out, format="PNG")
+  with Image.open(io.BytesIO(out.getvalue())) as image:
+    assert image.mode.startswith("I")  # read as 16-bit
+  pixels, crops = _every_decoder(out.getvalue(), tmp_path)
+  np.testing.assert_array_equal(
+      pixels, np.repeat((wide >> 8).astype(np.uint8)[..., None], 3, -1))
+  assert pixels.min() == 0 and pixels.max() == 252  # not clipped to white
+  for fast, want in crops:
+    np.testing.assert_array_equal(fast, want)
+
+
+def test_plain_jpegs_skip_the_orientation_read():
+  """The fast path opens a JPEG's header with PIL only when an APP1 segment
+  (EXIF or XMP) could hold an orientation."""
+  photo = photos._pixels("coffee")[:40, :60]
+  out = io.BytesIO()
+  Image.fromarray(photo).save(out, format="JPEG")
+  assert not decode.jpeg_may_turn(out.getvalue())
+  assert decode.jpeg_may_turn(_with_orientation(photo, 1, "JPEG"))
+  assert decode.jpeg_may_turn(b"\xff\xd8 not a jpeg")

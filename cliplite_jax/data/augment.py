@@ -12,6 +12,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageEnhance
 
+from cliplite_jax.data import decode
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -57,7 +59,7 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
 
 
 # Undecodable bytes raise these in PIL.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = decode.DECODE_ERRORS
 
 
 def decode_random_resized_crop(data: bytes, rng: np.random.Generator,
@@ -66,26 +68,32 @@ def decode_random_resized_crop(data: bytes, rng: np.random.Generator,
   """`random_resized_crop` of an encoded image, decoding only what the crop
   needs: uint8 [size, size, 3], or None when the bytes do not decode.
 
-  The crop box is drawn from the header's size (the same draws as
-  `random_resized_crop`). JPEGs decode with simplejpeg (libjpeg-turbo: the
-  pixels PIL decodes, faster), others with PIL; then the box is cut out and
-  resized as the reference does, to the same pixels. Only a JPEG whose crop
-  is at least 6k times the output on both sides (a phone photo, a small
-  output) differs: it is decoded at 1/k scale in the DCT domain (k = 2, 4,
-  8; libjpeg's scaled IDCT) and the scaled box resized from it, within a
-  grey level of the reference (at 2k times, sharp photos differed by 1.6).
-  Tested against the reference on photographs in tests/test_augment.py.
+  The reference is `random_resized_crop(decode.decode(data), ...)`: the
+  pixels of the one decoder (EXIF orientation applied, 16-bit grey reduced
+  to 8 bits; see data/decode.py). The crop box is drawn from the header's
+  size, turned upright (the same draws as the reference). JPEGs decode with
+  simplejpeg (libjpeg-turbo: the pixels PIL decodes, faster), others with
+  PIL; then the box is cut out and resized as the reference does, to the
+  same pixels. Only a JPEG whose crop is at least 6k times the output on
+  both sides (a phone photo, a small output) differs: it is decoded at 1/k
+  scale in the DCT domain (k = 2, 4, 8; libjpeg's scaled IDCT) and the
+  scaled box resized from it, within a grey level of the reference (at 2k
+  times, sharp photos differed by 1.6). Tested against the reference on
+  photographs in tests/test_augment.py.
   """
   try:
     decoded = _decode_jpeg_for_crop(data, rng, size, scale, ratio)
     if decoded is None:
       with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
+        turn = decode.orientation(image)
+        width, height = decode.upright_size(*image.size, turn)
         box = crop_box(height, width, rng, scale, ratio)
         reduce = _reduction(box, size)
         if reduce > 1 and image.format == "JPEG":
-          image.draft("RGB", (-(-width // reduce), -(-height // reduce)))
-        decoded = image.convert("RGB"), (height, width), box
+          image.draft("RGB", (-(-image.width // reduce),
+                              -(-image.height // reduce)))
+        decoded = (decode.upright(decode.rgb(image), turn), (height, width),
+                   box)
   except DECODE_ERRORS:
     return None
   image, (height, width), (top, left, h, w) = decoded
@@ -112,8 +120,9 @@ def _reduction(box: tuple[int, int, int, int], size: int) -> int:
 
 
 def _decode_jpeg_for_crop(data, rng, size, scale, ratio):
-  """simplejpeg's decode of a YCbCr or grey JPEG → (pixels uint8 [h, w, 3],
-  (H, W), crop box), or None for anything else (PIL decodes it)."""
+  """simplejpeg's decode of a YCbCr or grey JPEG → (upright pixels uint8
+  [h, w, 3], upright (H, W), crop box), or None for anything else (PIL
+  decodes it)."""
   if data[:2] != b"\xff\xd8":
     return None
   try:
@@ -122,7 +131,12 @@ def _decode_jpeg_for_crop(data, rng, size, scale, ratio):
     return None  # PIL decides (and names) what is wrong
   if colorspace not in ("YCbCr", "Gray"):
     return None  # e.g. CMYK: PIL's conversion is the reference
-  box = crop_box(height, width, rng, scale, ratio)
+  turn = 1
+  if decode.jpeg_may_turn(data):  # EXIF or XMP: PIL reads the orientation
+    with Image.open(io.BytesIO(data)) as image:
+      turn = decode.orientation(image)
+  upright_width, upright_height = decode.upright_size(width, height, turn)
+  box = crop_box(upright_height, upright_width, rng, scale, ratio)
   reduce = _reduction(box, size)
   try:
     pixels = simplejpeg.decode_jpeg(
@@ -130,7 +144,8 @@ def _decode_jpeg_for_crop(data, rng, size, scale, ratio):
         min_width=-(-width // reduce))
   except ValueError as e:  # truncated or corrupt past the header
     raise OSError(str(e)) from e
-  return pixels, (height, width), box
+  return (decode.upright_pixels(pixels, turn),
+          (upright_height, upright_width), box)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator,

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import io
 import os
 from typing import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
+from cliplite_jax.data import decode as image_decoder
 from cliplite_jax.data import prepared, shapes, symile_xor
 
 
@@ -286,13 +285,14 @@ def decode_captions(source: Source, example: dict) -> list:
 def decode(source: Source, example: dict) -> tuple[np.ndarray | None, list]:
   """An example read by `open_split` → (image uint8 [H, W, 3], captions).
 
-  The image is None when its bytes do not decode; the captions are the
-  non-empty raw captions (bytes or str), possibly none.
+  The image is decoded as training and inference decode it (`decode.decode`:
+  EXIF orientation applied, 16-bit grey reduced to 8 bits), or None when its
+  bytes do not decode; the captions are the non-empty raw captions (bytes or
+  str), possibly none.
   """
   captions = decode_captions(source, example)
   try:
-    with Image.open(io.BytesIO(example[source.image_key])) as image:
-      pixels = np.asarray(image.convert("RGB"))
-  except (OSError, ValueError, SyntaxError):  # what PIL raises on bad bytes
+    pixels = image_decoder.decode(example[source.image_key])
+  except image_decoder.DECODE_ERRORS:
     return None, captions
   return pixels, captions
