@@ -6,9 +6,11 @@ r"""Embeds images and texts with a trained checkpoint, or searches images.
   python -m cliplite_jax.embed --workdir=W --dataset=shapes_captions:test \
       --query="a red circle" --query="a blue square"
 
-Images come from a folder (every image file under it, recursively) or a
-dataset split (`--dataset=NAME[:SPLIT]`: a TFDS name or a prepared
-directory; the split defaults to the one evaluation scores). `--out` gets
+Images come from a folder (every image file under it, recursively;
+linked folders are followed, each real folder once) or a dataset split
+(`--dataset=NAME[:SPLIT]`: a TFDS name or a prepared directory; the split
+defaults to the one evaluation scores), decoded as training and evaluation
+decode them (data/decode.py). `--out`, a new or empty directory, gets
 images.npy (float32 [N, D], unit rows) with images.txt (one name per line:
 the path under the folder, or SPLIT/INDEX), texts.npy with texts.txt (the
 non-empty lines of --texts), and embed.json (checkpoint, counts). Each
@@ -41,13 +43,37 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
 
 def list_images(root: str) -> list[str]:
   """Image files under `root` (by suffix, hidden entries skipped), sorted,
-  as paths relative to `root`."""
-  names = []
-  for directory, subdirs, files in os.walk(root, followlinks=True):
-    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-    names += [os.path.relpath(os.path.join(directory, f), root)
-              for f in files if not f.startswith(".")
-              and f.lower().endswith(IMAGE_SUFFIXES)]
+  as paths relative to `root`.
+
+  Symbolic links are followed, but each real directory is visited once
+  (by device and inode): a link back up the tree, a loop, adds nothing, and
+  a folder reached both directly and through a link is listed under its
+  direct path (links are followed after the tree itself).
+  """
+  names, seen = [], set()
+  direct, linked = [(root, "")], []
+  while direct or linked:
+    directory, relative = direct.pop() if direct else linked.pop(0)
+    try:
+      status = os.stat(directory)
+      if (status.st_dev, status.st_ino) in seen:
+        continue
+      seen.add((status.st_dev, status.st_ino))
+      entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:  # unreadable or vanished: skipped, as os.walk does
+      continue
+    for entry in entries:
+      if entry.name.startswith("."):
+        continue
+      path = os.path.join(relative, entry.name)
+      try:
+        if entry.is_dir():
+          (linked if entry.is_symlink() else direct).append(
+              (entry.path, path))
+        elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+          names.append(path)  # a broken link too: counted as unreadable
+      except OSError:  # e.g. a link we may not follow
+        continue
   return sorted(names)
 
 
@@ -60,14 +86,22 @@ def read_texts(path: str) -> list[str]:
     raise config_io.UserError(f"--texts {path}: {e}") from e
 
 
-def embed_folder(model: inference.Model, root: str
-                 ) -> tuple[np.ndarray, list[str]]:
-  """Every readable image under `root` → (float32 [N, D] unit rows, their
-  relative paths). Unreadable files are skipped and counted on stderr."""
+def folder_images(root: str) -> list[str]:
+  """`list_images(root)`, or a UserError when it finds none."""
   names = list_images(root)
   if not names:
     raise config_io.UserError(f"--images {root}: no image files "
                               f"({', '.join(IMAGE_SUFFIXES)})")
+  return names
+
+
+def embed_folder(model: inference.Model, root: str,
+                 names: list[str] | None = None
+                 ) -> tuple[np.ndarray, list[str]]:
+  """Every readable image under `root` (or its listed `names`) → (float32
+  [N, D] unit rows, their relative paths). Unreadable files are skipped
+  and counted on stderr."""
+  names = folder_images(root) if names is None else names
   meter = progress.Progress("images", len(names))
   parts, kept = [], []
   for start, (positions, batch) in zip(
@@ -153,7 +187,7 @@ def search(model: inference.Model, image_emb: np.ndarray, names: list[str],
 
 def check_flags() -> None:
   """UserError for a combination of flags that cannot run, before the
-  checkpoint is restored."""
+  checkpoint is restored (so nothing is written)."""
   if FLAGS.images and FLAGS.dataset:
     raise config_io.UserError("give --images or --dataset, not both")
   if not (FLAGS.images or FLAGS.dataset or FLAGS.texts):
@@ -173,8 +207,26 @@ def check_flags() -> None:
     raise config_io.UserError("--top_k must be at least 1")
   if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
     raise config_io.UserError("--batch_size must be at least 1")
-  if FLAGS.out and os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
-    raise config_io.UserError(f"--out {FLAGS.out} is a file, not a directory")
+  for query in FLAGS.query:
+    if not query.strip():
+      raise config_io.UserError("--query is empty; give the text to search "
+                                "for, e.g. --query='a red circle'")
+  if FLAGS.out is not None:
+    # A new directory only: files beside another model's would mix them.
+    inference.check_out(FLAGS.out)
+  if FLAGS.sheet is not None:
+    _check_sheet(FLAGS.sheet)
+
+
+def _check_sheet(sheet: str) -> None:
+  """UserError unless the --sheet PNG can be written (replacing a file of
+  that name is fine; a directory is not)."""
+  if not sheet.strip() or os.path.isdir(sheet):
+    raise config_io.UserError(f"--sheet {sheet!r}: name a .png file")
+  if not os.path.lexists(sheet):
+    inference.check_creatable(sheet, "--sheet")
+  elif not os.access(sheet, os.W_OK):
+    raise config_io.UserError(f"--sheet {sheet} is not writable")
 
 
 def run() -> None:
@@ -182,25 +234,27 @@ def run() -> None:
   texts = read_texts(FLAGS.texts) if FLAGS.texts else None
   if texts is not None and not texts:
     raise config_io.UserError(f"--texts {FLAGS.texts}: no non-empty line")
+  listed = folder_images(FLAGS.images) if FLAGS.images else None
   model = inference.load(FLAGS.workdir, FLAGS.step, FLAGS.batch_size)
   print(f"checkpoint {model.workdir} step {model.step}: embeddings of "
         f"width {model.embed_dim}, images at {model.image_size} px",
         file=sys.stderr)
+  image_emb = names = captions = text_emb = None
+  if FLAGS.images:
+    image_emb, names = embed_folder(model, FLAGS.images, listed)
+  elif FLAGS.dataset:
+    image_emb, names, captions = embed_dataset(model, FLAGS.dataset)
+  if texts is not None:
+    text_emb = model.encode_texts(texts)
+  # Written only once everything is embedded: an error above leaves no
+  # partial output.
   out, written = FLAGS.out, []
   if out:
     os.makedirs(out, exist_ok=True)
-  image_emb = names = captions = None
-  if FLAGS.images:
-    image_emb, names = embed_folder(model, FLAGS.images)
-  elif FLAGS.dataset:
-    image_emb, names, captions = embed_dataset(model, FLAGS.dataset)
-  if out and image_emb is not None:
-    written += _save(out, "images", image_emb, names)
-  if texts is not None:
-    text_emb = model.encode_texts(texts)
-    if out:
+    if image_emb is not None:
+      written += _save(out, "images", image_emb, names)
+    if text_emb is not None:
       written += _save(out, "texts", text_emb, texts)
-  if out:
     with open(os.path.join(out, "embed.json"), "w") as f:
       json.dump({"workdir": model.workdir, "step": model.step,
                  "embed_dim": model.embed_dim,

@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from safetensors.numpy import save_file
 
-from cliplite_jax import config_io, evaluate
+from cliplite_jax import config_io, evaluate, inference
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite, resnet, torch_layout
 
@@ -70,6 +70,8 @@ def state_dicts(config, variables, step: int) -> tuple[dict, dict, dict]:
           "torchvision": torchvision_name(image.depth, image.width)},
       "preprocess": {
           "image_size": config.data.image_size,
+          "decode": "EXIF orientation applied; 16-bit grey images "
+                    "reduced to 8 bits by v >> 8",
           "crop": "the central square of the short side, resized "
                   "bilinearly to image_size (PIL)",
           "input": "RGB in [0, 1], minus mean, over std, NCHW float32",
@@ -92,13 +94,13 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   directory `out` (see the module doc); returns the step exported. Files
   are written to a new hidden folder beside it and renamed at the end, so
   `out` is complete or absent."""
-  config = config_io.load_saved(workdir)
-  config_io.require_image_text(config, workdir)
+  config = inference.saved_config(workdir)
   step, _, variables, _, _ = evaluate.restore(workdir, config, step)
   tower, heads, description = state_dicts(config, variables, step)
   if jax.process_index() != 0:
     return step
   out = out.rstrip("/")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",
                              dir=os.path.dirname(os.path.abspath(out)))
   metadata = {"format": "pt", "step": str(step)}
@@ -131,17 +133,9 @@ def _torch_available() -> bool:
   return importlib.util.find_spec("torch") is not None
 
 
-def check_out(out: str) -> None:
-  """UserError unless `out` is new (or an empty directory) and its parent
-  exists, checked before anything is restored."""
-  if not out or not out.strip("/"):
-    raise config_io.UserError("--out is empty; name a new directory")
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise config_io.UserError(f"--out {out} exists and is not an empty "
-                              f"directory; name a new one")
-  parent = os.path.dirname(os.path.abspath(out))
-  if not os.path.isdir(parent):
-    raise config_io.UserError(f"--out {out}: {parent} is not a directory")
+# New or an empty directory in a writable place, checked before anything
+# is restored; shared with export_text and embed.
+check_out = inference.check_out
 
 
 def main(argv):

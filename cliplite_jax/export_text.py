@@ -8,12 +8,10 @@ and `cliplite_jax.models.text.load_pretrained` both read.
 """
 from __future__ import annotations
 
-import os
-
 import jax
 from absl import app, flags
 
-from cliplite_jax import config_io, evaluate
+from cliplite_jax import config_io, evaluate, inference
 from cliplite_jax.models import cliplite, text
 
 FLAGS = flags.FLAGS
@@ -22,8 +20,7 @@ FLAGS = flags.FLAGS
 def export(workdir: str, out: str, step: int | None = None) -> int:
   """Restores `step` (latest if None) of WORKDIR and writes its text tower
   to `out`; returns the step exported."""
-  config = config_io.load_saved(workdir)
-  config_io.require_image_text(config, workdir)
+  config = inference.saved_config(workdir)
   step, model, variables, tokenizer, _ = evaluate.restore(workdir, config,
                                                           step)
   params = jax.device_get(variables["params"][cliplite.TEXT_TOWER])
@@ -35,12 +32,10 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
 def main(argv):
   def body():
     workdir = config_io.existing_workdir(FLAGS.workdir)
-    if os.path.exists(FLAGS.out) and os.listdir(FLAGS.out):
-      raise config_io.UserError(f"--out {FLAGS.out} exists and is not empty; "
-                                f"name a new directory")
+    inference.check_out(FLAGS.out)  # before the slow restore
     step = export(workdir, FLAGS.out, FLAGS.step)
     print(f"wrote the text tower of step {step} to {FLAGS.out}")
-  config_io.run_tool("cliplite_jax.export_text", argv, body)
+  config_io.run_tool("cliplite_jax.export_text", argv, body, (OSError,))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ evaluation does (the central square, resized to the checkpoint's image
 size), texts cleaned and tokenised with the run's own tokenizer; both go
 through the jitted encoders of `features.make_encoders` in batches sharded
 over every local device.
+
+`check_out` and `saved_config` are the checks the embed and export commands
+share, made before anything is restored.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image
 
 from cliplite_jax import config_io, evaluate, features, parallel
@@ -30,6 +34,59 @@ from cliplite_jax.data import text as text_lib
 
 class UnreadableImageError(ValueError):
   """A file that does not decode as an image."""
+
+
+def check_out(out: str | None, flag: str = "--out") -> None:
+  """UserError unless `out` can become a new output directory: absent
+  (missing parents are made) or an empty directory, in a writable place.
+  The embed and export commands call it before restoring anything, so a bad
+  `out` costs nothing and writes nothing (and never mixes one model's files
+  with another's)."""
+  if not out or not out.strip("/").strip():
+    raise config_io.UserError(f"{flag} is empty; name a new directory")
+  if not os.path.lexists(out):
+    check_creatable(out, flag)
+    return
+  try:
+    unusable = not os.path.isdir(out) or bool(os.listdir(out))
+  except OSError as e:  # e.g. a directory we may not list
+    raise config_io.UserError(f"{flag} {out}: {e.strerror or e}") from e
+  if unusable:
+    raise config_io.UserError(f"{flag} {out} exists and is not an empty "
+                              f"directory; name a new one")
+  if not os.access(out, os.W_OK | os.X_OK):
+    raise config_io.UserError(f"{flag} {out} is not writable; name a new "
+                              f"directory elsewhere")
+
+
+def check_creatable(path: str, flag: str) -> None:
+  """UserError unless the new file or directory `path` (and its missing
+  parents) can be made: its nearest existing ancestor is a writable
+  directory."""
+  place = os.path.dirname(os.path.abspath(path))
+  while not os.path.lexists(place):
+    place = os.path.dirname(place)
+  if not os.path.isdir(place):
+    raise config_io.UserError(f"{flag} {path}: {place} is a file, not a "
+                              f"directory; name a path in a directory")
+  if not os.access(place, os.W_OK | os.X_OK):
+    raise config_io.UserError(f"{flag} {path}: {place} is not writable; "
+                              f"name a path elsewhere")
+
+
+def saved_config(workdir: str):
+  """The config WORKDIR/config.json holds (an ml_collections.ConfigDict),
+  for an image–text model; UserError (naming the fix) for a directory a
+  training run did not write, a damaged config or a multi-modality model."""
+  workdir = config_io.existing_workdir(workdir)
+  if not epath.Path(workdir, config_io.CONFIG_FILE).exists():
+    raise config_io.UserError(
+        f"{workdir} is not a training workdir (it has no "
+        f"{config_io.CONFIG_FILE}): name a directory that python -m "
+        f"cliplite_jax.main trained into")
+  config = config_io.load_saved(workdir)
+  config_io.require_image_text(config, workdir)
+  return config
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -124,10 +181,8 @@ class Model:
 
   def __init__(self, workdir: str, step: int | None = None,
                batch_size: int | None = None):
-    workdir = config_io.existing_workdir(workdir)
     self.workdir = workdir
-    self.config = config_io.load_saved(workdir)
-    config_io.require_image_text(self.config, workdir)
+    self.config = saved_config(workdir)
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # orbax's read-only notices
     try:
