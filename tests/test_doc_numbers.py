@@ -36,14 +36,6 @@ def _json(name: str):
     return json.load(f)
 
 
-def _without_laclip(readme: str) -> str:
-  """README without its LaCLIP section (bench/laclip_rules.json is checked
-  by the benchmark that writes it, not here)."""
-  start = readme.index("\n## LaCLIP: caption rewrites")
-  end = readme.index("\n## ", start + 1)
-  return readme[:start] + readme[end:]
-
-
 def _tables(text: str) -> list[tuple[int, list[str], list[list[str]]]]:
   """Every Markdown table: (offset of its first line, header cells, rows of
   cells); cells stripped of spaces and bold marks. Indented tables count."""
@@ -260,14 +252,47 @@ def _all_cells() -> set[str]:
   for study in STUDIES:
     for cond in _json(f"bench/results/{study}.json").values():
       cells.update(_cell(*ms) for ms in cond["test"].values())
+  for runs in _laclip_runs().values():
+    cells.update(_cell(*_mean_std([r[key] for r in runs])) for key in runs[0])
   return cells
+
+
+def _laclip_runs() -> dict[str, list[dict]]:
+  """bench/laclip_rules.json's runs: {condition: [metrics per seed]}."""
+  data = _json("bench/laclip_rules.json")
+  return {c: [data["runs"][f"{c}/{seed}"] for seed in data["seeds"]]
+          for c in ("none", "rules")}
+
+
+def test_readme_laclip_table_is_its_runs():
+  """Each row's mean ± sample std and the paired difference with its 95 %
+  t interval (t = 4.303 at 2 degrees of freedom), recomputed here."""
+  runs = _laclip_runs()
+  columns = {"shape, usual": "usual/shape", "colour, usual": "usual/color",
+             "shape, held-out": "held_out/shape",
+             "colour, held-out": "held_out/color", "linear probe": "linear",
+             "t2i R@10": "t2i_r10"}
+  table = next(t for t in _tables(_text("README.md"))
+               if t[1][0] == "rewrites")
+  header, rows = table[1], {row[0]: row for row in table[2]}
+  assert len(runs["none"]) == 3
+  for i, title in enumerate(header[1:], 1):
+    key = columns[title]
+    for condition in ("none", "rules"):
+      values = [r[key] for r in runs[condition]]
+      assert rows[condition][i] == _cell(*_mean_std(values)), (condition,
+                                                               title)
+    diff = (np.array([r[key] for r in runs["rules"]])
+            - np.array([r[key] for r in runs["none"]]))
+    half = 4.303 * np.std(diff, ddof=1) / np.sqrt(len(diff))
+    want = "{:+.3f} [{:+.3f}, {:+.3f}]".format(diff.mean(), diff.mean() - half,
+                                               diff.mean() + half)
+    assert rows["rules − none"][i].replace("−", "-") == want, title
 
 
 @pytest.mark.parametrize("name", ["README.md", "BENCHMARKS.md", "RESULTS.md"])
 def test_every_cited_mean_and_std_is_in_a_results_file(name):
   text = _text(name)
-  if name == "README.md":
-    text = _without_laclip(text)
   text = re.sub(r"\s+", " ", text.replace("**", ""))  # wrapped prose
   cited = PLUS_MINUS.findall(text)
   assert cited, name
