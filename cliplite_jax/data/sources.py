@@ -228,7 +228,7 @@ def open_split(name: str, split: str, data_dir: str | None):
   if prepared.is_prepared_name(name):
     try:
       return prepared.Examples(name, split)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, prepared.DamagedShardError) as e:
       raise DatasetNotPreparedError(str(e)) from e
   source, tfds_name = get(name)
   data_dir = data_dir or None
