@@ -37,7 +37,7 @@ class Objective:
     reads `loss.nclip`.
   modality_score: a multimodal objective's critic for zero-shot prediction
     of one modality from the others: "mip" (Symile's) or "pairwise".
-  gathers: what crosses devices for the loss (README's objectives table).
+  gathers: what crosses devices for the loss (docs/objectives.md's table).
   paper: where the objective comes from.
   """
   fn: Callable

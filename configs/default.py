@@ -76,8 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   # "jsd" (CLIP-Lite), "infonce" (CLIP), "sigmoid" (SigLIP), "nclip",
-  # "xclip" (InfoNCE + nCLIP), "jsd_nclip" (CLIP-Lite + nCLIP); README.md,
-  # "Objectives".
+  # "xclip" (InfoNCE + nCLIP), "jsd_nclip" (CLIP-Lite + nCLIP);
+  # docs/objectives.md.
   c.loss.name = "jsd"
   c.loss.prior_weight = 0.1  # w
   c.loss.prior_img = True
