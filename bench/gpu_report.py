@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import sys
 
-import runs
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+  """A Markdown table."""
+  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+  return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _fmt(value, spec: str) -> str:
@@ -37,7 +41,7 @@ def table(records: list[dict]) -> str:
                   if torch_ms is not None else ""),
                  _fmt(r.get("jax_over_torch"), ".2f")])
   device = records[0]["device"] if records else "(no runs)"
-  return (f"{device}\n\n" + runs.markdown_table(
+  return (f"{device}\n\n" + markdown_table(
       ["run", "settings", "batch", "JAX ms", "JAX images/s", "compile s",
        "GFLOP/step", "MFU", "PyTorch ms (fastest)", "JAX / PyTorch"], rows))
 

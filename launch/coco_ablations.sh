@@ -11,7 +11,7 @@
 # launch/gpu_host.sh (every GPU of the host). A run whose final evaluation
 # exists is skipped and an interrupted one resumes, so rerunning the command
 # continues the grid. Collect the results (mean ± std over seeds) with
-#   python bench/experiments.py collect --root=ROOT
+#   python experiments/experiments.py collect --root=ROOT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 study=${1:?usage: launch/coco_ablations.sh batch|fraction ROOT [SEEDS]}

@@ -1,10 +1,11 @@
-"""The figures README.md, docs/, BENCHMARKS.md and RESULTS.md cite from the
-results files under bench/ equal what those files hold: every "mean ± std"
-cell of the result tables recomputed from the per-run values (mean, sample
-std with ddof 1, rounded to 3 decimals as printed), each JSON's stored
-summary equal to its runs, and every "m ± s" anywhere in those documents one
-of the JSONs' cells. The tables are parsed from the Markdown, so an edited figure,
-or a rerun that changes a JSON without its table, fails here. No JAX."""
+"""The figures README.md, docs/ and RESULTS.md cite from the results files
+under experiments/ equal what those files hold: every "mean ± std" cell of
+the result tables recomputed from the per-run values (mean, sample std with
+ddof 1, rounded to 3 decimals as printed), each JSON's stored summary equal
+to its runs, and every "m ± s" anywhere in those documents (and
+BENCHMARKS.md) one of the JSONs' cells. The tables are parsed from the
+Markdown, so an edited figure, or a rerun that changes a JSON without its
+table, fails here. No JAX."""
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench"))
+sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 import experiments  # noqa: E402
 import objectives_shapes  # noqa: E402
@@ -26,8 +27,7 @@ STUDIES = ("batch", "images", "fraction", "steps")
 # The documents that cite results, and the pages their tables are on.
 OBJECTIVES_PAGE = "docs/objectives.md"  # every objective; Symile's XOR
 LACLIP_PAGE = "docs/data.md"
-CITING = ("README.md", "BENCHMARKS.md", "RESULTS.md", OBJECTIVES_PAGE,
-          LACLIP_PAGE)
+CITING = ("README.md", "RESULTS.md", OBJECTIVES_PAGE, LACLIP_PAGE)
 PLUS_MINUS = re.compile(r"(\d+\.\d{3}) ± (\d+\.\d{3})")
 
 
@@ -81,16 +81,16 @@ def _backticked(cell: str) -> str:
   return re.search(r"`([^`]+)`", cell).group(1)
 
 
-# --- bench/objectives_shapes.json ---------------------------------------
+# --- experiments/objectives_shapes.json ----------------------------------
 
 def _objective_runs() -> dict[str, list[dict]]:
-  data = _json("bench/objectives_shapes.json")
+  data = _json("experiments/objectives_shapes.json")
   return {name: [by_seed[str(s)] for s in data["seeds"]]
           for name, by_seed in data["runs"].items()}
 
 
 def test_objectives_json_summary_is_its_runs():
-  data = _json("bench/objectives_shapes.json")
+  data = _json("experiments/objectives_shapes.json")
   assert data["seeds"] == [0, 1, 2]
   for name, runs in _objective_runs().items():
     for column, key in objectives_shapes.COLUMNS.items():
@@ -129,16 +129,16 @@ def test_readme_demo_table_is_the_jsd_runs():
   assert checked == 8
 
 
-# --- bench/symile_xor.json ----------------------------------------------
+# --- experiments/symile_xor.json -----------------------------------------
 
 def _xor_runs() -> dict[str, list[dict]]:
-  data = _json("bench/symile_xor.json")
+  data = _json("experiments/symile_xor.json")
   return {name: [by_seed[str(s)] for s in data["seeds"]]
           for name, by_seed in data["runs"].items()}
 
 
 def test_xor_json_summary_is_its_runs():
-  data = _json("bench/symile_xor.json")
+  data = _json("experiments/symile_xor.json")
   for name, runs in _xor_runs().items():
     for target in symile_xor.TARGETS:
       np.testing.assert_allclose(
@@ -172,11 +172,11 @@ def test_xor_table():
   assert len(kinds) == len(rows) == 2 * len(symile_xor.OBJECTIVES) + 2
 
 
-# --- bench/small_batch.json ---------------------------------------------
+# --- experiments/small_batch.json ----------------------------------------
 
-def test_benchmarks_small_batch_table():
-  runs = _json("bench/small_batch.json")
-  _, header, rows = _table(_text("BENCHMARKS.md"), ["loss", "batch"])
+def test_results_small_batch_table():
+  runs = _json("experiments/small_batch.json")
+  _, header, rows = _table(_text("RESULTS.md"), ["loss", "batch"])
   keys = small_batch.METRICS
   assert len(header) == 2 + len(keys)
   assert len(rows) == len(runs)
@@ -186,12 +186,12 @@ def test_benchmarks_small_batch_table():
     assert row[2:] == [f"{run[k]:.3f}" for k in keys], row
 
 
-# --- bench/results/*.json (the experiment runner's studies) --------------
+# --- experiments/results/*.json (the experiment runner's studies) --------
 
 def _study_of(text: str, offset: int) -> str:
   """The study whose command comes last before `offset`."""
   commands = [(m.start(), m.group(1)) for m in re.finditer(
-      r"python bench/experiments.py (\w+) --steps_scale", text[:offset])]
+      r"python experiments/experiments.py (\w+) --steps_scale", text[:offset])]
   return commands[-1][1]
 
 
@@ -200,7 +200,7 @@ def _condition_label(key: str, cond: dict) -> str:
 
 
 @pytest.mark.parametrize("name", ["RESULTS.md"] + [
-    f"bench/results/{s}.md" for s in STUDIES])
+    f"experiments/results/{s}.md" for s in STUDIES])
 def test_results_tables(name):
   text = _text(name)
   tables = [t for t in _tables(text) if t[1][:2] == ["condition", "lr"]]
@@ -208,7 +208,7 @@ def test_results_tables(name):
   for offset, header, rows in tables:
     study = (_study_of(text, offset) if name == "RESULTS.md"
              else os.path.basename(name)[:-3])
-    summary = _json(f"bench/results/{study}.json")
+    summary = _json(f"experiments/results/{study}.json")
     # The line above the table says what the ± is.
     above = text[:offset].rstrip("\n").rsplit("\n", 1)[-1]
     assert above == experiments._spread_label(summary), above
@@ -234,7 +234,7 @@ def test_results_tables(name):
 
 def test_results_small_batch_summary():
   """RESULTS.md's shape zero-shot by batch at equal steps (300)."""
-  summary = _json("bench/results/batch.json")
+  summary = _json("experiments/results/batch.json")
   _, header, rows = _table(_text("RESULTS.md"), ["batch", "JSD"])
   objectives = {"JSD": "jsd", "InfoNCE": "infonce", "SigLIP": "sigmoid"}
   assert [int(r[0]) for r in rows] == [16, 32, 64, 128]
@@ -256,7 +256,7 @@ def _all_cells() -> set[str]:
   for runs in (*_objective_runs().values(), *_xor_runs().values()):
     cells.update(_cell(*_mean_std([r[key] for r in runs])) for key in runs[0])
   for study in STUDIES:
-    for cond in _json(f"bench/results/{study}.json").values():
+    for cond in _json(f"experiments/results/{study}.json").values():
       cells.update(_cell(*ms) for ms in cond["test"].values())
   for runs in _laclip_runs().values():
     cells.update(_cell(*_mean_std([r[key] for r in runs])) for key in runs[0])
@@ -264,8 +264,8 @@ def _all_cells() -> set[str]:
 
 
 def _laclip_runs() -> dict[str, list[dict]]:
-  """bench/laclip_rules.json's runs: {condition: [metrics per seed]}."""
-  data = _json("bench/laclip_rules.json")
+  """experiments/laclip_rules.json's runs: {condition: [metrics per seed]}."""
+  data = _json("experiments/laclip_rules.json")
   return {c: [data["runs"][f"{c}/{seed}"] for seed in data["seeds"]]
           for c in ("none", "rules")}
 
@@ -297,10 +297,11 @@ def test_laclip_table_is_its_runs():
 
 
 def _documents() -> list[str]:
-  """The citing documents and every other docs/ page."""
+  """The citing documents, BENCHMARKS.md and every other docs/ page."""
   pages = sorted(f"docs/{n}" for n in os.listdir(os.path.join(REPO, "docs"))
                  if n.endswith(".md"))
-  return list(CITING) + [p for p in pages if p not in CITING]
+  return list(CITING) + [p for p in ["BENCHMARKS.md"] + pages
+                         if p not in CITING]
 
 
 @pytest.mark.parametrize("name", _documents())

@@ -1,5 +1,5 @@
-"""bench/experiments.py's bookkeeping, with training replaced by a function
-of the run's settings: learning rates are chosen on validation only, shared
+"""experiments/experiments.py's bookkeeping, with training replaced by a
+function of the run's settings: learning rates are chosen on validation only, shared
 per objective and batch across fractions and schedule lengths, and a study
 stopped part-way continues without retraining what is recorded."""
 import json
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "bench"))
+sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 import experiments  # noqa: E402
 

@@ -1,14 +1,16 @@
 r"""The paper's claims as declared grids: objective × batch × data fraction ×
 steps × seed, learning rates chosen on the validation split, scored on test.
 
-  python bench/experiments.py STUDY [--seeds=0,1,2] [--root=DIR] [--dry_run]
-  python bench/experiments.py batch     # JSD / InfoNCE / SigLIP at batch 16-128
-  python bench/experiments.py fraction  # JSD / InfoNCE on 10-100 % of the images
-  python bench/experiments.py images    # batch 16-128 at equal images seen
-  python bench/experiments.py steps     # the batch study's batch 64 at 3 lengths
-  python bench/experiments.py batch --only=infonce_b128  # one condition
-  python bench/experiments.py batch --only=jsd_b16,jsd_b64 --steps_scale=0.6
-  python bench/experiments.py collect --root=DIR  # any workdirs' final evals
+  python experiments/experiments.py STUDY [--seeds=0,1,2] [--root=DIR]
+      [--dry_run]
+  python experiments/experiments.py batch     # JSD / InfoNCE / SigLIP, 16-128
+  python experiments/experiments.py fraction  # JSD / InfoNCE, 10-100 % of images
+  python experiments/experiments.py images    # batch 16-128, equal images seen
+  python experiments/experiments.py steps     # the batch study's 64, 3 lengths
+  python experiments/experiments.py batch --only=infonce_b128  # one condition
+  python experiments/experiments.py batch --only=jsd_b16,jsd_b64 \
+      --steps_scale=0.6
+  python experiments/experiments.py collect --root=DIR  # any workdirs' evals
 
 Learning rates are chosen per objective and batch: every scale of the
 grid trains seed 0 at full data and the base schedule (500 steps, half
@@ -22,8 +24,8 @@ retrained). Every run is `python -m cliplite_jax.main` in its own workdir
 under --root, named by everything that sets it, so studies share runs (the
 batch study's batch 64 is the fraction study's 100 %) and rerunning a study
 continues where it stopped. Results: ROOT/results.jsonl (one record per run
-and split), bench/results/STUDY.json (mean ± sample std per condition),
-bench/results/STUDY.md (the table) and bench/results/STUDY.png.
+and split), experiments/results/STUDY.json (mean ± sample std per condition),
+experiments/results/STUDY.md (the table) and experiments/results/STUDY.png.
 """
 from __future__ import annotations
 
@@ -232,7 +234,7 @@ def run_study(name: str, seeds: list[int], root: str,
 
 
 def write(name: str, summary: dict, out_dir: str) -> None:
-  """bench/results/NAME.{json,md,png}."""
+  """experiments/results/NAME.{json,md,png}."""
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
     json.dump(summary, f, indent=1)
@@ -348,8 +350,7 @@ def main() -> None:
                       help="comma-separated seeds; the first tunes")
   parser.add_argument("--root", default=os.path.join(
       tempfile.gettempdir(), "cliplite_experiments"))
-  parser.add_argument("--out", default=os.path.join(runs.REPO, "bench",
-                                                     "results"))
+  parser.add_argument("--out", default=os.path.join(runs.HERE, "results"))
   parser.add_argument("--dry_run", action="store_true",
                       help="print every tuning command and exit")
   parser.add_argument("--steps_scale", type=positive_scale, default=1.0,

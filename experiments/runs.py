@@ -1,4 +1,4 @@
-"""Shared by the bench scripts that train several configs over seeds: one
+"""Shared by the experiment scripts that train several configs over seeds: one
 training run per workdir (skipped when its evaluation exists), and the
 mean ± std table."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ import sys
 
 import numpy as np
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+HERE = os.path.dirname(os.path.abspath(__file__))  # experiments/
+REPO = os.path.dirname(HERE)
 
 
 def train(workdir: str, config: str, steps: int, seed: int,
@@ -66,8 +67,8 @@ def binomial_se(accuracy: float, n: int) -> float:
 
 def write_json(name: str, steps: int, seeds: list[int], summary: dict,
                results: dict[str, list[dict]]) -> str:
-  """bench/NAME.json: the summary and every run's metrics by seed."""
-  out = os.path.join(REPO, "bench", f"{name}.json")
+  """experiments/NAME.json: the summary and every run's metrics by seed."""
+  out = os.path.join(HERE, f"{name}.json")
   with open(out, "w") as f:
     json.dump({"steps": steps, "seeds": seeds, "mean_std": summary,
                "runs": {n: dict(zip(map(str, seeds), r))

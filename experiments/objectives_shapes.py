@@ -1,13 +1,13 @@
 r"""Every two-tower objective on the embedded set, over seeds: the demo's
 model, data, steps and batch, only the loss changed.
 
-  python bench/objectives_shapes.py [--seeds=0,1,2] [--root=DIR]
+  python experiments/objectives_shapes.py [--seeds=0,1,2] [--root=DIR]
   # ~3.5 min per run on 2 cores: 6 objectives × 3 seeds ≈ 1 hour
 
 Each run is `python -m cliplite_jax.main --config=CONFIG --config.seed=S`
 with CONFIG from OBJECTIVES below (configs/default.py for CLIP-Lite, the
 baselines' `:data=shapes`). Prints a Markdown table of mean ± sample std
-(ddof 1) over seeds and writes bench/objectives_shapes.json (every run's
+(ddof 1) over seeds and writes experiments/objectives_shapes.json (every run's
 metrics and the same summary). Workdirs stay under --root:
 rerunning skips finished runs.
 """

@@ -1,4 +1,4 @@
-"""What bench/experiments.py reads: its arguments (--seeds, --steps_scale)
+"""What experiments/experiments.py reads: its arguments (--seeds, --steps_scale)
 and ROOT/results.jsonl, the ledger of every scored run."""
 from __future__ import annotations
 

@@ -2,7 +2,8 @@ r"""LaCLIP's text augmentation on the embedded set: the demo trained with and
 without rule-based caption rewrites, zero-shot with the usual prompts and
 with held-out phrasings, over seeds.
 
-  python bench/laclip_rules.py [--seeds=0,1,2] [--root=DIR]   # ~35 min, 2 cores
+  python experiments/laclip_rules.py [--seeds=0,1,2] [--root=DIR]
+  # ~35 min on 2 cores
 
 Rewrites come from `python -m cliplite_jax.rewrite --model=rules --num=4`
 (4 per caption). Each run is the demo (`configs/default.py`, 1000 steps)
@@ -16,7 +17,7 @@ treatment, on the same commit: runs live under ROOT/<commit>, so a rerun
 after any code change trains both rows again (a rerun on the same commit
 skips the finished runs). Prints mean ± sample std per row and the paired
 difference rules − none with its 95 % t interval, and writes
-bench/laclip_rules.json with the commit and the CPU.
+experiments/laclip_rules.json with the commit and the CPU.
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def main():
   print(f"mean ± sample std over seeds {seeds}; the difference row is the "
         "paired mean with its 95 % t interval")
   print(runs.markdown_table(["rewrites"] + columns, table))
-  out = os.path.join(runs.REPO, "bench", "laclip_rules.json")
+  out = os.path.join(runs.HERE, "laclip_rules.json")
   with open(out, "w") as f:
     json.dump({"commit": version, "cpu": cpu_model(), "steps": STEPS,
                "seeds": seeds, "held_out_templates": HELD_OUT,

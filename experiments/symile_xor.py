@@ -3,12 +3,12 @@ trained on `configs/symile_xor.py` for every mixing probability p, scored by
 zero-shot prediction of each modality from the other two among all 32
 values (chance 1/32 = 0.031).
 
-  python bench/symile_xor.py [--seeds=0] [--root=DIR]
+  python experiments/symile_xor.py [--seeds=0] [--root=DIR]
   # ~1 min per run on 2 cores: 3 objectives × 5 p ≈ 15 min per seed
 
 Prints a Markdown table (mean ± sample std, ddof 1, over seeds; with the
 best possible top-1 and its binomial standard error on the test set) and
-writes bench/symile_xor.json. Every seed is scored on the same 5,000 test
+writes experiments/symile_xor.json. Every seed is scored on the same 5,000 test
 examples, so the spread over seeds leaves out the test set's own sampling
 noise: an accuracy q has a binomial standard error √(q(1 − q)/5000), 0.007
 at q = 0.5. Workdirs stay under --root: rerunning skips finished runs.

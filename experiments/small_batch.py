@@ -1,15 +1,15 @@
 r"""The paper's small-batch claim on the embedded set: JSD (one negative per
 pair) against InfoNCE (B − 1 negatives) at per-device batch 16, 32, 64.
 
-  python bench/small_batch.py            # ~14 minutes on 2 cores
+  python experiments/small_batch.py            # ~14 minutes on 2 cores
 
 Every run is `python -m cliplite_jax.main --config=configs/default.py` on one
 device with the same model, data, seed and number of steps; only
 `loss.name` and `batch_size` change. Prints a table of zero-shot accuracy and
-retrieval recall on the test split and writes bench/small_batch.png and
-bench/small_batch.json. One run per cell, at the config's seed 0: the table
-has no spread over seeds (bench/objectives_shapes.py and bench/experiments.py
-give mean ± sample std over seeds). Workdirs go under --root (kept:
+retrieval recall on the test split and writes experiments/small_batch.png
+and experiments/small_batch.json. One run per cell, at the config's seed 0:
+the table has no spread over seeds (experiments/objectives_shapes.py and
+experiments/experiments.py give mean ± sample std over seeds). Workdirs go under --root (kept:
 rerunning resumes and re-evaluates instead of training again).
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+HERE = os.path.dirname(os.path.abspath(__file__))  # experiments/
+REPO = os.path.dirname(HERE)
 METRICS = ("zeroshot/shapes_captions/top1", "retrieval/shapes_captions/i2t_r1",
            "retrieval/shapes_captions/t2i_r1",
            "retrieval/shapes_captions/i2t_r5",
@@ -82,8 +83,7 @@ def main():
       tempfile.gettempdir(), "cliplite_small_batch"))
   parser.add_argument("--data_dir", default="",
                       help="where shapes_captions is built (config default)")
-  parser.add_argument("--out", default=os.path.join(REPO, "bench",
-                                                     "small_batch"))
+  parser.add_argument("--out", default=os.path.join(HERE, "small_batch"))
   args = parser.parse_args()
   rows = []
   for batch in args.batches:
