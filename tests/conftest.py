@@ -25,6 +25,13 @@ if _CACHE_READ_WARNING not in os.environ.get("PYTHONWARNINGS", ""):
   os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [
       os.environ.get("PYTHONWARNINGS"), _CACHE_READ_WARNING]))
 
+# Triton (a GPU kernel compiler that torchvision's import pulls in through
+# torch._dynamo) loads its own LLVM; loaded into a process where XLA:CPU has
+# already compiled, it can crash the process (seen: test_inference.py then
+# test_export_image.py in one worker). The CPU tests never use it, and torch
+# treats it as absent when its import fails.
+sys.modules.setdefault("triton", None)
+
 import pytest  # noqa: E402
 
 from cliplite_jax.data import shapes  # noqa: E402
