@@ -35,6 +35,7 @@ import grain  # noqa: E402
 import jax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
+from cliplite_jax.data import vocabulary  # noqa: E402
 from cliplite_jax import (checkpoint, checkpoint_saver, config_io,  # noqa: E402
                           guards, host_memory)
 from cliplite_jax.data import pipeline  # noqa: E402
@@ -66,7 +67,7 @@ def demo_iterator(workdir: str):
   """A training-data iterator of the demo config (its position is saved)."""
   config = config_io.load_file(
       os.path.join(train_step.REPO, "configs", "default.py"))
-  tokenizer = pipeline.workdir_tokenizer(config, workdir)
+  tokenizer = vocabulary.workdir_tokenizer(config, workdir)
   return iter(pipeline.train_dataset(config, tokenizer))
 
 

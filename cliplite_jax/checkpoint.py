@@ -13,7 +13,6 @@ import os
 import re
 import sys
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -65,6 +64,7 @@ def save_packed(mngr: ocp.CheckpointManager, step: int, packed: dict,
                 layout: dict, data_iter, config: ml_collections.ConfigDict
                 ) -> None:
   """`save` of a state already packed (`packing.pack`) with `layout`."""
+  import grain  # here: restoring a model for inference needs no pipeline
   mngr.save(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardSave(packed),
       LAYOUT: ocp.args.JsonSave(layout),
@@ -119,6 +119,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state,
   if data_iter is not None:
     translated = _position_on_this_topology(mngr, step, global_batch)
     if translated is None:
+      import grain  # here: restoring a model for inference needs no pipeline
       args[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
   state = mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
   if layout is not None:

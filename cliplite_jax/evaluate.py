@@ -31,10 +31,9 @@ from absl import app, flags, logging
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import (checkpoint, config_io, features, held_out, losses,
-                          optim, parallel, plots, recovery,
-                          state as state_lib, validation)
-from cliplite_jax.data import augment, eval_input, pipeline, sources
+from cliplite_jax import (config_io, features, held_out, losses, parallel,
+                          plots, run_dir, validation)
+from cliplite_jax.data import augment, eval_input, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import multimodal
 from cliplite_jax.probes import (linear, modalities, modality_gap, retrieval,
@@ -224,36 +223,6 @@ def format_table(step: int, metrics: dict[str, float]) -> str:
   return "\n".join([f"evaluation at step {step}:"] + rows)
 
 
-def restore(workdir: str, config: ml_collections.ConfigDict,
-            step: int | None = None):
-  """Restores `step` (latest if None) of WORKDIR onto the devices at hand.
-
-  Returns (step, model, variables, tokenizer, mesh).
-  """
-  mesh = parallel.make_mesh()
-  model = state_lib.build_model(config)
-  tx = optim.build(config)
-  mngr = checkpoint.manager(workdir, config, read_only=True)
-  steps = mngr.all_steps()
-  if not steps:
-    raise config_io.UserError(
-        f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first: "
-        f"python -m cliplite_jax.main --config=CONFIG --workdir={workdir}")
-  follow_latest = step is None
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise config_io.UserError(f"no checkpoint at step {step} in {workdir}; "
-                              f"available steps: {list(steps)}")
-  abstract = state_lib.abstract_state(config, model, tx, mesh)
-  # Verified (a damaged step is refused), and followed to the newest step if
-  # a training run prunes it meanwhile.
-  step, state = recovery.restore_reading(mngr, step, abstract,
-                                         follow_latest)
-  tokenizer = (None if multimodal.is_multimodal(config) else
-               pipeline.workdir_tokenizer(config, workdir, create=False))
-  return step, model, state.variables, tokenizer, mesh
-
-
 def write_pictures(workdir: str, step: int, config: ml_collections.ConfigDict,
                    model, variables, tokenizer, mesh,
                    num_queries: int = 6, top_k: int = 5) -> list[str]:
@@ -371,8 +340,8 @@ def main(argv):
     check_reads(eval_reads(config), config.data.data_dir)
     if jax.process_index() == 0:
       check_writable(workdir)
-    step, model, variables, tokenizer, mesh = restore(workdir, config,
-                                                      FLAGS.step)
+    step, model, variables, tokenizer, mesh = run_dir.restore(
+        workdir, config, FLAGS.step)
     metrics = run_probes(config, model, variables, tokenizer, mesh)
     path = write_results(workdir, step, metrics)
     print(format_table(step, metrics))

@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from safetensors.numpy import save_file
 
-from cliplite_jax import config_io, evaluate, inference
+from cliplite_jax import config_io, inference, run_dir
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite, resnet, torch_layout
 
@@ -94,8 +94,8 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   directory `out` (see the module doc); returns the step exported. Files
   are written to a new hidden folder beside it and renamed at the end, so
   `out` is complete or absent."""
-  config = inference.saved_config(workdir)
-  step, _, variables, _, _ = evaluate.restore(workdir, config, step)
+  config = run_dir.saved_config(workdir)
+  step, _, variables, _, _ = run_dir.restore(workdir, config, step)
   tower, heads, description = state_dicts(config, variables, step)
   if jax.process_index() != 0:
     return step

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from cliplite_jax import config_io, evaluate, inference
+from cliplite_jax import config_io, inference, run_dir
 from cliplite_jax.models import cliplite, text
 
 FLAGS = flags.FLAGS
@@ -20,8 +20,8 @@ FLAGS = flags.FLAGS
 def export(workdir: str, out: str, step: int | None = None) -> int:
   """Restores `step` (latest if None) of WORKDIR and writes its text tower
   to `out`; returns the step exported."""
-  config = inference.saved_config(workdir)
-  step, model, variables, tokenizer, _ = evaluate.restore(workdir, config,
+  config = run_dir.saved_config(workdir)
+  step, model, variables, tokenizer, _ = run_dir.restore(workdir, config,
                                                           step)
   params = jax.device_get(variables["params"][cliplite.TEXT_TOWER])
   if jax.process_index() == 0:

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from cliplite_jax import config_io, parallel
-from cliplite_jax.data import augment, eval_input, sources
+from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
 
 
@@ -96,6 +96,9 @@ def extract_images(image_fn, name: str, split: str, data_dir: str | None,
   split) and the source's labels. Unusable examples are left out and counted
   on stderr; none usable is a UserError.
   """
+  # Here, not at the top: the encoders alone (a model in use) need neither
+  # grain nor TFDS.
+  from cliplite_jax.data import eval_input, sources
   source, _ = sources.get(name)
   examples = sources.open_split(name, split, data_dir)
   global_batch = global_batch_size(batch_size, mesh)

@@ -24,10 +24,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from absl import logging
-from etils import epath
 from PIL import Image
 
-from cliplite_jax import config_io, evaluate, features, parallel
+from cliplite_jax import config_io, features, parallel, run_dir
 from cliplite_jax.data import augment, decode
 from cliplite_jax.data import text as text_lib
 
@@ -72,21 +71,6 @@ def check_creatable(path: str, flag: str) -> None:
   if not os.access(place, os.W_OK | os.X_OK):
     raise config_io.UserError(f"{flag} {path}: {place} is not writable; "
                               f"name a path elsewhere")
-
-
-def saved_config(workdir: str):
-  """The config WORKDIR/config.json holds (an ml_collections.ConfigDict),
-  for an image–text model; UserError (naming the fix) for a directory a
-  training run did not write, a damaged config or a multi-modality model."""
-  workdir = config_io.existing_workdir(workdir)
-  if not epath.Path(workdir, config_io.CONFIG_FILE).exists():
-    raise config_io.UserError(
-        f"{workdir} is not a training workdir (it has no "
-        f"{config_io.CONFIG_FILE}): name a directory that python -m "
-        f"cliplite_jax.main trained into")
-  config = config_io.load_saved(workdir)
-  config_io.require_image_text(config, workdir)
-  return config
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -182,12 +166,12 @@ class Model:
   def __init__(self, workdir: str, step: int | None = None,
                batch_size: int | None = None):
     self.workdir = workdir
-    self.config = saved_config(workdir)
+    self.config = run_dir.saved_config(workdir)
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # orbax's read-only notices
     try:
       self.step, self._model, self._variables, self._tokenizer, self._mesh = (
-          evaluate.restore(workdir, self.config, step))
+          run_dir.restore(workdir, self.config, step))
     finally:
       logging.set_verbosity(verbosity)
     self._image_fn, self._text_fn = features.make_encoders(

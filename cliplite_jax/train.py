@@ -12,6 +12,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
+from cliplite_jax.data import vocabulary
 from cliplite_jax import accumulate, checkpoint, checkpoint_saver, config_io
 from cliplite_jax import evaluate
 from cliplite_jax import metrics as metrics_lib, objectives
@@ -238,15 +239,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   fresh_tokenizer = None
   has_text = not multimodal.is_multimodal(config)
   if has_text and not (epath.Path(workdir) / "tokenizer.json").exists():
-    fresh_tokenizer = pipeline.new_tokenizer(config)  # checked, not written
+    fresh_tokenizer = vocabulary.new_tokenizer(config)  # checked, not written
   config_io.make_workdir(workdir)
   # Held until return: a second run on WORKDIR is refused before it writes.
   lock = workdir_lock.acquire(workdir)
   tokenizer = None
   if fresh_tokenizer is not None:
-    tokenizer = pipeline.save_tokenizer(fresh_tokenizer, config, workdir)
+    tokenizer = vocabulary.save_tokenizer(fresh_tokenizer, config, workdir)
   elif has_text:
-    tokenizer = pipeline.workdir_tokenizer(config, workdir)
+    tokenizer = vocabulary.workdir_tokenizer(config, workdir)
   model = state_lib.build_model(config)
   tx = optim.build(config)
   data_iter = iter(pipeline.train_dataset(

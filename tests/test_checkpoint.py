@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
+from cliplite_jax.data import vocabulary
 from cliplite_jax import checkpoint, checkpoint_saver, guards, optim, packing
 from cliplite_jax import parallel
 from cliplite_jax import state as state_lib
@@ -36,7 +37,7 @@ def run(tiny, tmp_path):
   mesh = parallel.make_mesh()
   model, tx = cliplite.build(tiny), optim.build(tiny)
   state = state_lib.init_sharded(tiny, model, tx, mesh, pretrained=False)
-  tokenizer = pipeline.workdir_tokenizer(tiny, str(tmp_path))
+  tokenizer = vocabulary.workdir_tokenizer(tiny, str(tmp_path))
   data_iter = iter(pipeline.train_dataset(tiny, tokenizer))
   return tiny, mesh, model, tx, state, data_iter
 
@@ -65,7 +66,7 @@ def test_staged_checkpoint_survives_the_next_step(run, tmp_path):
   assert saver.last_saved == 1 and mngr.all_steps() == [1]
 
   fresh_iter = iter(pipeline.train_dataset(
-      config, pipeline.workdir_tokenizer(config, str(tmp_path))))
+      config, vocabulary.workdir_tokenizer(config, str(tmp_path))))
   abstract = state_lib.abstract_state(config, model, tx, mesh)
   restored = checkpoint.restore(mngr, 1, abstract, fresh_iter,
                                 config.batch_size)

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from cliplite_jax.data import vocabulary
 from cliplite_jax import config_io
 from cliplite_jax.data import pipeline, sources
 from cliplite_jax.data import text as text_lib
@@ -23,7 +24,7 @@ def coco(tiny):
 
 def _tokenizer(config):
   return text_lib.fixed_length(
-      text_lib.train_wordpiece(pipeline.all_captions(config, "train"), 64),
+      text_lib.train_wordpiece(vocabulary.all_captions(config, "train"), 64),
       config.data.max_tokens)
 
 
@@ -101,7 +102,7 @@ def test_rewrites_are_sampled_with_the_originals(coco, tmp_path):
   coco.data.rewrites = str(path)
   with fake_coco(8):
     tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(
-        pipeline.all_captions(coco, "train") + ["zebra"] * 50, 2000), 30)
+        vocabulary.all_captions(coco, "train") + ["zebra"] * 50, 2000), 30)
     stream = iter(pipeline.train_dataset(coco, tokenizer))
     ids = np.concatenate([next(stream)["input_ids"] for _ in range(20)])
   zebra = tokenizer.token_to_id("zebra")

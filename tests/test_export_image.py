@@ -18,7 +18,8 @@ from conftest import quick_init, require, run_module
 
 torch = require("torch")
 
-from cliplite_jax import config_io, evaluate, export_image, torch_models  # noqa: E402
+from cliplite_jax import run_dir  # noqa: E402
+from cliplite_jax import config_io, export_image, torch_models  # noqa: E402
 from cliplite_jax.data import augment  # noqa: E402
 from cliplite_jax.models import cliplite, resnet, torch_layout  # noqa: E402
 import photos  # noqa: E402
@@ -138,7 +139,7 @@ def test_export_cli_round_trip(eight_step_run, tmp_path):
   assert os.listdir(out + ".partial") == ["mine.txt"]
 
   config = config_io.load_saved(eight_step_run)
-  _, model, variables, _, _ = evaluate.restore(eight_step_run, config)
+  _, model, variables, _, _ = run_dir.restore(eight_step_run, config)
   size = info["preprocess"]["image_size"]
   images = _photo_batch(size)
   features, embeddings = model.apply(variables, augment.normalize(images),

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageOps
 
 import cliplite_jax
-from cliplite_jax import config_io, evaluate, inference
+from cliplite_jax import run_dir
+from cliplite_jax import config_io, inference
 from cliplite_jax.data import augment, decode, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
@@ -24,7 +25,7 @@ def trained(eight_step_run):
   way evaluation restores them)."""
   model = cliplite_jax.load(eight_step_run)
   config = config_io.load_saved(eight_step_run)
-  _, module, variables, tokenizer, _ = evaluate.restore(eight_step_run, config)
+  _, module, variables, tokenizer, _ = run_dir.restore(eight_step_run, config)
   return model, module, variables, tokenizer
 
 
@@ -273,3 +274,32 @@ def test_plain_jpegs_skip_the_orientation_read():
   assert not decode.jpeg_may_turn(out.getvalue())
   assert decode.jpeg_may_turn(_with_orientation(photo, 1, "JPEG"))
   assert decode.jpeg_may_turn(b"\xff\xd8 not a jpeg")
+
+
+def test_using_a_model_imports_neither_the_pipeline_nor_the_evaluator(
+    eight_step_run):
+  """The library apart from the trainer: load + encode in a fresh process
+  leave grain, TFDS, the input pipeline and the probes unimported."""
+  import subprocess
+  import sys
+  import textwrap
+  script = textwrap.dedent(f"""
+      import sys
+      import numpy as np
+      import cliplite_jax
+      model = cliplite_jax.load({eight_step_run!r})
+      model.encode_images([np.zeros((40, 30, 3), np.uint8)])
+      model.encode_texts(["a red circle"])
+      print(sorted(m for m in sys.modules
+                   if m.split(".")[0] in ("grain", "tensorflow_datasets")
+                   or m.startswith(("cliplite_jax.evaluate",
+                                    "cliplite_jax.probes",
+                                    "cliplite_jax.validation",
+                                    "cliplite_jax.data.pipeline",
+                                    "cliplite_jax.data.sources",
+                                    "cliplite_jax.train"))))
+      """)
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

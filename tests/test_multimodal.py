@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cliplite_jax import config_io, evaluate, symile, train
+from cliplite_jax import run_dir
+from cliplite_jax import config_io, symile, train
 from cliplite_jax.data import symile_xor
 from cliplite_jax.models import multimodal
 from conftest import REPO
@@ -83,7 +84,7 @@ def test_multimodal_resume_is_bit_exact(xor_data_dir, tmp_path, capsys):
   capsys.readouterr()
   train.train_and_evaluate(config, str(resumed))
   assert "resuming from step 80" in capsys.readouterr().out
-  weights = [evaluate.restore(str(w), config, 160)[2]["params"]
+  weights = [run_dir.restore(str(w), config, 160)[2]["params"]
              for w in (straight, resumed)]
   jax.tree.map(np.testing.assert_array_equal, *weights)
 

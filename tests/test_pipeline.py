@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cliplite_jax.data import vocabulary
 from cliplite_jax.data import augment, pipeline, sources
 from cliplite_jax.data import text as text_lib
 
@@ -18,7 +19,7 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def _tokenizer(config):
-  captions = pipeline.all_captions(config, "train")
+  captions = vocabulary.all_captions(config, "train")
   return text_lib.fixed_length(text_lib.train_wordpiece(captions, 256),
                                config.data.max_tokens)
 

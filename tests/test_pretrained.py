@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers
 
+from cliplite_jax.data import vocabulary
 from cliplite_jax import checkpoint, export_text, optim, parallel, train
 from cliplite_jax import state as state_lib
-from cliplite_jax.data import pipeline
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite, hf_bert, text
 
@@ -129,7 +129,7 @@ def test_training_from_pretrained_keeps_frozen_layers_bit_identical(
     tiny, tmp_path):
   # A BERT whose vocabulary is the demo captions' WordPiece.
   tokenizer = text_lib.train_wordpiece(
-      pipeline.all_captions(tiny, "train"), 200)
+      vocabulary.all_captions(tiny, "train"), 200)
   path = str(tmp_path / "bert")
   _save_bert(path, tokenizer)
   tiny.model.text.pretrained = path

@@ -8,6 +8,7 @@ import signal
 import numpy as np
 import pytest
 
+from cliplite_jax.data import vocabulary
 from cliplite_jax.data import pipeline, rewriting, sources
 from cliplite_jax.data import text as text_lib
 from conftest import run_module, wait_until
@@ -211,10 +212,10 @@ def test_rule_rewrites_are_read_back_by_training(tiny, tmp_path):
         want[str(i)].append(text)
   assert rewrites == want and len(want) == 256
 
-  originals = pipeline.all_captions(tiny, "train")
+  originals = vocabulary.all_captions(tiny, "train")
   tiny.data.rewrites = out
   # A new run's tokenizer learns the rewrites' words too.
-  texts = pipeline.all_captions(tiny, "train")
+  texts = vocabulary.all_captions(tiny, "train")
   assert sorted(texts) == sorted(originals + [
       text_lib.clean_caption(t) for v in rewrites.values() for t in v])
   tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(texts, 400), 30)

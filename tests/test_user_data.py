@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import photos
+from cliplite_jax.data import vocabulary
 from cliplite_jax import evaluate, parallel, prepare, state as state_lib
 from cliplite_jax.data import pipeline, prepared, sources
 from cliplite_jax.data import text as text_lib
@@ -87,7 +88,7 @@ def test_prepare_train_and_evaluate_from_the_command_line(tmp_path,
 
 def _tokenizer(config):
   return text_lib.fixed_length(text_lib.train_wordpiece(
-      pipeline.all_captions(config, "train"), 256), config.data.max_tokens)
+      vocabulary.all_captions(config, "train"), 256), config.data.max_tokens)
 
 
 def test_prepared_source_resumes_exactly_and_splits_over_processes(

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from cliplite_jax import run_dir
 from cliplite_jax import config_io, evaluate, guards, run_start, train
 from conftest import run_module, tiny_overrides, wait_until
 
@@ -220,7 +221,7 @@ def test_non_finite_embeddings_are_an_error_not_a_score(kept_every_2):
   config, workdir = kept_every_2
   config = config_io.ml_collections.ConfigDict(config.to_dict())
   config.eval.probes = ("retrieval", "zeroshot")
-  step, model, variables, tokenizer, mesh = evaluate.restore(workdir, config)
+  step, model, variables, tokenizer, mesh = run_dir.restore(workdir, config)
   variables = jax.tree.map(np.array, jax.device_get(variables))
   head = variables["params"]["image_head"]["shortcut"]["kernel"]
   head[3, :] = np.nan  # one corrupted row of one matrix

@@ -1,0 +1,96 @@
+"""The run's tokenizer made for training: a WordPiece vocabulary trained on
+the training captions (and their rewrites), or a local Hugging Face
+tokenizer, saved as WORKDIR/tokenizer.json. Reading it back, for a resume or
+a model in use, is `run_dir.read_tokenizer`."""
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+from tokenizers import Tokenizer
+
+from cliplite_jax import config_io, run_dir
+from cliplite_jax.data import sources
+from cliplite_jax.data import text as text_lib
+from cliplite_jax.data.pipeline import load_rewrites
+
+
+# A trained WordPiece vocabulary reads at most this many examples' captions
+# (evenly spaced over the split): all of COCO, a bounded read of a web-scale
+# set (which would rather use a pretrained tokenizer, `data.tokenizer`).
+TOKENIZER_EXAMPLES = 200_000
+
+
+def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
+  """Every cleaned caption of `split` (for training a tokenizer), or of
+  `TOKENIZER_EXAMPLES` evenly spaced examples of a larger split; with
+  `data.rewrites`, those examples' rewrites too (training draws them)."""
+  source, _ = sources.get(config.data.name)
+  examples = sources.open_split(config.data.name, split, config.data.data_dir)
+  rewrites = (load_rewrites(config.data.rewrites)
+              if config.data.get("rewrites") else {})
+  n = len(examples)
+  indices = (range(n) if n <= TOKENIZER_EXAMPLES else
+             np.linspace(0, n - 1, TOKENIZER_EXAMPLES).astype(np.int64))
+  captions = []
+  for i in indices:
+    example = examples[int(i)]
+    captions += sources.decode_captions(source, example)
+    if rewrites:
+      captions += rewrites.get(sources.image_id(source, int(i), example), [])
+  return [text_lib.clean_caption(c, config.data.max_words) for c in captions]
+
+
+def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
+                      create: bool = True) -> Tokenizer:
+  """The run's tokenizer, WORKDIR/tokenizer.json.
+
+  On the first run (`create`) it is made from `config.data.tokenizer`:
+  "wordpiece" trains a vocabulary of at most `config.model.text.vocab_size`
+  tokens on the cleaned training captions (deterministic, so every process
+  builds the same one); anything else is a local HF tokenizer path (see
+  `text.load_tokenizer`). Process 0 saves it, so a resumed or evaluated run
+  tokenises exactly as training did.
+  """
+  saved = run_dir.read_tokenizer(config, workdir)
+  if saved is not None:
+    return saved
+  if not create:
+    raise config_io.UserError(f"{epath.Path(workdir) / run_dir.TOKENIZER_FILE}"
+                              f" not found: was {workdir} trained?")
+  return save_tokenizer(new_tokenizer(config), config, workdir)
+
+
+def new_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+  """The tokenizer `config.data.tokenizer` names, made without writing
+  anything: "wordpiece" trains one on the training captions, anything else
+  is loaded from its local path. UserError if it cannot be read or has more
+  tokens than `model.text.vocab_size`."""
+  if config.data.tokenizer == "wordpiece":
+    tokenizer = text_lib.train_wordpiece(
+        all_captions(config, config.data.train_split),
+        config.model.text.vocab_size)
+  else:
+    try:
+      tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
+                                          config.data.max_tokens)
+    except (FileNotFoundError, ValueError) as e:
+      raise config_io.UserError(f"data.tokenizer: {e}") from e
+  vocab = tokenizer.get_vocab_size()
+  if vocab > config.model.text.vocab_size:
+    raise config_io.UserError(
+        f"the tokenizer has {vocab} tokens but model.text.vocab_size is "
+        f"{config.model.text.vocab_size}; set --config.model.text.vocab_size="
+        f"{vocab}")
+  return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, config: ml_collections.ConfigDict,
+                   workdir: str) -> Tokenizer:
+  """Writes WORKDIR/tokenizer.json (process 0); returns the tokenizer padded
+  and truncated to `data.max_tokens`."""
+  if jax.process_index() == 0:
+    (epath.Path(workdir) / run_dir.TOKENIZER_FILE).write_text(
+        tokenizer.to_str())
+  return text_lib.fixed_length(tokenizer, config.data.max_tokens)
