@@ -12,7 +12,6 @@ overrides its evaluation fields (OVERRIDABLE).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -31,72 +30,14 @@ from absl import app, flags, logging
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import (config_io, features, held_out, losses, parallel,
-                          plots, run_dir, validation)
-from cliplite_jax.data import augment, eval_input, sources
+from cliplite_jax import (config_io, features, losses, parallel, plots,
+                          probe_inputs, run_dir, validation)
+from cliplite_jax.data import augment, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import multimodal
-from cliplite_jax.probes import (linear, modalities, modality_gap, retrieval,
-                                 svm, zeroshot)
+from cliplite_jax.probes import modalities, registry
 
 
-PROBES = ("retrieval", "gap", "zeroshot", "svm", "linear")
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """UserError for an unknown probe or dataset in the eval section, or two
-  datasets scored under one name."""
-  unknown = sorted(set(config.eval.probes) - set(PROBES))
-  if unknown:
-    raise config_io.UserError(f"eval.probes: unknown {unknown}; known: "
-                              f"{list(PROBES)}")
-  for name in (config.data.name, *config.eval.get("transfer", ())):
-    try:
-      source, _ = sources.get(name)
-    except ValueError as e:
-      raise config_io.UserError(str(e)) from e
-    if source.modalities and not multimodal.is_multimodal(config):
-      raise config_io.UserError(
-          f"{name} holds the vector modalities "
-          f"{', '.join(source.modalities)}, not images: train on it with a "
-          f"multi-modality config such as configs/symile_xor.py")
-  if multimodal.is_multimodal(config) and config.eval.get("transfer"):
-    raise config_io.UserError(
-        "eval.transfer: a multi-modality model is scored on its own "
-        "dataset only; set eval.transfer=()")
-  validation.check_dataset_names(config)
-
-
-def datasets(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
-  """(dataset name, scored split, probe-training split) of every dataset
-  evaluated: the training dataset, then `config.eval.transfer`."""
-  # Configs saved before transfer sets existed fitted probes on "train".
-  out = [(config.data.name, config.eval.split,
-          config.eval.get("fit_split", "train"))]
-  for name in config.eval.get("transfer", ()):
-    source, _ = sources.get(name)
-    out.append((name, source.eval_split, source.fit_split))
-  return out
-
-
-def eval_reads(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
-  """The (dataset, split) pairs evaluation reads."""
-  reads = []
-  for name, split, fit_split in datasets(config):
-    probes = set(config.eval.probes) & sources.get(name)[0].probes
-    reads += [(name, split)] if probes else []
-    reads += [(name, fit_split)] if probes & {"svm", "linear"} else []
-  return reads
-
-
-def check_reads(reads: list[tuple[str, str]], data_dir: str | None) -> None:
-  """Opens each (dataset, split): a missing split is a UserError, an
-  unprepared dataset a DatasetNotPreparedError, both naming the fix."""
-  for name, split in reads:
-    try:
-      sources.open_split(name, split, data_dir)
-    except ValueError as e:
-      raise config_io.UserError(str(e)) from e
 
 
 def run_probes(config: ml_collections.ConfigDict, model, variables,
@@ -109,94 +50,13 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
   encoders = features.make_encoders(
       model, variables, mesh, parallel.compiler_options(config))
   metrics = {}
-  for name, split, fit_split in datasets(config):
-    source, _ = sources.get(name)
-    probes = set(config.eval.probes) & source.probes
-    if probes:
-      metrics.update(_probe_dataset(config, name, split, fit_split, probes,
-                                    encoders, tokenizer, mesh))
+  for name, split, fit_split in validation.evaluated_datasets(config):
+    view = probe_inputs.DatasetView(config, name, split, fit_split, encoders,
+                                    tokenizer, mesh)
+    for probe in config.eval.probes:
+      if probe in view.source.probes:
+        metrics.update(registry.PROBES[probe].score(view))
   return {k: float(v) for k, v in sorted(metrics.items())}
-
-
-def _probe_dataset(config, name, split, fit_split, probes, encoders,
-                   tokenizer, mesh) -> dict:
-  source, _ = sources.get(name)
-  ds = sources.display_name(name)
-  image_fn, text_fn = encoders
-  bs = config.eval.batch_size
-  extract = functools.partial(
-      features.extract_images, image_fn, name, data_dir=config.data.data_dir,
-      image_size=config.data.image_size, batch_size=bs, mesh=mesh,
-      num_threads=config.data.num_threads)
-  test = extract(split)
-  _require_finite(test, f"{name} {split} images")
-  metrics = {}
-  if {"retrieval", "gap"} & probes:
-    texts, owner = eval_input.captions(
-        source, sources.open_split(name, split, config.data.data_dir),
-        config.data.max_words)
-    # Captions of left-out images go too; the rest point at their image row.
-    keep = np.isin(owner, test["index"])
-    caption_image = np.searchsorted(test["index"], owner[keep]).astype(np.int32)
-    txt_emb = features.batched_apply(
-        text_fn, text_lib.tokenize(tokenizer, [t for t, k in zip(texts, keep)
-                                               if k]), bs, mesh)
-    _require_finite({"embeddings": txt_emb}, f"{name} {split} captions")
-  if "retrieval" in probes:
-    recalls = retrieval.recall_at_k(test["embeddings"], txt_emb, caption_image)
-    metrics.update({f"retrieval/{ds}/{k}": v for k, v in recalls.items()})
-  if "gap" in probes:
-    metrics[f"gap/{ds}/modality_gap"] = modality_gap.modality_gap(
-        test["embeddings"], txt_emb)
-  if "zeroshot" in probes:
-    for i, (task, (label, classes, templates)) in enumerate(
-        source.zeroshot.items()):
-      templates = (templates,) if isinstance(templates, str) else templates
-      prompts = [text_lib.clean_caption(t.format(c), config.data.max_words)
-                 for c in classes for t in templates]
-      prompt_emb = features.batched_apply(
-          text_fn, text_lib.tokenize(tokenizer, prompts), bs, mesh)
-      _require_finite({"embeddings": prompt_emb}, f"{name} {task} prompts")
-      class_emb = zeroshot.class_embeddings(
-          prompt_emb.reshape(len(classes), len(templates), -1))
-      task_name = ds if i == 0 else f"{ds}_{task}"
-      accuracy = zeroshot.accuracy(test["embeddings"], class_emb, test[label],
-                                   ks=(1, 5))
-      metrics.update({f"zeroshot/{task_name}/{k}": v
-                      for k, v in accuracy.items()})
-  if {"svm", "linear"} & probes:
-    fit = test if fit_split == split else extract(fit_split)
-    _require_finite(fit, f"{name} {fit_split} images")
-    # Never scored on what they fit: overlapping splits hold a part out.
-    fit, scored = held_out.fit_and_scored(name, split, fit_split, fit, test)
-  if "svm" in probes:
-    metrics[f"svm/{ds}/map"] = svm.voc07_map(
-        fit["features"], fit["svm_targets"], scored["features"],
-        scored["svm_targets"])["map"]
-  if "linear" in probes:
-    label = source.linear_label
-    metrics[f"linear/{ds}/top1"] = linear.train_and_score(
-        fit["features"], fit[label], scored["features"], scored[label],
-        num_classes=int(max(fit[label].max(), scored[label].max())) + 1,
-        epochs=config.eval.linear.epochs,
-        batch_size=config.eval.linear.batch_size,
-        learning_rate=config.eval.linear.learning_rate)["top1"]
-  return metrics
-
-
-def _require_finite(arrays: dict, what: str) -> None:
-  """UserError if "features" or "embeddings" in `arrays` has a NaN or
-  infinity: a non-finite score would rank as no score should, so it is
-  never turned into a metric."""
-  for key in ("features", "embeddings"):
-    if key not in arrays:
-      continue
-    values = np.asarray(arrays[key])
-    rows = int(np.sum(~np.all(np.isfinite(values), axis=-1)))
-    if rows:
-      raise config_io.UserError(
-          f"{rows} of {len(values)} {what} have non-finite {key}: the "
-          f"checkpoint's weights are damaged or diverged; no metric computed")
 
 
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
@@ -336,8 +196,9 @@ def main(argv):
                                        OVERRIDABLE, _FIXED)
     validation.check_eval(config)
     sources.canonical_datasets(config)
-    check_config(config)
-    check_reads(eval_reads(config), config.data.data_dir)
+    validation.check_evaluation(config)
+    validation.check_reads(validation.evaluation_reads(config),
+                           config.data.data_dir)
     if jax.process_index() == 0:
       check_writable(workdir)
     step, model, variables, tokenizer, mesh = run_dir.restore(

@@ -33,6 +33,8 @@ class Objective:
     mean) over the mesh axes named by its `axis_name` argument.
   priors: the image–text model gets Deep InfoMax prior discriminators
     (`loss.prior_img` / `loss.prior_txt`), weighted by `loss.prior_weight`.
+  logit_bias: the image–text model gets a learnable logit bias, started at
+    `loss.init_logit_bias` (SigLIP's b).
   prototypes: the image–text model gets nCLIP's prototypes; the objective
     reads `loss.nclip`.
   modality_score: a multimodal objective's critic for zero-shot prediction
@@ -47,6 +49,7 @@ class Objective:
   needs_key: bool = False
   takes_axis: bool = False
   priors: bool = False
+  logit_bias: bool = False
   prototypes: bool = False
   modality_score: str = "mip"
   gathers: str = ""
@@ -128,7 +131,7 @@ OBJECTIVES = {
                          gathers="every embedding [B, D]",
                          paper="Radford et al., 2021 (CLIP)"),
     "sigmoid": Objective(losses.siglip_objective, device_local=False,
-                         gathers="every embedding [B, D]",
+                         logit_bias=True, gathers="every embedding [B, D]",
                          paper="Zhai et al., 2023 (SigLIP)"),
     "nclip": Objective(nclip_objective, device_local=False, prototypes=True,
                        gathers="the mean assignment [K]", paper=_NCLIP),

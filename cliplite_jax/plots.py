@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
+from cliplite_jax.probes import registry  # noqa: E402
+
 CORRECT, WRONG, NEUTRAL = "#1a9850", "#d73027", "#808080"
 
 
@@ -71,8 +73,7 @@ def read_metrics(path: str) -> list[dict]:
 
 _PANELS = (
     ("training loss", lambda k: k.startswith("loss/")),
-    ("evaluation", lambda k: k.split("/")[0] in
-     ("retrieval", "zeroshot", "linear", "svm", "gap")),
+    ("evaluation", lambda k: k.split("/")[0] in registry.PROBES),
     ("learning rate and temperature",
      lambda k: k.startswith("lr/") or k == "temperature"),
 )

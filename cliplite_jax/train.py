@@ -202,7 +202,7 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
 
 def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   validation.check_train(config, mesh.devices.size)
-  evaluate.check_config(config)
+  validation.check_evaluation(config)
 
 
 def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,

@@ -290,3 +290,75 @@ def _multimodal_fields(c: _Checker) -> None:
             and math.isfinite(scale), "model.init_log_scale",
             "a finite number (the critic's initial log-scale)")
   c.one_of("loss.symile_sampling", ("n", "n_squared"))
+
+
+# --- evaluation's pre-flight: what it will read, opened before any work ---
+
+def check_evaluation(config: ml_collections.ConfigDict) -> None:
+  """UserError for an unknown probe or dataset in the eval section, a
+  vector-modality set under an image–text model, or two datasets scored
+  under one name."""
+  from cliplite_jax.data import sources  # the heavy TFDS import, late
+  from cliplite_jax.models import multimodal
+  from cliplite_jax.probes import registry
+  unknown = sorted(set(config.eval.probes) - set(registry.PROBES))
+  if unknown:
+    raise config_io.UserError(f"eval.probes: unknown {unknown}; known: "
+                              f"{list(registry.PROBES)}")
+  for name in (config.data.name, *config.eval.get("transfer", ())):
+    try:
+      source, _ = sources.get(name)
+    except ValueError as e:
+      raise config_io.UserError(str(e)) from e
+    if source.modalities and not multimodal.is_multimodal(config):
+      raise config_io.UserError(
+          f"{name} holds the vector modalities "
+          f"{', '.join(source.modalities)}, not images: train on it with a "
+          f"multi-modality config such as configs/symile_xor.py")
+  if multimodal.is_multimodal(config) and config.eval.get("transfer"):
+    raise config_io.UserError(
+        "eval.transfer: a multi-modality model is scored on its own "
+        "dataset only; set eval.transfer=()")
+  check_dataset_names(config)
+
+
+def evaluated_datasets(config: ml_collections.ConfigDict
+                       ) -> list[tuple[str, str, str]]:
+  """(dataset name, scored split, probe-fitting split) of every dataset
+  evaluated: the training dataset, then `config.eval.transfer`."""
+  from cliplite_jax.data import sources
+  # Configs saved before transfer sets existed fitted probes on "train".
+  out = [(config.data.name, config.eval.split,
+          config.eval.get("fit_split", "train"))]
+  for name in config.eval.get("transfer", ()):
+    source, _ = sources.get(name)
+    out.append((name, source.eval_split, source.fit_split))
+  return out
+
+
+def evaluation_reads(config: ml_collections.ConfigDict
+                     ) -> list[tuple[str, str]]:
+  """The (dataset, split) pairs evaluation reads: each dataset's scored
+  split when a configured probe supports it, its fitting split when one of
+  those probes fits."""
+  from cliplite_jax.data import sources
+  from cliplite_jax.probes import registry
+  reads = []
+  for name, split, fit_split in evaluated_datasets(config):
+    probes = set(config.eval.probes) & sources.get(name)[0].probes
+    reads += [(name, split)] if probes else []
+    reads += ([(name, fit_split)]
+              if any(registry.PROBES[p].fits for p in probes) else [])
+  return reads
+
+
+def check_reads(reads: list[tuple[str, str]], data_dir: str | None) -> None:
+  """Opens each (dataset, split): a missing split is a UserError, an
+  unprepared or damaged dataset a DatasetNotPreparedError, both naming the
+  fix."""
+  from cliplite_jax.data import sources
+  for name, split in reads:
+    try:
+      sources.open_split(name, split, data_dir)
+    except ValueError as e:
+      raise config_io.UserError(str(e)) from e

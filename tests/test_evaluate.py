@@ -12,11 +12,12 @@ from PIL import Image
 
 import photos
 from cliplite_jax import config_io, evaluate, parallel, prepare
-from cliplite_jax import held_out, state as state_lib, train
+from cliplite_jax import held_out, plots, state as state_lib, train
+from cliplite_jax import validation
 from cliplite_jax.data import augment, eval_input, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
-from cliplite_jax.probes import linear, retrieval, svm, zeroshot
+from cliplite_jax.probes import linear, registry, retrieval, svm, zeroshot
 from conftest import quick_init, run_module
 from fakes import (cifar10_examples, coco_examples, fake_coco, fake_tfds,
                    voc_examples)
@@ -195,7 +196,7 @@ def test_two_datasets_of_one_name_are_refused_before_any_work(
   tiny.batch_size = 8
   tiny.eval.probes = ("retrieval", "gap")
   with pytest.raises(config_io.UserError) as error:
-    evaluate.check_config(tiny)
+    validation.check_evaluation(tiny)
   message = str(error.value)
   assert (f"data.name {first} and eval.transfer {second} would both be "
           f"scored as 'p_host'") in message
@@ -208,23 +209,23 @@ def test_two_datasets_of_one_name_are_refused_before_any_work(
   with pytest.raises(config_io.UserError,
                      match=f"{first} is evaluated twice .data.name and "
                            f"eval.transfer.*drop it from eval.transfer"):
-    evaluate.check_config(tiny)
+    validation.check_evaluation(tiny)
   # A dataset no probe scores writes no keys: no clash.
   tiny.eval.transfer = (second,)
   tiny.eval.probes = ("svm",)
-  evaluate.check_config(tiny)
+  validation.check_evaluation(tiny)
   # Another name for the same directory is another name in the keys.
   os.symlink(second, second + "_2")
   tiny.eval.transfer = (second + "_2",)
   tiny.eval.probes = ("retrieval", "gap")
-  evaluate.check_config(tiny)
+  validation.check_evaluation(tiny)
   # Registered names clash by their name before "/" too.
   tiny.data.name, tiny.eval.transfer = "shapes_captions/tiny", (
       "shapes_captions/default",)
   with pytest.raises(config_io.UserError,
                      match="would both be scored as 'shapes_captions'.*drop "
                            "one from eval.transfer"):
-    evaluate.check_config(tiny)
+    validation.check_evaluation(tiny)
 
 
 def test_evaluate_refuses_a_name_clash_in_one_line(two_p_hosts, tmp_path):
@@ -304,3 +305,32 @@ def test_a_class_set_with_only_train_is_scored_on_held_out_images(
   assert (len(fit), len(scored)) == (205, 51)  # of 256
   assert _disjoint(fit, scored)
   assert 0 <= got["svm/shapes_captions/map"] <= 1
+
+
+def _images_per_caption(dataset):
+  """A toy probe: captions scored per usable test image."""
+  _, caption_image = dataset.captions()
+  return {f"toy/{dataset.name}/captions_per_image":
+          len(caption_image) / len(dataset.test["index"])}
+
+
+def test_a_new_probe_is_one_registry_row_and_its_function(setup, monkeypatch):
+  """Adding a probe touches only the registry and its module: validation
+  accepts its name, evaluation runs it on the datasets it supports (and
+  only those), and the training curves draw it with the other probes."""
+  config, model, variables, tokenizer = setup
+  monkeypatch.setitem(registry.PROBES, "toy", registry.Probe(
+      lambda source: bool(source.captions_key), _images_per_caption))
+  config.eval.probes = ("toy",)
+  config.eval.transfer = ("cifar10",)  # a class set: no captions, no toy
+  config.data.name = "coco_captions"
+  validation.check_evaluation(config)
+  with fake_tfds({"coco_captions": lambda split: coco_examples(6),
+                  "cifar10": cifar10_examples}):
+    got = _run(config, model, variables, tokenizer)
+  # coco_examples gives each image 5 captions (COCO's count).
+  assert got == {"toy/coco_captions/captions_per_image": 5.0}
+  assert dict(plots._PANELS)["evaluation"]("toy/coco_captions/x")
+  config.eval.probes = ("toys",)
+  with pytest.raises(config_io.UserError, match="unknown \\['toys'\\]"):
+    validation.check_evaluation(config)

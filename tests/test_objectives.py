@@ -183,3 +183,27 @@ def test_resuming_ignores_fields_only_other_objectives_read(tmp_path):
   nclip.loss.nclip.prototypes = 64
   with pytest.raises(config_io.UserError, match="loss.nclip.prototypes"):
     guards.check_config_change(nclip, str(tmp_path), False)
+
+
+@pytest.mark.parametrize("name", [n for n, o in objectives.OBJECTIVES.items()
+                                  if not o.multimodal])
+def test_the_model_carries_what_the_objective_row_asks_for(tiny, name):
+  """The model reads its extra parameters off the objective's registry row
+  (a logit bias, prototypes, prior discriminators), never its name."""
+  from cliplite_jax import state as state_lib
+  from cliplite_jax.models import cliplite
+  tiny.loss.name = name
+  row = objectives.OBJECTIVES[name]
+  model = cliplite.build(tiny)
+  shapes = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0),
+                          "prior": jax.random.key(1),
+                          "dropout": jax.random.key(2)},
+                         *state_lib.dummy_inputs(tiny), train=False))
+  params = shapes["params"]
+  assert ("logit_bias" in params) == row.logit_bias
+  if row.logit_bias:
+    assert params["logit_bias"].shape == ()
+  assert ("prototypes" in params) == row.prototypes
+  assert any("prior" in k for k in params) == (
+      row.priors and tiny.loss.prior_img)

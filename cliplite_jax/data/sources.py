@@ -96,12 +96,9 @@ class Source:
   @property
   def probes(self) -> frozenset[str]:
     """The probes this dataset can be scored with."""
-    return frozenset(
-        ({"retrieval", "gap"} if self.captions_key else set())
-        | ({"zeroshot"} if self.zeroshot else set())
-        | ({"linear"} if self.linear_label else set())
-        | ({"svm"} if self.svm_targets else set())
-        | ({"zeroshot"} if self.modalities else set()))
+    from cliplite_jax.probes import registry  # jax, only when asked
+    return frozenset(name for name, probe in registry.PROBES.items()
+                     if probe.supports(self))
 
   def labels(self, example: dict) -> dict[str, np.ndarray]:
     """The example's probe labels: int32 [] per zero-shot or linear label

@@ -126,8 +126,8 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
       prior_img=objective.priors and config.loss.prior_img,
       prior_txt=objective.priors and config.loss.prior_txt,
       prior_widths=tuple(m.prior_widths),
-      logit_bias=(config.loss.init_logit_bias
-                  if config.loss.name == "sigmoid" else None),
+      logit_bias=(config.loss.init_logit_bias if objective.logit_bias
+                  else None),
       num_prototypes=(config.loss.nclip.prototypes if objective.prototypes
                       else 0),
       dtype=dtype)

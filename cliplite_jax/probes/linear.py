@@ -59,3 +59,17 @@ def train_and_score(train_x: jnp.ndarray, train_y: jnp.ndarray,
                            + params["b"], axis=-1)
   return {"top1": jnp.mean((predictions == test_y).astype(jnp.float32)),
           "train_loss": epoch_losses[-1]}
+
+
+def score(dataset) -> dict[str, float]:
+  """The registry's entry: top-1 of a linear classifier of the source's
+  `linear_label`, trained on the fit split's pooled features with
+  `eval.linear`'s settings and scored on the scored split's."""
+  fit, scored = dataset.fit_and_scored()
+  label = dataset.source.linear_label
+  settings = dataset.config.eval.linear
+  return {f"linear/{dataset.name}/top1": float(train_and_score(
+      fit["features"], fit[label], scored["features"], scored[label],
+      num_classes=int(max(fit[label].max(), scored[label].max())) + 1,
+      epochs=settings.epochs, batch_size=settings.batch_size,
+      learning_rate=settings.learning_rate)["top1"])}

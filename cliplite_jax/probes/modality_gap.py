@@ -15,3 +15,11 @@ def modality_gap(img_emb: jnp.ndarray, txt_emb: jnp.ndarray) -> jnp.ndarray:
   """
   return jnp.linalg.norm(jnp.mean(l2_normalize(img_emb), axis=0)
                          - jnp.mean(l2_normalize(txt_emb), axis=0))
+
+
+def score(dataset) -> dict[str, float]:
+  """The registry's entry: the gap between `dataset`'s test images and their
+  captions."""
+  caption_emb, _ = dataset.captions()
+  return {f"gap/{dataset.name}/modality_gap": float(
+      modality_gap(dataset.test["embeddings"], caption_emb))}

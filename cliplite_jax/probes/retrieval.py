@@ -66,3 +66,11 @@ def recall_at_k(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
     out[f"i2t_r{k}"] = jnp.mean((rank_i2t < k).astype(jnp.float32))
     out[f"t2i_r{k}"] = jnp.mean((rank_t2i < k).astype(jnp.float32))
   return out
+
+
+def score(dataset) -> dict[str, float]:
+  """The registry's entry: Recall@1/5/10 both ways on `dataset`'s scored
+  split (see `registry` for what `dataset` offers)."""
+  caption_emb, caption_image = dataset.captions()
+  recalls = recall_at_k(dataset.test["embeddings"], caption_emb, caption_image)
+  return {f"retrieval/{dataset.name}/{k}": float(v) for k, v in recalls.items()}

@@ -203,3 +203,12 @@ def voc07_map(train_features: jnp.ndarray, train_targets: jnp.ndarray,
   return {"map": jnp.sum(test_ap * has_positive)
                  / jnp.maximum(jnp.sum(has_positive), 1),
           "ap": test_ap, "cost": chosen, "cv_ap": cv_ap}
+
+
+def score(dataset) -> dict[str, float]:
+  """The registry's entry: VOC07 mAP of SVMs fitted on the fit split's
+  pooled features and scored on the scored split's."""
+  fit, scored = dataset.fit_and_scored()
+  return {f"svm/{dataset.name}/map": float(voc07_map(
+      fit["features"], fit["svm_targets"], scored["features"],
+      scored["svm_targets"])["map"])}

@@ -38,3 +38,24 @@ def class_embeddings(prompt_emb: jnp.ndarray) -> jnp.ndarray:
   """Prompt ensembling: [C, T, D] embeddings of T templates per class → the
   mean of the L2-normalised templates per class, [C, D] (CLIP's recipe)."""
   return jnp.mean(l2_normalize(prompt_emb), axis=1)
+
+
+def score(dataset) -> dict[str, float]:
+  """The registry's entry: top-1 and top-5 for each of the source's
+  zero-shot tasks ({task: (label feature, class names, templates)}); the
+  first task's metrics are "zeroshot/<name>/...", the others'
+  "zeroshot/<name>_<task>/..."."""
+  metrics = {}
+  for i, (task, (label, classes, templates)) in enumerate(
+      dataset.source.zeroshot.items()):
+    templates = (templates,) if isinstance(templates, str) else templates
+    prompts = [dataset.clean(t.format(c)) for c in classes for t in templates]
+    prompt_emb = dataset.embed_texts(prompts, f"{task} prompts")
+    class_emb = class_embeddings(
+        prompt_emb.reshape(len(classes), len(templates), -1))
+    task_name = dataset.name if i == 0 else f"{dataset.name}_{task}"
+    top = accuracy(dataset.test["embeddings"], class_emb,
+                   dataset.test[label], ks=(1, 5))
+    metrics.update({f"zeroshot/{task_name}/{k}": float(v)
+                    for k, v in top.items()})
+  return metrics
