@@ -46,7 +46,7 @@ if __name__ == "__main__":
   from cliplite_jax import native_logs
   native_logs.quiet()  # before readers import TensorFlow (tfds:NAME)
 
-from cliplite_jax.data import prepare_units, prepared, readers
+from cliplite_jax.data import formats, prepare_units, prepared, readers
 from cliplite_jax.data.prepare_output import check_out, create_out, lock_out
 from cliplite_jax.data.prepare_options import (Options, PrepareError,
                                                parse_fractions, parse_source,
@@ -97,60 +97,33 @@ def plan(work: epath.Path, opts: Options
     split, kind, location = parse_source(text)
     described.append(f"{kind}:{location}" + (f" → {split}" if split else ""))
     common = dict(split=split, fractions=fractions, seed=opts.split_seed)
-    if kind == "webdataset":
-      kinds.add("captions")
-      units += [prepare_units.Unit("webdataset", dict(shard=s, **common))
-                for s in readers.webdataset_shards(location)]
-    elif kind == "tfds":
-      splits, features = readers.tfds_splits(location, opts.data_dir or None)
-      if not opts.text_key and not opts.label_key:
-        raise PrepareError(f"tfds:{location} needs --text_key (a caption "
-                           f"set) or --label_key (a class set); its features "
-                           f"are {sorted(features.keys())}")
-      for key in filter(None, (opts.image_key, opts.text_key.split("/")[0],
-                               opts.label_key)):
-        if key not in features:
-          raise PrepareError(f"tfds:{location} has no feature {key!r} (it "
-                             f"has {sorted(features.keys())})")
-      if opts.label_key:
-        kinds.add("classes")
-        classes = getattr(features[opts.label_key], "names", None)
-      else:
-        kinds.add("captions")
-      step = opts.examples_per_shard
-      for tfds_split, count in sorted(splits.items()):
-        if split and split != tfds_split and len(splits) > 1:
-          continue
-        for start in range(0, count, step):
-          units.append(prepare_units.Unit("tfds", dict(
-              name=location, tfds_split=tfds_split, start=start,
-              end=min(count, start + step), image_key=opts.image_key,
-              text_key=opts.text_key, label_key=opts.label_key,
-              data_dir=opts.data_dir or None, **common)))
-    else:
-      if kind == "folder":
-        classes, _ = readers.folder_rows(location)
-        root = location
-        kinds.add("classes")
-      else:
-        root = opts.images or os.path.dirname(os.path.abspath(location))
-        kinds.add("captions")
-      paths, images = prepare_units.partition(
-          lambda: _row_reader(kind, location, opts), buckets / f"source{number}",
-          opts.examples_per_shard, root)
-      for earlier, earlier_images in row_sources:
-        shared = np.intersect1d(earlier_images, images).size
-        if shared:
-          print(f"prepare: warning: {shared} images are named by both "
-                f"--source {earlier} and --source {text}; each source's rows "
-                f"are separate examples (and may land in different splits)",
-                file=sys.stderr)
-          fixed_warnings.append(f"{shared} images named by both {earlier} "
-                                f"and {text}")
-      row_sources.append((text, images))
-      units += [prepare_units.Unit("rows", dict(bucket=str(path), root=root,
-                                                **common))
-                for path in paths]
+    fmt = formats.FORMATS[kind]
+    if fmt.plan is not None:
+      planned = fmt.plan(location, opts, common)
+      kinds.add(planned.kind)
+      classes = planned.classes if planned.kind == "classes" else classes
+      units += [prepare_units.Unit(kind, args) for args in planned.units]
+      continue
+    root = fmt.root(location, opts)
+    if fmt.classes is not None:
+      classes = fmt.classes(location)
+    kinds.add("classes" if fmt.classes is not None else "captions")
+    paths, images = prepare_units.partition(
+        lambda: fmt.rows(location, opts), buckets / f"source{number}",
+        opts.examples_per_shard, root)
+    for earlier, earlier_images in row_sources:
+      shared = np.intersect1d(earlier_images, images).size
+      if shared:
+        print(f"prepare: warning: {shared} images are named by both "
+              f"--source {earlier} and --source {text}; each source's rows "
+              f"are separate examples (and may land in different splits)",
+              file=sys.stderr)
+        fixed_warnings.append(f"{shared} images named by both {earlier} "
+                              f"and {text}")
+    row_sources.append((text, images))
+    units += [prepare_units.Unit("rows", dict(bucket=str(path), root=root,
+                                              **common))
+              for path in paths]
   if len(kinds) > 1:
     raise PrepareError("--source mixes caption sets and class sets; prepare "
                        "them into separate --out directories")
@@ -189,17 +162,6 @@ def _bucket_dir(work: epath.Path) -> epath.Path:
     return work / "rows"
   digest = hashlib.sha1(str(work).encode()).hexdigest()[:12]
   return epath.Path(tempfile.gettempdir()) / f"cliplite_prepare_{digest}"
-
-
-def _row_reader(kind, location, opts):
-  if kind == "folder":
-    return readers.folder_rows(location)[1]
-  if kind == "jsonl":
-    return readers.jsonl_rows(location)
-  if kind == "karpathy":
-    return readers.karpathy_rows(location)
-  return readers.csv_rows(location, opts.image_column, opts.caption_column,
-                          opts.split_column, "," if kind == "csv" else "\t")
 
 
 class Progress:

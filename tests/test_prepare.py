@@ -383,3 +383,33 @@ def test_an_image_named_by_two_sources_is_reported(tmp_path, capsys):
       f"test={tmp_path / 'b.jsonl'}"]
   assert "Warning: 1 images named by both" in (
       tmp_path / "out" / "dataset_card.md").read_text()
+
+
+def test_a_new_format_is_one_registry_row_and_its_reader(tmp_path,
+                                                         monkeypatch):
+  """A toy format ("pairs:FILE", lines "image|caption") registered in
+  formats.FORMATS prepares like the built-in ones: found by its prefix,
+  fingerprinted, partitioned and converted."""
+  from cliplite_jax.data import formats
+
+  def pair_rows(location, opts):
+    with open(location) as f:
+      for line in f:
+        image, caption = line.rstrip("\n").split("|")
+        yield readers.Row(image, [caption])
+
+  monkeypatch.setitem(formats.FORMATS, "pairs", formats.Format(
+      explicit=True, fingerprinted=True, rows=pair_rows,
+      root=lambda location, opts: os.path.dirname(location)))
+  os.makedirs(tmp_path / "img")
+  for name in ("coffee", "chelsea"):
+    (tmp_path / "img" / f"{name}.jpg").write_bytes(photos.jpeg(name))
+  source = tmp_path / "list.txt"
+  source.write_text("img/coffee.jpg|a cup\nimg/chelsea.jpg|a cat\n"
+                    "img/coffee.jpg|a red cup\n")
+  card = _prepare(tmp_path / "out", f"pairs:{source}")
+  assert card["spec"]["fingerprints"][0][0] == source.stat().st_size
+  got = {ex["key"]: sorted(ex["captions"]) for ex in (
+      prepared.Examples(str(tmp_path / "out"), "train")[i] for i in range(2))}
+  assert got == {"img/coffee.jpg": ["a cup", "a red cup"],
+                 "img/chelsea.jpg": ["a cat"]}

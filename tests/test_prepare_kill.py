@@ -76,6 +76,15 @@ def _all_keys(out) -> collections.Counter:
   return counts
 
 
+def _signal(pids, how) -> None:
+  """Sends `how` to each of `pids` that is still there."""
+  for pid in pids:
+    try:
+      os.kill(pid, how)
+    except ProcessLookupError:
+      pass
+
+
 def _markers(out) -> set[str]:
   work = os.path.join(out, ".work")
   return {n for n in os.listdir(work) if n.startswith("unit-")
@@ -91,20 +100,14 @@ def _stop_mid_conversion(noise_photos, out, how):
   wait_until(lambda: _markers(out), process, "the first converted unit",
              timeout=300, poll_s=0.01)
   workers = _children(process.pid)
-  for w in workers:
-    os.kill(w, signal.SIGSTOP)
+  _signal(workers, signal.SIGSTOP)
   done = _markers(out)
   process.send_signal(how)
   if how != signal.SIGKILL:  # prepare stops its workers itself, then exits
     time.sleep(1)
-    for w in workers:
-      os.kill(w, signal.SIGCONT)
+    _signal(workers, signal.SIGCONT)
   process.wait(timeout=120)
-  for w in workers:
-    try:
-      os.kill(w, signal.SIGCONT)
-    except ProcessLookupError:
-      pass
+  _signal(workers, signal.SIGCONT)
   return process, workers, done
 
 

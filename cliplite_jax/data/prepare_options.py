@@ -8,7 +8,7 @@ import os
 
 from etils import epath
 
-from cliplite_jax.data import readers
+from cliplite_jax.data import formats, readers
 
 
 class PrepareError(Exception):
@@ -65,33 +65,23 @@ def parse_source(text: str) -> tuple[str | None, str, str]:
   split, eq, spec = text.partition("=")
   if not eq or os.path.exists(text) or not readers.SPLIT_NAME.fullmatch(split):
     split, spec = None, text
-  kind = next((k for k in ("tfds", "folder", "karpathy", "webdataset")
-               if spec.startswith(k + ":")), None)
-  location = spec[len(kind) + 1:] if kind else spec
-  lower = location.lower()
-  if kind is None:
-    if lower.endswith(".jsonl"):
-      kind = "jsonl"
-    elif lower.endswith((".csv", ".tsv")):
-      kind = lower[-3:]
-    elif lower.endswith(".json"):
-      kind = "karpathy"
-    elif lower.endswith(".tar") or "*" in location or os.path.isdir(location):
-      kind = "webdataset"
-    else:
-      raise PrepareError(
-          f"--source={text}: cannot tell its format; use a .jsonl, .csv or "
-          f".tsv file, karpathy:FILE, folder:DIR, tfds:NAME or a directory or "
-          f"glob of .tar shards")
+  found = formats.detect(spec)
+  if found is None:
+    raise PrepareError(
+        f"--source={text}: cannot tell its format; use a .jsonl, .csv or "
+        f".tsv file, karpathy:FILE, folder:DIR, tfds:NAME or a directory or "
+        f"glob of .tar shards")
+  kind, location = found
   if kind != "tfds" and "://" not in location:
     location = os.path.abspath(os.path.expanduser(location))
   return split, kind, location
 
 
 def _fingerprint(kind: str, location: str) -> list | None:
-  """A captions file's size and modification time: an unfinished
-  preparation does not continue over an edited file."""
-  if kind in ("jsonl", "csv", "tsv", "karpathy") and os.path.isfile(location):
+  """A source file's size and modification time (formats marked
+  `fingerprinted`): an unfinished preparation does not continue over an
+  edited file."""
+  if formats.FORMATS[kind].fingerprinted and os.path.isfile(location):
     info = os.stat(location)
     return [info.st_size, info.st_mtime_ns]
   return None

@@ -20,7 +20,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
-from cliplite_jax.data import prepared, readers
+from cliplite_jax.data import formats, prepared, readers
 
 # Words-per-caption histogram bins; the last holds this many or more.
 MAX_WORDS_BIN = 100
@@ -157,14 +157,11 @@ def _row_items(bucket: str, root: str):
 
 
 def _items(unit: Unit):
-  a = unit.args
+  """The unit's examples: a bucket of rows (images read here), or a unit of
+  a unit source read by its format."""
   if unit.kind == "rows":
-    return _row_items(a["bucket"], a["root"])
-  if unit.kind == "webdataset":
-    return readers.webdataset_items(a["shard"])
-  return readers.tfds_items(a["name"], a["tfds_split"], a["start"], a["end"],
-                            a["image_key"], a["text_key"], a["label_key"],
-                            a["data_dir"])
+    return _row_items(unit.args["bucket"], unit.args["root"])
+  return formats.FORMATS[unit.kind].items(**unit.args)
 
 
 def convert(unit: Unit, out: str, name: str, marker: str,
