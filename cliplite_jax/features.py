@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import math
 import sys
-import time
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from cliplite_jax import config_io, parallel
+from cliplite_jax.progress import Progress
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
 
@@ -104,7 +104,11 @@ def extract_images(image_fn, name: str, split: str, data_dir: str | None,
   global_batch = global_batch_size(batch_size, mesh)
   local_batch = global_batch // jax.process_count()
   sharding = parallel.batch_sharded(mesh)
-  progress = _Progress(f"{name} {split}", len(examples))
+  # A line every half minute on long extractions, none at the end: the
+  # evaluation table follows.
+  progress = Progress(f"{name} {split}", len(examples), unit="images",
+                      every_s=30.0, show=jax.process_index() == 0,
+                      last_line=False, redraw=False)
   parts = []
   for local in eval_input.batches(source, examples, image_size, local_batch,
                                   jax.process_index(), jax.process_count(),
@@ -126,21 +130,3 @@ def extract_images(image_fn, name: str, split: str, data_dir: str | None,
   return {k: np.asarray(v[usable][order], np.float32
                         if k in ("features", "embeddings") else v.dtype)
           for k, v in out.items()}
-
-
-class _Progress:
-  """A stderr line every half minute on long extractions (process 0)."""
-
-  def __init__(self, what: str, total: int, every_s: float = 30.0):
-    self._what, self._total, self._every = what, total, every_s
-    self._done, self._start = 0, time.time()
-    self._last = self._start
-
-  def add(self, count: int):
-    self._done += count
-    now = time.time()
-    if now - self._last >= self._every and jax.process_index() == 0:
-      self._last = now
-      rate = self._done / (now - self._start)
-      print(f"{self._what}: {self._done}/{self._total} images "
-            f"({rate:.0f}/s)", file=sys.stderr, flush=True)
