@@ -10,34 +10,14 @@ import difflib
 import importlib.util
 import json
 import os
-import sys
 import traceback
 
 import ml_collections
 from etils import epath
 
+from cliplite_jax.cli import UserError  # noqa: F401  (config_io.UserError)
+
 CONFIG_FILE = "config.json"
-
-
-class UserError(Exception):
-  """Bad input from the user: the message names the problem and the fix."""
-
-
-def run_tool(program: str, argv: list[str], body,
-             errors: tuple[type[BaseException], ...] = ()) -> None:
-  """The body of a small absl app (export, embed): no positional
-  arguments, absl's logging at ERROR unless --verbosity is given, and a
-  UserError (or one of `errors`) as one line `PROGRAM: error: ...` and exit
-  status 1."""
-  from absl import app, flags, logging
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)
-  try:
-    body()
-  except (UserError, *errors) as e:
-    sys.exit(f"{program}: error: {e}")
 
 
 def check_workdir(workdir: str | None) -> None:

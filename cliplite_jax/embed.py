@@ -32,7 +32,7 @@ if __name__ == "__main__":
 import numpy as np
 from absl import app, flags
 
-from cliplite_jax import config_io, inference, plots, progress
+from cliplite_jax import cli, config_io, inference, plots, progress
 from cliplite_jax.data import augment, sources
 from cliplite_jax.data import text as text_lib
 
@@ -302,11 +302,10 @@ def _contact_sheet(model, path: str, ranked, names, captions) -> None:
 
 
 def main(argv):
-  try:
-    config_io.run_tool("cliplite_jax.embed", argv, run,
-                       (sources.DatasetNotPreparedError, OSError))
-  except KeyboardInterrupt:
-    sys.exit("\ncliplite_jax.embed: interrupted; nothing more written")
+  cli.run("cliplite_jax.embed", argv, run,
+          (sources.DatasetNotPreparedError, OSError),
+          interrupted=lambda e: sys.exit(
+              "\ncliplite_jax.embed: interrupted; nothing more written"))
 
 
 if __name__ == "__main__":

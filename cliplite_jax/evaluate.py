@@ -26,12 +26,12 @@ if __name__ == "__main__":
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import (config_io, features, losses, parallel, plots,
-                          probe_inputs, run_dir, validation)
+from cliplite_jax import (cli, config_io, features, losses, parallel,
+                          plots, probe_inputs, run_dir, validation)
 from cliplite_jax.data import augment, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import multimodal
@@ -184,35 +184,34 @@ def check_writable(workdir: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # Keep the table readable.
-  try:
-    workdir = config_io.existing_workdir(FLAGS.workdir)
-    config = (config_io.load_file(FLAGS.config) if FLAGS.config
-              else config_io.load_saved(workdir))
-    config = config_io.apply_overrides(config, FLAGS.config_override,
-                                       OVERRIDABLE, _FIXED)
-    validation.check_eval(config)
-    sources.canonical_datasets(config)
-    validation.check_evaluation(config)
-    validation.check_reads(validation.evaluation_reads(config),
-                           config.data.data_dir)
-    if jax.process_index() == 0:
-      check_writable(workdir)
-    step, model, variables, tokenizer, mesh = run_dir.restore(
-        workdir, config, FLAGS.step)
-    metrics = run_probes(config, model, variables, tokenizer, mesh)
-    path = write_results(workdir, step, metrics)
-    print(format_table(step, metrics))
-    print(f"wrote {path}")
-    if FLAGS.gallery:
-      for path in write_pictures(workdir, step, config, model, variables,
-                                 tokenizer, mesh):
-        print(f"wrote {path}")
-  except (config_io.UserError, sources.DatasetNotPreparedError) as e:
-    sys.exit(f"cliplite_jax.evaluate: error: {e}")
+  cli.run("cliplite_jax.evaluate", argv, _evaluate,
+          (sources.DatasetNotPreparedError,))
+
+
+def _evaluate() -> None:
+  """The command: checks, restores, scores, writes and prints."""
+  workdir = config_io.existing_workdir(FLAGS.workdir)
+  config = (config_io.load_file(FLAGS.config) if FLAGS.config
+            else config_io.load_saved(workdir))
+  config = config_io.apply_overrides(config, FLAGS.config_override,
+                                     OVERRIDABLE, _FIXED)
+  validation.check_eval(config)
+  sources.canonical_datasets(config)
+  validation.check_evaluation(config)
+  validation.check_reads(validation.evaluation_reads(config),
+                         config.data.data_dir)
+  if jax.process_index() == 0:
+    check_writable(workdir)
+  step, model, variables, tokenizer, mesh = run_dir.restore(
+      workdir, config, FLAGS.step)
+  metrics = run_probes(config, model, variables, tokenizer, mesh)
+  path = write_results(workdir, step, metrics)
+  print(format_table(step, metrics))
+  print(f"wrote {path}")
+  if FLAGS.gallery:
+    for path in write_pictures(workdir, step, config, model, variables,
+                               tokenizer, mesh):
+      print(f"wrote {path}")
 
 
 if __name__ == "__main__":

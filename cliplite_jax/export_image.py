@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from safetensors.numpy import save_file
 
-from cliplite_jax import config_io, inference, run_dir
+from cliplite_jax import cli, config_io, inference, run_dir
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite, resnet, torch_layout
 
@@ -151,7 +151,7 @@ def main(argv):
               f"{tower['width']})")
     print(f"wrote the image tower and heads of step {step} to {FLAGS.out} "
           f"(loads into {target})")
-  config_io.run_tool("cliplite_jax.export_image", argv, body, (OSError,))
+  cli.run("cliplite_jax.export_image", argv, body, (OSError,))
 
 
 if __name__ == "__main__":

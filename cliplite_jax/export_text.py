@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from cliplite_jax import config_io, inference, run_dir
+from cliplite_jax import cli, config_io, inference, run_dir
 from cliplite_jax.models import cliplite, text
 
 FLAGS = flags.FLAGS
@@ -35,7 +35,7 @@ def main(argv):
     inference.check_out(FLAGS.out)  # before the slow restore
     step = export(workdir, FLAGS.out, FLAGS.step)
     print(f"wrote the text tower of step {step} to {FLAGS.out}")
-  config_io.run_tool("cliplite_jax.export_text", argv, body, (OSError,))
+  cli.run("cliplite_jax.export_text", argv, body, (OSError,))
 
 
 if __name__ == "__main__":

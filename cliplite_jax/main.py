@@ -37,10 +37,10 @@ if __name__ == "__main__":
   from cliplite_jax import host_memory
   host_memory.reexec_with_fast_malloc()
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from cliplite_jax import config_io, train
+from cliplite_jax import cli, config_io, train
 from cliplite_jax.data import sources
 
 FLAGS = flags.FLAGS
@@ -117,20 +117,15 @@ def initialize_distributed(coordinator_address: str | None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # Keep the progress lines readable.
-  if FLAGS.distributed or FLAGS.coordinator_address:
-    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id)
-  try:
+  def body():
+    if FLAGS.distributed or FLAGS.coordinator_address:
+      initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                             FLAGS.process_id)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                              FLAGS.allow_config_change)
-  except (config_io.UserError, sources.DatasetNotPreparedError) as e:
-    sys.exit(f"cliplite_jax.main: error: {e}")
-  except KeyboardInterrupt:  # where Python's own handler was in place
-    _exit_interrupted()
+  # Ctrl-C where Python's own handler was in place (the loop saves on it).
+  cli.run("cliplite_jax.main", argv, body, (sources.DatasetNotPreparedError,),
+          interrupted=lambda e: _exit_interrupted())
 
 
 if __name__ == "__main__":

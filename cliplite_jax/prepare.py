@@ -39,13 +39,14 @@ import threading
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 
 if __name__ == "__main__":
   from cliplite_jax import native_logs
   native_logs.quiet()  # before readers import TensorFlow (tfds:NAME)
 
+from cliplite_jax import cli
 from cliplite_jax.data import formats, prepare_units, prepared, readers
 from cliplite_jax.data.prepare_output import check_out, create_out, lock_out
 from cliplite_jax.data.prepare_options import (Options, PrepareError,
@@ -333,34 +334,35 @@ def _terminate(signum, frame):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # TFDS logs at INFO
   # timeout, docker stop and preemption send SIGTERM: stop as Ctrl-C does,
   # the pool's workers with us, and say how to continue.
   signal.signal(signal.SIGTERM, _terminate)
+  cli.run("cliplite_jax.prepare", argv, _prepare,
+          (PrepareError, readers.SourceError, FileNotFoundError, ValueError),
+          verbosity="warning",  # TFDS logs at INFO
+          interrupted=_interrupted)
+
+
+def _prepare() -> None:
+  """The command: its flags checked, then `run`."""
   opts = options_from_flags()
-  try:
-    if not opts.out:
-      raise PrepareError("--out is required")
-    if not opts.source:
-      raise PrepareError("--source is required (a captions file, tar shards, "
-                         "folder:DIR or tfds:NAME)")
-    if opts.examples_per_shard < 1 or opts.num_workers < 1:
-      raise PrepareError("--examples_per_shard and --num_workers must be ≥ 1")
-    run(opts)
-  except (PrepareError, readers.SourceError, FileNotFoundError,
-          ValueError) as e:
-    print(f"prepare: {e}", file=sys.stderr)
-    sys.exit(1)
-  except Terminated:
-    print("\nprepare: terminated (SIGTERM); rerun the same command to "
-          "continue", file=sys.stderr)
-    sys.exit(143)
-  except KeyboardInterrupt:
-    print("\nprepare: interrupted; rerun the same command to continue",
-          file=sys.stderr)
-    sys.exit(130)
+  if not opts.out:
+    raise PrepareError("--out is required")
+  if not opts.source:
+    raise PrepareError("--source is required (a captions file, tar shards, "
+                       "folder:DIR or tfds:NAME)")
+  if opts.examples_per_shard < 1 or opts.num_workers < 1:
+    raise PrepareError("--examples_per_shard and --num_workers must be ≥ 1")
+  run(opts)
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+  """Ctrl-C (status 130) or SIGTERM (143): what was done stays done."""
+  how, status = (("terminated (SIGTERM)", 143) if isinstance(e, Terminated)
+                 else ("interrupted", 130))
+  print(f"\ncliplite_jax.prepare: {how}; rerun the same command to "
+        f"continue", file=sys.stderr)
+  sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ if __name__ == "__main__":
 
 from absl import app, flags
 
-from cliplite_jax import config_io, progress
+from cliplite_jax import cli, progress
 from cliplite_jax.data import rewriting, sources
 
 FLAGS = flags.FLAGS
@@ -238,13 +238,11 @@ def main(argv):
     print(f"wrote {meta['rewrites']} rewrites of {meta['images']} images to "
           f"{FLAGS.out} (dropped: {drops or 'none'}); "
           f"{FLAGS.out}.meta.json records the model and prompts")
-  try:
-    config_io.run_tool("cliplite_jax.rewrite", argv, body,
-                       (rewriting.RewriteError,
-                        sources.DatasetNotPreparedError))
-  except KeyboardInterrupt:
-    sys.exit("\ncliplite_jax.rewrite: interrupted; rerun the same command "
-             "to continue")
+  cli.run("cliplite_jax.rewrite", argv, body,
+          (rewriting.RewriteError, sources.DatasetNotPreparedError),
+          interrupted=lambda e: sys.exit(
+              "\ncliplite_jax.rewrite: interrupted; rerun the same command "
+              "to continue"))
 
 
 if __name__ == "__main__":
