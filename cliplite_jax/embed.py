@@ -208,9 +208,11 @@ def check_flags() -> None:
   if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
     raise config_io.UserError("--batch_size must be at least 1")
   for query in FLAGS.query:
-    if not query.strip():
-      raise config_io.UserError("--query is empty; give the text to search "
-                                "for, e.g. --query='a red circle'")
+    # Cleaned as captions are: "!!!" is as empty as "".
+    if not text_lib.clean_caption(query, max_words=len(query) + 1):
+      raise config_io.UserError(f"--query {query!r} has no words; give the "
+                                f"text to search for, e.g. "
+                                f"--query='a red circle'")
   if FLAGS.out is not None:
     # A new directory only: files beside another model's would mix them.
     inference.check_out(FLAGS.out)

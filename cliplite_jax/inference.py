@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import os
+import tempfile
 from concurrent import futures
 from typing import Iterator, Sequence
 
@@ -53,9 +54,20 @@ def check_out(out: str | None, flag: str = "--out") -> None:
   if unusable:
     raise config_io.UserError(f"{flag} {out} exists and is not an empty "
                               f"directory; name a new one")
-  if not os.access(out, os.W_OK | os.X_OK):
+  if not _writable(out):
     raise config_io.UserError(f"{flag} {out} is not writable; name a new "
                               f"directory elsewhere")
+
+
+def _writable(directory: str) -> bool:
+  """Whether a folder can be made in `directory`: tried (and removed), not
+  asked, since permission bits do not tell /proc, /sys or a read-only
+  mount."""
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".cliplite_check_", dir=directory))
+  except OSError:
+    return False
+  return True
 
 
 def check_creatable(path: str, flag: str) -> None:
@@ -68,7 +80,7 @@ def check_creatable(path: str, flag: str) -> None:
   if not os.path.isdir(place):
     raise config_io.UserError(f"{flag} {path}: {place} is a file, not a "
                               f"directory; name a path in a directory")
-  if not os.access(place, os.W_OK | os.X_OK):
+  if not _writable(place):
     raise config_io.UserError(f"{flag} {path}: {place} is not writable; "
                               f"name a path elsewhere")
 

@@ -250,11 +250,16 @@ def _run_locked(opts: Options, root: epath.Path, spec: dict,
   out, work = str(root), root / ".work"
   card = check_out(root, spec)
   if card is not None:
+    # Killed after the card, before the clean-up: finish that.
+    _bucket_dir(work).rmtree(missing_ok=True)
+    work.rmtree(missing_ok=True)
     print(f"{out} is already prepared: {_summary(card)}")
     return card
-  units, fixed = plan(work, opts)
+  # The spec first: a run killed while partitioning is then this run's
+  # unfinished work, not a stranger's files in --out.
   work.mkdir(parents=True, exist_ok=True)
   (work / "spec.json").write_text(json.dumps(spec, indent=1))
+  units, fixed = plan(work, opts)
   # Units stage their files here (local outputs) or in a local temporary
   # directory, each in a folder of its own; what an interrupted run staged
   # is removed here (its workers ended with it).
@@ -302,8 +307,12 @@ def _run_locked(opts: Options, root: epath.Path, spec: dict,
       root.rmtree(missing_ok=True)
     raise PrepareError(f"the sources hold no usable example (skipped: "
                        f"{_summary(card).split('skipped ')[-1]})")
-  (root / prepared.CARD).write_text(json.dumps(card, indent=1))
+  # The card is the commit point, written whole (a temporary file renamed):
+  # a kill before the rename leaves an unfinished run that a rerun ends.
   (root / "dataset_card.md").write_text(prepare_units.card_markdown(card))
+  partial = root / (prepared.CARD + ".partial")
+  partial.write_text(json.dumps(card, indent=1))
+  partial.rename(root / prepared.CARD)
   _bucket_dir(work).rmtree(missing_ok=True)
   work.rmtree(missing_ok=True)
   print(f"prepared {out}: {_summary(card)}")

@@ -76,13 +76,13 @@ def test_a_used_out_is_refused_before_the_model_loads(unrestorable,
 def test_an_empty_query_is_refused(unrestorable, tmp_path):
   photos = tmp_path / "photos"
   _png(photos / "a.png")
-  for query in ("", "   "):
+  for query in ("", "   ", "!!!"):
     result = run_module("cliplite_jax.embed", f"--workdir={unrestorable}",
                         f"--images={photos}", "--query=a red circle",
                         f"--query={query}", f"--out={tmp_path / 'out'}",
                         devices=1)
-    _refused(result, "--query is empty; give the text to search for, e.g. "
-             "--query='a red circle'")
+    _refused(result, f"--query {query!r} has no words; give the text to "
+             f"search for, e.g. --query='a red circle'")
   assert not (tmp_path / "out").exists()
 
 

@@ -48,8 +48,13 @@ def test_an_unwritable_place_is_refused(tmp_path, monkeypatch):
   inference.check_out(str(empty))                # an empty folder is fine
   inference.check_out(str(tmp_path / "a" / "b"))  # and so are new ones
   assert export_image.check_out is inference.check_out
-  # Root may write anywhere, so the test says what access() would.
-  monkeypatch.setattr(os, "access", lambda path, mode: False)
+  # Permission bits do not tell /proc: the check tries to make a folder.
+  with pytest.raises(config_io.UserError, match="/proc is not writable"):
+    inference.check_out("/proc/cliplite_out")
+  # Root may write anywhere else, so the test says what the OS would.
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+  monkeypatch.setattr(inference.tempfile, "mkdtemp", refuse)
   with pytest.raises(config_io.UserError) as raised:
     inference.check_out(str(tmp_path / "a" / "b"))
   assert str(raised.value) == (f"--out {tmp_path}/a/b: {tmp_path} is not "

@@ -221,3 +221,78 @@ def test_a_damaged_done_unit_is_converted_again(noise_photos, tmp_path,
     f.truncate(shard.stat().st_size // 2)
   prepare.run(options)
   assert _all_keys(out) == collections.Counter(noise_photos["keys"])
+
+
+def _count(out) -> int:
+  return sum(_all_keys(out).values())
+
+
+@pytest.mark.parametrize("with_spec", [True, False],
+                         ids=["spec-written", "before-the-spec"])
+def test_a_run_killed_while_partitioning_is_continued(noise_photos, tmp_path,
+                                                      with_spec):
+  """What kill -9 leaves while a captions file is partitioned: half the
+  buckets, and (this version) the spec, or (older ones) no spec."""
+  out = tmp_path / "out"
+  options = prepare.Options(source=[noise_photos["jsonl"]], out=str(out),
+                            examples_per_shard=64)
+  rows = out / ".work" / "rows" / "source0"
+  rows.mkdir(parents=True)
+  (rows / "bucket-00000.jsonl").write_text('{"image": "img/0000.png", ')
+  if with_spec:
+    (out / ".work" / "spec.json").write_text(json.dumps(
+        prepare.make_spec(options)))
+  prepare.run(options)
+  assert _all_keys(out) == collections.Counter(noise_photos["keys"])
+
+
+def test_a_run_stopped_before_or_while_its_card_is_written_is_finished(
+    noise_photos, tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  options = prepare.Options(source=[noise_photos["jsonl"]], out=str(out),
+                            examples_per_shard=64)
+  real = prepare.prepare_units.card_markdown
+
+  def stop(card):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(prepare.prepare_units, "card_markdown", stop)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.run(options)
+  assert not (out / prepared.CARD).exists() and (out / ".work").exists()
+  # As an older version's non-atomic write left it when killed mid-write.
+  (out / prepared.CARD).write_text('{"format": "cliplite_prepared", "spl')
+  monkeypatch.setattr(prepare.prepare_units, "card_markdown", real)
+  prepare.run(options)
+  assert _count(out) == NUM_IMAGES
+  assert not (out / ".work").exists()
+  assert sorted(p.name for p in out.iterdir() if not p.name.endswith(
+      ".array_record")) == ["dataset_card.json", "dataset_card.md"]
+
+
+def test_an_out_made_by_another_prepare_meanwhile_is_not_under_a_file(
+    tmp_path, monkeypatch):
+  """Two prepares making one new --out: the slower mkdir finds it made."""
+  from etils import epath
+  from cliplite_jax.data import prepare_output
+  out = epath.Path(tmp_path / "new")
+  out.mkdir()
+  real_exists = type(out).exists
+  monkeypatch.setattr(type(out), "exists", lambda self: False
+                      if str(self) == str(out) else real_exists(self))
+  assert prepare_output.create_out(out) is False
+
+
+def test_an_absolute_path_to_an_image_is_the_relative_one(noise_photos,
+                                                          tmp_path, capsys):
+  root = os.path.dirname(noise_photos["jsonl"])
+  source = tmp_path / "leak.jsonl"
+  source.write_text("".join(json.dumps(r) + "\n" for r in (
+      {"image": "img/0007.png", "caption": "a", "split": "train"},
+      {"image": os.path.join(root, "img", "0007.png"), "caption": "b",
+       "split": "test"},
+      {"image": "img/0008.png", "caption": "c", "split": "train"})))
+  card = prepare.run(prepare.Options(source=[str(source)],
+                                     out=str(tmp_path / "out"), images=root))
+  assert {k: v["examples"] for k, v in card["splits"].items()} == {"train": 2}
+  assert card["split_conflicts"]["count"] == 1

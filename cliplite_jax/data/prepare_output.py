@@ -25,7 +25,12 @@ def create_out(root: epath.Path) -> bool:
     return False
   try:
     root.mkdir(parents=True)
-  except (FileExistsError, NotADirectoryError):
+  except FileExistsError:
+    if root.is_dir():  # made a moment ago by another prepare: its lock says
+      return False
+    raise PrepareError(f"--out {out} lies under a file; choose a directory "
+                       f"path") from None
+  except NotADirectoryError:
     raise PrepareError(f"--out {out} lies under a file; choose a directory "
                        f"path") from None
   except OSError as e:
@@ -56,14 +61,25 @@ def check_out(root: epath.Path, spec: dict) -> dict | None:
   it is new or an unfinished one to continue (one with other flags and no
   unit done is started over). PrepareError for anything else."""
   out, work = str(root), root / ".work"
+  card = None
   if (root / prepared.CARD).exists():
-    card = prepared.read_card(out)
+    try:
+      card = prepared.read_card(out)
+    except ValueError:
+      if not (work / "spec.json").exists():
+        raise
+      # Cut short while written (by an older version): the unit markers
+      # are all there, so the rerun writes it again.
+      (root / prepared.CARD).unlink()
+  if card is not None:
     if card.get("spec") != spec:
       raise PrepareError(
           f"{out} already holds a prepared dataset made with other flags "
           f"({differences(card.get('spec', {}), spec)}); choose a new --out")
     return card
   spec_file = work / "spec.json"
+  if work.exists() and not spec_file.exists():
+    work.rmtree()  # a run killed before it wrote its spec: nothing done
   if spec_file.exists():
     saved = json.loads(spec_file.read_text())
     if saved != spec:
@@ -74,7 +90,8 @@ def check_out(root: epath.Path, spec: dict) -> dict | None:
             f"rerun that command to finish it, or delete {work} to start "
             f"over with these flags")
       work.rmtree()
-  elif any(p.name != LOCK_FILE for p in root.iterdir()):
+  elif any(p.name not in (LOCK_FILE, prepared.CARD + ".partial")
+           for p in root.iterdir()):
     raise PrepareError(f"--out {out} exists and holds other files; choose a "
                        f"new or an empty directory")
   return None

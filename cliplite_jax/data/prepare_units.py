@@ -117,8 +117,11 @@ def partition(make_rows, directory: epath.Path, examples_per_shard: int,
   images = np.zeros(count, np.uint64)
   try:
     for number, row in enumerate(make_rows()):
-      # img/x.png, ./img/x.png and img//x.png are one image.
+      # img/x.png, ./img/x.png, img//x.png and ROOT/img/x.png are one image.
       row.image = posixpath.normpath(row.image)
+      if posixpath.isabs(row.image) and "://" not in root:
+        inside = posixpath.relpath(row.image, os.path.abspath(root))
+        row.image = row.image if inside.startswith("..") else inside
       images[number] = _hash(os.path.normpath(os.path.join(root, row.image)))
       b = _hash(row.image) % buckets
       if files[b] is None:
