@@ -107,15 +107,16 @@ def _check_rewrites(config, examples, indices, rewrites) -> str:
     first = int(indices[0])
     own = sources.image_id(source, first, examples[first]
                            if source.id_key is not None else None)
-    keys = (f"its keys (e.g. {next(iter(rewrites))!r})" if rewrites
-            else "it holds no key")
+    keys = (f"its keys (e.g. {next(iter(rewrites))!r}) are not the "
+            f"examples' ids" if rewrites else "it holds no rewrites")
     kind = (f"their {source.id_key}" if source.id_key is not None
             else "their index in the split")
     raise config_io.UserError(
         f"data.rewrites {path} has rewrites for none of the {len(indices)} "
-        f"training examples of {name} {split}{sampled}: {keys} are not the "
-        f"examples' ids ({kind}, e.g. {own!r}); make it for this split with "
-        f"python -m cliplite_jax.rewrite --data={name} --split={split}")
+        f"training examples of {name} {split}{sampled}: {keys} (the ids are "
+        f"{kind}, e.g. {own!r}; a key with an empty list has none); make it "
+        f"for this split with python -m cliplite_jax.rewrite --data={name} "
+        f"--split={split}")
   share = matched / checked
   if share < REWRITES_WARN_BELOW:
     print(f"warning: data.rewrites {path} has rewrites for only {share:.0%} "

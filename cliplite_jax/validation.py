@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 
 import ml_collections
 
@@ -130,7 +131,8 @@ def check_dataset_names(config: ml_collections.ConfigDict) -> None:
             f"scores would be written twice under {key}; drop it from "
             f"eval.transfer")
       rename = (f"give one prepared set's directory another name (a "
-                f"symlink will do: ln -s {name} {name.rstrip('/')}_2, then "
+                f"symlink will do: ln -s {shlex.quote(name)} "
+                f"{shlex.quote(name.rstrip('/') + '_2')}, then "
                 f"name that) or drop one from eval.transfer"
                 if sources.prepared.is_prepared_name(name)
                 else "drop one from eval.transfer")

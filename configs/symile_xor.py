@@ -5,11 +5,13 @@ c = a XOR b for a fraction p of the examples (else c = a).
 At p = 1 no pair of modalities shares information (each is uniform given
 any one other), but any two determine the third: Symile's multilinear
 critic predicts c from (a, b) near perfectly, while CLIP trained on every
-pair stays at chance. Symile's setup: one affine encoder per modality
-(5 → 16, then L2-normalised), learnable log-scale from −0.3, AdamW lr 0.1,
-weight decay 0.01, batch 1000, 100 epochs of 10,000 examples, O(N)
-negatives. Here the learning rate decays by cosine (Symile keeps it
-constant and picks the best validation checkpoint).
+pair stays at chance. The training values are those of Symile's example
+script (`examples/binary_xor.py` in rajesh-lab/symile): one affine encoder
+per modality (5 → 16, then L2-normalised), learnable log-scale from −0.3,
+AdamW lr 0.1, weight decay 0.01, batch 1000, 10,000 training examples,
+O(N) negatives. That script trains 50 epochs at a constant rate and keeps
+the best validation checkpoint; here 100 epochs with the rate decaying by
+cosine, and the last step is scored (docs/objectives.md).
 
 The argument picks the variant (any combination):
   :p=0|0.25|0.5|0.75|1          the XOR probability (default 1)

@@ -63,16 +63,20 @@ def test_rewrites_matching_no_example_are_refused_before_anything_is_written(
     tiny, tmp_path):
   workdir = tmp_path / "never"
   path = tmp_path / "rewrites.json"
-  for content, keys in (({"img_7.jpg": ["a red circle"]}, "its keys (e.g. "
-                         "'img_7.jpg')"), ({}, "it holds no key")):
+  for content, keys in (
+      ({"img_7.jpg": ["a red circle"]},
+       "its keys (e.g. 'img_7.jpg') are not the examples' ids"),
+      ({}, "it holds no rewrites"), ({"0": []}, "its keys (e.g. '0') are "
+                                     "not the examples' ids")):
     path.write_text(json.dumps(content))
     tiny.data.rewrites = str(path)
     with pytest.raises(config_io.UserError) as error:
       train.train_and_evaluate(tiny, str(workdir))
     message = str(error.value)
     assert (f"data.rewrites {path} has rewrites for none of the 256 training "
-            f"examples of shapes_captions/tiny train: {keys} are not the "
-            f"examples' ids (their index in the split, e.g. '0')") in message
+            f"examples of shapes_captions/tiny train: {keys} (the ids are "
+            f"their index in the split, e.g. '0'; a key with an empty list "
+            f"has none)") in message
     assert "python -m cliplite_jax.rewrite --data=shapes_captions/tiny" in (
         message)
     assert not workdir.exists()
