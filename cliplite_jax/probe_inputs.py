@@ -74,11 +74,14 @@ class DatasetView:
     require_finite({"embeddings": emb}, f"{self._dataset} {what}")
     return emb
 
-  @functools.lru_cache(maxsize=1)
   def captions(self) -> tuple[np.ndarray, np.ndarray]:
     """The scored split's captions: embeddings float32 [M, D] and each
     one's row in `test`, int32 [M]. Captions of images left out of `test`
     (unusable) are left out too."""
+    return self._captions
+
+  @functools.cached_property
+  def _captions(self) -> tuple[np.ndarray, np.ndarray]:
     texts, owner = eval_input.captions(
         self.source, sources.open_split(self._dataset, self._split,
                                         self.config.data.data_dir),
@@ -90,10 +93,13 @@ class DatasetView:
                            f"{self._split} captions")
     return emb, caption_image
 
-  @functools.lru_cache(maxsize=1)
   def fit_and_scored(self) -> tuple[dict, dict]:
     """(fitting images, scored images) for probes that train: never the
     same images (overlapping splits hold a part out, `held_out`)."""
+    return self._fit_and_scored
+
+  @functools.cached_property
+  def _fit_and_scored(self) -> tuple[dict, dict]:
     fit = (self.test if self._fit_split == self._split
            else self._extract(self._fit_split))
     return held_out.fit_and_scored(self._dataset, self._split,
