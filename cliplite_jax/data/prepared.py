@@ -14,9 +14,9 @@ Opening one reads the card (the shards' record counts are in it) and checks
 each shard of the opened split against the size and CRC32 the card records,
 so a truncated or damaged shard is named in one line before any record is
 read (`DamagedShardError`). The check reads every byte once per process (at
-several GB/s; each shard once, however often it is opened); sets over
-`CHECKSUM_LIMIT_BYTES` are checked by size only, and cards written before
-checksums were recorded are not checked.
+several GB/s; each shard once, however often it is opened); remote sets
+(gs://) and sets over `CHECKSUM_LIMIT_BYTES` are checked by size only, and
+cards written before checksums were recorded are not checked.
 """
 from __future__ import annotations
 
