@@ -44,6 +44,9 @@ def check_out(out: str | None, flag: str = "--out") -> None:
   with another's)."""
   if not out or not out.strip("/").strip():
     raise config_io.UserError(f"{flag} is empty; name a new directory")
+  if "://" in out:
+    raise config_io.UserError(f"{flag} {out}: write to a local directory "
+                              f"(then copy it, e.g. gsutil -m cp -r)")
   if not os.path.lexists(out):
     check_creatable(out, flag)
     return

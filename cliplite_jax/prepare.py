@@ -48,7 +48,8 @@ if __name__ == "__main__":
 
 from cliplite_jax import cli
 from cliplite_jax.data import formats, prepare_units, prepared, readers
-from cliplite_jax.data.prepare_output import check_out, create_out, lock_out
+from cliplite_jax.data.prepare_output import (check_out, create_out,
+                                              finished_card, lock_out)
 from cliplite_jax.data.prepare_options import (Options, PrepareError,
                                                parse_fractions, parse_source,
                                                read_lines)
@@ -207,14 +208,23 @@ def run(opts: Options) -> dict:
   returns the dataset card."""
   root = epath.Path(opts.out)
   spec = make_spec(opts)
+  finished = finished_card(root, spec)
+  if finished is not None and not (root / ".work").exists():
+    # Nothing to write (a read-only mount is fine); a .work left by a kill
+    # after the card goes the locked way below, which removes it.
+    print(f"{opts.out} is already prepared: {_summary(finished)}")
+    return finished
   created = create_out(root)
   lock = lock_out(root)  # refused: touch nothing, another prepare owns it
   try:
     return _run_locked(opts, root, spec, created)
   except BaseException:
-    # Bad input found before any unit was converted: leave nothing behind.
+    # Bad input found before any unit was converted: leave nothing behind
+    # (never once the card is written, and only what this prepare made).
     work = root / ".work"
-    if not (work.exists() and any(work.glob("unit-*.json"))):
+    ours = created or (work / "spec.json").exists()
+    if (ours and not (root / prepared.CARD).exists()
+        and not (work.exists() and any(work.glob("unit-*.json")))):
       _bucket_dir(work).rmtree(missing_ok=True)
       work.rmtree(missing_ok=True)
       if created:

@@ -62,3 +62,10 @@ def test_an_unwritable_place_is_refused(tmp_path, monkeypatch):
   with pytest.raises(config_io.UserError, match="is not writable"):
     inference.check_out(str(empty))
   assert not (tmp_path / "a").exists()
+
+
+def test_a_remote_out_is_refused_not_written_locally(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(config_io.UserError, match="local directory"):
+    inference.check_out("gs://bucket/model")
+  assert not os.path.exists(tmp_path / "gs:")

@@ -296,3 +296,59 @@ def test_an_absolute_path_to_an_image_is_the_relative_one(noise_photos,
                                      out=str(tmp_path / "out"), images=root))
   assert {k: v["examples"] for k, v in card["splits"].items()} == {"train": 2}
   assert card["split_conflicts"]["count"] == 1
+
+
+def test_a_stop_after_the_card_keeps_the_dataset(noise_photos, tmp_path,
+                                                 monkeypatch):
+  """Ctrl-C while the finished run cleans up must not roll it back."""
+  out = tmp_path / "out"
+  options = prepare.Options(source=[noise_photos["jsonl"]], out=str(out),
+                            examples_per_shard=64)
+
+  def stop(card):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(prepare, "_summary", stop)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.run(options)
+  monkeypatch.undo()
+  assert _count(out) == NUM_IMAGES
+  # A rerun of a finished set takes no lock and writes nothing (a read-only
+  # mount is fine).
+  monkeypatch.setattr(prepare, "lock_out", lambda root: pytest.fail("lock"))
+  assert prepare.run(options)["splits"] == prepared.read_card(str(out))[
+      "splits"]
+
+
+def test_a_users_own_work_folder_is_not_deleted(noise_photos, tmp_path):
+  out = tmp_path / "out"
+  (out / ".work").mkdir(parents=True)
+  (out / ".work" / "mine.txt").write_text("keep me")
+  (out / "notes.txt").write_text("keep me too")
+  with pytest.raises(prepare.PrepareError, match="holds other files"):
+    prepare.run(prepare.Options(source=[noise_photos["jsonl"]], out=str(out)))
+  assert (out / ".work" / "mine.txt").read_text() == "keep me"
+  assert (out / "notes.txt").exists()
+
+
+def test_an_older_versions_partition_is_continued(noise_photos, tmp_path):
+  """Buckets partitioned before image hashes were kept: rebuilt, equal."""
+  from etils import epath
+  from cliplite_jax.data import prepare_units, readers
+  root = os.path.dirname(noise_photos["jsonl"])
+  directory = epath.Path(tmp_path / "rows")
+  paths, images = prepare_units.partition(
+      lambda: readers.jsonl_rows(noise_photos["jsonl"]), directory, 64, root)
+  (directory / "images.npy").unlink()
+  again, rebuilt = prepare_units.partition(
+      lambda: readers.jsonl_rows(noise_photos["jsonl"]), directory, 64, root)
+  assert again == paths and np.array_equal(rebuilt, images)
+  assert len(images) == NUM_IMAGES
+
+
+def test_a_csv_with_lone_carriage_returns_is_one_error(tmp_path):
+  from cliplite_jax.data import readers
+  source = tmp_path / "mac.csv"
+  source.write_bytes(b"image,caption\ra.jpg,x\rb.jpg,y\r")
+  with pytest.raises(readers.SourceError, match="mac.csv:1: .*line ends"):
+    list(readers.csv_rows(str(source), "image", "caption", "split", ","))

@@ -79,7 +79,12 @@ def check_out(root: epath.Path, spec: dict) -> dict | None:
     return card
   spec_file = work / "spec.json"
   if work.exists() and not spec_file.exists():
-    work.rmtree()  # a run killed before it wrote its spec: nothing done
+    # A run killed before it wrote its spec left at most its row buckets
+    # and staging; anything else there is not ours to delete.
+    if not {p.name for p in work.iterdir()} <= {"rows", "staging"}:
+      raise PrepareError(f"--out {out} exists and holds other files; choose "
+                         f"a new or an empty directory")
+    work.rmtree()
   if spec_file.exists():
     saved = json.loads(spec_file.read_text())
     if saved != spec:
@@ -95,3 +100,13 @@ def check_out(root: epath.Path, spec: dict) -> dict | None:
     raise PrepareError(f"--out {out} exists and holds other files; choose a "
                        f"new or an empty directory")
   return None
+
+
+def finished_card(root: epath.Path, spec: dict) -> dict | None:
+  """The card of a finished preparation of this very spec at `root`, read
+  without writing anything (None otherwise, a damaged card included)."""
+  try:
+    card = prepared.read_card(str(root))
+  except (FileNotFoundError, NotADirectoryError, ValueError):
+    return None
+  return card if card.get("spec") == spec else None

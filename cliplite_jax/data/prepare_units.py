@@ -102,8 +102,10 @@ def partition(make_rows, directory: epath.Path, examples_per_shard: int,
   sources name)."""
   done = directory / "DONE"
   if done.exists():
-    return ([directory / name for name in json.loads(done.read_text())],
-            np.load(directory / "images.npy"))
+    paths = [directory / name for name in json.loads(done.read_text())]
+    if not (directory / "images.npy").exists():  # partitioned by an older
+      np.save(directory / "images.npy", _image_hashes(paths, root))  # version
+    return paths, np.load(directory / "images.npy")
   if directory.exists():
     shutil.rmtree(directory)
   directory.mkdir(parents=True)
@@ -121,7 +123,8 @@ def partition(make_rows, directory: epath.Path, examples_per_shard: int,
       row.image = posixpath.normpath(row.image)
       if posixpath.isabs(row.image) and "://" not in root:
         inside = posixpath.relpath(row.image, os.path.abspath(root))
-        row.image = row.image if inside.startswith("..") else inside
+        outside = inside == ".." or inside.startswith("../")
+        row.image = row.image if outside else inside
       images[number] = _hash(os.path.normpath(os.path.join(root, row.image)))
       b = _hash(row.image) % buckets
       if files[b] is None:
@@ -136,6 +139,18 @@ def partition(make_rows, directory: epath.Path, examples_per_shard: int,
   names = [f"bucket-{b:05d}.jsonl" for b in range(buckets) if files[b]]
   done.write_text(json.dumps(names))
   return [directory / name for name in names], images
+
+
+def _image_hashes(paths: list[epath.Path], root: str) -> np.ndarray:
+  """uint64 [K]: the sorted distinct hashes of the resolved image paths
+  that the bucket files at `paths` name."""
+  hashes = set()
+  for path in paths:
+    with open(path) as f:
+      for line in f:
+        image = json.loads(line)["image"]
+        hashes.add(_hash(os.path.normpath(os.path.join(root, image))))
+  return np.array(sorted(hashes), np.uint64)
 
 
 def _row_items(bucket: str, root: str):
@@ -262,8 +277,10 @@ def damaged(out: str, marker: dict) -> str | None:
   records (e.g. "train-00003-of-00010.array_record: missing"), or None.
   Markers written before sizes were recorded pass unchecked."""
   for s in marker["splits"].values():
+    # A remote --out is checked by size: reading it back costs a download.
     problem = prepared.shard_problem(str(epath.Path(out) / s["file"]),
-                                     s.get("bytes"), s.get("crc32"))
+                                     s.get("bytes"), s.get("crc32"),
+                                     checksum="://" not in out)
     if problem is not None:
       return f"{s['file']}: {problem}"
   return None

@@ -99,10 +99,12 @@ def verify_shards(root: epath.Path, shards: list[dict]) -> None:
                            shard.get("crc32"))
 
   start, shown = time.time(), False
-  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)
-                                             ) as pool:
+  pool = concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+  try:
     for done, (path, problem) in enumerate(pool.map(check, recorded), 1):
       if problem is not None:
+        if shown:
+          print(file=sys.stderr)
         raise DamagedShardError(
             f"{path}: damaged prepared shard ({problem}); prepare the "
             f"dataset again (delete {root} and rerun the prepare command)")
@@ -110,6 +112,8 @@ def verify_shards(root: epath.Path, shards: list[dict]) -> None:
         shown = True
         print(f"\rchecking {root}: {done}/{len(recorded)} shards",
               end="", file=sys.stderr, flush=True)
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)  # the rest not checked
   if shown:
     print(file=sys.stderr)
 

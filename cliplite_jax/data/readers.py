@@ -143,19 +143,30 @@ def csv_rows(path: str, image_column: str, caption_column: str,
   quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
   with _open_text(path) as lines:
     reader = csv.DictReader(lines, delimiter=delimiter, quoting=quoting)
-    columns = reader.fieldnames or []
-    for needed in (image_column, caption_column):
-      if needed not in columns:
-        raise SourceError(
-            f"{path}: no column {needed!r} (it has {columns}); name the "
-            f"columns with --image_column / --caption_column")
-    for row in reader:
-      where = f"{path}:{reader.line_num}"
-      if row[image_column] is None or row[caption_column] is None:
-        raise SourceError(f"{where}: fewer fields than the header's "
-                          f"{len(columns)}")
-      yield Row(row[image_column], _as_captions(row[caption_column], where),
-                check_split(row.get(split_column) or None, where))
+    try:
+      yield from _csv_rows(path, reader, image_column, caption_column,
+                           split_column)
+    except csv.Error as e:  # e.g. a file whose lines end in a lone \r
+      raise SourceError(f"{path}:{max(reader.line_num, 1)}: {e}; save the "
+                        f"file with \\n or \\r\\n line ends") from None
+
+
+def _csv_rows(path: str, reader: csv.DictReader, image_column: str,
+              caption_column: str, split_column: str) -> Iterator[Row]:
+  """`csv_rows` of an open reader."""
+  columns = reader.fieldnames or []
+  for needed in (image_column, caption_column):
+    if needed not in columns:
+      raise SourceError(
+          f"{path}: no column {needed!r} (it has {columns}); name the "
+          f"columns with --image_column / --caption_column")
+  for row in reader:
+    where = f"{path}:{reader.line_num}"
+    if row[image_column] is None or row[caption_column] is None:
+      raise SourceError(f"{where}: fewer fields than the header's "
+                        f"{len(columns)}")
+    yield Row(row[image_column], _as_captions(row[caption_column], where),
+              check_split(row.get(split_column) or None, where))
 
 
 def karpathy_rows(path: str) -> Iterator[Row]:
