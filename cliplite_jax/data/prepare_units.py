@@ -125,7 +125,7 @@ def partition(make_rows, directory: epath.Path, examples_per_shard: int,
         inside = posixpath.relpath(row.image, os.path.abspath(root))
         outside = inside == ".." or inside.startswith("../")
         row.image = row.image if outside else inside
-      images[number] = _hash(os.path.normpath(os.path.join(root, row.image)))
+      images[number] = _image_hash(root, row.image)
       b = _hash(row.image) % buckets
       if files[b] is None:
         files[b] = open(directory / f"bucket-{b:05d}.jsonl", "w")
@@ -141,15 +141,18 @@ def partition(make_rows, directory: epath.Path, examples_per_shard: int,
   return [directory / name for name in names], images
 
 
+def _image_hash(root: str, image: str) -> int:
+  """The identity of an image file across sources: its resolved path."""
+  return _hash(os.path.normpath(os.path.join(root, image)))
+
+
 def _image_hashes(paths: list[epath.Path], root: str) -> np.ndarray:
-  """uint64 [K]: the sorted distinct hashes of the resolved image paths
-  that the bucket files at `paths` name."""
+  """uint64 [K]: the sorted distinct `_image_hash`es of the images that the
+  bucket files at `paths` name."""
   hashes = set()
   for path in paths:
     with open(path) as f:
-      for line in f:
-        image = json.loads(line)["image"]
-        hashes.add(_hash(os.path.normpath(os.path.join(root, image))))
+      hashes.update(_image_hash(root, json.loads(line)["image"]) for line in f)
   return np.array(sorted(hashes), np.uint64)
 
 

@@ -54,25 +54,38 @@ def file_crc32(path: str) -> str:
   return f"{crc:08x}"
 
 
+_CRC_DIFFERS = "its bytes changed since prepare wrote it (CRC32 differs)"
+
+
+def _size_problem(path: str, size: int | None):
+  """("missing" or "N bytes, prepare wrote M", None or the stat) for the
+  shard at `path`, or (None, its stat) when its size is `size` (or None)."""
+  try:
+    stat = epath.Path(path).stat()
+  except (FileNotFoundError, NotADirectoryError):
+    return "missing", None
+  if size is not None and stat.length != size:
+    return f"{stat.length} bytes, prepare wrote {size}", stat
+  return None, stat
+
+
 def shard_problem(path: str, size: int | None, crc32: str | None,
                   checksum: bool = True) -> str | None:
   """Why the shard at `path` is not the one prepare recorded (missing, other
   size, other CRC32), or None when it matches; None fields are unchecked."""
-  try:
-    actual = epath.Path(path).stat().length
-  except (FileNotFoundError, NotADirectoryError):
-    return "missing"
-  if size is not None and actual != size:
-    return f"{actual} bytes, prepare wrote {size}"
-  if checksum and crc32 is not None and file_crc32(path) != crc32:
-    return "its bytes changed since prepare wrote it (CRC32 differs)"
-  return None
+  problem, _ = _size_problem(path, size)
+  if (problem is None and checksum and crc32 is not None
+      and file_crc32(path) != crc32):
+    return _CRC_DIFFERS
+  return problem
 
 
 @functools.lru_cache(maxsize=4096)
-def _verified(path: str, size: int, mtime: float, crc32: str) -> str | None:
-  """`shard_problem` with its checksum, once per file version and process."""
-  return shard_problem(path, size, crc32)
+def _crc_matches(path: str, version: tuple, crc32: str) -> bool:
+  """`file_crc32(path) == crc32`, once per local file `version` (inode,
+  size, nanosecond mtime) and process."""
+  del version  # the cache key only
+  return file_crc32(path) == crc32
 
 
 def verify_shards(root: epath.Path, shards: list[dict]) -> None:
@@ -87,16 +100,13 @@ def verify_shards(root: epath.Path, shards: list[dict]) -> None:
 
   def check(shard):
     path = str(root / shard["file"])
-    try:
-      stat = epath.Path(path).stat()
-    except (FileNotFoundError, NotADirectoryError):
-      return path, "missing"
-    if stat.length != shard["bytes"]:
-      return path, f"{stat.length} bytes, prepare wrote {shard['bytes']}"
-    if not checksum:
-      return path, None
-    return path, _verified(path, shard["bytes"], stat.mtime,
-                           shard.get("crc32"))
+    problem, _ = _size_problem(path, shard["bytes"])
+    if problem is not None or not checksum or "crc32" not in shard:
+      return path, problem
+    local = os.stat(path)  # checksums are for local sets only
+    version = (local.st_ino, local.st_size, local.st_mtime_ns)
+    return path, (None if _crc_matches(path, version, shard["crc32"])
+                  else _CRC_DIFFERS)
 
   start, shown = time.time(), False
   pool = concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1))
