@@ -36,8 +36,9 @@ import jax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
 from cliplite_jax.data import vocabulary  # noqa: E402
-from cliplite_jax import (checkpoint, checkpoint_saver, config_io,  # noqa: E402
-                          guards, host_memory)
+from cliplite_jax import config_io  # noqa: E402
+from cliplite_jax.training import (checkpoint, checkpoint_saver,  # noqa: E402
+                                   guards, host_memory)
 from cliplite_jax.data import pipeline  # noqa: E402
 import train_step  # noqa: E402
 

@@ -29,7 +29,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cliplite_jax import config_io, host_memory, parallel  # noqa: E402
+from cliplite_jax import config_io  # noqa: E402
+
+from cliplite_jax.training import host_memory, parallel
 from cliplite_jax.models import resnet  # noqa: E402
 
 # (batch, size, depth, width, the config whose XLA CPU options the step uses)

@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import train_step  # noqa: E402
-from cliplite_jax import host_memory, prng  # noqa: E402
+from cliplite_jax.training import host_memory, prng  # noqa: E402
 from cliplite_jax.models import resnet  # noqa: E402
 
 VARIANTS = {

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import psutil  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from cliplite_jax import metrics  # noqa: E402
+from cliplite_jax.training import metrics  # noqa: E402
 from cliplite_jax.data import pipeline  # noqa: E402
 from input_pipeline import coco_setup  # noqa: E402
 

@@ -12,7 +12,7 @@ run in a child process with the same setting):
   block (`xla_multiheap_size_constraint_per_heap=-1`);
 - "huge pages": `glibc.malloc.hugetlb=1`, one block;
 - "huge pages, heaps kept": what `cliplite_jax.main` runs with
-  (cliplite_jax/host_memory.py): huge pages, glibc keeping freed memory, and
+  (cliplite_jax/training/host_memory.py): huge pages, glibc keeping freed memory, and
   the config's own XLA options (the demo's split temporaries into blocks
   malloc keeps);
 - given `--preload`, another malloc loaded with LD_PRELOAD, one block
@@ -34,7 +34,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from cliplite_jax import host_memory  # noqa: E402
+from cliplite_jax.training import host_memory  # noqa: E402
 
 ONE_BLOCK = ["--set=cpu_compiler_options."
              "xla_multiheap_size_constraint_per_heap=-1"]

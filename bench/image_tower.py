@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cliplite_jax import parallel
+from cliplite_jax.training import parallel
 from cliplite_jax.data import augment
 from cliplite_jax.models import resnet
 

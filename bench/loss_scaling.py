@@ -61,7 +61,7 @@ def measure(loss_name: str, per_device: int, dim: int, repeats: int) -> dict:
   import numpy as np
   from jax.sharding import NamedSharding, PartitionSpec as P
 
-  from cliplite_jax import parallel, train
+  from cliplite_jax.training import parallel, train
   from configs import default
 
   config = default.get_config()

@@ -3,7 +3,7 @@
 The same computation as one `cliplite_jax` train step: ResNet v1.5 (stride
 on the 3×3 conv, width multiplier), transformers' BertModel, the
 MILinearBlock heads, the Deep InfoMax prior discriminators, the JSD bound
-with the negative rolled by one, and the optimiser of `cliplite_jax/optim.py`
+with the negative rolled by one, and the optimiser of `cliplite_jax/training/optim.py`
 with optax's semantics: global-norm clipping, per-group warmup → cosine
 learning rates, SGD with weight decay added to the gradient before momentum,
 all wrapped in Lookahead exactly as `optax.lookahead` runs it (both weight
@@ -138,7 +138,7 @@ class CLIPLite(nn.Module):
 
 
 def lr_schedule(config, peak: float):
-  """`optax.warmup_cosine_decay_schedule` of `cliplite_jax.optim.schedules`.
+  """`optax.warmup_cosine_decay_schedule` of `cliplite_jax.training.optim.schedules`.
 
   A function of the step count (an int, 0 at the first update; optax's
   `scale_by_schedule` count) to the learning rate (a Python float): linear
@@ -162,7 +162,7 @@ def param_groups(model: nn.Module, config) -> list[dict]:
 
   The two towers are the "image" and "text" groups (optim.group_regex's
   `^image_encoder/` and `^text_encoder/`); heads, discriminators and the
-  temperature are "other", as in `cliplite_jax.optim.param_labels`.
+  temperature are "other", as in `cliplite_jax.training.optim.param_labels`.
   """
   o = config.optim
   if dict(o.group_regex) != {"image": "^image_encoder/",

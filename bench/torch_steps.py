@@ -137,7 +137,7 @@ def timed(step) -> tuple[float, float]:
   """(wall, kernel CPU) seconds of one `step.run()`.
 
   Kernel (system) CPU is mostly page faults on freshly mapped buffers: what
-  the host-memory setting changes (cliplite_jax/host_memory.py).
+  the host-memory setting changes (cliplite_jax/training/host_memory.py).
   """
   cpu, start = os.times(), time.perf_counter()
   step.run()

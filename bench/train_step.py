@@ -22,7 +22,7 @@ measured matmul peak
 `--xla_defaults` also times the JAX step compiled with XLA's default CPU
 options instead of the config's `cpu_compiler_options`, in the same rounds.
 Like `cliplite_jax.main`, it runs with malloc on transparent huge pages and,
-where the machine has it, tcmalloc (cliplite_jax/host_memory.py; the PyTorch
+where the machine has it, tcmalloc (cliplite_jax/training/host_memory.py; the PyTorch
 process inherits the setting), and prints the kernel CPU time per step beside
 each step time; `bench/huge_pages.py` compares the malloc settings.
 """
@@ -41,7 +41,7 @@ sys.path.insert(0, REPO)
 # On a GPU the PyTorch workers share the device: JAX takes what it uses, not
 # 75 % of the memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-from cliplite_jax import host_memory  # noqa: E402  (light: no jax)
+from cliplite_jax.training import host_memory  # noqa: E402  (light: no jax)
 
 if __name__ == "__main__":
   # As the training command runs; before the heavy imports, which the
@@ -52,8 +52,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cliplite_jax import config_io, optim, parallel  # noqa: E402
-from cliplite_jax import state as state_lib, train  # noqa: E402
+from cliplite_jax import config_io  # noqa: E402
+
+from cliplite_jax.training import optim, parallel
+from cliplite_jax.training import state as state_lib, train  # noqa: E402
 from cliplite_jax.models import cliplite  # noqa: E402
 
 import image_tower  # noqa: E402  (bench/, beside this file)

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import train_step  # noqa: E402
-from cliplite_jax import host_memory, optim, parallel  # noqa: E402
-from cliplite_jax import state as state_lib, train  # noqa: E402
+from cliplite_jax.training import host_memory, optim, parallel  # noqa: E402
+from cliplite_jax.training import state as state_lib, train  # noqa: E402
 from cliplite_jax.models import cliplite  # noqa: E402
 
 

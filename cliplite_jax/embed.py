@@ -26,13 +26,15 @@ import re
 import sys
 
 if __name__ == "__main__":
-  from cliplite_jax import native_logs
+  from cliplite_jax.training import native_logs
   native_logs.quiet()
 
 import numpy as np
 from absl import app, flags
 
-from cliplite_jax import cli, config_io, inference, plots, progress
+from cliplite_jax import cli, config_io, inference, progress
+
+from cliplite_jax.probes import plots
 from cliplite_jax.data import augment, sources
 from cliplite_jax.data import text as text_lib
 

@@ -17,10 +17,10 @@ import os
 import sys
 
 if __name__ == "__main__":
-  from cliplite_jax import native_logs
+  from cliplite_jax.training import native_logs
   native_logs.quiet()
   # First, before the heavy imports: this may replace the process once.
-  from cliplite_jax import host_memory
+  from cliplite_jax.training import host_memory
   host_memory.reexec_with_fast_malloc()
 
 import jax
@@ -30,8 +30,11 @@ from absl import app, flags
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import (cli, config_io, features, losses, parallel,
-                          plots, probe_inputs, run_dir, validation)
+from cliplite_jax import cli, config_io, run_dir, validation
+from cliplite_jax.objectives import losses
+from cliplite_jax import features
+from cliplite_jax.probes import plots, probe_inputs
+from cliplite_jax.training import parallel
 from cliplite_jax.data import augment, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import multimodal

@@ -21,7 +21,7 @@ import os
 import tempfile
 
 if __name__ == "__main__":
-  from cliplite_jax import native_logs
+  from cliplite_jax.training import native_logs
   native_logs.quiet()
 
 import jax

@@ -15,7 +15,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from cliplite_jax import config_io, parallel
+from cliplite_jax import config_io
+
+from cliplite_jax.training import parallel
 from cliplite_jax.progress import Progress
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite

@@ -27,7 +27,11 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cliplite_jax import config_io, features, parallel, run_dir
+from cliplite_jax import config_io, run_dir
+
+from cliplite_jax import features
+
+from cliplite_jax.training import parallel
 from cliplite_jax.data import augment, decode
 from cliplite_jax.data import text as text_lib
 

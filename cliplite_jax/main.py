@@ -31,16 +31,18 @@ if __name__ == "__main__":
   # restores this one. An ignored SIGINT (a script's background job) stays so.
   if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
     signal.signal(signal.SIGINT, _exit_interrupted)
-  from cliplite_jax import native_logs
+  from cliplite_jax.training import native_logs
   native_logs.quiet()
   # First, before the heavy imports: this may replace the process once.
-  from cliplite_jax import host_memory
+  from cliplite_jax.training import host_memory
   host_memory.reexec_with_fast_malloc()
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from cliplite_jax import cli, config_io, train
+from cliplite_jax import cli, config_io
+
+from cliplite_jax.training import train
 from cliplite_jax.data import sources
 
 FLAGS = flags.FLAGS

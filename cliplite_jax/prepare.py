@@ -35,18 +35,16 @@ import os
 import signal
 import sys
 import tempfile
-import threading
-import time
 
 import numpy as np
 from absl import app, flags
 from etils import epath
 
 if __name__ == "__main__":
-  from cliplite_jax import native_logs
+  from cliplite_jax.training import native_logs
   native_logs.quiet()  # before readers import TensorFlow (tfds:NAME)
 
-from cliplite_jax import cli
+from cliplite_jax import cli, progress
 from cliplite_jax.data import formats, prepare_units, prepared, readers
 from cliplite_jax.data.prepare_output import (check_out, create_out,
                                               finished_card, lock_out)
@@ -166,43 +164,6 @@ def _bucket_dir(work: epath.Path) -> epath.Path:
   return epath.Path(tempfile.gettempdir()) / f"cliplite_prepare_{digest}"
 
 
-class Progress:
-  """A progress line every few seconds: units, examples/s, ETA."""
-
-  def __init__(self, counter, units_total: int):
-    self._counter, self._total = counter, units_total
-    self.units_done = 0
-    self._start = time.time()
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, daemon=True)
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join()
-    self.line()
-    print(file=sys.stderr)
-
-  def line(self):
-    elapsed = max(time.time() - self._start, 1e-9)
-    count = self._counter.value
-    rate = count / elapsed
-    left = self._total - self.units_done
-    eta = (elapsed / self.units_done * left) if self.units_done else None
-    eta_text = (f"ETA {int(eta // 60)}m{int(eta % 60):02d}s" if eta is not None
-                else "ETA …")
-    print(f"\rprepare: {self.units_done}/{self._total} units, {count} "
-          f"examples, {rate:.0f} examples/s, {eta_text}   ", end="",
-          file=sys.stderr, flush=True)
-
-  def _run(self):
-    while not self._stop.wait(2.0):
-      self.line()
-
-
 def run(opts: Options) -> dict:
   """Prepares (or continues preparing) `opts.source` into `opts.out`;
   returns the dataset card."""
@@ -285,19 +246,21 @@ def _run_locked(opts: Options, root: epath.Path, spec: dict,
           f"units already done", file=sys.stderr)
   context = multiprocessing.get_context("spawn")
   counter = context.Value("q", 0)
-  with Progress(counter, len(units)) as progress:
-    progress.units_done = len(units) - len(pending)
+  meter = progress.Progress(
+      "prepare", len(units), unit="units", done=len(units) - len(pending),
+      tally=lambda: counter.value, tally_unit="examples")
+  with meter:
     workers = max(1, min(opts.num_workers, len(pending)))
     if workers == 1:
       prepare_units.set_counter(counter)
       for job in pending:
         prepare_units.convert(*job)
-        progress.units_done += 1
+        meter.add(1)
     else:
       with context.Pool(workers, initializer=prepare_units.init_worker,
                         initargs=(counter, os.getpid())) as pool:
         for _ in pool.imap_unordered(prepare_units.convert_job, pending):
-          progress.units_done += 1
+          meter.add(1)
   done = [json.loads((work / f"unit-{name}.json").read_text())
           for name in names]
   # Every shard is read back once before the card calls the set finished.

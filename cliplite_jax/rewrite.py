@@ -24,7 +24,7 @@ import sys
 import time
 
 if __name__ == "__main__":
-  from cliplite_jax import native_logs
+  from cliplite_jax.training import native_logs
   native_logs.quiet()
 
 from absl import app, flags

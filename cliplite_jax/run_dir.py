@@ -13,8 +13,9 @@ import ml_collections
 from etils import epath
 from tokenizers import Tokenizer
 
-from cliplite_jax import (checkpoint, config_io, optim, parallel, recovery,
-                          state as state_lib)
+from cliplite_jax import config_io
+from cliplite_jax.training import (checkpoint, optim, parallel, recovery,
+                                   state as state_lib)
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import multimodal
 

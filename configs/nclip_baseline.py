@@ -4,7 +4,7 @@ pretraining on the model of `coco_rn50_bert.py`.
 Both embeddings are scored against K shared prototypes; each modality's
 assignment predicts the other's sharpened one, and mean-entropy
 maximisation of the batch-average assignment keeps them from collapsing
-(`cliplite_jax/noncontrastive.py`). No negatives, no Deep InfoMax priors;
+(`cliplite_jax/objectives/noncontrastive.py`). No negatives, no Deep InfoMax priors;
 only a [K] batch mean crosses devices. The paper's code is unpublished:
 every value below is a field (`loss.nclip.*`).
 

@@ -6,8 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from cliplite_jax import accumulate, objectives, optim, parallel
-from cliplite_jax import state as state_lib, train
+from cliplite_jax.training import accumulate, optim, parallel
+
+from cliplite_jax import objectives
+from cliplite_jax.training import state as state_lib, train
 from test_scale import _micro_batches, _micro_forward, _random_batch, _setup
 
 

@@ -1,7 +1,7 @@
 """The PyTorch optimiser of bench/torch_cliplite.py against optax's.
 
 The train-step benchmark compares JAX with PyTorch; the PyTorch step must
-update weights as `cliplite_jax.optim.build` does (clipping, per-group
+update weights as `cliplite_jax.training.optim.build` does (clipping, per-group
 schedules, SGD with decay and momentum, optax's Lookahead), or the ratio
 compares different work.
 """
@@ -16,7 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cliplite_jax import config_io, optim  # noqa: E402
+from cliplite_jax import config_io  # noqa: E402
+
+from cliplite_jax.training import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))

@@ -14,9 +14,9 @@ import pytest
 from etils import epath
 
 from cliplite_jax.data import vocabulary
-from cliplite_jax import checkpoint, checkpoint_saver, guards, optim, packing
-from cliplite_jax import parallel
-from cliplite_jax import state as state_lib
+from cliplite_jax.training import checkpoint, checkpoint_saver, guards, optim, packing
+from cliplite_jax.training import parallel
+from cliplite_jax.training import state as state_lib
 from cliplite_jax.data import pipeline
 from cliplite_jax.models import cliplite
 
@@ -199,7 +199,7 @@ def test_checkpoint_saved_unpacked_still_restores(run, tmp_path):
 _FAILING_SAVE = """
 import json, resource, sys
 import jax, ml_collections, numpy as np
-from cliplite_jax import checkpoint, checkpoint_saver, guards
+from cliplite_jax.training import checkpoint, checkpoint_saver, guards
 
 class Position:
   def get_state(self):

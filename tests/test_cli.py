@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliplite_jax import plots
+from cliplite_jax.probes import plots
 from conftest import run_module, tiny_overrides
 
 

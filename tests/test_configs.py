@@ -3,7 +3,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cliplite_jax import config_io, optim, parallel, state as state_lib
+from cliplite_jax import config_io
+
+from cliplite_jax.training import optim, parallel, state as state_lib
 from cliplite_jax import validation
 from cliplite_jax.models import cliplite, resnet
 from conftest import REPO

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 import photos
-from cliplite_jax import config_io, evaluate, parallel, prepare
-from cliplite_jax import held_out, plots, state as state_lib, train
+from cliplite_jax import config_io, evaluate, prepare
+from cliplite_jax.training import parallel
+from cliplite_jax.probes import held_out, plots
+from cliplite_jax.training import state as state_lib, train
 from cliplite_jax import validation
 from cliplite_jax.data import augment, eval_input, sources
 from cliplite_jax.data import text as text_lib

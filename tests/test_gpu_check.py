@@ -13,7 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cliplite_jax import config_io, parallel  # noqa: E402
+from cliplite_jax import config_io  # noqa: E402
+
+from cliplite_jax.training import parallel
 from cliplite_jax.data import augment  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

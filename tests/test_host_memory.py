@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cliplite_jax import host_memory
+from cliplite_jax.training import host_memory
 
 SUPPORTED = host_memory.tunables_with_huge_pages({}) is not None
 needs_support = pytest.mark.skipif(
@@ -18,7 +18,7 @@ needs_support = pytest.mark.skipif(
 _PROGRAM = """
 import os, sys
 print("start", os.getpid(), flush=True)
-from cliplite_jax import host_memory
+from cliplite_jax.training import host_memory
 host_memory.reexec_with_fast_malloc()
 print("after", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:])
 """
@@ -106,7 +106,7 @@ def test_any_ld_preload_keeps_tcmalloc_out():
 _MAPS_PROGRAM = """
 import os
 print("start", os.getpid(), flush=True)
-from cliplite_jax import host_memory
+from cliplite_jax.training import host_memory
 host_memory.reexec_with_fast_malloc()
 with open("/proc/self/maps") as f:
   print("after", os.getpid(), "tcmalloc" in f.read())

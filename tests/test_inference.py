@@ -297,7 +297,7 @@ def test_using_a_model_imports_neither_the_pipeline_nor_the_evaluator(
                                     "cliplite_jax.validation",
                                     "cliplite_jax.data.pipeline",
                                     "cliplite_jax.data.sources",
-                                    "cliplite_jax.train"))))
+                                    "cliplite_jax.training.train"))))
       """)
   done = subprocess.run([sys.executable, "-c", script], capture_output=True,
                         text=True, timeout=300)

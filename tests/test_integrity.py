@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax import (checkpoint, checkpoint_saver, config_io, guards,
-                          integrity, optim, parallel, recovery,
-                          state as state_lib)
+from cliplite_jax import config_io
+from cliplite_jax.training import (checkpoint, checkpoint_saver, guards,
+                                   integrity, optim, parallel, recovery,
+                                   state as state_lib)
 from cliplite_jax.models import cliplite
 from conftest import eight_step_args, run_module
 

@@ -4,7 +4,7 @@ import re
 import resource
 import signal
 
-from cliplite_jax import integrity
+from cliplite_jax.training import integrity
 from conftest import logged_steps, quick_run_args, run_module, wait_until
 
 MAIN = "cliplite_jax.main"

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cliplite_jax import losses
+from cliplite_jax.objectives import losses
 
 
 def _np_softplus(x):

@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from cliplite_jax import metrics
+from cliplite_jax.training import metrics
 
 
 def test_data_wait_is_the_share_of_wall_time_spent_waiting(monkeypatch):

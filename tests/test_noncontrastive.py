@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cliplite_jax import noncontrastive
+from cliplite_jax.objectives import noncontrastive
 
 
 def _softmax(x):

@@ -7,7 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cliplite_jax import config_io, guards, objectives, parallel, train
+from cliplite_jax import config_io, objectives
+
+from cliplite_jax.training import guards, parallel, train
 from test_noncontrastive import _numpy_nclip
 
 
@@ -190,7 +192,7 @@ def test_resuming_ignores_fields_only_other_objectives_read(tmp_path):
 def test_the_model_carries_what_the_objective_row_asks_for(tiny, name):
   """The model reads its extra parameters off the objective's registry row
   (a logit bias, prototypes, prior discriminators), never its name."""
-  from cliplite_jax import state as state_lib
+  from cliplite_jax.training import state as state_lib
   from cliplite_jax.models import cliplite
   tiny.loss.name = name
   row = objectives.OBJECTIVES[name]

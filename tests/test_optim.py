@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cliplite_jax import optim
+from cliplite_jax.training import optim
 
 
 def _config(**optim_overrides):

@@ -11,8 +11,9 @@ import torch
 import transformers
 
 from cliplite_jax.data import vocabulary
-from cliplite_jax import checkpoint, export_text, optim, parallel, train
-from cliplite_jax import state as state_lib
+from cliplite_jax.training import checkpoint, optim, parallel, train
+from cliplite_jax import export_text
+from cliplite_jax.training import state as state_lib
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite, hf_bert, text
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cliplite_jax import prng
+from cliplite_jax.training import prng
 
 SHAPES = [(), (7,), (5, 13), (64, 2, 30, 30)]
 

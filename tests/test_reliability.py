@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax import checkpoint, config_io, optim, parallel, state as state_lib
+from cliplite_jax.training import checkpoint, optim, parallel, state as state_lib
+
+from cliplite_jax import config_io
 from cliplite_jax.models import cliplite
 from conftest import eight_step_args, run_module, wait_for_step
 

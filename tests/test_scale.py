@@ -5,7 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from cliplite_jax import losses, optim, parallel, state as state_lib, train
+from cliplite_jax.objectives import losses
+
+from cliplite_jax.training import optim, parallel, state as state_lib, train
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
 

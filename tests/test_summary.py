@@ -2,7 +2,7 @@
 import jax
 import pytest
 
-from cliplite_jax import parallel, state as state_lib, summary
+from cliplite_jax.training import parallel, state as state_lib, summary
 from cliplite_jax.models import cliplite
 from conftest import quick_init
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cliplite_jax import symile
+from cliplite_jax.objectives import symile
 
 
 def _unit(x):
@@ -72,7 +72,7 @@ def test_n_squared_matches_every_combination(m):
 
 
 def test_n_squared_at_m_2_is_clips_infonce():
-  from cliplite_jax import losses
+  from cliplite_jax.objectives import losses
   rng = np.random.default_rng(0)
   x, y = (jnp.asarray(rng.normal(size=(6, 4)), jnp.float32) for _ in range(2))
   np.testing.assert_allclose(

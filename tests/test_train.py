@@ -8,9 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax import config_io, losses, objectives, optim, parallel
-from cliplite_jax import state as state_lib
-from cliplite_jax import prepare, run_start, train, validation
+from cliplite_jax import config_io, objectives
+
+from cliplite_jax.objectives import losses
+
+from cliplite_jax.training import optim, parallel
+from cliplite_jax.training import state as state_lib
+from cliplite_jax import prepare, validation
+from cliplite_jax.training import run_start, train
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
 
@@ -186,7 +191,7 @@ def test_grad_norm_is_the_norm_clipping_sees(tiny):
 
 
 def _final_params(workdir, config):
-  from cliplite_jax import checkpoint
+  from cliplite_jax.training import checkpoint
   mesh = parallel.make_mesh()
   model, tx = cliplite.build(config), optim.build(config)
   mngr = checkpoint.manager(workdir, config, read_only=True)

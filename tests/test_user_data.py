@@ -11,7 +11,8 @@ import pytest
 
 import photos
 from cliplite_jax.data import vocabulary
-from cliplite_jax import evaluate, parallel, prepare, state as state_lib
+from cliplite_jax import evaluate, prepare
+from cliplite_jax.training import parallel, state as state_lib
 from cliplite_jax.data import pipeline, prepared, sources
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import cliplite
@@ -217,7 +218,8 @@ def test_imagenet_zero_shot_averages_clip_templates_over_its_class_names(
 
 def test_a_class_set_is_refused_for_training_before_anything_is_written(
     tiny, tmp_path):
-  from cliplite_jax import config_io, train
+  from cliplite_jax import config_io
+  from cliplite_jax.training import train
   os.makedirs(tmp_path / "classes" / "a")
   os.makedirs(tmp_path / "classes" / "b")
   for folder, name in (("a", "coffee"), ("b", "moon")):
@@ -246,7 +248,8 @@ def test_a_stream_with_nothing_usable_stops_with_one_error():
 
 def test_a_split_smaller_than_a_batch_is_refused_before_anything_is_written(
     tiny, photo_set, tmp_path):
-  from cliplite_jax import config_io, train
+  from cliplite_jax import config_io
+  from cliplite_jax.training import train
   tiny.data.name = photo_set  # 9 training photos
   tiny.batch_size = 16
   with pytest.raises(config_io.UserError,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cliplite_jax import run_dir
-from cliplite_jax import config_io, evaluate, guards, run_start, train
+from cliplite_jax import config_io, evaluate
+from cliplite_jax.training import guards, run_start, train
 from conftest import run_module, tiny_overrides, wait_until
 
 MAIN = "cliplite_jax.main"

@@ -4,7 +4,7 @@ import os
 import signal
 import socket
 
-from cliplite_jax import integrity, workdir_lock
+from cliplite_jax.training import integrity, workdir_lock
 from conftest import logged_steps, quick_run_args, run_module, wait_for_step
 
 MAIN = "cliplite_jax.main"

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cliplite_jax import noncontrastive, objectives
+from cliplite_jax.objectives import noncontrastive
+
+from cliplite_jax import objectives
 from cliplite_jax.models import heads, resnet, text
 
 # Parameter-tree names of the towers (the attribute names below).

@@ -17,9 +17,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from cliplite_jax import features, objectives, parallel, symile
+from cliplite_jax import features
+
+from cliplite_jax import objectives
+
+from cliplite_jax.training import parallel
+
+from cliplite_jax.objectives import symile
 from cliplite_jax.data import sources, vectors
-from cliplite_jax.losses import l2_normalize
+from cliplite_jax.objectives.losses import l2_normalize
 from cliplite_jax.probes.ranking import ties_or_beats
 
 

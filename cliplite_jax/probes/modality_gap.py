@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cliplite_jax.losses import l2_normalize
+from cliplite_jax.objectives.losses import l2_normalize
 
 
 @jax.jit

@@ -6,7 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cliplite_jax.losses import l2_normalize
+from cliplite_jax.objectives.losses import l2_normalize
 from cliplite_jax.probes.ranking import ties_or_beats
 
 

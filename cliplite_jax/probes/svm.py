@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cliplite_jax.losses import l2_normalize
+from cliplite_jax.objectives.losses import l2_normalize
 
 COSTS = (0.01, 0.1, 1.0, 10.0)
 POSITIVE_WEIGHT = 2.0

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from cliplite_jax import parallel
+from cliplite_jax.training import parallel
 
 def _unroll() -> bool:
   """Whether the micro-batch loops are unrolled: on CPU, where XLA runs a

@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from cliplite_jax import optim, parallel
+from cliplite_jax.training import optim, parallel
 from cliplite_jax.models import cliplite, multimodal, text
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from cliplite_jax import objectives, optim
+from cliplite_jax import objectives
+
+from cliplite_jax.training import optim
 from cliplite_jax.data import pipeline
 from cliplite_jax.models import cliplite, multimodal
 

@@ -10,8 +10,10 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cliplite_jax import config_io, integrity
-from cliplite_jax.checkpoint import (DamagedCheckpointError, restore,
+from cliplite_jax import config_io
+
+from cliplite_jax.training import integrity
+from cliplite_jax.training.checkpoint import (DamagedCheckpointError, restore,
                                      one_line, step_dir, warn)
 
 DAMAGED_DIR = "damaged_checkpoints"  # in WORKDIR, next to checkpoints/

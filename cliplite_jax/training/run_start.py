@@ -23,7 +23,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cliplite_jax import config_io, optim, validation
+from cliplite_jax import config_io, validation
+
+from cliplite_jax.training import optim
 from cliplite_jax.data import pipeline, prepared, sources, vectors
 from cliplite_jax.models import multimodal
 

@@ -18,7 +18,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cliplite_jax import config_io, integrity, packing
+from cliplite_jax import config_io
+
+from cliplite_jax.training import integrity, packing
 
 STATE, LAYOUT = "state", "state_layout"
 DATA_ITER, CONFIG = "data_iter", "config"

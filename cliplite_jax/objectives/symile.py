@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cliplite_jax.losses import l2_normalize
+from cliplite_jax.objectives.losses import l2_normalize
 
 
 def mip(representations: list[jnp.ndarray]) -> jnp.ndarray:

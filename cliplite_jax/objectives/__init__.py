@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from cliplite_jax import losses, noncontrastive, symile
+from cliplite_jax.objectives import losses, noncontrastive, symile
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cliplite_jax import checkpoint, config_io, integrity, packing
+from cliplite_jax.training import checkpoint, integrity, packing
+
+from cliplite_jax import config_io
 
 
 class SaveError(config_io.UserError):

@@ -15,7 +15,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from cliplite_jax import config_io, features, held_out
+from cliplite_jax import config_io
+
+from cliplite_jax import features
+from cliplite_jax.probes import held_out
 from cliplite_jax.data import eval_input, sources
 from cliplite_jax.data import text as text_lib
 
