@@ -6,8 +6,22 @@ import subprocess
 import sys
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=4")
+# The tests compile hundreds of small programs and run each for a few steps:
+# LLVM's optimisation of XLA:CPU's code (its backend level, 2 by default)
+# takes a third of each compile and saves less than that. HLO is optimised
+# as usual; the machine code differs in the last bits of some floats, alike
+# in every process of the suite (each subprocess gets these flags too).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS of a test process with `devices` fake CPU devices."""
+  return (f"--xla_force_host_platform_device_count={devices} "
+          f"{TEST_XLA_FLAGS}")
+
+
+os.environ["XLA_FLAGS"] = " ".join(
+    filter(None, [os.environ.get("XLA_FLAGS", ""), xla_flags(4)]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One XLA compilation cache for the session, shared with the training
 # subprocesses: most of a tiny run is compiling the same programs again.
@@ -77,7 +91,7 @@ def run_module(module: str, *args, devices: int = 2, popen: bool = False):
   on `devices` fake CPU devices. Returns the CompletedProcess, or the Popen
   (stdout/stderr piped) when `popen`."""
   env = dict(os.environ,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=xla_flags(devices))
   command = [sys.executable, "-m", module, *args]
   if popen:
     # As from a terminal: a suite started in the background (`cmd &` in a

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
+from conftest import xla_flags
 from cliplite_jax.data import vocabulary
 from cliplite_jax.training import checkpoint, checkpoint_saver, guards, optim, packing
 from cliplite_jax.training import parallel
@@ -235,7 +236,7 @@ def test_failed_save_prints_no_traceback(tmp_path):
   """The late TensorStore completions of a failed save are not printed: the
   SaveError line is the whole story, and step 1 stays."""
   workdir = tmp_path / "run"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4))
   result = subprocess.run([sys.executable, "-c", _FAILING_SAVE, str(workdir)],
                           capture_output=True, text=True, env=env,
                           timeout=300)

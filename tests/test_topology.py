@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import wait_for_step, REPO, run_module, tiny_overrides
+from conftest import (REPO, TEST_XLA_FLAGS, run_module, tiny_overrides,
+                      wait_for_step)
 
 
 def _args(data_dir, workdir, steps, *extra):
@@ -28,7 +29,7 @@ def _losses(workdir):
 def _launch(processes, data_dir, workdir, steps):
   """launch/local_multiprocess.sh: `processes` × 2 fake CPU devices."""
   env = dict(os.environ, DEVICES_PER_PROCESS="2")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS  # the script adds the device count
   result = subprocess.run(
       ["bash", "launch/local_multiprocess.sh", str(processes),
        *_args(data_dir, workdir, steps, "--config.eval.probes=()")],
@@ -65,7 +66,7 @@ def test_two_processes_train_like_one_stop_together_and_resume_on_one(
 
   multi = str(tmp_path / "multi")
   env = dict(os.environ, DEVICES_PER_PROCESS="2")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS  # the script adds the device count
   launcher = subprocess.Popen(
       ["bash", "launch/local_multiprocess.sh", "2",
        *_args(tiny_data_dir, multi, 100000, "--config.eval.probes=()",
