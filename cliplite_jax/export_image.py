@@ -31,7 +31,7 @@ from safetensors.numpy import save_file
 
 from cliplite_jax import cli, config_io, inference, run_dir
 from cliplite_jax.data import augment
-from cliplite_jax.models import cliplite, resnet, torch_layout
+from cliplite_jax.models import cliplite, torch_layout, towers
 
 FLAGS = flags.FLAGS
 IMAGE_TOWER_FILE = torch_layout.IMAGE_TOWER_FILE
@@ -50,9 +50,8 @@ def state_dicts(config, variables, step: int) -> tuple[dict, dict, dict]:
   params = jax.tree.map(np.asarray, jax.device_get(variables["params"]))
   stats = jax.tree.map(np.asarray, jax.device_get(variables["batch_stats"]))
   image = config.model.image
-  tower = torch_layout.resnet_state_dict(
-      params[cliplite.IMAGE_TOWER], stats[cliplite.IMAGE_TOWER], image.depth,
-      batches_seen=step)
+  tower = towers.image_tower(image).torch_export(
+      params[cliplite.IMAGE_TOWER], stats[cliplite.IMAGE_TOWER], image, step)
   heads = {}
   for name in ("image_head", "text_head"):
     heads.update(torch_layout.head_state_dict(name, params[name], stats[name],
@@ -60,8 +59,7 @@ def state_dicts(config, variables, step: int) -> tuple[dict, dict, dict]:
   heads["log_scale"] = np.asarray(params["log_scale"], np.float32)
   if "logit_bias" in params:
     heads["logit_bias"] = np.asarray(params["logit_bias"], np.float32)
-  num_features = resnet.ResNet(depth=image.depth,
-                               width=image.width).num_features
+  num_features = towers.build_image(image, np.float32, False).num_features
   description = {
       "step": step,
       "image_tower": {
@@ -80,7 +78,8 @@ def state_dicts(config, variables, step: int) -> tuple[dict, dict, dict]:
       "heads": {
           "file": HEADS_FILE, "proj_dim": config.model.proj_dim,
           "image_head_in": num_features,
-          "text_head_in": config.model.text.hidden,
+          "text_head_in": towers.build_text(config.model.text, np.float32,
+                                            False).num_features,
           "embedding": "head(pooled features), L2-normalised; the critic "
                        "scores exp(log_scale) * cosine"},
       "text_tower": "python -m cliplite_jax.export_text --workdir=... "
@@ -95,6 +94,10 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   are written to a new hidden folder beside it and renamed at the end, so
   `out` is complete or absent."""
   config = run_dir.saved_config(workdir)
+  try:
+    towers.check_export(config.model.image, "image")
+  except ValueError as e:
+    raise config_io.UserError(str(e)) from e
   step, _, variables, _, _ = run_dir.restore(workdir, config, step)
   tower, heads, description = state_dicts(config, variables, step)
   if jax.process_index() != 0:

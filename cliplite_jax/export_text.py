@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 
 from cliplite_jax import cli, config_io, inference, run_dir
-from cliplite_jax.models import cliplite, text
+from cliplite_jax.models import cliplite, towers
 
 FLAGS = flags.FLAGS
 
@@ -21,11 +21,15 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   """Restores `step` (latest if None) of WORKDIR and writes its text tower
   to `out`; returns the step exported."""
   config = run_dir.saved_config(workdir)
+  try:
+    row = towers.check_export(config.model.text, "text")
+  except ValueError as e:
+    raise config_io.UserError(str(e)) from e
   step, model, variables, tokenizer, _ = run_dir.restore(workdir, config,
                                                           step)
   params = jax.device_get(variables["params"][cliplite.TEXT_TOWER])
   if jax.process_index() == 0:
-    text.export_pretrained(model.text_encoder, params, out, tokenizer)
+    row.hf_export(model.text_encoder, params, out, tokenizer)
   return step
 
 

@@ -14,7 +14,7 @@ import shlex
 import ml_collections
 
 from cliplite_jax import config_io, objectives
-from cliplite_jax.models import resnet, text
+from cliplite_jax.models import towers
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adamw")
@@ -189,8 +189,6 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _eval_fields(c)
   c.raise_if_any()  # the relations below assume sane values
 
-  if not is_multimodal:
-    _two_tower_relations(c)
   total, warmup = c.get("total_steps"), c.get("optim.warmup_steps")
   c.require(warmup < total, "optim.warmup_steps",
             f"in [0, total_steps={total})")
@@ -224,19 +222,11 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
 def _two_tower_fields(c: _Checker) -> None:
   c.number("loss.prior_weight", 0, 1)
   c.one_of("model.dtype", DTYPES)
-  c.one_of("model.image.depth", tuple(resnet.LAYOUTS))
-  c.number("model.image.width", 0, float("inf"), low_open=True,
-           high_open=True)
-  for key in ("vocab_size", "hidden", "layers", "heads", "mlp_dim",
-              "max_len"):
-    c.integer(f"model.text.{key}", 1)
+  towers.check(c, "model.image", towers.IMAGE_TOWERS, towers.DEFAULT_IMAGE)
+  towers.check(c, "model.text", towers.TEXT_TOWERS, towers.DEFAULT_TEXT)
   c.integer("model.proj_dim", 1)
   c.number("model.init_temperature", 0, float("inf"), low_open=True,
            high_open=True)
-  c.one_of("model.text.pooling", text.POOLINGS)
-  c.number("model.text.dropout", 0, 1, high_open=True)
-  c.integer("model.text.train_last_layers", -1,
-            "an integer ≥ -1 (-1: train all; 0: freeze the text tower)")
   widths = c.get("model.prior_widths")
   c.require(isinstance(widths, (tuple, list)) and all(
       isinstance(w, int) and not isinstance(w, bool) and w >= 1
@@ -253,20 +243,6 @@ def _two_tower_fields(c: _Checker) -> None:
   c.number("data.color_jitter_prob", 0, 1)
   c.integer("data.max_words", 1)
   c.integer("data.max_tokens", 3, "an integer ≥ 3 ([CLS], a word, [SEP])")
-
-
-def _two_tower_relations(c: _Checker) -> None:
-  hidden, heads = c.get("model.text.hidden"), c.get("model.text.heads")
-  c.require(hidden % heads == 0, "model.text.heads",
-            f"a divisor of model.text.hidden={hidden}")
-  max_len, max_tokens = c.get("model.text.max_len"), c.get("data.max_tokens")
-  c.require(max_len >= max_tokens, "model.text.max_len",
-            f"≥ data.max_tokens={max_tokens} (one position embedding per "
-            f"token)")
-  last = c.get("model.text.train_last_layers", -1)
-  layers = c.get("model.text.layers")
-  c.require(last <= layers, "model.text.train_last_layers",
-            f"≤ model.text.layers={layers}")
 
 
 def _multimodal_fields(c: _Checker) -> None:

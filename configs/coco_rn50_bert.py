@@ -42,10 +42,13 @@ def get_config(arg: str | None = None):
       xla_cpu_experimental_ynn_fusion_type=(
           "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"),
       xla_multiheap_size_constraint_per_heap=16 << 20)
-  c.model.image = dict(depth=50, width=1.0, im2col=False)  # True on CPU
-  c.model.text = dict(vocab_size=30522, hidden=768, layers=12, heads=12,
-                      mlp_dim=3072, max_len=512, pooling="pooler",
-                      dropout=0.1, pretrained="", train_last_layers=-1)
+  c.model.image = dict(name="resnet", depth=50, width=1.0,
+                       im2col=False,  # True on CPU
+                       locked=False)
+  c.model.text = dict(name="bert", vocab_size=30522, hidden=768, layers=12,
+                      heads=12, mlp_dim=3072, max_len=512, pooling="pooler",
+                      dropout=0.1, pretrained="", train_last_layers=-1,
+                      locked=False)
   c.model.proj_dim = 2048
 
   c.optim.lr = dict(image=0.2, text=0.001, other=0.001)

@@ -6,15 +6,103 @@ about 3 minutes on 2 CPU cores. Every hyperparameter of the paper is a field her
 where the demo departs from the paper's value (COCO, 250k steps) the paper's
 value is written beside it.
 
+The argument picks the towers (models/towers.py), each with demo-sized
+fields:
+  :image=resnet|vit   a ResNet-18 ×1/4 (default) or a 4-block ViT-Ti/16
+  :text=bert|clip|siglip  BERT (default), CLIP's causal text transformer
+                      (end-of-text pooling) or SigLIP's (last token, head)
+configs/vit_demo.py is the demo with image=vit,text=clip and its optimiser.
+
 Usage:
   python -m cliplite_jax.main --config=configs/default.py --workdir=/tmp/demo
 """
 import ml_collections
 
+from cliplite_jax import config_io
+
+
+def image_tower(name: str) -> dict:
+  """The demo's `model.image` section for tower `name`."""
+  if name == "resnet":
+    return dict(
+        name="resnet",
+        depth=18,  # paper: 50
+        width=0.25,  # paper: 1.0
+        # 3×3 convs on the last stages' small maps as patch matrix products
+        # and the 7×7/2 stem's forward on space-to-depth input: faster on
+        # CPU (BENCHMARKS.md); False on GPU/TPU, where XLA's convs are the
+        # fast path.
+        im2col=True,
+        locked=False)  # LiT: no update, no decay, no optimiser state
+  if name == "vit":
+    return dict(
+        name="vit",
+        variant="Ti/16",  # SIZE/PATCH: Ti, S, B, L, So400m; any patch
+        # > 0 overrides the variant's (0: the variant's); 4 of Ti's 12
+        # blocks keep the demo's minutes.
+        width=0, depth=4, heads=0, mlp_dim=0,
+        # "token": the class token after ln_post (OpenAI / open_clip);
+        # "gap": mean of the patch tokens; "map": SigLIP's attention pooling.
+        pool="token",
+        class_token=True,
+        posemb="learn",  # or "sincos2d" (fixed, big_vision's)
+        pre_norm=True,  # CLIP's ln_pre after the embeddings
+        act="quick_gelu",  # CLIP's; "gelu" (exact), "gelu_tanh" (SigLIP)
+        layer_norm_eps=1e-5,
+        scan=False,  # one scanned block instead of depth unrolled ones
+        locked=False)
+  raise config_io.UserError(f"config argument image={name!r}: expected "
+                            f"resnet or vit")
+
+
+def text_tower(name: str) -> dict:
+  """The demo's `model.text` section for tower `name`."""
+  shape = dict(
+      vocab_size=512,  # paper: 30522 (BERT uncased); here the trained WordPiece
+      hidden=128,  # paper: 768
+      layers=2,  # paper: 12 (ablations 2/4/6)
+      heads=2,  # paper: 12
+      mlp_dim=256,  # paper: 3072
+      max_len=32,  # paper: 512 position embeddings; captions use 30 tokens
+      # -1 trains the whole text tower; 0 freezes it; N trains only its last
+      # N layers and what follows them (frozen parameters get no update, no
+      # decay).
+      train_last_layers=-1,
+      locked=False)  # LiT: the whole tower frozen, in inference mode
+  if name == "bert":
+    return dict(
+        name="bert", **shape,
+        # paper: "pooler" (tanh dense on [CLS]); its mean-pooling variant
+        # lets a 1000-step demo bind shape words to shapes (pooler stays at
+        # chance).
+        pooling="mean",
+        dropout=0.1,
+        # A local Hugging Face BERT-architecture directory (config.json +
+        # model.safetensors or pytorch_model.bin, tokenizer files) to start
+        # the text tower from; its architecture and tokenizer replace the
+        # fields above. Empty: random init.
+        pretrained="")
+  if name in ("clip", "siglip"):
+    clip = name == "clip"
+    return dict(
+        name=name, **shape,
+        # CLIP: features at the end-of-text token (the last real one),
+        # causal attention; SigLIP: the last position, bidirectional, all
+        # positions attended (its tokenizer pads to a fixed length).
+        pooling="eot" if clip else "last",
+        causal=clip,
+        mask_padding=clip,
+        act="quick_gelu" if clip else "gelu_tanh",
+        layer_norm_eps=1e-5 if clip else 1e-6,
+        projection=0 if clip else shape["hidden"],  # SigLIP's head Dense
+        dropout=0.0)
+  raise config_io.UserError(f"config argument text={name!r}: expected bert, "
+                            f"clip or siglip")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The demo config; `arg` is accepted for big_vision-style symmetry, unused."""
-  del arg
+  """The demo config, with the towers `arg` names (see above)."""
+  args = config_io.parse_arg(arg, image="resnet", text="bert")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000  # paper: 250_000
@@ -43,33 +131,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # losses and the prior discriminators stay float32. paper: mixed precision.
   c.model.dtype = "float32"
   c.model.remat = False  # recompute ResNet blocks and BERT layers in backward
-  c.model.image = dict(
-      depth=18,  # paper: 50
-      width=0.25,  # paper: 1.0
-      # 3×3 convs on the last stages' small maps as patch matrix products and
-      # the 7×7/2 stem's forward on space-to-depth input: faster on CPU
-      # (BENCHMARKS.md); False on GPU/TPU, where XLA's convs are the fast path.
-      im2col=True)
-  c.model.text = dict(
-      vocab_size=512,  # paper: 30522 (BERT uncased); here the trained WordPiece
-      hidden=128,  # paper: 768
-      layers=2,  # paper: 12 (ablations 2/4/6)
-      heads=2,  # paper: 12
-      mlp_dim=256,  # paper: 3072
-      max_len=32,  # paper: 512 position embeddings; captions use 30 tokens
-      # paper: "pooler" (tanh dense on [CLS]); its mean-pooling variant lets a
-      # 1000-step demo bind shape words to shapes (pooler stays at chance).
-      pooling="mean",
-      dropout=0.1,
-      # A local Hugging Face BERT-architecture directory (config.json +
-      # model.safetensors or pytorch_model.bin, tokenizer files) to start the
-      # text tower from; its architecture and tokenizer replace the fields
-      # above. Empty: random init.
-      pretrained="",
-      # -1 trains the whole text tower; 0 freezes it; N trains only its last
-      # N layers and pooler (frozen parameters get no update, no decay).
-      train_last_layers=-1,
-  )
+  c.model.image = image_tower(args.image)
+  c.model.text = text_tower(args.text)
   c.model.proj_dim = 256  # paper: 2048
   c.model.init_temperature = 0.07  # t = log(1/0.07), unclamped
   c.model.prior_widths = (1000, 200)  # paper: (1000, 200)
@@ -130,9 +193,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.max_words = 30
   c.data.max_tokens = 30
   # "wordpiece": a vocabulary of model.text.vocab_size trained on the training
-  # captions; or a local directory/file with an HF tokenizer.json or a BERT
-  # vocab.txt (e.g. bert-base-uncased, paper: 30522 tokens).
-  c.data.tokenizer = "wordpiece"
+  # captions; "bpe": CLIP's byte-level BPE, trained the same way (the CLIP
+  # and SigLIP text towers' default); or a local directory/file with an HF
+  # tokenizer.json or a BERT vocab.txt (e.g. bert-base-uncased, paper: 30522
+  # tokens).
+  c.data.tokenizer = "wordpiece" if args.text == "bert" else "bpe"
   c.data.rewrites = ""  # LaCLIP: JSON {image id: [rewritten captions]}; off
   c.data.num_threads = 2  # grain read/transform threads per process
   c.data.num_workers = 0  # grain worker processes (0: threads only)

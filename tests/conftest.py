@@ -86,6 +86,44 @@ def tiny(tiny_data_dir):
   return tiny_config(tiny_data_dir)
 
 
+def with_towers(config, image: str = "vit", text: str = "clip"):
+  """`config` (a tiny one) with configs/default.py's `image` and `text`
+  towers shrunk as tiny_config shrinks the ResNet and BERT: a 2-block ViT
+  of width 32 with patch 8 (a 4 × 4 grid at 32 px), a 1-layer text
+  transformer of width 32."""
+  from configs import default
+  if image != "resnet":
+    config.model.image = default.image_tower(image)
+    config.model.image.update(variant="Ti/8", width=32, depth=2, heads=2,
+                              mlp_dim=64)
+  if text != "bert":
+    config.model.text = default.text_tower(text)
+    config.model.text.update(hidden=32, layers=1, heads=2, mlp_dim=64,
+                             vocab_size=300,  # the byte BPE's 258 and more
+                             projection=(32 if text == "siglip" else 0))
+    config.data.tokenizer = "bpe"
+  return config
+
+
+def vit_run_args(data_dir: str, workdir: str, *extra: str) -> list[str]:
+  """`cliplite_jax.main` arguments of configs/vit_demo.py shrunk as
+  `with_towers` shrinks it, on shapes_captions/tiny: 8 steps, logged every
+  step, checkpoints every 2, no evaluation; `extra` comes last."""
+  return ["--config=configs/vit_demo.py", f"--workdir={workdir}",
+          "--config.data.name=shapes_captions/tiny",
+          f"--config.data.data_dir={data_dir}", "--config.data.image_size=32",
+          "--config.model.image.variant=Ti/8",
+          "--config.model.image.width=32", "--config.model.image.depth=2",
+          "--config.model.image.heads=2", "--config.model.image.mlp_dim=64",
+          "--config.model.text.hidden=32", "--config.model.text.layers=1",
+          "--config.model.text.heads=2", "--config.model.text.mlp_dim=64",
+          "--config.model.text.vocab_size=300", "--config.model.proj_dim=32",
+          "--config.batch_size=16", "--config.total_steps=8",
+          "--config.optim.warmup_steps=2", "--config.log_every_steps=1",
+          "--config.checkpoint_every_steps=2", "--config.eval.batch_size=64",
+          "--config.eval.probes=()", *extra]
+
+
 def run_module(module: str, *args, devices: int = 2, popen: bool = False):
   """Runs `python -m module args` from the repository root, as a user would,
   on `devices` fake CPU devices. Returns the CompletedProcess, or the Popen

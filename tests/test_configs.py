@@ -7,7 +7,7 @@ from cliplite_jax import config_io
 
 from cliplite_jax.training import optim, parallel, state as state_lib
 from cliplite_jax import validation
-from cliplite_jax.models import cliplite, resnet
+from cliplite_jax.models import cliplite, resnet, towers
 from conftest import REPO
 
 GRID = ([("coco_rn50_bert.py", "")]
@@ -18,7 +18,10 @@ GRID = ([("coco_rn50_bert.py", "")]
         + [("clip_baseline.py", ""), ("siglip_baseline.py", "batch=256"),
            ("nclip_baseline.py", ""), ("xclip_baseline.py", "batch=256"),
            ("clip_baseline.py", "data=shapes"),
-           ("nclip_baseline.py", "data=shapes"), ("default.py", "")])
+           ("nclip_baseline.py", "data=shapes"), ("default.py", ""),
+           ("vit_demo.py", ""), ("vit_demo.py", "text=siglip"),
+           ("default.py", "image=vit,text=siglip"),
+           ("vit_demo.py", "image=resnet")])
 
 
 def _load(name, arg):
@@ -36,12 +39,16 @@ def test_config_builds_and_its_state_initialises_abstractly(name, arg):
   state = state_lib.abstract_state(c, model, optim.build(c),
                                    parallel.make_mesh(1))
   params = state.model_params
-  # ResNet features: 512 (basic blocks) or 2048 (bottlenecks) × width.
-  width = int((2048 if c.model.image.depth >= 50 else 512) * c.model.image.width)
+  if c.model.image.name == "resnet":
+    # ResNet features: 512 (basic blocks) or 2048 (bottlenecks) × width.
+    width = int((2048 if c.model.image.depth >= 50 else 512)
+                * c.model.image.width)
+  else:  # the ViT's width: its variant's unless overridden
+    width = c.model.image.width or towers.vit_shape(c.model.image)["width"]
   assert params["image_head"]["shortcut"]["kernel"].shape == (
       width, c.model.proj_dim)
   assert params["text_head"]["shortcut"]["kernel"].shape == (
-      c.model.text.hidden, c.model.proj_dim)
+      c.model.text.get("projection") or c.model.text.hidden, c.model.proj_dim)
   layers = [k for k in params["text_encoder"] if k.startswith("layer_")]
   assert len(layers) == c.model.text.layers
 

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from cliplite_jax import config_io, run_dir
 from cliplite_jax.data import sources
+from cliplite_jax.data import clip_tokenizer
 from cliplite_jax.data import text as text_lib
 from cliplite_jax.data.pipeline import load_rewrites
 
@@ -42,13 +43,19 @@ def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
   return [text_lib.clean_caption(c, config.data.max_words) for c in captions]
 
 
+# Tokenizers trained on the training captions, by `data.tokenizer` name:
+# (captions, vocab_size) → an unpadded tokenizers.Tokenizer.
+TRAINED = {"wordpiece": text_lib.train_wordpiece,
+           "bpe": clip_tokenizer.train_clip_bpe}
+
+
 def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
                       create: bool = True) -> Tokenizer:
   """The run's tokenizer, WORKDIR/tokenizer.json.
 
   On the first run (`create`) it is made from `config.data.tokenizer`:
-  "wordpiece" trains a vocabulary of at most `config.model.text.vocab_size`
-  tokens on the cleaned training captions (deterministic, so every process
+  "wordpiece" (or "bpe", CLIP's byte-level BPE) trains a vocabulary of at
+  most `config.model.text.vocab_size` tokens on the cleaned training captions (deterministic, so every process
   builds the same one); anything else is a local HF tokenizer path (see
   `text.load_tokenizer`). Process 0 saves it, so a resumed or evaluated run
   tokenises exactly as training did.
@@ -64,13 +71,17 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
 
 def new_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
   """The tokenizer `config.data.tokenizer` names, made without writing
-  anything: "wordpiece" trains one on the training captions, anything else
+  anything: a TRAINED name trains one on the training captions, anything else
   is loaded from its local path. UserError if it cannot be read or has more
   tokens than `model.text.vocab_size`."""
-  if config.data.tokenizer == "wordpiece":
-    tokenizer = text_lib.train_wordpiece(
-        all_captions(config, config.data.train_split),
-        config.model.text.vocab_size)
+  trainer = TRAINED.get(config.data.tokenizer)
+  if trainer is not None:
+    try:
+      tokenizer = trainer(all_captions(config, config.data.train_split),
+                          config.model.text.vocab_size)
+    except ValueError as e:
+      raise config_io.UserError(f"data.tokenizer={config.data.tokenizer!r}: "
+                                f"{e}") from e
   else:
     try:
       tokenizer = text_lib.load_tokenizer(config.data.tokenizer,

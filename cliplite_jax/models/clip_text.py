@@ -10,30 +10,14 @@ final_layer_norm, head) so `hf_text` maps checkpoints one to one.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from cliplite_jax.models import text
+from cliplite_jax.models.activations import ACTIVATIONS
 
 POOLINGS = ("eot", "last")
-
-
-def quick_gelu(x: jnp.ndarray) -> jnp.ndarray:
-  """OpenAI CLIP's x · σ(1.702 x), in x's dtype."""
-  return x * jax.nn.sigmoid(1.702 * x)
-
-
-def gelu_tanh(x: jnp.ndarray) -> jnp.ndarray:
-  """The tanh approximation of GELU (PyTorch's gelu(approximate="tanh"),
-  HF's gelu_pytorch_tanh / gelu_new), SigLIP's activation."""
-  return jax.nn.gelu(x, approximate=True)
-
-
-ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
-    "quick_gelu": quick_gelu, "gelu": text.gelu, "gelu_tanh": gelu_tanh}
 
 
 class Block(nn.Module):

@@ -12,7 +12,7 @@ import ml_collections
 from cliplite_jax.objectives import noncontrastive
 
 from cliplite_jax import objectives
-from cliplite_jax.models import heads, resnet, text
+from cliplite_jax.models import heads, towers
 
 # Parameter-tree names of the towers (the attribute names below).
 IMAGE_TOWER = "image_encoder"
@@ -34,6 +34,9 @@ class CLIPLite(nn.Module):
     num_prototypes: K > 0 adds nCLIP's K learnable prototypes [K, proj_dim]
       (shared by both modalities); 0, no prototypes (the parameter tree of
       checkpoints written without them).
+    lock_image, lock_text: LiT's locked towers: run in inference mode
+      (BatchNorm's running statistics, no dropout) and pass no gradient back
+      (so XLA drops their backward pass); the optimiser leaves them alone.
   """
   image_encoder: nn.Module
   text_encoder: nn.Module
@@ -44,6 +47,8 @@ class CLIPLite(nn.Module):
   prior_widths: tuple[int, ...] = (1000, 200)
   logit_bias: float | None = None
   num_prototypes: int = 0
+  lock_image: bool = False
+  lock_text: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -70,13 +75,18 @@ class CLIPLite(nn.Module):
 
     Embeddings are projected but not normalised; both are float32.
     """
-    features = self.image_encoder(images, train=train)
+    features = self.image_encoder(images, train=train and not self.lock_image)
+    if self.lock_image:
+      features = jax.lax.stop_gradient(features)
     return features, self.image_head(features, train=train)
 
   def encode_text(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
                   train: bool = False):
     """int32 [B, L] ids and mask → (features [B, d_txt], embeddings [B, proj_dim])."""
-    features = self.text_encoder(input_ids, attention_mask, train=train)["features"]
+    features = self.text_encoder(input_ids, attention_mask,
+                                 train=train and not self.lock_text)["features"]
+    if self.lock_text:
+      features = jax.lax.stop_gradient(features)
     return features, self.text_head(features, train=train)
 
   def __call__(self, images, input_ids, attention_mask,
@@ -115,12 +125,8 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
   m = config.model
   dtype = jnp.dtype(m.dtype)
   remat = m.get("remat", False)
-  image = resnet.ResNet(depth=m.image.depth, width=m.image.width, dtype=dtype,
-                        remat=remat, im2col=m.image.get("im2col", False))
-  txt = text.TextEncoder(
-      vocab_size=m.text.vocab_size, hidden=m.text.hidden, layers=m.text.layers,
-      heads=m.text.heads, mlp_dim=m.text.mlp_dim, max_len=m.text.max_len,
-      pooling=m.text.pooling, dropout=m.text.dropout, dtype=dtype, remat=remat)
+  image = towers.build_image(m.image, dtype, remat)
+  txt = towers.build_text(m.text, dtype, remat)
   objective = objectives.OBJECTIVES[config.loss.name]
   return CLIPLite(
       image_encoder=image, text_encoder=txt, proj_dim=m.proj_dim,
@@ -132,4 +138,6 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
                   else None),
       num_prototypes=(config.loss.nclip.prototypes if objective.prototypes
                       else 0),
+      lock_image=m.image.get("locked", False),
+      lock_text=m.text.get("locked", False),
       dtype=dtype)

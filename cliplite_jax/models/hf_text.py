@@ -12,13 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cliplite_jax.models import hf_bert
+from cliplite_jax.models import activations, hf_bert
 
 PREFIX = "text_model."
-# HF hidden_act → our `act`. gelu_new and gelu_pytorch_tanh are the same
-# tanh formula.
-HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu",
-                  "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 # The defaults of transformers' CLIPTextConfig / SiglipTextConfig, for
 # config.json files that list only the fields that differ.
 _CLIP_DEFAULTS = dict(
@@ -53,13 +49,13 @@ def _text_config(hf: Mapping[str, Any], family: str, text_types: tuple,
 def _fields(hf: dict, defaults: dict) -> dict:
   c = {**defaults, **{k: v for k, v in hf.items() if v is not None}}
   act = c["hidden_act"]
-  if act not in HF_ACTIVATIONS:
+  if act not in activations.FROM_HF:
     raise UnsupportedTextModel(f"hidden_act {act!r} is not implemented; "
-                               f"supported: {sorted(HF_ACTIVATIONS)}")
+                               f"supported: {sorted(activations.FROM_HF)}")
   return dict(vocab_size=c["vocab_size"], width=c["hidden_size"],
               layers=c["num_hidden_layers"], heads=c["num_attention_heads"],
               mlp_dim=c["intermediate_size"],
-              max_len=c["max_position_embeddings"], act=HF_ACTIVATIONS[act],
+              max_len=c["max_position_embeddings"], act=activations.FROM_HF[act],
               layer_norm_eps=c["layer_norm_eps"],
               dropout=c["attention_dropout"])
 

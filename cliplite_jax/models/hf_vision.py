@@ -12,12 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cliplite_jax.models import activations
+
 PREFIX = "vision_model."
-# HF hidden_act → ViT.act; gelu_new is the same tanh formula as torch's.
-_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu",
-         "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-_HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu",
-            "gelu_tanh": "gelu_pytorch_tanh"}
 # Tensors HF checkpoints may carry that no parameter corresponds to.
 _IGNORED = ("embeddings.position_ids",)
 
@@ -40,9 +37,9 @@ def vit_fields_from_hf_config(config: Mapping[str, Any]) -> dict:
                         f"nor siglip_vision_model")
   clip = kind == "clip_vision_model"
   act = config.get("hidden_act", "quick_gelu" if clip else "gelu_pytorch_tanh")
-  if act not in _ACTS:
+  if act not in activations.FROM_HF:
     raise HFVisionError(f"{kind}: hidden_act {act!r} is not supported (only "
-                        f"{', '.join(_ACTS)})")
+                        f"{', '.join(activations.FROM_HF)})")
   if config.get("num_channels", 3) != 3:
     raise HFVisionError(f"{kind}: num_channels {config['num_channels']}; the "
                         f"tower takes RGB images")
@@ -54,7 +51,7 @@ def vit_fields_from_hf_config(config: Mapping[str, Any]) -> dict:
       heads=config["num_attention_heads"], mlp_dim=config["intermediate_size"],
       patch=config["patch_size"],
       posemb_grid=config["image_size"] // config["patch_size"],
-      act=_ACTS[act],
+      act=activations.FROM_HF[act],
       layer_norm_eps=config.get("layer_norm_eps", 1e-5 if clip else 1e-6),
       pool="token" if clip else "map", posemb="learn", class_token=clip,
       pre_norm=clip)
@@ -79,7 +76,7 @@ def hf_config_from_vit(module) -> dict:
       "num_attention_heads": module.heads,
       "intermediate_size": module.mlp_dim, "patch_size": module.patch,
       "image_size": module.posemb_grid * module.patch, "num_channels": 3,
-      "hidden_act": _HF_ACTS[module.act],
+      "hidden_act": activations.TO_HF[module.act],
       "layer_norm_eps": module.layer_norm_eps}
 
 

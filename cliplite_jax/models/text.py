@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from typing import Any
 
@@ -18,19 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from cliplite_jax.models import hf_bert
+from cliplite_jax.models.activations import gelu
 
 POOLINGS = ("pooler", "mean", "cls")
 _init = nn.initializers.normal(stddev=0.02)  # BERT's initializer_range.
-
-
-def gelu(x: jnp.ndarray) -> jnp.ndarray:
-  """BERT's exact GELU, x · Φ(x) = x (1 + erf(x / √2)) / 2, in x's dtype.
-
-  The formula of PyTorch's and Hugging Face's `gelu`. `jax.nn.gelu`'s exact
-  form goes through erfc, which XLA's CPU backend expands into a much longer
-  branchy polynomial; the two agree to 1e-6 absolute.
-  """
-  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 class TransformerLayer(nn.Module):

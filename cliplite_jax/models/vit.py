@@ -25,20 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cliplite_jax.models.activations import ACTIVATIONS
+
 # (width, depth, heads, mlp_dim), as big_vision's ViT table.
 VARIANTS = {"Ti": (192, 12, 3, 768), "S": (384, 12, 6, 1536),
             "B": (768, 12, 12, 3072), "L": (1024, 24, 16, 4096),
             "So400m": (1152, 27, 16, 4304)}
 POOLS = ("token", "gap", "map")
 POSEMBS = ("learn", "sincos2d")
-# The MLP nonlinearities: quick_gelu x·σ(1.702x) is OpenAI CLIP's; gelu the
-# exact erf form (written out as `text.gelu` does: XLA:CPU's erfc route is
-# slower); gelu_tanh the tanh approximation (HF gelu_pytorch_tanh, SigLIP).
-ACTIVATIONS = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0)))),
-    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
-}
 RESIZES = ("bicubic", "bilinear")
 
 # big_vision's initialisers: Xavier-uniform projections, near-zero MLP biases.

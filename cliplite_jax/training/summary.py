@@ -6,10 +6,9 @@ import jax
 import ml_collections
 
 from cliplite_jax import objectives
-
-from cliplite_jax.training import optim
 from cliplite_jax.data import pipeline
-from cliplite_jax.models import cliplite, multimodal
+from cliplite_jax.models import cliplite, multimodal, towers
+from cliplite_jax.training import optim
 
 TOWERS = {cliplite.IMAGE_TOWER: "image", cliplite.TEXT_TOWER: "text"}
 
@@ -19,7 +18,8 @@ def parameter_counts(config: ml_collections.ConfigDict,
   """{"image" | "text" | "heads" | "all": {"total", "trainable", "frozen"}}
   parameter counts of the model's `params` tree (arrays or shape structs);
   "heads" is everything outside the two towers (projections, priors,
-  temperature); frozen: `model.text.train_last_layers`."""
+  temperature); frozen: locked towers (LiT) and the text layers
+  `model.text.train_last_layers` leaves out."""
   labels = optim.config_labels(config, params)
   counts = {name: {"total": 0, "trainable": 0, "frozen": 0}
             for name in ("image", "text", "heads", "all")}
@@ -53,21 +53,25 @@ def _model_line(config: ml_collections.ConfigDict, counts: dict) -> str:
   total = (f"{_millions(counts['all']['total'])} parameters, "
            f"{_millions(counts['all']['trainable'])} trained")
   if multimodal.is_multimodal(config):
-    towers = ", ".join(
+    listed = ", ".join(
         f"{m}: {config.model.towers[m].name} {config.model.towers[m].input_dim}"
         f"→{config.model.embed_dim}" for m in config.model.modalities)
-    return f"model: {len(config.model.modalities)} modalities ({towers}); {total}"
+    return f"model: {len(config.model.modalities)} modalities ({listed}); {total}"
   image, text = config.model.image, config.model.text
-  width = f" ×{image.width:g}" if image.width != 1 else ""
 
-  def tower(name):
+  def tower(name, fields, row):
     c = counts[name]
-    frozen = f", {_millions(c['frozen'])} frozen" if c["frozen"] else ""
-    return f"{_millions(c['total'])}{frozen}"
+    if fields.get("locked", False):
+      state = ", locked"
+    elif c["frozen"]:
+      state = f", {_millions(c['frozen'])} frozen"
+    else:
+      state = ""
+    return f"{row.describe(fields)} {_millions(c['total'])}{state}"
 
-  return (f"model: image ResNet-{image.depth}{width} {tower('image')}, text "
-          f"BERT {text.layers}×{text.hidden} {tower('text')}, heads "
-          f"{tower('heads')}; {total}")
+  return (f"model: image {tower('image', image, towers.image_tower(image))}, "
+          f"text {tower('text', text, towers.text_tower(text))}, heads "
+          f"{_millions(counts['heads']['total'])}; {total}")
 
 
 def startup_lines(config: ml_collections.ConfigDict, params, mesh,

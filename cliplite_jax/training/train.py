@@ -189,7 +189,7 @@ def _adopt_pretrained_text(config: ml_collections.ConfigDict) -> None:
         f"{fixed}; the config supports BERT's (2, 1e-12) only")
   del fields["dropout"]  # a training choice: the config's stays
   config.model.text.update(fields)
-  if config.data.tokenizer == "wordpiece":
+  if config.data.tokenizer in vocabulary.TRAINED:
     config.data.tokenizer = path
   print(f"text tower from {path}: {fields['layers']} layers, hidden "
         f"{fields['hidden']}, vocabulary {fields['vocab_size']}", flush=True)

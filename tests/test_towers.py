@@ -1,0 +1,222 @@
+"""Towers found by name (models/towers.py): ViT and CLIP's / SigLIP's text
+transformers trained, sharded, locked (LiT), checked and summarised like the
+ResNet and BERT."""
+import os
+import random
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+import cliplite_jax
+from cliplite_jax import config_io, objectives, run_dir, validation
+from cliplite_jax.data import augment
+from cliplite_jax.data import text as text_lib
+from cliplite_jax.models import cliplite, towers
+from cliplite_jax.training import optim, parallel, state as state_lib
+from cliplite_jax.training import summary, train
+from conftest import run_module, vit_run_args, wait_for_step, with_towers
+from test_reliability import _final_params, _losses
+from test_train import _random_batch, _reference_outputs
+
+
+@pytest.mark.parametrize("image,text", [("vit", "clip"), ("vit", "siglip"),
+                                        ("resnet", "clip")])
+def test_each_tower_pair_builds_and_validates(tiny, image, text):
+  config = with_towers(tiny, image, text)
+  validation.check_train(config, 4)
+  model = cliplite.build(config)
+  assert isinstance(model.image_encoder,
+                    type(towers.IMAGE_TOWERS[image].build(
+                        config.model.image, np.float32, False)))
+  shapes = jax.eval_shape(lambda: state_lib.create_train_state(
+      config, model, optim.build(config), jax.random.key(0)))
+  image_params = shapes.params.fast["image_encoder"] if hasattr(
+      shapes.params, "fast") else shapes.params["image_encoder"]
+  if image == "vit":  # a class token, 16 patches + 1 positions, 2 blocks
+    assert image_params["pos_embed"].shape == (1, 17, 32)
+    assert {"block_0", "block_1", "ln_pre", "ln_post"} <= set(image_params)
+
+
+def test_vit_and_clip_text_step_on_four_devices_with_fsdp_is_the_whole_batch(
+    tiny):
+  """InfoNCE sees the global batch: the 4-device step (parameters split over
+  fsdp 2) gives the loss of one unsharded forward pass of all 16 rows, and
+  the same update as the data-parallel step."""
+  config = with_towers(tiny)
+  config.loss.name = "infonce"
+  batch = _random_batch(config, np.random.default_rng(3))
+  results = {}
+  for fsdp in (1, 2):
+    config.mesh.fsdp = fsdp
+    mesh = parallel.make_mesh(4, fsdp=fsdp)
+    model, tx = cliplite.build(config), optim.build(config)
+    state = state_lib.init_sharded(config, model, tx, mesh)
+    if fsdp == 2:
+      split = {jax.tree_util.keystr(path) for path, leaf in
+               jax.tree_util.tree_leaves_with_path(state.params)
+               if parallel.FSDP in leaf.sharding.spec}
+      # The tiny towers' leaves above parallel.MIN_FSDP_SIZE, each split.
+      for name in ("image_encoder']['patch_embed']['kernel",
+                   "text_encoder']['token_embedding']['embedding"):
+        assert any(name in path for path in split), (name, split)
+      expected = objectives.OBJECTIVES["infonce"].fn(
+          _reference_outputs(model, state, batch), config.loss)[1]
+    state, metrics = train.make_train_step(config, model, tx, mesh)(
+        state, parallel.shard_batch(batch, mesh))
+    results[fsdp] = jax.device_get((state.params, metrics))
+  for key in ("loss/infonce", "loss/total"):
+    np.testing.assert_allclose(results[2][1][key], expected[key], rtol=2e-5,
+                               atol=2e-6)
+    np.testing.assert_allclose(results[2][1][key], results[1][1][key],
+                               rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               results[2][0], results[1][0])
+
+
+def _opt_state_size(state) -> int:
+  return sum(leaf.size for leaf in jax.tree.leaves(state.opt_state))
+
+
+@pytest.mark.parametrize("image,text,locked", [
+    ("vit", "clip", "image"), ("resnet", "bert", "text"),
+    ("resnet", "clip", "image")])
+def test_a_locked_tower_is_bit_identical_and_has_no_optimiser_state(
+    tiny, image, text, locked):
+  config = with_towers(tiny, image, text)
+  config.optim.name = "adamw"  # two moments per trained parameter
+  config.optim.lookahead_k = 0
+  mesh = parallel.make_mesh(4)
+  model, tx = cliplite.build(config), optim.build(config)
+  free_state = state_lib.init_sharded(config, model, tx, mesh)
+  config.model[locked].locked = True
+  model, tx = cliplite.build(config), optim.build(config)
+  state = state_lib.init_sharded(config, model, tx, mesh)
+  tower = f"{locked}_encoder"
+  before = jax.device_get((state.params[tower], state.batch_stats))
+  tower_size = sum(x.size for x in jax.tree.leaves(before[0]))
+  assert _opt_state_size(free_state) - _opt_state_size(state) == (
+      2 * tower_size)
+  step = train.make_train_step(config, model, tx, mesh)
+  rng = np.random.default_rng(0)
+  for _ in range(2):
+    state, metrics = step(state, parallel.shard_batch(
+        _random_batch(config, rng), mesh))
+  after = jax.device_get((state.params[tower], state.batch_stats))
+  jax.tree.map(np.testing.assert_array_equal, after[0], before[0])
+  if tower in before[1]:  # a locked ResNet runs on its running statistics
+    jax.tree.map(np.testing.assert_array_equal, after[1][tower],
+                 before[1][tower])
+  other = "text_encoder" if locked == "image" else "image_encoder"
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(jax.device_get(state.params[other])),
+      jax.tree.leaves(jax.device_get(free_state.params[other]))))
+  counts = summary.parameter_counts(config, state.params)
+  assert counts[locked]["trainable"] == 0
+  line = summary._model_line(config, counts)
+  assert f"{tower_size / 1e6:.2f}M, locked" in line or (
+      f"{tower_size}, locked" in line), line
+
+
+def test_a_switched_tower_name_keeps_the_old_fields_and_is_one_line(tiny):
+  tiny.model.image.name = "vit"  # the ResNet's depth, width, im2col stay
+  with pytest.raises(config_io.UserError,
+                     match=r"model.image has fields the vit tower does not "
+                           r"take: .*image=vit"):
+    validation.check_train(tiny, 4)
+
+
+@pytest.mark.parametrize("section,field,value,needle", [
+    ("image", "name", "convnext", "model.image.name='convnext' must be one of"),
+    ("image", "variant", "Q/16", "unknown ViT variant 'Q/16'"),
+    ("image", "variant", "Ti/5", "a multiple of the ViT patch 5"),
+    ("image", "pool", "cls", "model.image.pool='cls' must be one of"),
+    ("image", "heads", 5, "a divisor of the width 32"),
+    ("text", "pooling", "mean", "model.text.pooling='mean' must be one of"),
+    ("text", "act", "relu", "model.text.act='relu' must be one of"),
+])
+def test_bad_tower_fields_are_named(tiny, section, field, value, needle):
+  config = with_towers(tiny)
+  config.model[section][field] = value
+  with pytest.raises(config_io.UserError, match=needle.replace("(", r"\(")):
+    validation.check_train(config, 4)
+
+
+def test_configs_pick_towers_by_argument():
+  from configs import default, vit_demo
+  c = vit_demo.get_config()
+  assert (c.model.image.name, c.model.text.name) == ("vit", "clip")
+  assert c.data.tokenizer == "bpe" and c.optim.name == "adamw"
+  c = default.get_config("text=siglip")
+  assert (c.model.image.name, c.model.text.name) == ("resnet", "siglip")
+  with pytest.raises(config_io.UserError, match="image='vgg'"):
+    default.get_config("image=vgg")
+
+
+@pytest.fixture(scope="module")
+def vit_run(tiny_data_dir, tmp_path_factory):
+  """An uninterrupted 8-step run of configs/vit_demo.py (tiny ViT + CLIP
+  text, the trained byte BPE)."""
+  workdir = str(tmp_path_factory.mktemp("vit") / "run")
+  result = run_module("cliplite_jax.main", *vit_run_args(tiny_data_dir,
+                                                         workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "model: image ViT-Ti/8 (width 32, depth 2, heads 2, mlp_dim 64)" in (
+      result.stdout), result.stdout
+  return workdir
+
+
+def test_vit_run_killed_at_a_random_step_resumes_bit_exact(
+    vit_run, tiny_data_dir, tmp_path):
+  seed = int(os.environ.get("KILL_SEED",
+                            random.SystemRandom().randrange(1 << 30)))
+  kill_at = random.Random(seed).randint(2, 7)
+  print(f"KILL_SEED={seed}: killing at step {kill_at}")
+  workdir = str(tmp_path / "run")
+  process = run_module("cliplite_jax.main",
+                       *vit_run_args(tiny_data_dir, workdir), popen=True)
+  wait_for_step(workdir, kill_at, process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  result = run_module("cliplite_jax.main", *vit_run_args(tiny_data_dir,
+                                                         workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _losses(workdir) == _losses(vit_run), (
+      f"killed at {kill_at} (KILL_SEED={seed})")
+  step, state = _final_params(workdir)
+  ref_step, ref_state = _final_params(vit_run)
+  assert step == ref_step == 8
+  jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+
+
+def test_a_vit_run_loads_embeds_and_says_it_has_no_torch_export(
+    vit_run, tmp_path):
+  model = cliplite_jax.load(vit_run)
+  config = config_io.load_saved(vit_run)
+  _, module, variables, tokenizer, _ = run_dir.restore(vit_run, config)
+  images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3),
+                                             dtype=np.uint8)
+  features, embeddings = jax.jit(lambda v, x: module.apply(
+      v, augment.normalize(x), method=cliplite.CLIPLite.encode_image))(
+          variables, images)
+  np.testing.assert_allclose(model.encode_images(images, pooled=True),
+                             features, rtol=1e-5, atol=1e-5)
+  unit = np.asarray(embeddings) / np.linalg.norm(embeddings, axis=-1,
+                                                 keepdims=True)
+  np.testing.assert_allclose(model.encode_images(images), unit, atol=2e-5)
+  # The run's byte BPE wraps captions in CLIP's start and end tokens, and
+  # end-of-text pooling reads the last real one.
+  ids, mask = text_lib.tokenize(tokenizer, ["a red circle"])
+  last = int(mask[0].sum()) - 1
+  assert tokenizer.id_to_token(int(ids[0, last])) == "<|endoftext|>"
+  assert model.encode_texts(["a red circle", "two blue squares"]).shape == (
+      2, model.embed_dim)
+  for command in ("cliplite_jax.export_image", "cliplite_jax.export_text"):
+    out = tmp_path / command
+    result = run_module(command, f"--workdir={vit_run}", f"--out={out}")
+    assert result.returncode == 1
+    line, = result.stderr.strip().splitlines()
+    assert "which has no" in line and "export yet" in line, line
+    assert not out.exists()
