@@ -189,6 +189,11 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _eval_fields(c)
   c.raise_if_any()  # the relations below assume sane values
 
+  if not is_multimodal:
+    towers.check_relations(c, "model.image", towers.IMAGE_TOWERS,
+                           towers.DEFAULT_IMAGE)
+    towers.check_relations(c, "model.text", towers.TEXT_TOWERS,
+                           towers.DEFAULT_TEXT)
   total, warmup = c.get("total_steps"), c.get("optim.warmup_steps")
   c.require(warmup < total, "optim.warmup_steps",
             f"in [0, total_steps={total})")

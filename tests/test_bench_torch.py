@@ -114,3 +114,41 @@ def test_schedule_matches_optim():
     np.testing.assert_allclose([ours(i) for i in range(14)],
                                [float(schedule(i)) for i in range(14)],
                                rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("tower", ["resnet", "vit"])
+def test_tower_optimizers_match_optax(tower):
+  """The image-tower bench's optimisers (bench/image_tower.py OPTIMIZERS:
+  SGD for the ResNet, AdamW for the ViT) update as optax's do on both
+  sides."""
+  import image_tower  # bench/; imports JAX and flax
+  spec = image_tower.OPTIMIZERS[tower]
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 4)).astype(np.float32)
+  y = rng.normal(size=(8, 2)).astype(np.float32)
+  torch.manual_seed(0)
+  model = torch.nn.Linear(4, 2)
+  opt = torch_cliplite.tower_optimizer(list(model.parameters()), spec)
+  params = {"weight": jnp.asarray(model.weight.detach().numpy()),
+            "bias": jnp.asarray(model.bias.detach().numpy())}
+  tx = image_tower.optax_optimizer(spec)
+  opt_state = tx.init(params)
+
+  def loss(p):
+    return jnp.mean((x @ p["weight"].T + p["bias"] - y) ** 2)
+
+  @jax.jit
+  def step(params, opt_state):
+    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+  for i in range(5):
+    params, opt_state = step(params, opt_state)
+    torch.nn.functional.mse_loss(model(xt), yt).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    for name, value in params.items():
+      np.testing.assert_allclose(getattr(model, name).detach().numpy(), value,
+                                 rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{tower} step {i} {name}")

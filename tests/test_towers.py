@@ -1,23 +1,15 @@
 """Towers found by name (models/towers.py): ViT and CLIP's / SigLIP's text
 transformers trained, sharded, locked (LiT), checked and summarised like the
 ResNet and BERT."""
-import os
-import random
-import signal
-
 import jax
 import numpy as np
 import pytest
 
-import cliplite_jax
-from cliplite_jax import config_io, objectives, run_dir, validation
-from cliplite_jax.data import augment
-from cliplite_jax.data import text as text_lib
+from cliplite_jax import config_io, objectives, validation
 from cliplite_jax.models import cliplite, towers
 from cliplite_jax.training import optim, parallel, state as state_lib
 from cliplite_jax.training import summary, train
-from conftest import run_module, vit_run_args, wait_for_step, with_towers
-from test_reliability import _final_params, _losses
+from conftest import with_towers
 from test_train import _random_batch, _reference_outputs
 
 
@@ -153,70 +145,3 @@ def test_configs_pick_towers_by_argument():
   assert (c.model.image.name, c.model.text.name) == ("resnet", "siglip")
   with pytest.raises(config_io.UserError, match="image='vgg'"):
     default.get_config("image=vgg")
-
-
-@pytest.fixture(scope="module")
-def vit_run(tiny_data_dir, tmp_path_factory):
-  """An uninterrupted 8-step run of configs/vit_demo.py (tiny ViT + CLIP
-  text, the trained byte BPE)."""
-  workdir = str(tmp_path_factory.mktemp("vit") / "run")
-  result = run_module("cliplite_jax.main", *vit_run_args(tiny_data_dir,
-                                                         workdir))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "model: image ViT-Ti/8 (width 32, depth 2, heads 2, mlp_dim 64)" in (
-      result.stdout), result.stdout
-  return workdir
-
-
-def test_vit_run_killed_at_a_random_step_resumes_bit_exact(
-    vit_run, tiny_data_dir, tmp_path):
-  seed = int(os.environ.get("KILL_SEED",
-                            random.SystemRandom().randrange(1 << 30)))
-  kill_at = random.Random(seed).randint(2, 7)
-  print(f"KILL_SEED={seed}: killing at step {kill_at}")
-  workdir = str(tmp_path / "run")
-  process = run_module("cliplite_jax.main",
-                       *vit_run_args(tiny_data_dir, workdir), popen=True)
-  wait_for_step(workdir, kill_at, process)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  result = run_module("cliplite_jax.main", *vit_run_args(tiny_data_dir,
-                                                         workdir))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert _losses(workdir) == _losses(vit_run), (
-      f"killed at {kill_at} (KILL_SEED={seed})")
-  step, state = _final_params(workdir)
-  ref_step, ref_state = _final_params(vit_run)
-  assert step == ref_step == 8
-  jax.tree.map(np.testing.assert_array_equal, state, ref_state)
-
-
-def test_a_vit_run_loads_embeds_and_says_it_has_no_torch_export(
-    vit_run, tmp_path):
-  model = cliplite_jax.load(vit_run)
-  config = config_io.load_saved(vit_run)
-  _, module, variables, tokenizer, _ = run_dir.restore(vit_run, config)
-  images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3),
-                                             dtype=np.uint8)
-  features, embeddings = jax.jit(lambda v, x: module.apply(
-      v, augment.normalize(x), method=cliplite.CLIPLite.encode_image))(
-          variables, images)
-  np.testing.assert_allclose(model.encode_images(images, pooled=True),
-                             features, rtol=1e-5, atol=1e-5)
-  unit = np.asarray(embeddings) / np.linalg.norm(embeddings, axis=-1,
-                                                 keepdims=True)
-  np.testing.assert_allclose(model.encode_images(images), unit, atol=2e-5)
-  # The run's byte BPE wraps captions in CLIP's start and end tokens, and
-  # end-of-text pooling reads the last real one.
-  ids, mask = text_lib.tokenize(tokenizer, ["a red circle"])
-  last = int(mask[0].sum()) - 1
-  assert tokenizer.id_to_token(int(ids[0, last])) == "<|endoftext|>"
-  assert model.encode_texts(["a red circle", "two blue squares"]).shape == (
-      2, model.embed_dim)
-  for command in ("cliplite_jax.export_image", "cliplite_jax.export_text"):
-    out = tmp_path / command
-    result = run_module(command, f"--workdir={vit_run}", f"--out={out}")
-    assert result.returncode == 1
-    line, = result.stderr.strip().splitlines()
-    assert "which has no" in line and "export yet" in line, line
-    assert not out.exists()

@@ -288,3 +288,36 @@ def test_field_checks():
   with pytest.raises(ValueError, match="act must be one of"):
     _init(vit.ViT(**TINY, act="relu"))
   assert vit.ViT(**TINY).num_features == 32
+
+
+def _photos(size: int) -> np.ndarray:
+  """The real photographs of tests/photos.py, centre-cropped and resized to
+  `size` as evaluation does, normalised with CLIP's mean and std: float32
+  [N, size, size, 3]."""
+  import photos
+  from cliplite_jax.data import augment
+  crops = []
+  for name in sorted(photos.CAPTIONS):
+    pixels = np.asarray(photos._pixels(name))
+    if pixels.ndim == 2:  # grey
+      pixels = np.repeat(pixels[..., None], 3, -1)
+    crops.append(augment.center_crop_resize(pixels[..., :3], size))
+  mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+  std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+  return (np.stack(crops).astype(np.float32) / 255 - mean) / std
+
+
+@pytest.mark.parametrize("family,size", [("clip", 32), ("clip", 48),
+                                         ("siglip", 32)])
+def test_real_photographs_match_transformers_to_1e_4_relative(
+    hf_clip, hf_siglip, family, size):
+  """The issue's bar: on real photographs (not noise), ours and
+  transformers' pooled features differ by ≤ 1e-4 of their largest value."""
+  model = hf_clip if family == "clip" else hf_siglip
+  load = (hf_vision.clip_vision_params if family == "clip"
+          else hf_vision.siglip_vision_params)
+  fields = hf_vision.vit_fields_from_hf_config(model.config.to_dict())
+  images = _photos(size)
+  ours = _apply(vit.ViT(**fields), load(model.state_dict(), 2), images)
+  theirs = _hf_pooled(model, images, size != 32)
+  assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()

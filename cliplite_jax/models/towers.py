@@ -34,6 +34,8 @@ class Tower:
   fields: its config fields besides `name` and `locked`.
   check: (validation's checker, "model.image" or "model.text") → None;
     appends a line per out-of-domain field.
+  relations: the same for relations between fields (heads dividing the
+    width, ...), checked once every field is in its domain.
   describe: its fields → how the run summary names it ("ViT-Ti/8").
   layers: its fields → the number of `layer_i` blocks that
     `model.text.train_last_layers` counts (text towers; None: not offered).
@@ -45,6 +47,7 @@ class Tower:
   build: Callable[[Any, Any, bool], nn.Module]
   fields: tuple[str, ...]
   check: Callable[[Any, str], None]
+  relations: Callable[[Any, str], None]
   describe: Callable[[Any], str]
   layers: Callable[[Any], int] | None = None
   torch_export: Callable[..., dict] | None = None
@@ -71,6 +74,10 @@ def text_tower(fields) -> Tower:
 def _build_resnet(f, dtype, remat):
   return resnet.ResNet(depth=f.depth, width=f.width, dtype=dtype, remat=remat,
                        im2col=f.get("im2col", False))
+
+
+def _no_relations(c, key):
+  del c, key
 
 
 def _check_resnet(c, key):
@@ -110,16 +117,19 @@ def _build_vit(f, dtype, remat):
 
 def _check_vit(c, key):
   try:
-    shape = vit_shape(c.get(key))
+    vit_shape(c.get(key))
   except ValueError as e:
     c.problems.append(f"{key}.variant: {e}")
-    return
   for k in ("width", "depth", "heads", "mlp_dim"):
     c.integer(f"{key}.{k}", 0, "an integer ≥ 0 (0: the variant's)")
   c.one_of(f"{key}.pool", vit.POOLS)
   c.one_of(f"{key}.posemb", vit.POSEMBS)
   c.one_of(f"{key}.act", tuple(vit.ACTIVATIONS))
   c.number(f"{key}.layer_norm_eps", 0, 1, low_open=True)
+
+
+def _vit_relations(c, key):
+  shape = vit_shape(c.get(key))
   c.require(shape["width"] % shape["heads"] == 0, f"{key}.heads",
             f"a divisor of the width {shape['width']}")
   c.require(c.get(f"{key}.pool") != "token" or c.get(f"{key}.class_token"),
@@ -127,8 +137,7 @@ def _check_vit(c, key):
   c.require(c.get(f"{key}.posemb") != "sincos2d" or shape["width"] % 4 == 0,
             f"{key}.posemb", f"'learn' for a width {shape['width']} that is "
             f"not a multiple of 4")
-  size = c.get("data.image_size")
-  c.require(not isinstance(size, int) or size % shape["patch"] == 0,
+  c.require(c.get("data.image_size") % shape["patch"] == 0,
             "data.image_size", f"a multiple of the ViT patch {shape['patch']}")
 
 
@@ -157,19 +166,19 @@ def _check_text_shape(c, key):
   c.number(f"{key}.dropout", 0, 1, high_open=True)
   c.integer(f"{key}.train_last_layers", -1,
             "an integer ≥ -1 (-1: train all; 0: freeze the text tower)")
+
+
+def _text_relations(c, key):
   hidden, heads = c.get(f"{key}.hidden"), c.get(f"{key}.heads")
-  if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
-    c.require(hidden % heads == 0, f"{key}.heads",
-              f"a divisor of {key}.hidden={hidden}")
+  c.require(hidden % heads == 0, f"{key}.heads",
+            f"a divisor of {key}.hidden={hidden}")
   max_len, max_tokens = c.get(f"{key}.max_len"), c.get("data.max_tokens")
-  if isinstance(max_len, int) and isinstance(max_tokens, int):
-    c.require(max_len >= max_tokens, f"{key}.max_len",
-              f"≥ data.max_tokens={max_tokens} (one position embedding per "
-              f"token)")
+  c.require(max_len >= max_tokens, f"{key}.max_len",
+            f"≥ data.max_tokens={max_tokens} (one position embedding per "
+            f"token)")
   last, layers = c.get(f"{key}.train_last_layers", -1), c.get(f"{key}.layers")
-  if isinstance(last, int) and isinstance(layers, int):
-    c.require(last <= layers, f"{key}.train_last_layers",
-              f"≤ {key}.layers={layers}")
+  c.require(last <= layers, f"{key}.train_last_layers",
+            f"≤ {key}.layers={layers}")
 
 
 def _check_bert(c, key):
@@ -211,23 +220,26 @@ _CLIP_TEXT_FIELDS = _TEXT_SHAPE + ("pooling", "causal", "mask_padding", "act",
 
 IMAGE_TOWERS: dict[str, Tower] = {
     "resnet": Tower(_build_resnet, ("depth", "width", "im2col"),
-                    _check_resnet, _describe_resnet,
+                    _check_resnet, _no_relations, _describe_resnet,
                     torch_export=_resnet_export),
     "vit": Tower(_build_vit, ("variant", "width", "depth", "heads", "mlp_dim",
                               "pool", "posemb", "class_token", "pre_norm",
                               "act", "layer_norm_eps", "scan"),
-                 _check_vit, _describe_vit),
+                 _check_vit, _vit_relations, _describe_vit),
 }
 
 TEXT_TOWERS: dict[str, Tower] = {
     "bert": Tower(_build_bert, _TEXT_SHAPE + (
         "pooling", "pretrained", "type_vocab_size", "layer_norm_eps"),
-                  _check_bert, _describe_text("BERT"), layers=_layers,
+                  _check_bert, _text_relations, _describe_text("BERT"),
+                  layers=_layers,
                   hf_export=text.export_pretrained),
     "clip": Tower(_build_clip_text, _CLIP_TEXT_FIELDS, _check_clip_text,
-                  _describe_text("CLIP text"), layers=_layers),
+                  _text_relations, _describe_text("CLIP text"),
+                  layers=_layers),
     "siglip": Tower(_build_clip_text, _CLIP_TEXT_FIELDS, _check_clip_text,
-                    _describe_text("SigLIP text"), layers=_layers),
+                    _text_relations, _describe_text("SigLIP text"),
+                    layers=_layers),
 }
 
 
@@ -254,6 +266,15 @@ def check(c, key: str, table: dict[str, Tower], default: str) -> None:
   c.require(isinstance(fields.get("locked", False), bool), f"{key}.locked",
             "True or False")
   row.check(c, key)
+
+
+def check_relations(c, key: str, table: dict[str, Tower],
+                    default: str) -> None:
+  """Validation of the relations within one tower section, after `check`
+  found every field in its domain."""
+  fields = c.get(key)
+  if fields is not None:
+    table[name_of(fields, default)].relations(c, key)
 
 
 def check_export(fields, kind: str) -> Tower:
