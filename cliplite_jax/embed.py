@@ -34,9 +34,8 @@ from absl import app, flags
 
 from cliplite_jax import cli, config_io, inference, progress
 
+from cliplite_jax.data import augment, sources, text as text_lib
 from cliplite_jax.probes import plots
-from cliplite_jax.data import augment, sources
-from cliplite_jax.data import text as text_lib
 
 FLAGS = flags.FLAGS
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",

@@ -30,15 +30,12 @@ from absl import app, flags
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import cli, config_io, run_dir, validation
-from cliplite_jax.objectives import losses
-from cliplite_jax import features
-from cliplite_jax.probes import plots, probe_inputs
-from cliplite_jax.training import parallel
-from cliplite_jax.data import augment, sources
-from cliplite_jax.data import text as text_lib
+from cliplite_jax import cli, config_io, features, run_dir, validation
+from cliplite_jax.data import augment, sources, text as text_lib
 from cliplite_jax.models import multimodal
-from cliplite_jax.probes import modalities, registry
+from cliplite_jax.objectives import losses
+from cliplite_jax.probes import modalities, plots, probe_inputs, registry
+from cliplite_jax.training import parallel
 
 
 

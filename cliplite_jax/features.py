@@ -17,10 +17,10 @@ from jax.sharding import Mesh
 
 from cliplite_jax import config_io
 
-from cliplite_jax.training import parallel
-from cliplite_jax.progress import Progress
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
+from cliplite_jax.progress import Progress
+from cliplite_jax.training import parallel
 
 
 def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh,

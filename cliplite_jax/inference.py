@@ -31,9 +31,8 @@ from cliplite_jax import config_io, run_dir
 
 from cliplite_jax import features
 
+from cliplite_jax.data import augment, decode, text as text_lib
 from cliplite_jax.training import parallel
-from cliplite_jax.data import augment, decode
-from cliplite_jax.data import text as text_lib
 
 
 class UnreadableImageError(ValueError):

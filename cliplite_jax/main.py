@@ -42,8 +42,8 @@ from ml_collections import config_flags
 
 from cliplite_jax import cli, config_io
 
-from cliplite_jax.training import train
 from cliplite_jax.data import sources
+from cliplite_jax.training import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.",

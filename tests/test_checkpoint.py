@@ -14,12 +14,10 @@ import pytest
 from etils import epath
 
 from conftest import xla_flags
-from cliplite_jax.data import vocabulary
-from cliplite_jax.training import checkpoint, checkpoint_saver, guards, optim, packing
-from cliplite_jax.training import parallel
-from cliplite_jax.training import state as state_lib
-from cliplite_jax.data import pipeline
+from cliplite_jax.data import pipeline, vocabulary
 from cliplite_jax.models import cliplite
+from cliplite_jax.training import (checkpoint, checkpoint_saver, guards, optim,
+                                   packing, parallel, state as state_lib)
 
 
 def _raw(tree):

@@ -10,8 +10,7 @@ import pytest
 import torch
 import transformers
 
-from cliplite_jax.data import clip_tokenizer
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import clip_tokenizer, text as text_lib
 from cliplite_jax.models import clip_text, hf_bert, hf_text
 
 V, L, EOT, SOT = 100, 16, 99, 98  # CLIP's end token has the largest id.

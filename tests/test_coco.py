@@ -4,10 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from cliplite_jax.data import vocabulary
 from cliplite_jax import config_io
-from cliplite_jax.data import pipeline, sources
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import pipeline, sources, text as text_lib, vocabulary
 from fakes import fake_coco
 
 

@@ -5,9 +5,9 @@ import pytest
 
 from cliplite_jax import config_io
 
-from cliplite_jax.training import optim, parallel, state as state_lib
 from cliplite_jax import validation
 from cliplite_jax.models import cliplite, resnet, towers
+from cliplite_jax.training import optim, parallel, state as state_lib
 from conftest import REPO
 
 GRID = ([("coco_rn50_bert.py", "")]

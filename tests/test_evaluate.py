@@ -11,15 +11,12 @@ import pytest
 from PIL import Image
 
 import photos
-from cliplite_jax import config_io, evaluate, prepare
-from cliplite_jax.training import parallel
-from cliplite_jax.probes import held_out, plots
-from cliplite_jax.training import state as state_lib, train
-from cliplite_jax import validation
-from cliplite_jax.data import augment, eval_input, sources
-from cliplite_jax.data import text as text_lib
+from cliplite_jax import config_io, evaluate, prepare, validation
+from cliplite_jax.data import augment, eval_input, sources, text as text_lib
 from cliplite_jax.models import cliplite
-from cliplite_jax.probes import linear, registry, retrieval, svm, zeroshot
+from cliplite_jax.probes import (held_out, linear, plots, registry, retrieval,
+                                 svm, zeroshot)
+from cliplite_jax.training import parallel, state as state_lib, train
 from conftest import quick_init, run_module
 from fakes import (cifar10_examples, coco_examples, fake_coco, fake_tfds,
                    voc_examples)

@@ -10,10 +10,8 @@ import pytest
 from PIL import Image, ImageOps
 
 import cliplite_jax
-from cliplite_jax import run_dir
-from cliplite_jax import config_io, inference
-from cliplite_jax.data import augment, decode, sources
-from cliplite_jax.data import text as text_lib
+from cliplite_jax import config_io, inference, run_dir
+from cliplite_jax.data import augment, decode, sources, text as text_lib
 from cliplite_jax.models import cliplite
 from conftest import run_module
 import photos

@@ -7,12 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cliplite_jax import run_dir
-from cliplite_jax import config_io
-from cliplite_jax.objectives import symile
-from cliplite_jax.training import train
+from cliplite_jax import config_io, run_dir
 from cliplite_jax.data import symile_xor
 from cliplite_jax.models import multimodal
+from cliplite_jax.objectives import symile
+from cliplite_jax.training import train
 from conftest import REPO
 
 

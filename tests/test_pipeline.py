@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliplite_jax.data import vocabulary
-from cliplite_jax.data import augment, pipeline, sources
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import (augment, pipeline, sources, text as text_lib,
+                               vocabulary)
 
 
 def _png(image: np.ndarray) -> bytes:

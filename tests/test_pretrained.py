@@ -10,12 +10,11 @@ import pytest
 import torch
 import transformers
 
-from cliplite_jax.data import vocabulary
-from cliplite_jax.training import checkpoint, optim, parallel, train
 from cliplite_jax import export_text
-from cliplite_jax.training import state as state_lib
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import text as text_lib, vocabulary
 from cliplite_jax.models import cliplite, hf_bert, text
+from cliplite_jax.training import (checkpoint, optim, parallel,
+                                   state as state_lib, train)
 
 SENTENCES = ["a man rides a red bicycle down the street.",
              "two dogs.",

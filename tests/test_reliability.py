@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax.training import checkpoint, optim, parallel, state as state_lib
+from cliplite_jax.training import (checkpoint, optim, parallel,
+                                   state as state_lib)
 
 from cliplite_jax import config_io
 from cliplite_jax.models import cliplite

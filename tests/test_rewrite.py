@@ -8,9 +8,8 @@ import signal
 import numpy as np
 import pytest
 
-from cliplite_jax.data import vocabulary
-from cliplite_jax.data import pipeline, rewriting, sources
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import (pipeline, rewriting, sources, text as text_lib,
+                               vocabulary)
 from conftest import run_module, wait_until
 
 transformers = pytest.importorskip("transformers")

@@ -7,9 +7,9 @@ import pytest
 
 from cliplite_jax.objectives import losses
 
-from cliplite_jax.training import optim, parallel, state as state_lib, train
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
+from cliplite_jax.training import optim, parallel, state as state_lib, train
 
 
 def _random_batch(batch_size, config, seed=0):

@@ -2,8 +2,8 @@
 import jax
 import pytest
 
-from cliplite_jax.training import parallel, state as state_lib, summary
 from cliplite_jax.models import cliplite
+from cliplite_jax.training import parallel, state as state_lib, summary
 from conftest import quick_init
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from cliplite_jax import config_io, objectives, validation
 from cliplite_jax.models import cliplite, towers
-from cliplite_jax.training import optim, parallel, state as state_lib
-from cliplite_jax.training import summary, train
+from cliplite_jax.training import (optim, parallel, state as state_lib, summary,
+                                   train)
 from conftest import with_towers
 from test_train import _random_batch, _reference_outputs
 

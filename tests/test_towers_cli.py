@@ -11,8 +11,7 @@ import pytest
 
 import cliplite_jax
 from cliplite_jax import config_io, run_dir
-from cliplite_jax.data import augment
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import augment, text as text_lib
 from cliplite_jax.models import cliplite
 from conftest import run_module, vit_run_args, wait_for_step
 from test_reliability import _final_params, _losses

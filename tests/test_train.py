@@ -12,12 +12,11 @@ from cliplite_jax import config_io, objectives
 
 from cliplite_jax.objectives import losses
 
-from cliplite_jax.training import optim, parallel
-from cliplite_jax.training import state as state_lib
 from cliplite_jax import prepare, validation
-from cliplite_jax.training import run_start, train
 from cliplite_jax.data import augment
 from cliplite_jax.models import cliplite
+from cliplite_jax.training import (optim, parallel, run_start,
+                                   state as state_lib, train)
 
 
 def _random_batch(config, rng):

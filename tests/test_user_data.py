@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 import photos
-from cliplite_jax.data import vocabulary
 from cliplite_jax import evaluate, prepare
-from cliplite_jax.training import parallel, state as state_lib
-from cliplite_jax.data import pipeline, prepared, sources
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import (pipeline, prepared, sources, text as text_lib,
+                               vocabulary)
 from cliplite_jax.models import cliplite
 from cliplite_jax.probes import zeroshot
+from cliplite_jax.training import parallel, state as state_lib
 from conftest import quick_init, run_module, tiny_overrides
 from fakes import class_jpeg, fake_tfds
 from test_evaluate import _direct_image, _direct_text

@@ -8,8 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from cliplite_jax import run_dir
-from cliplite_jax import config_io, evaluate
+from cliplite_jax import config_io, evaluate, run_dir
 from cliplite_jax.training import guards, run_start, train
 from conftest import run_module, tiny_overrides, wait_until
 

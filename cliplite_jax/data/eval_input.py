@@ -13,8 +13,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
-from cliplite_jax.data import augment, pipeline, sources
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import augment, pipeline, sources, text as text_lib
 
 
 class EvalTransform(grain.transforms.Map):

@@ -18,8 +18,7 @@ from absl import flags
 from tokenizers import Tokenizer
 
 from cliplite_jax import config_io
-from cliplite_jax.data import augment, sources, vectors
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import augment, sources, text as text_lib, vectors
 from cliplite_jax.models import multimodal
 
 

@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cliplite_jax.data import decode as image_decoder
-from cliplite_jax.data import prepared, shapes, symile_xor
+from cliplite_jax.data import (decode as image_decoder, prepared, shapes,
+                               symile_xor)
 
 
 class DatasetNotPreparedError(RuntimeError):

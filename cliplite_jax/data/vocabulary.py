@@ -11,9 +11,7 @@ from etils import epath
 from tokenizers import Tokenizer
 
 from cliplite_jax import config_io, run_dir
-from cliplite_jax.data import sources
-from cliplite_jax.data import clip_tokenizer
-from cliplite_jax.data import text as text_lib
+from cliplite_jax.data import clip_tokenizer, sources, text as text_lib
 from cliplite_jax.data.pipeline import load_rewrites
 
 

@@ -23,8 +23,8 @@ from cliplite_jax import objectives
 
 from cliplite_jax.training import parallel
 
-from cliplite_jax.objectives import symile
 from cliplite_jax.data import sources, vectors
+from cliplite_jax.objectives import symile
 from cliplite_jax.objectives.losses import l2_normalize
 from cliplite_jax.probes.ranking import ties_or_beats
 

@@ -18,9 +18,8 @@ from jax.sharding import Mesh
 from cliplite_jax import config_io
 
 from cliplite_jax import features
+from cliplite_jax.data import eval_input, sources, text as text_lib
 from cliplite_jax.probes import held_out
-from cliplite_jax.data import eval_input, sources
-from cliplite_jax.data import text as text_lib
 
 
 def require_finite(arrays: dict, what: str) -> None:

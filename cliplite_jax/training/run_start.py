@@ -25,9 +25,9 @@ from etils import epath
 
 from cliplite_jax import config_io, validation
 
-from cliplite_jax.training import optim
 from cliplite_jax.data import pipeline, prepared, sources, vectors
 from cliplite_jax.models import multimodal
+from cliplite_jax.training import optim
 
 IDENTITY_FILE = "dataset_identity.json"
 # Below this share of the training examples with rewrites, a warning.

@@ -10,8 +10,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from cliplite_jax.training import optim, parallel
 from cliplite_jax.models import cliplite, multimodal, text
+from cliplite_jax.training import optim, parallel
 
 
 @flax.struct.dataclass

@@ -12,18 +12,13 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax.data import vocabulary
-from cliplite_jax.training import accumulate, checkpoint, checkpoint_saver
-from cliplite_jax import config_io
-from cliplite_jax import evaluate
-from cliplite_jax.training import metrics as metrics_lib
-from cliplite_jax import objectives
-from cliplite_jax.training import guards, optim, parallel, prng, state as state_lib
-from cliplite_jax.training import recovery, run_start, summary
-from cliplite_jax import validation
-from cliplite_jax.training import workdir_lock
-from cliplite_jax.data import augment, pipeline, sources
+from cliplite_jax import config_io, evaluate, objectives, validation
+from cliplite_jax.data import augment, pipeline, sources, vocabulary
 from cliplite_jax.models import hf_bert, multimodal
+from cliplite_jax.training import (accumulate, checkpoint, checkpoint_saver,
+                                   guards, metrics as metrics_lib, optim,
+                                   parallel, prng, recovery, run_start,
+                                   state as state_lib, summary, workdir_lock)
 
 
 def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
