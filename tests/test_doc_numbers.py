@@ -83,26 +83,33 @@ def _backticked(cell: str) -> str:
 
 # --- experiments/objectives_shapes.json ----------------------------------
 
-def _objective_runs() -> dict[str, list[dict]]:
-  data = _json("experiments/objectives_shapes.json")
+def _objective_runs(study: str = "objectives_shapes") -> dict[str, list[dict]]:
+  data = _json(f"experiments/{study}.json")
   return {name: [by_seed[str(s)] for s in data["seeds"]]
           for name, by_seed in data["runs"].items()}
 
 
-def test_objectives_json_summary_is_its_runs():
-  data = _json("experiments/objectives_shapes.json")
+# The ResNet + BERT study and the ViT + CLIP-text one, by first header.
+OBJECTIVE_TABLES = {"objectives_shapes": "objective",
+                    "objectives_vit": "objective on ViT"}
+
+
+@pytest.mark.parametrize("study", sorted(OBJECTIVE_TABLES))
+def test_objectives_json_summary_is_its_runs(study):
+  data = _json(f"experiments/{study}.json")
   assert data["seeds"] == [0, 1, 2]
-  for name, runs in _objective_runs().items():
+  for name, runs in _objective_runs(study).items():
     for column, key in objectives_shapes.COLUMNS.items():
       np.testing.assert_allclose(data["mean_std"][name][column],
                                  _mean_std([r[key] for r in runs]),
                                  rtol=1e-12, err_msg=f"{name} {column}")
 
 
-def test_objectives_table():
-  runs = _objective_runs()
+@pytest.mark.parametrize("study", sorted(OBJECTIVE_TABLES))
+def test_objectives_table(study):
+  runs = _objective_runs(study)
   _, header, rows = _table(_text(OBJECTIVES_PAGE),
-                           ["objective", "zero-shot shape"])
+                           [OBJECTIVE_TABLES[study], "zero-shot shape"])
   assert header[1:] == list(objectives_shapes.COLUMNS)
   assert len(rows) == len(runs)
   for row in rows:
@@ -253,7 +260,9 @@ def _all_cells() -> set[str]:
   """Every mean ± sample std the results files give: each metric over each
   configuration's seeds, and each study cell."""
   cells = set()
-  for runs in (*_objective_runs().values(), *_xor_runs().values()):
+  for runs in (*_objective_runs().values(),
+               *_objective_runs("objectives_vit").values(),
+               *_xor_runs().values()):
     cells.update(_cell(*_mean_std([r[key] for r in runs])) for key in runs[0])
   for study in STUDIES:
     for cond in _json(f"experiments/results/{study}.json").values():
