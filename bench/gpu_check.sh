@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One prepared GPU check for one H100/H200, the two comparisons first (about
-# 6 minutes), then JAX's levers while the budget lasts:
+# One prepared GPU check for one H100/H200, the comparisons first (step and
+# image_tower about 6 minutes, vit_tower 2.5 more: past the default budget,
+# so it may need a second call, GPU_CHECK_RUNS=vit_tower), then JAX's levers
+# while the budget lasts:
 #   step         the headline train step (RN50 + BERT-base, 224 px, batch
 #                128, bf16), JAX against PyTorch on the same GPU (bf16
 #                autocast, channels_last, cudnn.benchmark, fused SGD; eager
@@ -8,6 +10,11 @@
 #   image_tower  the image tower alone (ResNet-50 trained as an ImageNet
 #                classifier, batch 256), both sides, to compare with
 #                published ResNet-50 figures;
+#   vit_tower    the same for ViT-B/16 (224 px, batch 256, bf16, AdamW):
+#                ours against transformers' CLIPVisionModel from the same
+#                initial weights (first-step losses checked), eager and
+#                torch.compile (channels_last would touch only its patch
+#                conv);
 #   big_batch, cublas_gemm, remat, latency_hiding
 #                JAX alone: batch 256, cuBLAS instead of Triton for products,
 #                remat on, XLA's latency-hiding scheduler.
@@ -29,7 +36,7 @@ set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [WHEELS_DIR]}
 wheels=${2:-.whl}
 budget=${GPU_CHECK_BUDGET_S:-450}
-all="step image_tower big_batch cublas_gemm remat latency_hiding"
+all="step image_tower vit_tower big_batch cublas_gemm remat latency_hiding"
 only=${GPU_CHECK_RUNS:-$all}
 for name in $only; do
   case " $all " in *" $name "*) ;; *)
@@ -73,7 +80,7 @@ import sys; print('jax', jax.__version__, file=sys.stderr)")
   "$python" -c "import torch
 print('torch', torch.__version__, 'CUDA' if torch.cuda.is_available() else 'no CUDA')" \
     || echo "gpu_check: PyTorch is not importable; its side will say so"
-  local base torch_variants tower_batch big_batch peak
+  local base torch_variants vit_preset vit_variants tower_batch big_batch peak
   if [ "$backend" = gpu ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode \
         --format=csv,noheader || true
@@ -85,6 +92,7 @@ print('torch', torch.__version__, 'CUDA' if torch.cuda.is_available() else 'no C
     esac
     base=(--preset=rn50_224_bf16 --steps=10 --rounds=3 --peak_tflops=$peak)
     torch_variants=eager_channels_last,compile_channels_last
+    vit_preset=vit_b16_224_bf16 vit_variants=eager,compile
     tower_batch=256 big_batch=256
   elif nvidia-smi -L > /dev/null 2>&1; then
     echo "gpu_check: this machine has a GPU (nvidia-smi) but JAX's backend is" \
@@ -92,11 +100,13 @@ print('torch', torch.__version__, 'CUDA' if torch.cuda.is_available() else 'no C
     return 1
   else
     echo "gpu_check: no GPU (JAX's backend is $backend): the CUDA runs are" \
-         "skipped. Dry run: every command once on CPU, on the demo model at" \
-         "32 px and batch 8, PyTorch eager only."
+         "skipped. Dry run: every command once on CPU, on the demo models" \
+         "(ResNet; ViT-Ti/16 ×4 blocks) at 32 px and batch 8, PyTorch eager" \
+         "only."
     base=(--preset=demo --set data.image_size=32 --set batch_size=8 --steps=1
           --rounds=1)
     torch_variants=eager
+    vit_preset=vit_demo vit_variants=eager
     tower_batch=8 big_batch=16
   fi
 
@@ -119,6 +129,9 @@ print('torch', torch.__version__, 'CUDA' if torch.cuda.is_available() else 'no C
   run step 240 "" --torch_variants=$torch_variants
   run image_tower 150 "" --part=image_tower --set batch_size=$tower_batch \
       --torch_variants=$torch_variants
+  # The later --preset wins over base's; base's --set (dry run) still apply.
+  run vit_tower 150 "" --part=image_tower --preset=$vit_preset \
+      --set batch_size=$tower_batch --torch_variants=$vit_variants
   run big_batch 90 "" --notorch --set batch_size=$big_batch
   run cublas_gemm 80 "--xla_gpu_enable_triton_gemm=false" --notorch
   run remat 90 "" --notorch --set model.remat=True

@@ -7,7 +7,9 @@ with the negative rolled by one, and the optimiser of `cliplite_jax/training/opt
 with optax's semantics: global-norm clipping, per-group warmup → cosine
 learning rates, SGD with weight decay added to the gradient before momentum,
 all wrapped in Lookahead exactly as `optax.lookahead` runs it (both weight
-sets written at every step, see `Lookahead`).
+sets written at every step, see `Lookahead`). The image tower alone
+(`make_image_tower_step`) is this ResNet or, for a ViT, transformers'
+CLIPVisionModel with the JAX tower's weights.
 """
 from __future__ import annotations
 
@@ -93,6 +95,11 @@ class CLIPLite(nn.Module):
     from transformers import BertConfig, BertModel
     super().__init__()
     m = config.model
+    kinds = (m.image.get("name", "resnet"), m.text.get("name", "bert"))
+    if kinds != ("resnet", "bert"):
+      raise NotImplementedError(
+          f"the PyTorch CLIP-Lite step has ResNet + BERT towers, this "
+          f"config {' + '.join(kinds)} (--part=image_tower times a ViT)")
     self.image = ResNet(m.image.depth, m.image.width)
     self.text = BertModel(BertConfig(
         vocab_size=m.text.vocab_size, hidden_size=m.text.hidden,
@@ -334,26 +341,72 @@ def make_step(config, variant: str = "eager", lookahead_every_step=True,
   return step
 
 
+class ViTClassifier(nn.Module):
+  """transformers' `CLIPVisionModel` (its pooled output: the class token
+  after post_layernorm) and a linear classifier: bench/image_tower.py's
+  `Classifier` over a CLIP-shaped `vit.ViT`. float [B, 3, H, W] → logits
+  [B, num_classes]."""
+
+  def __init__(self, hf_config: dict, num_classes: int):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    super().__init__()
+    fields = {k: v for k, v in hf_config.items() if k != "model_type"}
+    self.tower = CLIPVisionModel(CLIPVisionConfig(**fields))
+    self.head = nn.Linear(fields["hidden_size"], num_classes)
+
+  def forward(self, x):
+    return self.head(self.tower(pixel_values=x).pooler_output)
+
+
+def tower_optimizer(params, spec: tuple[str, dict]):
+  """bench/image_tower.py's `OPTIMIZERS` entry in torch.optim (its decay
+  as optax's: added to the gradient for SGD, decoupled for AdamW)."""
+  kind, h = spec
+  if kind == "sgd":
+    return torch.optim.SGD(params, lr=h["lr"], momentum=h["momentum"],
+                           weight_decay=h["weight_decay"],
+                           **_fast_path(params))
+  return torch.optim.AdamW(params, lr=h["lr"], betas=(h["b1"], h["b2"]),
+                           eps=h["eps"], weight_decay=h["weight_decay"],
+                           **_fast_path(params))
+
+
 def make_image_tower_step(config, variant: str = "eager",
-                          device: str = "cpu", num_classes: int = 1000):
+                          device: str = "cpu", num_classes: int = 1000, *,
+                          optimizer: tuple[str, dict],
+                          weights: dict | None = None,
+                          hf_config: dict | None = None):
   """`step(images uint8 [B, H, W, 3], labels int64 [B]) -> loss` (a Python
   float): the image tower alone trained as an ImageNet classifier, the
-  workload of published ResNet figures: the ResNet, a linear classifier,
-  softmax cross-entropy, SGD with momentum 0.9 and weight decay 5e-5."""
+  workload of published ResNet / ViT figures: the tower, a linear
+  classifier, softmax cross-entropy and `optimizer` (`tower_optimizer`;
+  bench/image_tower.py's `torch_setup` gives it and the next two).
+
+  `config.model.image` a ResNet: this module's, PyTorch's initialisation.
+  A ViT: `ViTClassifier(hf_config)` loaded (strictly) with `weights`, a
+  state dict of float32 arrays: the JAX side's initial weights."""
   setup = Variant(config, variant, device)
-  tower = ResNet(config.model.image.depth, config.model.image.width)
-  model, forward = setup.place(
-      nn.Sequential(tower, nn.Linear(tower.num_features, num_classes)))
+  if config.model.image.get("name", "resnet") == "vit":
+    if weights is None or hf_config is None:
+      raise ValueError("a ViT tower needs hf_config and weights "
+                       "(image_tower.torch_setup)")
+    model = ViTClassifier(hf_config, num_classes)
+    # Copies (torch.tensor): JAX's arrays come read-only.
+    model.load_state_dict({k: torch.tensor(v) for k, v in weights.items()},
+                          strict=True)
+  else:
+    tower = ResNet(config.model.image.depth, config.model.image.width)
+    model = nn.Sequential(tower, nn.Linear(tower.num_features, num_classes))
+  model, forward = setup.place(model)
   params = list(model.parameters())
-  sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-5,
-                        **_fast_path(params))
+  opt = tower_optimizer(params, optimizer)
 
   def step(images, labels):
     with setup.autocast:
       loss = F.cross_entropy(forward(setup.pixels(images)).float(), labels)
     loss.backward()
-    sgd.step()
-    sgd.zero_grad(set_to_none=True)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     return loss.item()
 
   return step

@@ -34,8 +34,10 @@ class TorchStep:
     if device == "cpu":
       torch.set_num_threads(os.cpu_count())
     if part == "image_tower":
+      import image_tower  # JAX's initial weights, for a ViT
       keys = ("images", "labels")
-      self.step = torch_cliplite.make_image_tower_step(config, variant, device)
+      self.step = torch_cliplite.make_image_tower_step(
+          config, variant, device, **image_tower.torch_setup(config))
     else:
       keys = ("images", "input_ids", "attention_mask")
       self.step = torch_cliplite.make_step(config, variant,
@@ -43,11 +45,13 @@ class TorchStep:
     self.inputs = [torch.from_numpy(batch[k]).to(device) if k == "images"
                    else torch.from_numpy(batch[k]).long().to(device)
                    for k in keys]
-    self.run()  # compiles (torch.compile) and allocates
+    # The first call compiles (torch.compile) and allocates; its loss is
+    # the initial weights', for the parent's comparison with JAX's.
+    self.first_loss = self.run()
     self.run()  # the backward's first call after compiling may still adjust
 
-  def run(self):
-    self.step(*self.inputs)
+  def run(self) -> float:
+    return self.step(*self.inputs)
 
 
 class TorchUnavailable(RuntimeError):
@@ -61,14 +65,18 @@ class TorchProcess:
   """`TorchStep` in a child process, timed there a round at a time."""
 
   def __init__(self, script: str, argv: list[str], variant: str):
+    # The worker's JAX (config, a ViT's initial weights) stays on the CPU:
+    # the GPU, where there is one, is PyTorch's alone there.
     self.proc = subprocess.Popen(
         [sys.executable, script, *argv, "--torch_worker",
          f"--torch_variant={variant}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
     reply = self._reply()
-    if reply != "ready":
+    if not reply.startswith("ready"):
       self.proc.wait()
       raise TorchUnavailable(reply)
+    self.first_loss = float(reply.split()[1])  # the first step's loss
 
   def _reply(self) -> str:
     """The worker's next reply, echoing what else it prints."""
@@ -106,15 +114,15 @@ def _failure(e: Exception) -> str:
 
 def serve_torch_rounds(config, batch: dict[str, np.ndarray], variant: str,
                        lookahead_every_step: bool, part: str) -> None:
-  """The child's side of `TorchProcess`: "ready" (or "failed: why" and
-  exit), then one JSON line per round (or "failed: why" and exit), each
-  after PROTOCOL."""
+  """The child's side of `TorchProcess`: "ready LOSS" (the first step's
+  loss; or "failed: why" and exit), then one JSON line per round (or
+  "failed: why" and exit), each after PROTOCOL."""
   try:
     step = TorchStep(config, batch, variant, lookahead_every_step, part)
   except Exception as e:  # noqa: BLE001  (reported, and the parent goes on)
     print(PROTOCOL + _failure(e), flush=True)
     return
-  print(PROTOCOL + "ready", flush=True)
+  print(f"{PROTOCOL}ready {step.first_loss!r}", flush=True)
   for line in sys.stdin:
     try:
       reply = json.dumps([timed(step) for _ in range(int(line))])

@@ -4,6 +4,8 @@ r"""Times the jitted CLIP-Lite train step, beside the same step in PyTorch.
   python bench/train_step.py --preset=demo --torch_variants=eager  # quicker
   python bench/train_step.py --preset=rn50_112        # RN50 + BERT-base, 112 px, batch 16, f32
   python bench/train_step.py --preset=rn50_224_bf16 --notorch --peak_tflops=989  # a GPU
+  python bench/train_step.py --preset=vit_demo --part=image_tower   # ViT-Ti/16 ×4 blocks
+  python bench/train_step.py --preset=vit_b16_224 --part=image_tower  # ViT-B/16, batch 8
 
 PyTorch runs the step in each of `--torch_variants` (bench/torch_cliplite.py:
 eager or `torch.compile`, contiguous or channels_last; all four by default),
@@ -25,6 +27,12 @@ Like `cliplite_jax.main`, it runs with malloc on transparent huge pages and,
 where the machine has it, tcmalloc (cliplite_jax/training/host_memory.py; the PyTorch
 process inherits the setting), and prints the kernel CPU time per step beside
 each step time; `bench/huge_pages.py` compares the malloc settings.
+
+`--part=image_tower` times the image tower alone (bench/image_tower.py); a
+ViT's PyTorch side (transformers' CLIPVisionModel) starts from JAX's weights,
+and a variant whose first-step loss differs from JAX's by more than
+`LOSS_RTOL` is dropped with a line: the two would not be computing the same
+step. Both first-step losses go in the JSON line either way.
 """
 from __future__ import annotations
 
@@ -56,7 +64,7 @@ from cliplite_jax import config_io  # noqa: E402
 
 from cliplite_jax.training import optim, parallel
 from cliplite_jax.training import state as state_lib, train  # noqa: E402
-from cliplite_jax.models import cliplite  # noqa: E402
+from cliplite_jax.models import cliplite, towers  # noqa: E402
 
 import image_tower  # noqa: E402  (bench/, beside this file)
 from torch_steps import (TORCH_VARIANTS, TorchProcess,  # noqa: E402
@@ -70,7 +78,22 @@ PRESETS = {
                   "model.dtype": "float32", "model.image.im2col": True}),
     "rn50_224_bf16": ("configs/coco_rn50_bert.py",
                       {"batch_size": 128, "model.dtype": "bfloat16"}),
+    # A 4-block ViT-Ti/16 + CLIP text at 64 px, batch 64 (float32).
+    "vit_demo": ("configs/vit_demo.py", {}),
+    # ViT-B/16 (depth 0: the variant's 12 blocks) at 224 px: a CPU-sized
+    # batch in float32, a GPU's in bfloat16 (its text tower the demo's).
+    "vit_b16_224": ("configs/vit_demo.py", {
+        "model.image.variant": "B/16", "model.image.depth": 0,
+        "data.image_size": 224, "batch_size": 8}),
+    "vit_b16_224_bf16": ("configs/vit_demo.py", {
+        "model.image.variant": "B/16", "model.image.depth": 0,
+        "data.image_size": 224, "batch_size": 256,
+        "model.dtype": "bfloat16"}),
 }
+# How far PyTorch's first-step loss may be from JAX's, relative, where both
+# start from the same weights (image_tower.SAME_WEIGHTS): float32 differs
+# in summation order only; bfloat16 in its 8-bit mantissa's rounding.
+LOSS_RTOL = {"float32": 1e-3, "bfloat16": 3e-2}
 
 
 def _literal(text: str) -> int | float | str:
@@ -142,6 +165,25 @@ def _flops(cost) -> float:
 PARTS = ("step", "image_tower")
 
 
+def same_weights(config, part: str) -> bool:
+  """Whether PyTorch's side of `part` starts from JAX's initial weights."""
+  return (part == "image_tower"
+          and image_tower.tower_name(config) in image_tower.SAME_WEIGHTS)
+
+
+def loss_mismatch(config, part: str, jax_loss: float,
+                  torch_loss: float) -> str | None:
+  """Why PyTorch's first-step loss shows another computation than JAX's
+  (where both start from the same weights, beyond `LOSS_RTOL`), or None."""
+  if not same_weights(config, part):
+    return None
+  rtol = LOSS_RTOL.get(config.model.dtype, LOSS_RTOL["bfloat16"])
+  if abs(torch_loss - jax_loss) <= rtol * abs(jax_loss):
+    return None
+  return (f"first-step loss {torch_loss:.6g} is not JAX's {jax_loss:.6g} "
+          f"from the same weights (relative tolerance {rtol:g})")
+
+
 class JaxStep:
   """`part` of `config` compiled for every device: "step" (the train step)
   or "image_tower" (bench/image_tower.py)."""
@@ -165,11 +207,16 @@ class JaxStep:
     # lowered program is the whole step, the compiled one a device's share.
     self.flops = _flops(lowered.cost_analysis()) / mesh.devices.size
     self.compiled_flops = _flops(self.compiled.cost_analysis())
-    self.run()  # the first call allocates
+    self.first_loss = float(self.run())  # the first call also allocates
 
   def run(self):
+    """One step; its loss (float32 []; the train step's metrics'
+    "loss/total", NaN for an objective without one)."""
     self.state, outputs = self.compiled(self.state, self.batch)
     jax.block_until_ready((self.state, outputs))
+    if isinstance(outputs, dict):
+      return outputs.get("loss/total", float("nan"))
+    return outputs
 
 
 def main():
@@ -215,12 +262,11 @@ def main():
     parser.error(f"--torch_variants: unknown {unknown}; "
                  f"choose from {', '.join(TORCH_VARIANTS)}")
   b, s = config.batch_size, config.data.image_size
+  m = config.model
   text = (" alone, as an ImageNet classifier" if args.part == "image_tower"
-          else f" + {config.model.text.layers}-layer BERT "
-               f"({config.model.text.hidden})")
-  print(f"{args.preset}: ResNet-{config.model.image.depth} "
-        f"(width {config.model.image.width}){text}, {s} px, batch {b}, "
-        f"{config.model.dtype}, {jax.device_count()} × "
+          else f" + {towers.text_tower(m.text).describe(m.text)}")
+  print(f"{args.preset}: {towers.image_tower(m.image).describe(m.image)}"
+        f"{text}, {s} px, batch {b}, {m.dtype}, {jax.device_count()} × "
         f"{jax.devices()[0].device_kind}", flush=True)
   if os.environ.get("XLA_FLAGS"):
     print(f"  XLA_FLAGS        {os.environ['XLA_FLAGS']}")
@@ -231,7 +277,7 @@ def main():
     config_defaults = config.copy_and_resolve_references()
     config_defaults.cpu_compiler_options = {}
     defaults = JaxStep(config_defaults, args.part)
-  theirs, torch_errors = {}, {}
+  theirs, torch_errors, first_losses = {}, {}, {}
   for variant in variants if args.torch else []:
     if variant.startswith("compile") and any(
         v.startswith("compile") for v in torch_errors):
@@ -248,6 +294,13 @@ def main():
       continue
     print(f"  torch {variant}: set up in {time.perf_counter() - start:.1f} s "
           "(model, compile, two steps)", flush=True)
+    first_losses[variant] = theirs[variant].first_loss
+    mismatch = loss_mismatch(config, args.part, ours.first_loss,
+                             first_losses[variant])
+    if mismatch:
+      print(f"  torch {variant}: {mismatch}; dropped", flush=True)
+      torch_errors[variant] = mismatch
+      theirs.pop(variant).close()
   steps = {name: step for name, step in
            (("jax", ours), ("defaults", defaults)) if step}
   steps.update({f"torch {v}": p for v, p in theirs.items()})
@@ -289,6 +342,11 @@ def main():
   print(f"  malloc tunables  {tunables}")
   print(f"  LD_PRELOAD       {os.environ.get('LD_PRELOAD') or 'none'}")
   print(f"  compile          {ours.compile_s:8.1f} s")
+  same = same_weights(config, args.part)
+  print(f"  first-step loss  JAX {ours.first_loss:.6f}" + "".join(
+      f", torch {v} {loss:.6f}" for v, loss in first_losses.items()) +
+      (" (same initial weights)" if same else
+       " (each side's own initial weights)"))
   print(step_line("jax"))
   print(f"  step FLOPs       {ours.flops / 1e9:8.2f} GFLOP per device (XLA "
         f"cost analysis of the lowered step; of the compiled one: "
@@ -305,8 +363,10 @@ def main():
     print(f"  MFU              {ours.flops / jax_s / args.peak_tflops / 1e12:8.3f}"
           f" (of {args.peak_tflops:g} TFLOP/s)")
   if theirs:
-    print(f"  PyTorch {torch_version()}, Lookahead {args.torch_lookahead}; "
-          "jax / variant speed (> 1: JAX faster), of medians and per round")
+    lookahead = (f", Lookahead {args.torch_lookahead}" if args.part == "step"
+                 else "")
+    print(f"  PyTorch {torch_version()}{lookahead}; jax / variant speed "
+          "(> 1: JAX faster), of medians and per round")
     for variant in theirs:
       name = f"torch {variant}"
       ratios = [t / j for t, j in zip(round_medians[name],
@@ -335,7 +395,12 @@ def main():
                 if args.peak_tflops else None),
         "torch_ms": {v: statistics.median(times[f"torch {v}"]) * 1e3
                      for v in theirs},
-        "torch_errors": torch_errors}
+        # The best single step of each, beside the medians: on a noisy VM
+        # the least disturbed step.
+        "min_ms": {name.removeprefix("torch "): min(t) * 1e3
+                   for name, t in times.items() if name != "torch"},
+        "torch_errors": torch_errors, "same_weights": same,
+        "first_loss": {"jax": ours.first_loss, **first_losses}}
     if theirs:
       record.update(torch_version=torch_version(), torch_fastest=best,
                     jax_over_torch=torch_s / jax_s)

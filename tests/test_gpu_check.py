@@ -90,6 +90,7 @@ def test_vit_tower_starts_equal_on_both_sides():
   config = tiny_vit_config()
   mesh = parallel.make_mesh()
   step, state, batch = image_tower.make_step(config, mesh, CLASSES)
+  initial = hf_vision.as_numpy(state[0])  # before the step donates it
   ours = []
   for _ in range(4):
     state, loss = step(state, batch)
@@ -104,8 +105,6 @@ def test_vit_tower_starts_equal_on_both_sides():
   theirs = [torch_step(*inputs) for _ in range(4)]
   # The state dict loaded strictly; read back, it is JAX's tower (the patch
   # bias, absent in HF, is zero at init and folds into the positions).
-  initial = hf_vision.as_numpy(
-      image_tower.init_variables(config, CLASSES)["params"])
   back = hf_vision.clip_vision_params(
       {k[len("tower."):]: v for k, v in setup["weights"].items()
        if k.startswith("tower.")}, num_layers=1)
