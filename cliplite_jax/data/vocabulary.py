@@ -53,8 +53,9 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str,
 
   On the first run (`create`) it is made from `config.data.tokenizer`:
   "wordpiece" (or "bpe", CLIP's byte-level BPE) trains a vocabulary of at
-  most `config.model.text.vocab_size` tokens on the cleaned training captions (deterministic, so every process
-  builds the same one); anything else is a local HF tokenizer path (see
+  most `config.model.text.vocab_size` tokens on the cleaned training
+  captions (deterministic, so every process builds the same one); anything
+  else is a local HF tokenizer path (see
   `text.load_tokenizer`). Process 0 saves it, so a resumed or evaluated run
   tokenises exactly as training did.
   """

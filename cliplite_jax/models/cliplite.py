@@ -9,10 +9,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cliplite_jax.objectives import noncontrastive
-
 from cliplite_jax import objectives
 from cliplite_jax.models import heads, towers
+from cliplite_jax.objectives import noncontrastive
 
 # Parameter-tree names of the towers (the attribute names below).
 IMAGE_TOWER = "image_encoder"

@@ -1,8 +1,8 @@
 """Every image and text tower, found by `model.image.name` / `model.text.name`.
 
 A row says how to build the tower from its config fields, which fields it
-has and their domains, how the run summary names it, and what it offers
-(text layers `train_last_layers` can freeze, a PyTorch export). The model,
+has and their domains, how the run summary names it, and which exports it
+offers. The model,
 validation, the summary, the optimiser and the exports read these tables and
 never branch on a tower's name; a new tower is a module in `models/` and a
 row here.
@@ -19,7 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import ml_collections
 
-from cliplite_jax.models import clip_text, resnet, text, vit
+from cliplite_jax.models import activations, clip_text, resnet, text, vit
 
 DEFAULT_IMAGE, DEFAULT_TEXT = "resnet", "bert"
 
@@ -37,8 +37,6 @@ class Tower:
   relations: the same for relations between fields (heads dividing the
     width, ...), checked once every field is in its domain.
   describe: its fields → how the run summary names it ("ViT-Ti/8").
-  layers: its fields → the number of `layer_i` blocks that
-    `model.text.train_last_layers` counts (text towers; None: not offered).
   torch_export: params, batch_stats, fields, step → a PyTorch state_dict of
     the image tower (None: `export_image` says it has none).
   hf_export: module, params, out, tokenizer → writes the text tower as a
@@ -49,7 +47,6 @@ class Tower:
   check: Callable[[Any, str], None]
   relations: Callable[[Any, str], None]
   describe: Callable[[Any], str]
-  layers: Callable[[Any], int] | None = None
   torch_export: Callable[..., dict] | None = None
   hf_export: Callable[..., None] | None = None
 
@@ -124,7 +121,7 @@ def _check_vit(c, key):
     c.integer(f"{key}.{k}", 0, "an integer ≥ 0 (0: the variant's)")
   c.one_of(f"{key}.pool", vit.POOLS)
   c.one_of(f"{key}.posemb", vit.POSEMBS)
-  c.one_of(f"{key}.act", tuple(vit.ACTIVATIONS))
+  c.one_of(f"{key}.act", tuple(activations.ACTIVATIONS))
   c.number(f"{key}.layer_norm_eps", 0, 1, low_open=True)
 
 
@@ -200,17 +197,13 @@ def _build_clip_text(f, dtype, remat):
 def _check_clip_text(c, key):
   _check_text_shape(c, key)
   c.one_of(f"{key}.pooling", clip_text.POOLINGS)
-  c.one_of(f"{key}.act", tuple(clip_text.ACTIVATIONS))
+  c.one_of(f"{key}.act", tuple(activations.ACTIVATIONS))
   c.integer(f"{key}.projection", 0, "an integer ≥ 0 (0: no head Dense)")
   c.number(f"{key}.layer_norm_eps", 0, 1, low_open=True)
 
 
 def _describe_text(kind):
   return lambda f: f"{kind} {f.layers}×{f.hidden}"
-
-
-def _layers(f):
-  return f.layers
 
 
 _TEXT_SHAPE = ("vocab_size", "hidden", "layers", "heads", "mlp_dim", "max_len",
@@ -232,14 +225,11 @@ TEXT_TOWERS: dict[str, Tower] = {
     "bert": Tower(_build_bert, _TEXT_SHAPE + (
         "pooling", "pretrained", "type_vocab_size", "layer_norm_eps"),
                   _check_bert, _text_relations, _describe_text("BERT"),
-                  layers=_layers,
                   hf_export=text.export_pretrained),
     "clip": Tower(_build_clip_text, _CLIP_TEXT_FIELDS, _check_clip_text,
-                  _text_relations, _describe_text("CLIP text"),
-                  layers=_layers),
+                  _text_relations, _describe_text("CLIP text")),
     "siglip": Tower(_build_clip_text, _CLIP_TEXT_FIELDS, _check_clip_text,
-                    _text_relations, _describe_text("SigLIP text"),
-                    layers=_layers),
+                    _text_relations, _describe_text("SigLIP text")),
 }
 
 
