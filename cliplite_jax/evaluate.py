@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 
 from cliplite_jax import cli, config_io, features, run_dir, validation
 from cliplite_jax.data import augment, sources, text as text_lib
-from cliplite_jax.models import multimodal
+from cliplite_jax.models import multimodal, released
 from cliplite_jax.objectives import losses
 from cliplite_jax.probes import modalities, plots, probe_inputs, registry
 from cliplite_jax.training import parallel
@@ -48,7 +48,8 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
   if multimodal.is_multimodal(config):
     return modalities.evaluate(config, model, variables, mesh)
   encoders = features.make_encoders(
-      model, variables, mesh, parallel.compiler_options(config))
+      model, variables, mesh, parallel.compiler_options(config),
+      augment.pixel_stats(config))
   metrics = {}
   for name, split, fit_split in validation.evaluated_datasets(config):
     view = probe_inputs.DatasetView(config, name, split, fit_split, encoders,
@@ -96,7 +97,8 @@ def write_pictures(workdir: str, step: int, config: ml_collections.ConfigDict,
     raise config_io.UserError(f"--gallery needs a caption dataset; "
                               f"{name} has none")
   image_fn, text_fn = features.make_encoders(
-      model, variables, mesh, parallel.compiler_options(config))
+      model, variables, mesh, parallel.compiler_options(config),
+      augment.pixel_stats(config))
   test = features.extract_images(
       image_fn, name, split, config.data.data_dir, config.data.image_size,
       config.eval.batch_size, mesh, config.data.num_threads)
@@ -190,11 +192,20 @@ def main(argv):
 
 def _evaluate() -> None:
   """The command: checks, restores, scores, writes and prints."""
-  workdir = config_io.existing_workdir(FLAGS.workdir)
+  workdir = FLAGS.workdir
   config = (config_io.load_file(FLAGS.config) if FLAGS.config
-            else config_io.load_saved(workdir))
+            else config_io.load_saved(config_io.existing_workdir(workdir)))
   config = config_io.apply_overrides(config, FLAGS.config_override,
                                      OVERRIDABLE, _FIXED)
+  # A config that imports a released model scores it as released while
+  # WORKDIR has no checkpoint of its own.
+  scores_released = (bool(released.sources_of(config))
+                     and not run_dir.has_checkpoint(workdir))
+  if scores_released:
+    for line in released.adopt(config):
+      print(line)
+  else:
+    config_io.existing_workdir(workdir)
   validation.check_eval(config)
   sources.canonical_datasets(config)
   validation.check_evaluation(config)
@@ -202,8 +213,13 @@ def _evaluate() -> None:
                          config.data.data_dir)
   if jax.process_index() == 0:
     check_writable(workdir)
-  step, model, variables, tokenizer, mesh = run_dir.restore(
-      workdir, config, FLAGS.step)
+  if scores_released:
+    print(f"{workdir} has no checkpoint: scoring the released weights "
+          f"(step 0)")
+    step, model, variables, tokenizer, mesh = run_dir.initial(config)
+  else:
+    step, model, variables, tokenizer, mesh = run_dir.restore(
+        workdir, config, FLAGS.step)
   metrics = run_probes(config, model, variables, tokenizer, mesh)
   path = write_results(workdir, step, metrics)
   print(format_table(step, metrics))

@@ -24,13 +24,16 @@ from cliplite_jax.training import parallel
 
 
 def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh,
-                  compiler_options: dict[str, str | int] | None = None):
+                  compiler_options: dict[str, str | int] | None = None,
+                  pixel_stats: tuple = (augment.IMAGENET_MEAN,
+                                        augment.IMAGENET_STD)):
   """Jitted encoders with replicated outputs (readable on every process).
 
   image_fn(batch) takes an `eval_input` batch and returns it with "images"
   replaced by "features" (pooled, float32 [b, F]) and "embeddings" (projected,
   [b, D]); text_fn(ids, mask) returns caption embeddings [b, D].
-  `compiler_options` are XLA options for both (`parallel.compiler_options`).
+  `compiler_options` are XLA options for both (`parallel.compiler_options`);
+  `pixel_stats` the model's (mean, std) (`augment.pixel_stats`).
   """
   replicated = parallel.replicated(mesh)
   variables = jax.device_put(variables, replicated)
@@ -40,7 +43,7 @@ def make_encoders(model: cliplite.CLIPLite, variables, mesh: Mesh,
   def image_fn(batch):
     batch = dict(batch)
     features, embeddings = model.apply(
-        variables, augment.normalize(batch.pop("images")),
+        variables, augment.normalize(batch.pop("images"), pixel_stats),
         method=cliplite.CLIPLite.encode_image)
     return dict(batch, features=features, embeddings=embeddings)
 

@@ -194,7 +194,8 @@ class Model:
       logging.set_verbosity(verbosity)
     self._image_fn, self._text_fn = features.make_encoders(
         self._model, self._variables, self._mesh,
-        parallel.compiler_options(self.config))
+        parallel.compiler_options(self.config),
+        augment.pixel_stats(self.config))
     self.image_size = self.config.data.image_size
     self.embed_dim = self.config.model.proj_dim
     self.feature_dim = self._model.image_encoder.num_features

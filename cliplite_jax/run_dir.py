@@ -86,3 +86,25 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
       raise config_io.UserError(f"{os.path.join(workdir, TOKENIZER_FILE)} "
                                 f"not found: was {workdir} trained?")
   return step, model, state.variables, tokenizer, mesh
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether WORKDIR holds a checkpoint (a finished step directory)."""
+  folder = epath.Path(workdir) / "checkpoints"
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def initial(config: ml_collections.ConfigDict):
+  """The model a run of `config` starts from, untrained: the released model
+  `model.init_from` names (adopted: `released.adopt`), for scoring it.
+  Returns (0, model, variables, tokenizer, mesh), as `restore`."""
+  if not config.model.get("init_from"):
+    raise config_io.UserError(
+        "no checkpoint to evaluate, and no released model to score "
+        "(model.init_from); train first, or name one")
+  mesh = parallel.make_mesh()
+  model = state_lib.build_model(config)
+  state = state_lib.init_sharded(config, model, optim.build(config), mesh)
+  tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
+                                      config.data.max_tokens)
+  return 0, model, state.variables, tokenizer, mesh

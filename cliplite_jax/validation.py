@@ -14,7 +14,7 @@ import shlex
 import ml_collections
 
 from cliplite_jax import config_io, objectives
-from cliplite_jax.models import towers
+from cliplite_jax.models import heads, towers
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adamw")
@@ -230,6 +230,16 @@ def _two_tower_fields(c: _Checker) -> None:
   towers.check(c, "model.image", towers.IMAGE_TOWERS, towers.DEFAULT_IMAGE)
   towers.check(c, "model.text", towers.TEXT_TOWERS, towers.DEFAULT_TEXT)
   c.integer("model.proj_dim", 1)
+  c.one_of("model.head", tuple(heads.HEADS))
+  for key in ("model.pixel_mean", "model.pixel_std"):
+    value = c.get(key)
+    c.require(value is None or (
+        isinstance(value, (tuple, list)) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) for v in value)
+        and (key.endswith("mean") or min(value) > 0)), key,
+              "3 finite numbers (R, G, B in [0, 1] units)"
+              + ("" if key.endswith("mean") else ", each > 0"))
   c.number("model.init_temperature", 0, float("inf"), low_open=True,
            high_open=True)
   widths = c.get("model.prior_widths")

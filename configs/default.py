@@ -50,6 +50,9 @@ def image_tower(name: str) -> dict:
         act="quick_gelu",  # CLIP's; "gelu" (exact), "gelu_tanh" (SigLIP)
         layer_norm_eps=1e-5,
         scan=False,  # one scanned block instead of depth unrolled ones
+        posemb_grid=0,  # learned grid n×n; 0: the image's (no resizing)
+        # A released model to take this tower from (docs/pretrained.md).
+        init_from="",
         locked=False)
   raise config_io.UserError(f"config argument image={name!r}: expected "
                             f"resnet or vit")
@@ -95,7 +98,8 @@ def text_tower(name: str) -> dict:
         act="quick_gelu" if clip else "gelu_tanh",
         layer_norm_eps=1e-5 if clip else 1e-6,
         projection=0 if clip else shape["hidden"],  # SigLIP's head Dense
-        dropout=0.0)
+        dropout=0.0,
+        init_from="")  # a released model to take this tower from
   raise config_io.UserError(f"config argument text={name!r}: expected bert, "
                             f"clip or siglip")
 
@@ -134,6 +138,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.image = image_tower(args.image)
   c.model.text = text_tower(args.text)
   c.model.proj_dim = 256  # paper: 2048
+  # "milinear": CLIP-Lite's MILinearBlock heads; "linear": CLIP's bias-free
+  # projection; "identity": none (SigLIP); "released": model.init_from's.
+  c.model.head = "milinear"
+  # A released CLIP / SigLIP model (local path: a transformers CLIPModel or
+  # SiglipModel directory, an open_clip directory or checkpoint file): both
+  # towers, the logit scale and SigLIP's bias start from it; its
+  # architecture, tokenizer and pixel statistics replace the config's
+  # (docs/pretrained.md). init_arch: a bare open_clip file's model config.
+  c.model.init_from = ""
+  c.model.init_arch = ""
+  # Per-channel pixel statistics images are normalised with (a released
+  # model's replace them).
+  c.model.pixel_mean = (0.485, 0.456, 0.406)  # ImageNet's
+  c.model.pixel_std = (0.229, 0.224, 0.225)
   c.model.init_temperature = 0.07  # t = log(1/0.07), unclamped
   c.model.prior_widths = (1000, 200)  # paper: (1000, 200)
 

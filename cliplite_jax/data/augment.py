@@ -313,8 +313,19 @@ def center_crop_resize(image: np.ndarray, size: int,
   return np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
 
 
-def normalize(images: jnp.ndarray) -> jnp.ndarray:
-  """uint8 [..., 3] in [0, 255] → float32 ImageNet-normalised."""
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
-  std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
+def pixel_stats(config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) per RGB channel in [0, 1] units that `config.model`'s
+  images are normalised with: `model.pixel_mean` / `model.pixel_std`
+  (a released model's preprocessor's), ImageNet's when absent."""
+  model = config.model
+  return (tuple(model.get("pixel_mean", IMAGENET_MEAN)),
+          tuple(model.get("pixel_std", IMAGENET_STD)))
+
+
+def normalize(images: jnp.ndarray,
+              stats: tuple = (IMAGENET_MEAN, IMAGENET_STD)) -> jnp.ndarray:
+  """uint8 [..., 3] in [0, 255] → float32 (x/255 - mean) / std, `stats`
+  = (mean, std) per channel (`pixel_stats`)."""
+  mean = jnp.asarray(stats[0], jnp.float32) * 255.0
+  std = jnp.asarray(stats[1], jnp.float32) * 255.0
   return (images.astype(jnp.float32) - mean) / std

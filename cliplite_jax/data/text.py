@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import string
@@ -102,14 +103,45 @@ def load_tokenizer(path: str, max_tokens: int) -> Tokenizer:
                                                          unk_token="[UNK]"))
   else:
     tokenizer = Tokenizer.from_file(path)
+    pad = _configured_pad(os.path.dirname(path), tokenizer)
+    if pad is not None and tokenizer.padding is None:
+      tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad),
+                               pad_token=pad)
   return fixed_length(tokenizer, max_tokens)
 
 
+def _configured_pad(directory: str, tokenizer: Tokenizer) -> str | None:
+  """The pad token tokenizer_config.json (or special_tokens_map.json) beside
+  a tokenizer.json names, if it is in the vocabulary (SigLIP pads with
+  "</s>", which its text tower attends to)."""
+  for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    try:
+      with open(os.path.join(directory, name)) as f:
+        pad = json.load(f).get("pad_token")
+    except (OSError, ValueError, AttributeError):
+      continue
+    if isinstance(pad, dict):
+      pad = pad.get("content")
+    if isinstance(pad, str) and tokenizer.token_to_id(pad) is not None:
+      return pad
+  return None
+
+
 def fixed_length(tokenizer: Tokenizer, max_tokens: int) -> Tokenizer:
-  """Makes `tokenizer` pad and truncate every encoding to `max_tokens`."""
-  pad_id = tokenizer.token_to_id("[PAD]")
-  tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id,
-                           pad_token="[PAD]", length=max_tokens)
+  """Makes `tokenizer` pad and truncate every encoding to `max_tokens`.
+
+  It pads with the pad token it already has (a released tokenizer's, or
+  the one saved with a run), else "[PAD]" if in its vocabulary, else id 0.
+  """
+  if tokenizer.padding is not None:
+    pad_id, pad_token = (tokenizer.padding["pad_id"],
+                         tokenizer.padding["pad_token"])
+  else:
+    pad_token = "[PAD]"
+    pad_id = tokenizer.token_to_id(pad_token)
+    pad_id = 0 if pad_id is None else pad_id
+  tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token,
+                           length=max_tokens)
   tokenizer.enable_truncation(max_tokens)
   return tokenizer
 

@@ -33,6 +33,8 @@ class CLIPLite(nn.Module):
     num_prototypes: K > 0 adds nCLIP's K learnable prototypes [K, proj_dim]
       (shared by both modalities); 0, no prototypes (the parameter tree of
       checkpoints written without them).
+    head: a key of heads.HEADS: "milinear" (CLIP-Lite's MILinearBlock),
+      "linear" (CLIP's bias-free projection) or "identity" (SigLIP: none).
     lock_image, lock_text: LiT's locked towers: run in inference mode
       (BatchNorm's running statistics, no dropout) and pass no gradient back
       (so XLA drops their backward pass); the optimiser leaves them alone.
@@ -46,13 +48,15 @@ class CLIPLite(nn.Module):
   prior_widths: tuple[int, ...] = (1000, 200)
   logit_bias: float | None = None
   num_prototypes: int = 0
+  head: str = "milinear"
   lock_image: bool = False
   lock_text: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.image_head = heads.MILinearBlock(self.proj_dim, dtype=self.dtype)
-    self.text_head = heads.MILinearBlock(self.proj_dim, dtype=self.dtype)
+    head = heads.HEADS[self.head]
+    self.image_head = head(self.proj_dim, dtype=self.dtype)
+    self.text_head = head(self.proj_dim, dtype=self.dtype)
     if self.prior_img:
       self.image_prior = heads.PriorDiscriminator(self.prior_widths)
     if self.prior_txt:
@@ -137,6 +141,7 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
                   else None),
       num_prototypes=(config.loss.nclip.prototypes if objective.prototypes
                       else 0),
+      head=m.get("head", "milinear"),
       lock_image=m.image.get("locked", False),
       lock_text=m.text.get("locked", False),
       dtype=dtype)

@@ -1,4 +1,5 @@
-"""Projection block and prior discriminator of CLIP-Lite.
+"""Projection heads (CLIP-Lite's block, a released model's) and the prior
+discriminator.
 
 Linear layers use PyTorch's default `nn.Linear` init (weights and bias
 uniform(±1/sqrt(fan_in))), as the reference implementation does.
@@ -77,3 +78,38 @@ class PriorDiscriminator(nn.Module):
     for i, width in enumerate(self.widths):
       x = nn.relu(torch_linear(width, x.shape[-1], name=f"dense{i}")(x))
     return torch_linear(1, x.shape[-1], name="logit")(x)[:, 0]
+
+
+class LinearProjection(nn.Module):
+  """CLIP's projection: one bias-free Linear (`visual_projection`,
+  `text_projection`), initialised as torch's; loaded from a released model
+  (`models/released`)."""
+  out_dim: int = 512
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """features: [B, d] → float32 [B, out_dim] (not normalised)."""
+    del train
+    return torch_linear(self.out_dim, features.shape[-1], use_bias=False,
+                        dtype=self.dtype)(
+                            features.astype(self.dtype)).astype(jnp.float32)
+
+
+class Identity(nn.Module):
+  """No head: the tower's features are the embedding (SigLIP's towers end
+  in their own projection). `out_dim` is unused (the features' width)."""
+  out_dim: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """features: [B, d] → float32 [B, d]."""
+    del train
+    return features.astype(jnp.float32)
+
+
+# `model.head` → the module both modalities get: CLIP-Lite's block (the
+# paper's), CLIP's bias-free projection, or none (SigLIP).
+HEADS = {"milinear": MILinearBlock, "linear": LinearProjection,
+         "identity": Identity}

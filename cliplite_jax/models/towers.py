@@ -9,7 +9,9 @@ row here.
 
 Every tower also takes `locked` (LiT: the tower runs in inference mode, gets
 no gradient, no update, no weight decay and no optimiser state). Configs
-saved before towers had names are "resnet" and "bert".
+saved before towers had names are "resnet" and "bert". The ViT, CLIP and
+SigLIP towers take `init_from`: a released model to start from
+(`models/released`).
 """
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def _build_vit(f, dtype, remat):
   return vit.ViT(**vit_shape(f), pool=f.pool, posemb=f.posemb,
                  class_token=f.class_token, pre_norm=f.pre_norm, act=f.act,
                  layer_norm_eps=f.layer_norm_eps, dtype=dtype, remat=remat,
-                 scan=f.scan)
+                 scan=f.scan, posemb_grid=f.get("posemb_grid", 0) or None)
 
 
 def _check_vit(c, key):
@@ -123,6 +125,13 @@ def _check_vit(c, key):
   c.one_of(f"{key}.posemb", vit.POSEMBS)
   c.one_of(f"{key}.act", tuple(activations.ACTIVATIONS))
   c.number(f"{key}.layer_norm_eps", 0, 1, low_open=True)
+  c.integer(f"{key}.posemb_grid", 0, "an integer ≥ 0 (0: the image's grid)")
+  _check_init_from(c, key)
+
+
+def _check_init_from(c, key):
+  c.require(isinstance(c.get(f"{key}.init_from", ""), str),
+            f"{key}.init_from", "a local path, or '' (start fresh)")
 
 
 def _vit_relations(c, key):
@@ -200,6 +209,7 @@ def _check_clip_text(c, key):
   c.one_of(f"{key}.act", tuple(activations.ACTIVATIONS))
   c.integer(f"{key}.projection", 0, "an integer ≥ 0 (0: no head Dense)")
   c.number(f"{key}.layer_norm_eps", 0, 1, low_open=True)
+  _check_init_from(c, key)
 
 
 def _describe_text(kind):
@@ -209,7 +219,8 @@ def _describe_text(kind):
 _TEXT_SHAPE = ("vocab_size", "hidden", "layers", "heads", "mlp_dim", "max_len",
                "dropout", "train_last_layers")
 _CLIP_TEXT_FIELDS = _TEXT_SHAPE + ("pooling", "causal", "mask_padding", "act",
-                                   "layer_norm_eps", "projection")
+                                   "layer_norm_eps", "projection",
+                                   "init_from")
 
 IMAGE_TOWERS: dict[str, Tower] = {
     "resnet": Tower(_build_resnet, ("depth", "width", "im2col"),
@@ -217,7 +228,8 @@ IMAGE_TOWERS: dict[str, Tower] = {
                     torch_export=_resnet_export),
     "vit": Tower(_build_vit, ("variant", "width", "depth", "heads", "mlp_dim",
                               "pool", "posemb", "class_token", "pre_norm",
-                              "act", "layer_norm_eps", "scan"),
+                              "act", "layer_norm_eps", "scan",
+                              "posemb_grid", "init_from"),
                  _check_vit, _vit_relations, _describe_vit),
 }
 

@@ -17,8 +17,15 @@ from cliplite_jax import config_io, objectives
 # with other values would load mismatched weights or train something else.
 _CHECKPOINT_DEFINING = ("model", "loss", "data.name", "data.image_size",
                         "data.max_tokens", "data.tokenizer")
-# Memory/speed choices under those prefixes: changing them changes no result.
-_FREE_TO_CHANGE = ("model.remat",)
+# Memory/speed choices under those prefixes, and where the initial weights
+# were read (read once, at step 0): changing them changes no result.
+_FREE_TO_CHANGE = ("model.remat", "model.init_from", "model.init_arch",
+                   "model.image.init_from", "model.text.init_from")
+# Fields configs saved before they existed lack: absent means this value.
+_ABSENT_MEANS = {"model.head": "milinear",
+                 "model.pixel_mean": [0.485, 0.456, 0.406],
+                 "model.pixel_std": [0.229, 0.224, 0.225],
+                 "model.image.posemb_grid": 0}
 # Loss fields only some objectives read: {prefix: those objectives}. A run of
 # another objective may resume with them changed (or added, as configs saved
 # before they existed lack them).
@@ -172,7 +179,8 @@ def check_config_change(config: ml_collections.ConfigDict, workdir: str,
   for key in sorted(set(saved) | set(new)):
     if (key.startswith(_CHECKPOINT_DEFINING) and key not in _FREE_TO_CHANGE
         and not key.startswith(inert)
-        and saved.get(key) != new.get(key)):
+        and saved.get(key, _ABSENT_MEANS.get(key))
+        != new.get(key, _ABSENT_MEANS.get(key))):
       changes.append(f"{key} ({saved.get(key)!r} -> {new.get(key)!r})")
   if changes:
     raise config_io.UserError(

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.core
 import flax.struct
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from cliplite_jax.models import cliplite, multimodal, text
+from cliplite_jax import objectives
+from cliplite_jax.models import cliplite, multimodal, released, text
 from cliplite_jax.training import optim, parallel
 
 
@@ -63,40 +66,68 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 2):
 
 def create_train_state(config: ml_collections.ConfigDict, model,
                        tx: optax.GradientTransformation, rng: jax.Array,
-                       text_params: dict | None = None) -> TrainState:
+                       loaded: dict | None = None) -> TrainState:
   """Initialises parameters, BatchNorm statistics and the optimiser state;
-  `text_params` (e.g. pretrained BERT weights) replace the text tower's."""
+  `loaded` {top-level param name: subtree} (`initial_params`: pretrained
+  towers, released heads and logit scale) replace those subtrees."""
   init_rng, prior_rng, dropout_rng, state_rng = jax.random.split(rng, 4)
   variables = model.init(
       {"params": init_rng, "prior": prior_rng, "dropout": dropout_rng},
       *dummy_inputs(config), train=False)
   params = dict(variables["params"])
-  if text_params is not None:
-    params[cliplite.TEXT_TOWER] = text_params
+  for name, subtree in (loaded or {}).items():
+    _check_loaded(name, params[name], subtree)
+    params[name] = jax.tree.map(jnp.asarray, subtree)
   params = optim.init_params(config, params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(params), rng=state_rng)
 
 
-def pretrained_text_params(config: ml_collections.ConfigDict) -> dict | None:
-  """The text tower's weights from `model.text.pretrained` (None if unset)."""
+def _check_loaded(name: str, fresh, loaded) -> None:
+  """ValueError unless `loaded` has `fresh`'s tensor names and shapes."""
+  def flat(tree):
+    if not isinstance(tree, (dict, flax.core.FrozenDict)):
+      return {"": tree}  # a single tensor (log_scale)
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(
+        flax.core.unfreeze(tree)).items()}
+  fresh, loaded = flat(fresh), flat(loaded)
+  if set(fresh) != set(loaded):
+    raise ValueError(
+        f"loaded {name} does not fit the model: missing "
+        f"{sorted(set(fresh) - set(loaded))[:3]}, unexpected "
+        f"{sorted(set(loaded) - set(fresh))[:3]}")
+  for key, value in fresh.items():
+    if tuple(value.shape) != tuple(loaded[key].shape):
+      raise ValueError(f"loaded {name}/{key} is {list(loaded[key].shape)} "
+                       f"where the model has {list(value.shape)}")
+
+
+def initial_params(config: ml_collections.ConfigDict) -> dict:
+  """The weights a fresh run starts from instead of random ones: the text
+  tower of `model.text.pretrained` (BERT), and what `model.init_from` /
+  `model.{image,text}.init_from` name (`released.initial_params`); {} if
+  none. Float32 numpy subtrees by top-level param name."""
+  loaded = {}
   path = (config.model.get("text") or {}).get("pretrained")
-  if not path:
-    return None
-  _, variables = text.load_pretrained(path, pooling=config.model.text.pooling)
-  return variables["params"]
+  if path:
+    _, variables = text.load_pretrained(path,
+                                        pooling=config.model.text.pooling)
+    loaded[cliplite.TEXT_TOWER] = variables["params"]
+  if not multimodal.is_multimodal(config):
+    has_bias = objectives.OBJECTIVES[config.loss.name].logit_bias
+    loaded.update(released.initial_params(config, has_bias))
+  return loaded
 
 
 def init_sharded(config: ml_collections.ConfigDict, model, tx,
                  mesh: Mesh, pretrained: bool = True) -> TrainState:
   """`create_train_state` from `config.seed`, laid out on `mesh`
   (`parallel.state_shardings`), with the text tower from
-  `model.text.pretrained` when `pretrained`."""
-  text_params = pretrained_text_params(config) if pretrained else None
+  `initial_params` when `pretrained`."""
+  loaded = initial_params(config) if pretrained else {}
   create = jax.jit(
-      lambda rng, text_params: create_train_state(config, model, tx, rng,
-                                                  text_params),
+      lambda rng, loaded: create_train_state(config, model, tx, rng, loaded),
       out_shardings=state_shardings(config, model, tx, mesh))
   rng = jax.random.key(config.seed)
   options = {}
@@ -105,7 +136,7 @@ def init_sharded(config: ml_collections.ConfigDict, model, tx,
     # that runs once; unoptimised it compiles in ~5 s (values differ from
     # the optimised build's by an ulp at most, the same on every run).
     options = {"xla_backend_optimization_level": 0}
-  return create.lower(rng, text_params).compile(options)(rng, text_params)
+  return create.lower(rng, loaded).compile(options)(rng, loaded)
 
 
 def state_shardings(config: ml_collections.ConfigDict, model, tx,

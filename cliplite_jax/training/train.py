@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from cliplite_jax import config_io, evaluate, objectives, validation
 from cliplite_jax.data import augment, pipeline, sources, vocabulary
-from cliplite_jax.models import hf_bert, multimodal
+from cliplite_jax.models import hf_bert, multimodal, released
 from cliplite_jax.training import (accumulate, checkpoint, checkpoint_saver,
                                    guards, metrics as metrics_lib, optim,
                                    parallel, prng, recovery, run_start,
@@ -81,11 +81,12 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   is_multimodal = multimodal.is_multimodal(config)
   input_keys = (tuple(config.model.modalities) if is_multimodal
                 else ("images", "input_ids", "attention_mask"))
+  pixels = None if is_multimodal else augment.pixel_stats(config)
 
   def model_inputs(batch):
     if is_multimodal:
       return (batch,)
-    return (augment.normalize(batch["images"]), batch["input_ids"],
+    return (augment.normalize(batch["images"], pixels), batch["input_ids"],
             batch["attention_mask"])
 
   def forward(params, batch_stats, batch, rngs):
@@ -228,6 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sources.canonical_datasets(config)
   mesh = make_mesh(config)
   _adopt_pretrained_text(config)
+  for line in released.adopt(config):
+    if jax.process_index() == 0:
+      print(line, flush=True)
   _validate(config, mesh)
   data_check = run_start.check_data(config)
   num_examples = data_check.num_examples

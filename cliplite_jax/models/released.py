@@ -1,0 +1,319 @@
+"""Released CLIP and SigLIP models, from a local path into a run.
+
+A source is a Hugging Face `CLIPModel` / `SiglipModel` directory
+(config.json, model.safetensors or pytorch_model.bin, tokenizer.json,
+preprocessor_config.json), an open_clip Hub directory (open_clip_config.json
+and its weights) or a bare open_clip checkpoint file with its model config
+(`model.init_arch`: a name open_clip ships, or a JSON file). Nothing is
+downloaded.
+
+`model.init_from` takes both towers, the logit scale and SigLIP's bias from
+one source; `model.image.init_from` / `model.text.init_from` take one tower.
+`adopt` writes the source's architecture, tokenizer and pixel statistics
+into the config before anything is built (so the saved config describes the
+model that is trained); `initial_params` reads the weights at
+initialisation. With `model.head = "released"` the heads are the released
+ones (CLIP's projections; SigLIP has none), so the model *is* the released
+model; by default CLIP-Lite's heads start fresh.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from cliplite_jax import config_io
+from cliplite_jax.models import hf_bert, hf_text, hf_vision, openclip_map
+
+# OpenAI CLIP's and SigLIP's pixel statistics, for sources without a
+# preprocessor_config.json.
+CLIP_PIXELS = ((0.48145466, 0.4578275, 0.40821073),
+               (0.26862954, 0.26130258, 0.27577711))
+SIGLIP_PIXELS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# transformers' defaults, for config.json files that omit them.
+_VISION_DEFAULTS = {
+    "clip": dict(model_type="clip_vision_model", hidden_size=768,
+                 intermediate_size=3072, num_hidden_layers=12,
+                 num_attention_heads=12, image_size=224, patch_size=32),
+    "siglip": dict(model_type="siglip_vision_model", hidden_size=768,
+                   intermediate_size=3072, num_hidden_layers=12,
+                   num_attention_heads=12, image_size=224, patch_size=16)}
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A released model, read (weights lazily).
+
+  family: "clip" or "siglip". hf: its CLIPConfig/SiglipConfig dict
+  (vision_config and text_config complete). weights: the file holding its
+  tensors. openclip: whether those are open_clip names. tokenizer: its
+  tokenizer.json (None if it has none). pixels: (mean, std).
+  """
+  path: str
+  family: str
+  hf: dict
+  weights: str
+  openclip: bool
+  tokenizer: str | None
+  pixels: tuple
+
+  def tensors(self) -> dict[str, np.ndarray]:
+    """Its weights, float32 numpy by transformers' `CLIPModel` /
+    `SiglipModel` names."""
+    tensors = _read_weights(self.weights)
+    if self.openclip:
+      tensors = openclip_map.hf_state_dict(tensors, self.hf, self.weights)
+    return tensors
+
+
+def _read_weights(path: str) -> dict[str, np.ndarray]:
+  if path.endswith(".safetensors"):
+    # safetensors' numpy reader has no bfloat16; its flax one has.
+    from safetensors.flax import load_file
+    try:
+      return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    except Exception as e:  # safetensors raises its own kinds
+      raise hf_bert.PretrainedError(f"{path}: not a readable safetensors "
+                                    f"file ({e})") from e
+  return openclip_map.read_state_dict(path)
+
+
+def _json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise hf_bert.PretrainedError(f"{path}: not a readable JSON file "
+                                  f"({e})") from e
+
+
+def _pixels(directory: str, family: str) -> tuple:
+  path = os.path.join(directory, "preprocessor_config.json")
+  if os.path.exists(path):
+    pre = _json(path)
+    if "image_mean" in pre and "image_std" in pre:
+      return tuple(map(float, pre["image_mean"])), tuple(map(float,
+                                                             pre["image_std"]))
+  return CLIP_PIXELS if family == "clip" else SIGLIP_PIXELS
+
+
+def read(path: str, arch: str = "") -> Source:
+  """The released model at local `path` (see the module docstring); `arch`
+  is the open_clip model config of a bare checkpoint file. PretrainedError
+  (one line) for anything else."""
+  if not os.path.exists(path):
+    raise hf_bert.PretrainedError(f"{path} does not exist (released weights "
+                                  f"are read from a local path)")
+  if os.path.isfile(path):
+    if not arch:
+      raise hf_bert.PretrainedError(
+          f"{path} is a file: an open_clip checkpoint needs its model config, "
+          f"model.init_arch=NAME (e.g. ViT-B-32) or a JSON file")
+    hf = openclip_map.hf_config(openclip_map.model_config(arch))
+    return Source(path, "clip", hf, path, True, None, CLIP_PIXELS)
+  if os.path.exists(os.path.join(path, openclip_map.CONFIG_FILE)):
+    spec = _json(os.path.join(path, openclip_map.CONFIG_FILE))
+    hf = openclip_map.hf_config(spec.get("model_cfg", spec))
+    pre = spec.get("preprocess_cfg", {})
+    pixels = (tuple(pre.get("mean", CLIP_PIXELS[0])),
+              tuple(pre.get("std", CLIP_PIXELS[1])))
+    weights = _first(path, openclip_map.WEIGHT_FILES)
+    return Source(path, "clip", hf, weights, True, _tokenizer_file(path),
+                  pixels)
+  config_path = os.path.join(path, "config.json")
+  if not os.path.exists(config_path):
+    raise hf_bert.PretrainedError(
+        f"{path} has neither config.json (a transformers CLIPModel or "
+        f"SiglipModel directory) nor {openclip_map.CONFIG_FILE} (open_clip)")
+  hf = _json(config_path)
+  family = hf.get("model_type")
+  if family not in _VISION_DEFAULTS:
+    raise hf_bert.PretrainedError(
+        f"{config_path}: model_type {family!r} is neither a CLIP nor a SigLIP "
+        f"model (architectures {hf.get('architectures')})")
+  hf = dict(hf, vision_config={**_VISION_DEFAULTS[family],
+                               **hf.get("vision_config", {})},
+            text_config=dict(hf.get("text_config", {})))
+  if family == "clip":
+    hf.setdefault("projection_dim", 512)
+  return Source(path, family, hf, _first(path, _HF_WEIGHTS), False,
+                _tokenizer_file(path), _pixels(path, family))
+
+
+def _first(directory: str, names: tuple[str, ...]) -> str:
+  for name in names:
+    if os.path.exists(os.path.join(directory, name)):
+      return os.path.join(directory, name)
+  raise hf_bert.PretrainedError(f"{directory} has no weights: none of "
+                                f"{', '.join(names)}")
+
+
+def _tokenizer_file(directory: str) -> str | None:
+  path = os.path.join(directory, "tokenizer.json")
+  return path if os.path.exists(path) else None
+
+
+# --- the config ---
+
+def image_section(source: Source, old) -> dict:
+  """The `model.image` section of the source's vision tower; `old`'s
+  locked, scan and init_from carry over."""
+  f = hf_vision.vit_fields_from_hf_config(source.hf["vision_config"])
+  return dict(
+      name="vit", variant=f"B/{f['patch']}", width=f["width"],
+      depth=f["depth"], heads=f["heads"], mlp_dim=f["mlp_dim"],
+      pool=f["pool"], posemb=f["posemb"], class_token=f["class_token"],
+      pre_norm=f["pre_norm"], act=f["act"],
+      layer_norm_eps=f["layer_norm_eps"], posemb_grid=f["posemb_grid"],
+      scan=bool(old.get("scan", False)) if old.get("name") == "vit" else False,
+      locked=bool(old.get("locked", False)),
+      init_from=old.get("init_from", ""))
+
+
+def text_section(source: Source, old) -> dict:
+  """The `model.text` section of the source's text tower; `old`'s locked,
+  dropout, train_last_layers and init_from carry over."""
+  fields = (hf_text.clip_text_fields if source.family == "clip"
+            else hf_text.siglip_text_fields)(source.hf["text_config"])
+  return dict(
+      name=source.family, vocab_size=fields["vocab_size"],
+      hidden=fields["width"], layers=fields["layers"], heads=fields["heads"],
+      mlp_dim=fields["mlp_dim"], max_len=fields["max_len"],
+      pooling=fields["pooling"], causal=fields["causal"],
+      mask_padding=fields["mask_padding"], act=fields["act"],
+      layer_norm_eps=fields["layer_norm_eps"],
+      projection=fields["projection"],
+      dropout=float(old.get("dropout", 0.0)),
+      train_last_layers=int(old.get("train_last_layers", -1)),
+      locked=bool(old.get("locked", False)),
+      init_from=old.get("init_from", ""))
+
+
+def sources_of(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{"image"/"text": path} of the towers the config loads (a tower's own
+  `init_from` before `model.init_from`)."""
+  m = config.model
+  whole = m.get("init_from", "")
+  out = {}
+  for tower in ("image", "text"):
+    path = (m.get(tower) or {}).get("init_from", "") or whole
+    if path:
+      out[tower] = path
+  return out
+
+
+def adopt(config: ml_collections.ConfigDict) -> list[str]:
+  """Writes the released towers' architecture into `config` (in place):
+  their `model.image`/`model.text` sections; the text tower's tokenizer and
+  length (`data.tokenizer`, `data.max_tokens`); the image tower's pixel
+  statistics (`model.pixel_mean/std`) and, when `data.image_size` is 0, its
+  resolution; for `model.head = "released"`, the released heads and width.
+  Returns one line per tower adopted. UserError for an unusable source."""
+  m = config.model
+  wanted = sources_of(config)
+  if m.get("head") == "released" and not m.get("init_from"):
+    raise config_io.UserError(
+        "model.head='released' takes the heads of model.init_from, which is "
+        "unset; name a released model, or use model.head='milinear'")
+  arch = m.get("init_arch", "")
+  lines = []
+  read_sources = {}
+  for tower, path in wanted.items():
+    try:
+      source = read_sources.get(path) or read(path, arch)
+    except hf_bert.PretrainedError as e:
+      key = "model.init_from" if path == m.get("init_from") else (
+          f"model.{tower}.init_from")
+      raise config_io.UserError(f"{key}: {e}") from e
+    read_sources[path] = source
+    if tower == "image":
+      m.image = image_section(source, m.image)
+      m.pixel_mean, m.pixel_std = source.pixels
+      native = m.image.posemb_grid * hf_vision.vit_fields_from_hf_config(
+          source.hf["vision_config"])["patch"]
+      if config.data.image_size == 0:
+        config.data.image_size = native
+      lines.append(f"image tower from {path}: ViT {m.image.depth}×"
+                   f"{m.image.width}, patch {_patch(m.image)}, {native} px"
+                   + ("" if config.data.image_size == native else
+                      f" (run at {config.data.image_size} px: position "
+                      f"embeddings resized)"))
+    else:
+      if source.tokenizer is None:
+        raise config_io.UserError(
+            f"{path} has no tokenizer.json for its text tower: save one "
+            f"beside it (transformers: AutoTokenizer.from_pretrained(...)"
+            f".save_pretrained(DIR)) or load only the image tower with "
+            f"model.image.init_from")
+      m.text = text_section(source, m.text)
+      config.data.tokenizer = source.tokenizer
+      config.data.max_tokens = m.text.max_len
+      lines.append(f"text tower from {path}: {source.family} "
+                   f"{m.text.layers}×{m.text.hidden}, {m.text.max_len} "
+                   f"tokens, tokenizer {source.tokenizer}")
+  if m.get("head") == "released":
+    source = read_sources[m.init_from]
+    if source.family == "clip":
+      m.head, m.proj_dim = "linear", source.hf["projection_dim"]
+    else:
+      m.head, m.proj_dim = "identity", m.image.width
+    lines.append(f"heads: the released {source.family} "
+                 f"{'projections' if m.head == 'linear' else '(none)'}, "
+                 f"width {m.proj_dim}")
+  return lines
+
+
+def _patch(section) -> int:
+  return int(str(section.variant).split("/")[1])
+
+
+# --- the weights ---
+
+def initial_params(config: ml_collections.ConfigDict,
+                   has_bias: bool) -> dict[str, Any]:
+  """Top-level params subtrees {name: float32 numpy tree} read from the
+  sources of an adopted `config`: image_encoder, text_encoder, and from
+  `model.init_from` log_scale, logit_bias (when `has_bias`) and, with
+  released heads ("linear"), image_head/text_head. PretrainedError naming
+  a tensor that is missing."""
+  from cliplite_jax.models import cliplite  # the tree's names
+  m = config.model
+  out = {}
+  cache = {}
+
+  def tensors_of(path):
+    if path not in cache:
+      cache[path] = read(path, m.get("init_arch", "")).tensors()
+    return cache[path]
+
+  wanted = sources_of(config)
+  if "image" in wanted:
+    source = read(wanted["image"], m.get("init_arch", ""))
+    params = (hf_vision.clip_vision_params if source.family == "clip"
+              else hf_vision.siglip_vision_params)
+    out[cliplite.IMAGE_TOWER] = params(tensors_of(wanted["image"]),
+                                       m.image.depth,
+                                       scan=m.image.get("scan", False))
+  if "text" in wanted:
+    params = (hf_text.clip_text_params if m.text.name == "clip"
+              else hf_text.siglip_text_params)
+    out[cliplite.TEXT_TOWER] = params(tensors_of(wanted["text"]),
+                                      m.text.layers, m.text.heads,
+                                      wanted["text"])
+  if m.get("init_from"):
+    tensors = tensors_of(m.init_from)
+    if "logit_scale" in tensors:
+      out["log_scale"] = tensors["logit_scale"].reshape(())
+    if has_bias and "logit_bias" in tensors:
+      out["logit_bias"] = tensors["logit_bias"].reshape(())
+    if m.get("head") == "linear":
+      out["image_head"] = {"Dense_0": {
+          "kernel": tensors["visual_projection.weight"].T}}
+      out["text_head"] = {"Dense_0": {
+          "kernel": tensors["text_projection.weight"].T}}
+  return out

@@ -1,0 +1,219 @@
+"""Released CLIP / SigLIP / open_clip models: what an import gives equals the
+reference implementation on real photographs and captions, scoring a
+released model, and the config a run of one saves.
+
+The references are transformers' `CLIPModel` / `SiglipModel` and
+open_clip's `CLIP`, built at random initialisation from small configs and
+saved the way their releases are (nothing is downloaded)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import photos
+from cliplite_jax import config_io, features, run_dir
+from cliplite_jax.data import augment, clip_tokenizer, text as text_lib
+from cliplite_jax.models import hf_bert, released
+
+VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, image_size=32, patch_size=8)
+TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=24)
+CAPTIONS = [c for captions in photos.CAPTIONS.values() for c in captions]
+NAMES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tokenizer():
+  """CLIP's BPE trained on the photos' captions (end token: the last id)."""
+  return clip_tokenizer.train_clip_bpe(CAPTIONS, 400)
+
+
+def save_clip(out: str, tok) -> str:
+  """A transformers CLIPModel directory as a release is: weights, config,
+  tokenizer.json, preprocessor_config.json."""
+  torch.manual_seed(0)
+  end, start = (tok.token_to_id(t) for t in (clip_tokenizer.END,
+                                             clip_tokenizer.START))
+  config = transformers.CLIPConfig(
+      text_config=dict(TEXT, vocab_size=tok.get_vocab_size(),
+                       eos_token_id=end, bos_token_id=start, pad_token_id=0),
+      vision_config=VISION, projection_dim=40)
+  model = transformers.CLIPModel(config)
+  with torch.no_grad():
+    model.logit_scale.fill_(3.1)
+  model.save_pretrained(out)
+  tok.save(os.path.join(out, "tokenizer.json"))
+  with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
+    json.dump({"image_mean": [0.4, 0.45, 0.5], "image_std": [0.2, 0.25, 0.3]},
+              f)
+  return out
+
+
+def save_siglip(out: str, tok) -> str:
+  """A transformers SiglipModel directory; its tokenizer pads with the end
+  token (as SigLIP's pads with </s>), named in tokenizer_config.json."""
+  torch.manual_seed(1)
+  config = transformers.SiglipConfig(
+      text_config=dict(TEXT, vocab_size=tok.get_vocab_size(),
+                       projection_size=VISION["hidden_size"],
+                       bos_token_id=None,
+                       eos_token_id=tok.token_to_id(clip_tokenizer.END),
+                       pad_token_id=tok.token_to_id(clip_tokenizer.END)),
+      vision_config=VISION)
+  model = transformers.SiglipModel(config)
+  with torch.no_grad():
+    model.logit_scale.fill_(2.3)
+    model.logit_bias.fill_(-6.5)
+  model.save_pretrained(out)
+  tok.save(os.path.join(out, "tokenizer.json"))
+  with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+    json.dump({"pad_token": clip_tokenizer.END}, f)
+  return out
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+  tok = tokenizer()
+  root = tmp_path_factory.mktemp("releases")
+  return {"clip": save_clip(str(root / "clip"), tok),
+          "siglip": save_siglip(str(root / "siglip"), tok)}
+
+
+def released_config(path: str, **fields):
+  config = config_io.load_file(
+      os.path.join(HERE, "configs", f"released.py:path={path}"))
+  for key, value in fields.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def images(size: int) -> np.ndarray:
+  """The photos, centre-cropped and resized as evaluation does: uint8."""
+  return np.stack([augment.center_crop_resize(photos._pixels(n), size)
+                   for n in NAMES])
+
+
+def ours(config):
+  """(image embeddings, text embeddings, logits, ids, mask, pixels) of the
+  adopted, untrained `config` through the path `evaluate` scores with."""
+  _, model, variables, tok, mesh = run_dir.initial(config)
+  image_fn, text_fn = features.make_encoders(
+      model, variables, mesh, pixel_stats=augment.pixel_stats(config))
+  pixels = images(config.data.image_size)
+  img = np.asarray(image_fn({"images": pixels})["embeddings"])
+  ids, mask = text_lib.tokenize(tok, [text_lib.clean_caption(c)
+                                      for c in CAPTIONS])
+  txt = np.asarray(text_fn(ids, mask))
+  params = variables["params"]
+  normalized = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  logits = (np.exp(float(params["log_scale"]))
+            * normalized(img) @ normalized(txt).T)
+  if "logit_bias" in params:
+    logits = logits + float(params["logit_bias"])
+  return img, txt, logits, ids, mask, augment.normalize(pixels,
+                                                        augment.pixel_stats(
+                                                            config))
+
+
+def close(got, want, tol=1e-4):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape
+  err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+  assert err <= tol, err
+
+
+def torch_pixels(pixels) -> torch.Tensor:
+  return torch.tensor(np.asarray(pixels)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_imported_model_equals_transformers(releases, family):
+  objective = "infonce" if family == "clip" else "sigmoid"  # SigLIP's bias
+  config = released_config(releases[family], **{"loss.name": objective})
+  lines = released.adopt(config)
+  assert len(lines) == 3  # image, text, heads
+  img, txt, logits, ids, mask, pixels = ours(config)
+  reference = (transformers.CLIPModel if family == "clip"
+               else transformers.SiglipModel).from_pretrained(
+                   releases[family]).eval()
+  # SigLIP's tokenizer returns no attention mask: the tower attends to the
+  # padding, as it was trained.
+  text_mask = torch.tensor(mask, dtype=torch.long) if family == "clip" else None
+  with torch.no_grad():
+    out = reference(input_ids=torch.tensor(ids, dtype=torch.long),
+                    attention_mask=text_mask,
+                    pixel_values=torch_pixels(pixels))
+  close(img, out.image_embeds.numpy() * np.linalg.norm(img, axis=1,
+                                                       keepdims=True))
+  with torch.no_grad():
+    want_img = reference.get_image_features(
+        pixel_values=torch_pixels(pixels)).pooler_output.numpy()
+    want_txt = reference.get_text_features(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        attention_mask=text_mask).pooler_output.numpy()
+  close(img, want_img)
+  close(txt, want_txt)
+  close(logits, out.logits_per_image.numpy())
+  if family == "clip":
+    assert config.model.pixel_mean == (0.4, 0.45, 0.5)
+    assert config.model.head == "linear" and config.model.proj_dim == 40
+  else:
+    assert config.model.pixel_mean == (0.5, 0.5, 0.5)
+    assert config.model.head == "identity"
+    # Padded with the end token, which the tower attends to.
+    end = tokenizer().token_to_id(clip_tokenizer.END)
+    assert (ids[mask == 0] == end).all()
+
+
+def test_a_released_tower_under_fresh_heads(releases):
+  config = released_config(releases["clip"])
+  config.model.head = "milinear"
+  config.model.init_from = ""
+  config.model.image.init_from = releases["clip"]
+  config.model.image.locked = True
+  lines = released.adopt(config)
+  assert len(lines) == 1 and config.model.text.name == "clip"
+  assert config.model.image.locked and config.model.head == "milinear"
+  loaded = released.initial_params(config, has_bias=False)
+  assert set(loaded) == {"image_encoder"}
+  reference = transformers.CLIPModel.from_pretrained(releases["clip"]).eval()
+  pixels = augment.normalize(images(32), augment.pixel_stats(config))
+  from cliplite_jax.models import towers
+  tower = towers.build_image(config.model.image, np.float32, False)
+  got = tower.apply({"params": loaded["image_encoder"]}, pixels, train=False)
+  with torch.no_grad():
+    want = reference.vision_model(
+        pixel_values=torch_pixels(pixels)).pooler_output.numpy()
+  close(got, want)
+
+
+def test_bad_sources_are_one_line_errors(tmp_path, releases):
+  config = released_config(str(tmp_path / "missing"))
+  with pytest.raises(config_io.UserError, match="does not exist"):
+    released.adopt(config)
+  (tmp_path / "bert").mkdir()
+  (tmp_path / "bert" / "config.json").write_text(
+      json.dumps({"model_type": "bert"}))
+  with pytest.raises(config_io.UserError, match="neither a CLIP nor a SigLIP"):
+    released.adopt(released_config(str(tmp_path / "bert")))
+  with pytest.raises(config_io.UserError, match="model.init_arch"):
+    released.adopt(released_config(
+        os.path.join(releases["clip"], "model.safetensors")))
+  config = released_config(releases["clip"])
+  config.model.init_from = ""
+  with pytest.raises(config_io.UserError, match="head='released'"):
+    released.adopt(config)
+  with pytest.raises(hf_bert.PretrainedError, match="no weights"):
+    os.makedirs(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text(
+        json.dumps({"model_type": "clip"}))
+    released.read(str(tmp_path / "empty"))
