@@ -38,7 +38,9 @@ setup(
         # scikit-image and scikit-learn: their bundled sample photographs
         # are the real-photo test set of prepared datasets.
         # pytest-xdist: the suite runs in 2 processes, a test file each.
+        # open-clip-torch: the reference for importing open_clip checkpoints.
         "test": ["pytest", "pytest-xdist", "scikit-learn", "scikit-image", "transformers>=5",
-                 "torch==2.14.1", "torchvision==0.29.1"],
+                 "torch==2.14.1", "torchvision==0.29.1",
+                 "open-clip-torch==3.3.0"],
     },
 )

@@ -121,14 +121,7 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
       description["files"].append(name)
   with open(os.path.join(staging, EXPORT_FILE), "w") as f:
     json.dump(description, f, indent=1)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(staging, 0o777 & ~umask)  # mkdtemp's is owner-only
-  for name in description["files"]:  # safetensors writes owner-only files
-    os.chmod(os.path.join(staging, name), 0o666 & ~umask)
-  if os.path.isdir(out):
-    os.rmdir(out)  # empty (check_out): the export takes its place
-  os.rename(staging, out)
+  inference.publish(staging, out)
   return step
 
 

@@ -65,6 +65,22 @@ def check_out(out: str | None, flag: str = "--out") -> None:
                               f"directory elsewhere")
 
 
+def publish(staging: str, out: str) -> None:
+  """Moves a finished export from its `staging` directory (a sibling of
+  `out`, from tempfile.mkdtemp) to `out` (new, or empty: `check_out`), with
+  the permissions the umask gives (mkdtemp's and safetensors' are
+  owner-only). `out` is complete or absent."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for root, folders, files in os.walk(staging):
+    os.chmod(root, 0o777 & ~umask)
+    for name in files:
+      os.chmod(os.path.join(root, name), 0o666 & ~umask)
+  if os.path.isdir(out):
+    os.rmdir(out)  # empty (check_out): the export takes its place
+  os.rename(staging, out)
+
+
 def _writable(directory: str) -> bool:
   """Whether a folder can be made in `directory`: tried (and removed), not
   asked, since permission bits do not tell /proc, /sys or a read-only

@@ -104,7 +104,7 @@ def initial(config: ml_collections.ConfigDict):
         "(model.init_from); train first, or name one")
   mesh = parallel.make_mesh()
   model = state_lib.build_model(config)
-  state = state_lib.init_sharded(config, model, optim.build(config), mesh)
+  variables = state_lib.initial_variables(config, model, mesh)
   tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
                                       config.data.max_tokens)
-  return 0, model, state.variables, tokenizer, mesh
+  return 0, model, variables, tokenizer, mesh

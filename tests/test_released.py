@@ -217,3 +217,103 @@ def test_bad_sources_are_one_line_errors(tmp_path, releases):
     (tmp_path / "empty" / "config.json").write_text(
         json.dumps({"model_type": "clip"}))
     released.read(str(tmp_path / "empty"))
+
+
+# --- open_clip ---
+
+def openclip_model(config: dict, seed: int):
+  """open_clip's CLIP from a model-config dict, random weights (the
+  projections too: open_clip initialises them with small normals)."""
+  import open_clip
+  torch.manual_seed(seed)
+  model = open_clip.model.CLIP(**config).eval()
+  with torch.no_grad():
+    model.logit_scale.fill_(2.9)
+  return model
+
+
+def openclip_reference(model, ids, pixels):
+  with torch.no_grad():
+    img = model.encode_image(torch_pixels(pixels)).numpy()
+    txt = model.encode_text(torch.tensor(ids, dtype=torch.long)).numpy()
+    img_n, txt_n, scale = model(torch_pixels(pixels),
+                                torch.tensor(ids, dtype=torch.long))[:3]
+  return img, txt, (scale * img_n @ txt_n.T).numpy()
+
+
+def small_openclip(vocab: int) -> dict:
+  return {"embed_dim": 40, "quick_gelu": True,
+          "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
+                         "patch_size": 8, "head_width": 16},
+          "text_cfg": {"context_length": 24, "vocab_size": vocab,
+                       "width": 48, "heads": 4, "layers": 2}}
+
+
+@pytest.mark.parametrize("layout", ["hub_directory", "file_and_json"])
+def test_imported_openclip_equals_openclip(tmp_path, layout):
+  from safetensors.torch import save_file
+  tok = tokenizer()
+  spec = small_openclip(tok.get_vocab_size())
+  model = openclip_model(spec, seed=2)
+  if layout == "hub_directory":
+    # As open_clip's Hub releases: config with preprocessing, safetensors,
+    # tokenizer.json.
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": spec, "preprocess_cfg": {"mean": [0.5, 0.4, 0.3],
+                                               "std": [0.3, 0.2, 0.25]}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "oc" / "open_clip_model.safetensors"))
+    tok.save(str(tmp_path / "oc" / "tokenizer.json"))
+    config = released_config(str(tmp_path / "oc"))
+  else:
+    # A training checkpoint (`state_dict` under "module." names), its model
+    # config as JSON, the tokenizer named by data.tokenizer.
+    torch.save({"epoch": 3, "state_dict": {
+        f"module.{k}": v for k, v in model.state_dict().items()}},
+               tmp_path / "epoch_3.pt")
+    (tmp_path / "arch.json").write_text(json.dumps(spec))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    config = config_io.load_file(os.path.join(
+        HERE, "configs", f"released.py:path={tmp_path / 'epoch_3.pt'},"
+        f"arch={tmp_path / 'arch.json'}"))
+    config.data.tokenizer = str(tmp_path / "tokenizer.json")
+  config.loss.name = "infonce"
+  released.adopt(config)
+  img, txt, logits, ids, _, pixels = ours(config)
+  want = openclip_reference(model, ids, pixels)
+  for got, expected in zip((img, txt, logits), want):
+    close(got, expected)
+  expected_mean = ((0.5, 0.4, 0.3) if layout == "hub_directory"
+                   else released.CLIP_PIXELS[0])
+  assert config.model.pixel_mean == expected_mean
+
+
+def test_openclip_vit_b32_by_name_equals_openclip(tmp_path):
+  import open_clip
+  spec = json.loads(open(os.path.join(
+      os.path.dirname(open_clip.__file__), "model_configs",
+      "ViT-B-32.json")).read())
+  model = openclip_model(spec, seed=3)
+  torch.save(model.state_dict(), tmp_path / "vit_b32.bin")
+  tokenizer().save(str(tmp_path / "tokenizer.json"))
+  config = config_io.load_file(os.path.join(
+      HERE, "configs", f"released.py:path={tmp_path / 'vit_b32.bin'},"
+      f"arch=ViT-B-32"))
+  config.data.tokenizer = str(tmp_path / "tokenizer.json")
+  config.loss.name = "infonce"
+  released.adopt(config)
+  assert (config.model.image.width, config.model.image.depth,
+          config.data.image_size) == (768, 12, 224)
+  img, txt, logits, ids, _, pixels = ours(config)
+  for got, expected in zip((img, txt, logits),
+                           openclip_reference(model, ids, pixels)):
+    close(got, expected)
+
+
+def test_unsupported_openclip_models_are_named():
+  from cliplite_jax.models import openclip_map
+  with pytest.raises(openclip_map.OpenCLIPError, match="ModifiedResNet"):
+    openclip_map.hf_config(openclip_map.model_config("RN50"))
+  with pytest.raises(openclip_map.OpenCLIPError, match="no model config"):
+    openclip_map.model_config("ViT-Nonexistent")

@@ -244,18 +244,19 @@ def adopt(config: ml_collections.ConfigDict) -> list[str]:
                       f" (run at {config.data.image_size} px: position "
                       f"embeddings resized)"))
     else:
-      if source.tokenizer is None:
+      tokenizer = source.tokenizer or _named_tokenizer(config)
+      if tokenizer is None:
         raise config_io.UserError(
-            f"{path} has no tokenizer.json for its text tower: save one "
-            f"beside it (transformers: AutoTokenizer.from_pretrained(...)"
-            f".save_pretrained(DIR)) or load only the image tower with "
-            f"model.image.init_from")
+            f"{path} has no tokenizer.json for its text tower: name the "
+            f"tokenizer it was trained with, data.tokenizer=PATH (an open_clip "
+            f"CLIP's is OpenAI CLIP's tokenizer.json), or load only the image "
+            f"tower with model.image.init_from")
       m.text = text_section(source, m.text)
-      config.data.tokenizer = source.tokenizer
+      config.data.tokenizer = tokenizer
       config.data.max_tokens = m.text.max_len
       lines.append(f"text tower from {path}: {source.family} "
                    f"{m.text.layers}×{m.text.hidden}, {m.text.max_len} "
-                   f"tokens, tokenizer {source.tokenizer}")
+                   f"tokens, tokenizer {tokenizer}")
   if m.get("head") == "released":
     source = read_sources[m.init_from]
     if source.family == "clip":
@@ -266,6 +267,13 @@ def adopt(config: ml_collections.ConfigDict) -> list[str]:
                  f"{'projections' if m.head == 'linear' else '(none)'}, "
                  f"width {m.proj_dim}")
   return lines
+
+
+def _named_tokenizer(config) -> str | None:
+  """`data.tokenizer` when it names a file or directory (not a vocabulary
+  to train)."""
+  name = config.data.get("tokenizer", "")
+  return name if name and os.path.exists(name) else None
 
 
 def _patch(section) -> int:

@@ -70,6 +70,16 @@ def create_train_state(config: ml_collections.ConfigDict, model,
   """Initialises parameters, BatchNorm statistics and the optimiser state;
   `loaded` {top-level param name: subtree} (`initial_params`: pretrained
   towers, released heads and logit scale) replace those subtrees."""
+  variables, state_rng = _fresh_variables(config, model, rng, loaded)
+  params = optim.init_params(config, variables["params"])
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables["batch_stats"],
+                    opt_state=tx.init(params), rng=state_rng)
+
+
+def _fresh_variables(config, model, rng, loaded):
+  """({"params", "batch_stats"} at init with `loaded`'s subtrees, the key
+  left for the train state)."""
   init_rng, prior_rng, dropout_rng, state_rng = jax.random.split(rng, 4)
   variables = model.init(
       {"params": init_rng, "prior": prior_rng, "dropout": dropout_rng},
@@ -78,10 +88,31 @@ def create_train_state(config: ml_collections.ConfigDict, model,
   for name, subtree in (loaded or {}).items():
     _check_loaded(name, params[name], subtree)
     params[name] = jax.tree.map(jnp.asarray, subtree)
-  params = optim.init_params(config, params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng)
+  return ({"params": params,
+           "batch_stats": variables.get("batch_stats", {})}, state_rng)
+
+
+def initial_variables(config: ml_collections.ConfigDict, model,
+                      mesh: Mesh) -> dict:
+  """The variables {"params", "batch_stats"} a fresh run of `config` starts
+  with (those of `init_sharded`'s state, `initial_params` loaded), without
+  an optimiser state: for scoring a released model. Replicated on
+  `mesh`."""
+  loaded = initial_params(config)
+  create = jax.jit(
+      lambda rng, loaded: _fresh_variables(config, model, rng, loaded)[0],
+      out_shardings=parallel.replicated(mesh))
+  rng = jax.random.key(config.seed)
+  return create.lower(rng, loaded).compile(_init_options())(rng, loaded)
+
+
+def _init_options() -> dict:
+  if jax.default_backend() != "cpu":
+    return {}
+  # LLVM spends ~20 s optimising one threefry expansion per parameter, code
+  # that runs once; unoptimised it compiles in ~5 s (values differ from the
+  # optimised build's by an ulp at most, the same on every run).
+  return {"xla_backend_optimization_level": 0}
 
 
 def _check_loaded(name: str, fresh, loaded) -> None:
@@ -130,13 +161,7 @@ def init_sharded(config: ml_collections.ConfigDict, model, tx,
       lambda rng, loaded: create_train_state(config, model, tx, rng, loaded),
       out_shardings=state_shardings(config, model, tx, mesh))
   rng = jax.random.key(config.seed)
-  options = {}
-  if jax.default_backend() == "cpu":
-    # LLVM spends ~20 s optimising one threefry expansion per parameter, code
-    # that runs once; unoptimised it compiles in ~5 s (values differ from
-    # the optimised build's by an ulp at most, the same on every run).
-    options = {"xla_backend_optimization_level": 0}
-  return create.lower(rng, loaded).compile(options)(rng, loaded)
+  return create.lower(rng, loaded).compile(_init_options())(rng, loaded)
 
 
 def state_shardings(config: ml_collections.ConfigDict, model, tx,

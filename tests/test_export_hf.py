@@ -1,0 +1,135 @@
+"""export_hf: a run of released (or CLIP/SigLIP-shaped) towers as a
+transformers directory that `from_pretrained` loads and that gives the
+run's embeddings; the towers alone under CLIP-Lite's heads; one line for
+towers transformers has no form for."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import photos
+from conftest import REPO, run_module
+from cliplite_jax import inference
+from cliplite_jax.data import augment, text as text_lib
+from test_released import (CAPTIONS, NAMES, close, save_clip, save_siglip,
+                           tokenizer, torch_pixels)
+
+STEPS = ("--config.total_steps=20", "--config.batch_size=16",
+         "--config.data.name=shapes_captions/tiny",
+         "--config.log_every_steps=10", "--config.checkpoint_every_steps=20",
+         "--config.eval.probes=()", "--config.optim.warmup_steps=2",
+         "--config.optim.lr.image=1e-3", "--config.optim.lr.text=1e-3",
+         "--config.optim.lr.other=1e-3")
+
+
+def train_released(data_dir, path, workdir, *extra):
+  result = run_module(
+      "cliplite_jax.main", f"--config=configs/released.py:path={path}",
+      f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *STEPS,
+      *extra)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def embeddings(workdir):
+  """The run's embeddings of the photos (uint8, evaluation's crop) and
+  captions, unit length, and the normalised pixels they came from."""
+  model = inference.load(str(workdir))
+  pixels = np.stack([augment.center_crop_resize(photos._pixels(n),
+                                                model.image_size)
+                     for n in NAMES])
+  img = model.encode_image_batch(pixels)["embeddings"]
+  txt = model.encode_texts(CAPTIONS)
+  ids, mask = text_lib.tokenize(model._tokenizer, [
+      text_lib.clean_caption(c) for c in CAPTIONS])
+  stats = augment.pixel_stats(model.config)
+  return img, txt, ids, mask, np.asarray(augment.normalize(pixels, stats))
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_import_train_export_then_from_pretrained(tiny_data_dir, tmp_path,
+                                                  family):
+  save = save_clip if family == "clip" else save_siglip
+  source = save(str(tmp_path / "release"), tokenizer())
+  workdir, out = tmp_path / "run", tmp_path / "hf"
+  objective = "infonce" if family == "clip" else "sigmoid"
+  train_released(tiny_data_dir, source, workdir,
+                 f"--config.loss.name={objective}")
+  result = run_module("cliplite_jax.export_hf", f"--workdir={workdir}",
+                      f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  cls = transformers.CLIPModel if family == "clip" else transformers.SiglipModel
+  assert f"as a transformers {cls.__name__}" in result.stdout
+  img, txt, ids, mask, pixels = embeddings(workdir)
+  hf, info = cls.from_pretrained(str(out), output_loading_info=True)
+  hf.eval()
+  assert not any(info.values()), info  # every tensor fits, none missing
+  text_mask = torch.tensor(mask) if family == "clip" else None
+  with torch.no_grad():
+    got_img = hf.get_image_features(
+        pixel_values=torch_pixels(pixels)).pooler_output.numpy()
+    got_txt = hf.get_text_features(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        attention_mask=text_mask).pooler_output.numpy()
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  close(unit(got_img), img)
+  close(unit(got_txt), txt)
+  # Training moved the weights away from the release's.
+  release = cls.from_pretrained(source).eval()
+  with torch.no_grad():
+    before = release.get_image_features(
+        pixel_values=torch_pixels(pixels)).pooler_output.numpy()
+  assert np.max(np.abs(unit(before) - img)) > 1e-3
+  # The tokenizer travels: transformers tokenises as the run did.
+  hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+  encoded = hf_tok([text_lib.clean_caption(c) for c in CAPTIONS],
+                   padding="max_length", truncation=True,
+                   max_length=ids.shape[1])
+  np.testing.assert_array_equal(np.asarray(encoded["input_ids"]), ids)
+
+
+def test_cliplite_heads_export_the_towers_and_say_so(tiny_data_dir, tmp_path):
+  source = save_clip(str(tmp_path / "release"), tokenizer())
+  workdir, out = tmp_path / "run", tmp_path / "hf"
+  train_released(tiny_data_dir, source, workdir, "--config.model.head=milinear",
+                 "--config.total_steps=2", "--config.checkpoint_every_steps=2",
+                 "--config.optim.warmup_steps=1")
+  result = run_module("cliplite_jax.export_hf", f"--workdir={workdir}",
+                      f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "the towers alone" in result.stdout
+  assert "MILinearBlock" in result.stdout
+  assert len(result.stdout.strip().splitlines()) == 1
+  model = inference.load(str(workdir))
+  pixels = np.stack([augment.center_crop_resize(photos._pixels(n),
+                                                model.image_size)
+                     for n in NAMES])
+  features = model.encode_image_batch(pixels)["features"]
+  vision = transformers.CLIPVisionModel.from_pretrained(
+      str(out / "vision_model")).eval()
+  with torch.no_grad():
+    got = vision(pixel_values=torch_pixels(np.asarray(augment.normalize(
+        pixels, augment.pixel_stats(model.config))))).pooler_output.numpy()
+  close(got, features)
+  assert os.path.exists(out / "text_model" / "tokenizer.json")
+
+
+@pytest.mark.parametrize("towers,says", [
+    ("image=resnet,text=bert", "this run's image tower is 'resnet'"),
+    ("image=vit,text=bert", "the text tower (bert"),
+])
+def test_towers_without_a_transformers_form_are_refused(tmp_path, towers,
+                                                         says):
+  from cliplite_jax import config_io
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  config_io.save(config_io.load_file(f"{REPO}/configs/default.py:{towers}"),
+                 str(workdir))
+  result = run_module("cliplite_jax.export_hf", f"--workdir={workdir}",
+                      f"--out={tmp_path / 'hf'}")
+  assert result.returncode == 1
+  line = result.stderr.strip().splitlines()[-1]
+  assert line.startswith("cliplite_jax.export_hf: error: ") and says in line
+  assert not os.path.exists(tmp_path / "hf")
