@@ -2,6 +2,7 @@
 transformers directory that `from_pretrained` loads and that gives the
 run's embeddings; the towers alone under CLIP-Lite's heads; one line for
 towers transformers has no form for."""
+import json
 import os
 
 import numpy as np
@@ -133,3 +134,19 @@ def test_towers_without_a_transformers_form_are_refused(tmp_path, towers,
   line = result.stderr.strip().splitlines()[-1]
   assert line.startswith("cliplite_jax.export_hf: error: ") and says in line
   assert not os.path.exists(tmp_path / "hf")
+
+
+def test_evaluate_scores_a_released_model_without_training(tiny_data_dir,
+                                                           tmp_path):
+  source = save_clip(str(tmp_path / "release"), tokenizer())
+  workdir = tmp_path / "scores"  # new: nothing trained
+  result = run_module(
+      "cliplite_jax.evaluate",
+      f"--config=configs/released.py:path={source},data=shapes_captions/tiny",
+      f"--workdir={workdir}", f"--config.data.data_dir={tiny_data_dir}",
+      "--config.eval.probes=('retrieval','zeroshot')")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "scoring the released weights (step 0)" in result.stdout
+  scores = json.loads((workdir / "eval" / "step_0.json").read_text())
+  assert "retrieval/shapes_captions/i2t_r1" in scores
+  assert not (workdir / "checkpoints").exists()

@@ -289,6 +289,9 @@ def test_imported_openclip_equals_openclip(tmp_path, layout):
   assert config.model.pixel_mean == expected_mean
 
 
+# ~80 s on 2 cores (ViT-B/32 at 224 px, 151M parameters, in both
+# frameworks); the small open_clip models above check the same mapping.
+@pytest.mark.slow
 def test_openclip_vit_b32_by_name_equals_openclip(tmp_path):
   import open_clip
   spec = json.loads(open(os.path.join(
@@ -317,3 +320,53 @@ def test_unsupported_openclip_models_are_named():
     openclip_map.hf_config(openclip_map.model_config("RN50"))
   with pytest.raises(openclip_map.OpenCLIPError, match="no model config"):
     openclip_map.model_config("ViT-Nonexistent")
+
+
+def test_released_model_scored_on_imagenet_equals_transformers(releases):
+  """evaluate's zero-shot of a released CLIP (no training) on mock ImageNet
+  against the same zero-shot computed with transformers: CLIP's 80
+  templates per class name, prompt embeddings normalised, averaged and
+  normalised; labels set so that top-1 is 1/2 and top-5 is 1 by the
+  reference's own ranking."""
+  from fakes import fake_tfds, jpeg
+  from cliplite_jax import evaluate
+  from cliplite_jax.data import sources
+  config = released_config(releases["clip"])
+  config.eval.probes = ("zeroshot",)
+  config.eval.batch_size = 4000
+  config.data.name, config.eval.split = "imagenet2012", "validation"
+  released.adopt(config)
+  _, model, variables, tok, mesh = run_dir.initial(config)
+  reference = transformers.CLIPModel.from_pretrained(releases["clip"]).eval()
+  names, templates = sources.IMAGENET_CLASSES, sources.IMAGENET_TEMPLATES
+  prompts = [text_lib.clean_caption(t.format(c)) for c in names
+             for t in templates]
+  ids, mask = text_lib.tokenize(tok, prompts)
+  with torch.no_grad():
+    prompt_emb = np.concatenate([reference.get_text_features(
+        input_ids=torch.tensor(ids[i:i + 8000], dtype=torch.long),
+        attention_mask=torch.tensor(mask[i:i + 8000])).pooler_output.numpy()
+        for i in range(0, len(ids), 8000)])
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  classes = unit(unit(prompt_emb).reshape(1000, 80, -1).mean(axis=1))
+  size = config.data.image_size
+  photographs = [jpeg(augment.center_crop_resize(photos._pixels(n), size))
+                 for n in NAMES * 2]
+  source = sources.SOURCES["imagenet2012"]
+  pixels = np.stack([augment.center_crop_resize(sources.decode(
+      source, {"image": p, "label": 0})[0], size) for p in photographs])
+  with torch.no_grad():
+    image_emb = reference.get_image_features(pixel_values=torch_pixels(
+        augment.normalize(pixels, augment.pixel_stats(config)))
+    ).pooler_output.numpy()
+  ranking = np.argsort(-(unit(image_emb) @ classes.T), axis=1)
+  labels = [ranking[i, 0 if i % 2 else 2] for i in range(len(photographs))]
+
+  def imagenet(split):
+    return [{"image": p, "label": np.int64(label), "file_name": f"{i}.JPEG"}
+            for i, (p, label) in enumerate(zip(photographs, labels))]
+
+  with fake_tfds({"imagenet2012": imagenet}):
+    got = evaluate.run_probes(config, model, variables, tok, mesh)
+  assert got["zeroshot/imagenet2012/top1"] == pytest.approx(0.5)
+  assert got["zeroshot/imagenet2012/top5"] == pytest.approx(1.0)
