@@ -21,7 +21,8 @@ GRID = ([("coco_rn50_bert.py", "")]
            ("nclip_baseline.py", "data=shapes"), ("default.py", ""),
            ("vit_demo.py", ""), ("vit_demo.py", "text=siglip"),
            ("default.py", "image=vit,text=siglip"),
-           ("vit_demo.py", "image=resnet")])
+           ("vit_demo.py", "image=resnet"), ("coco_vitb16_clip.py", ""),
+           ("coco_vitb16_clip.py", "loss=infonce")])
 
 
 def _load(name, arg):

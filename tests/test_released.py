@@ -370,3 +370,28 @@ def test_released_model_scored_on_imagenet_equals_transformers(releases):
     got = evaluate.run_probes(config, model, variables, tok, mesh)
   assert got["zeroshot/imagenet2012/top1"] == pytest.approx(0.5)
   assert got["zeroshot/imagenet2012/top5"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("data", ["shapes", "coco"])
+def test_lit_config_locks_a_released_image_tower_and_trains_text(releases,
+                                                                 data):
+  from cliplite_jax import validation
+  from cliplite_jax.models import cliplite
+  from cliplite_jax.training import optim, parallel, state as state_lib
+  config = config_io.load_file(os.path.join(
+      HERE, "configs", f"lit_jsd.py:image={releases['siglip']},data={data}"))
+  released.adopt(config)
+  validation.check_train(config, num_devices=1)
+  assert config.loss.name == "jsd" and config.model.head == "milinear"
+  assert config.model.image.locked and not config.model.text.locked
+  assert config.model.image.pool == "map"  # SigLIP's tower, as released
+  assert config.data.image_size == VISION["image_size"]
+  assert config.data.tokenizer == "bpe"  # the text tower's own, trained
+  assert set(released.initial_params(config, has_bias=False)) == {
+      "image_encoder"}
+  model = cliplite.build(config)
+  state = state_lib.abstract_state(config, model, optim.build(config),
+                                   parallel.make_mesh(1))
+  assert optim.locked_towers(config) == (cliplite.IMAGE_TOWER,)
+  assert len([k for k in state.model_params["text_encoder"]
+              if k.startswith("layer_")]) == config.model.text.layers
