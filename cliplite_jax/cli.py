@@ -1,5 +1,5 @@
 """What every command (`main`, `evaluate`, `prepare`, `embed`,
-`export_image`, `export_text`, `rewrite`) does with bad input and with
+`export_image`, `export_text`, `export_hf`, `rewrite`) does with bad input and with
 Ctrl-C: bad input is a `UserError` (or one of the command's own error
 kinds), printed as one line `PROGRAM: error: ...` with exit status 1;
 Ctrl-C is one line and status 130 unless the command says otherwise.

@@ -6,6 +6,8 @@ The argument names the model on local disk (nothing is downloaded):
                or an open_clip directory (open_clip_config.json + weights)
   :path=FILE,arch=NAME  a bare open_clip checkpoint and its model config
                (a name open_clip ships, e.g. ViT-B-32, or a JSON file)
+  :tokenizer=PATH  the tokenizer.json of a source without one (a bare
+               open_clip file: OpenAI CLIP's)
   :data=NAME   the caption dataset trained on and scored (default: the
                embedded shapes_captions)
 
@@ -25,7 +27,8 @@ from cliplite_jax import config_io
 
 def get_config(arg: str | None = None):
   """The released model `arg` names (see above), AdamW at 1e-5."""
-  args = config_io.parse_arg(arg, path="", arch="", data="shapes_captions")
+  args = config_io.parse_arg(arg, path="", arch="", tokenizer="",
+                             data="shapes_captions")
   if not args.path:
     raise config_io.UserError(
         "configs/released.py needs the model's path: "
@@ -35,6 +38,8 @@ def get_config(arg: str | None = None):
   c.model.init_arch = args.arch
   c.model.head = "released"
   c.data.name = args.data
+  if args.tokenizer:
+    c.data.tokenizer = args.tokenizer
   c.data.image_size = 0  # the released resolution
   c.data.crop_scale = (0.9, 1.0)  # fine-tuning: mild crops
   c.optim.lr = dict(image=1e-5, text=1e-5, other=1e-5)

@@ -8,7 +8,6 @@ saved the way their releases are (nothing is downloaded)."""
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -276,8 +275,8 @@ def test_imported_openclip_equals_openclip(tmp_path, layout):
     tok.save(str(tmp_path / "tokenizer.json"))
     config = config_io.load_file(os.path.join(
         HERE, "configs", f"released.py:path={tmp_path / 'epoch_3.pt'},"
-        f"arch={tmp_path / 'arch.json'}"))
-    config.data.tokenizer = str(tmp_path / "tokenizer.json")
+        f"arch={tmp_path / 'arch.json'},"
+        f"tokenizer={tmp_path / 'tokenizer.json'}"))
   config.loss.name = "infonce"
   released.adopt(config)
   img, txt, logits, ids, _, pixels = ours(config)
