@@ -59,11 +59,13 @@ def family_of(config) -> str:
   config have; UserError (one line) naming what has no transformers form,
   before anything is restored."""
   image, text = config.model.image, config.model.text
-  if image.get("name", "resnet") != "vit":
+  name = image.get("name", "resnet")
+  if name != "vit":
     raise config_io.UserError(
-        f"this run's image tower is {image.get('name', 'resnet')!r}, which "
-        f"transformers' CLIP/SigLIP classes cannot hold; export_image writes "
-        f"it for torchvision (and export_text a BERT text tower)")
+        f"this run's image tower is {name!r}, which transformers' "
+        f"CLIP/SigLIP classes cannot hold"
+        + ("; export_image writes it for torchvision (and export_text a "
+           "BERT text tower)" if name == "resnet" else ""))
   family = _VIT_SEMANTICS.get((image.pool, image.class_token,
                                image.pre_norm))
   if family is None or image.posemb != "learn":

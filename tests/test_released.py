@@ -182,7 +182,7 @@ def test_a_released_tower_under_fresh_heads(releases):
   lines = released.adopt(config)
   assert len(lines) == 1 and config.model.text.name == "clip"
   assert config.model.image.locked and config.model.head == "milinear"
-  loaded = released.initial_params(config, has_bias=False)
+  loaded = released.initial_variables(config, has_bias=False)["params"]
   assert set(loaded) == {"image_encoder"}
   reference = transformers.CLIPModel.from_pretrained(releases["clip"]).eval()
   pixels = augment.normalize(images(32), augment.pixel_stats(config))
@@ -313,10 +313,24 @@ def test_openclip_vit_b32_by_name_equals_openclip(tmp_path):
     close(got, expected)
 
 
-def test_unsupported_openclip_models_are_named():
+def test_openclip_model_configs_by_name_and_the_unsupported():
   from cliplite_jax.models import openclip_map
-  with pytest.raises(openclip_map.OpenCLIPError, match="ModifiedResNet"):
-    openclip_map.hf_config(openclip_map.model_config("RN50"))
+  rn50 = openclip_map.hf_config(openclip_map.model_config("RN50"))
+  assert rn50["vision_config"] == {
+      "model_type": openclip_map.MODIFIED_RESNET, "layers": [3, 4, 6, 3],
+      "width": 64, "heads": 32, "output_dim": 1024, "image_size": 224}
+  b16 = openclip_map.hf_config(openclip_map.model_config("ViT-B-16"))
+  assert (b16["vision_config"]["patch_size"],
+          b16["vision_config"]["num_attention_heads"]) == (16, 12)
+  text = {"context_length": 77, "vocab_size": 49408, "width": 512,
+          "heads": 8, "layers": 12}
+  with pytest.raises(openclip_map.OpenCLIPError, match="timm image tower"):
+    openclip_map.hf_config({"embed_dim": 512, "text_cfg": text, "vision_cfg": {
+        "timm_model_name": "convnext_base", "image_size": 224}})
+  with pytest.raises(openclip_map.OpenCLIPError, match="Hugging Face text"):
+    openclip_map.hf_config({"embed_dim": 512, "vision_cfg": {
+        "image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
+        "text_cfg": {"hf_model_name": "xlm-roberta-base"}})
   with pytest.raises(openclip_map.OpenCLIPError, match="no model config"):
     openclip_map.model_config("ViT-Nonexistent")
 
@@ -386,7 +400,7 @@ def test_lit_config_locks_a_released_image_tower_and_trains_text(releases,
   assert config.model.image.pool == "map"  # SigLIP's tower, as released
   assert config.data.image_size == VISION["image_size"]
   assert config.data.tokenizer == "bpe"  # the text tower's own, trained
-  assert set(released.initial_params(config, has_bias=False)) == {
+  assert set(released.initial_variables(config, has_bias=False)["params"]) == {
       "image_encoder"}
   model = cliplite.build(config)
   state = state_lib.abstract_state(config, model, optim.build(config),
@@ -394,3 +408,37 @@ def test_lit_config_locks_a_released_image_tower_and_trains_text(releases,
   assert optim.locked_towers(config) == (cliplite.IMAGE_TOWER,)
   assert len([k for k in state.model_params["text_encoder"]
               if k.startswith("layer_")]) == config.model.text.layers
+
+
+def test_imported_openai_resnet_equals_openclip(tmp_path):
+  """OpenAI's ResNet CLIP (ModifiedResNet) through open_clip's RN config
+  layout, small; BatchNorm statistics drawn away from their init so that
+  loading them matters."""
+  tok = tokenizer()
+  spec = {"embed_dim": 40, "quick_gelu": True,
+          "vision_cfg": {"image_size": 64, "layers": [1, 2, 1, 1],
+                         "width": 8, "head_width": 32},
+          "text_cfg": {"context_length": 24, "vocab_size": tok.get_vocab_size(),
+                       "width": 48, "heads": 4, "layers": 2}}
+  model = openclip_model(spec, seed=4)
+  generator = torch.Generator().manual_seed(5)
+  with torch.no_grad():
+    for module in model.visual.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.normal_(0, 0.1, generator=generator)
+        module.running_var.uniform_(0.5, 2.0, generator=generator)
+        module.weight.uniform_(0.5, 1.5, generator=generator)
+        module.bias.normal_(0, 0.1, generator=generator)
+  (tmp_path / "rn").mkdir()
+  (tmp_path / "rn" / "open_clip_config.json").write_text(
+      json.dumps({"model_cfg": spec}))
+  torch.save(model.state_dict(), tmp_path / "rn" / "open_clip_pytorch_model.bin")
+  tok.save(str(tmp_path / "rn" / "tokenizer.json"))
+  config = released_config(str(tmp_path / "rn"), **{"loss.name": "infonce"})
+  released.adopt(config)
+  assert config.model.image.name == "clip_resnet"
+  assert tuple(config.model.image.layers) == (1, 2, 1, 1)
+  img, txt, logits, ids, _, pixels = ours(config)
+  for got, expected in zip((img, txt, logits),
+                           openclip_reference(model, ids, pixels)):
+    close(got, expected)

@@ -53,8 +53,6 @@ def _unsupported(config: Mapping[str, Any]) -> str | None:
   vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
   if vision.get("timm_model_name"):
     return f"a timm image tower ({vision['timm_model_name']})"
-  if isinstance(vision.get("layers"), (list, tuple)):
-    return "a ModifiedResNet image tower (OpenAI's RN50 family)"
   if text.get("hf_model_name"):
     return f"a Hugging Face text tower ({text['hf_model_name']})"
   for key, default in (("attentional_pool", False), ("no_ln_pre", False),
@@ -73,29 +71,43 @@ def _unsupported(config: Mapping[str, Any]) -> str | None:
   return None
 
 
+# The vision_config model_type of OpenAI's ResNet towers (ModifiedResNet),
+# which transformers has no class for.
+MODIFIED_RESNET = "clip_modified_resnet"
+
+
 def hf_config(config: Mapping[str, Any]) -> dict:
   """The CLIPConfig dict (text_config, vision_config, projection_dim) of an
-  open_clip model config of ViT and text-transformer towers;
-  OpenCLIPError naming what else it holds."""
+  open_clip model config of ViT (or OpenAI ResNet: a vision_config of
+  model_type MODIFIED_RESNET) and text-transformer towers; OpenCLIPError
+  naming what else it holds."""
   problem = _unsupported(config)
   if problem:
     raise OpenCLIPError(f"this open_clip model has {problem}; cliplite_jax "
-                        f"loads ViT image towers with open_clip's own text "
-                        f"transformer")
+                        f"loads ViT and OpenAI ResNet image towers with "
+                        f"open_clip's own text transformer")
   vision, text = config["vision_cfg"], config["text_cfg"]
   act = "quick_gelu" if config.get("quick_gelu") else "gelu"
   width = vision["width"]
   text_width = text.get("width", 512)
+  if isinstance(vision.get("layers"), (list, tuple)):
+    vision_config = {
+        "model_type": MODIFIED_RESNET, "layers": list(vision["layers"]),
+        "width": width, "heads": width * 32 // vision.get("head_width", 64),
+        "output_dim": config["embed_dim"],
+        "image_size": vision["image_size"]}
+  else:
+    vision_config = {
+        "model_type": "clip_vision_model", "hidden_size": width,
+        "num_hidden_layers": vision["layers"],
+        "num_attention_heads": width // vision.get("head_width", 64),
+        "intermediate_size": int(width * vision.get("mlp_ratio", 4.0)),
+        "patch_size": vision["patch_size"],
+        "image_size": vision["image_size"], "hidden_act": act,
+        "layer_norm_eps": 1e-5}
   return {
       "model_type": "clip", "projection_dim": config["embed_dim"],
-      "vision_config": {
-          "model_type": "clip_vision_model", "hidden_size": width,
-          "num_hidden_layers": vision["layers"],
-          "num_attention_heads": width // vision.get("head_width", 64),
-          "intermediate_size": int(width * vision.get("mlp_ratio", 4.0)),
-          "patch_size": vision["patch_size"],
-          "image_size": vision["image_size"], "hidden_act": act,
-          "layer_norm_eps": 1e-5},
+      "vision_config": vision_config,
       "text_config": {
           "model_type": "clip_text_model",
           "vocab_size": text.get("vocab_size", 49408),
@@ -166,11 +178,29 @@ def _blocks(tensors: Mapping, ours: str, hf: str, layers: int,
 def hf_state_dict(tensors: Mapping[str, np.ndarray],
                   config: Mapping[str, Any], where: str) -> dict:
   """A transformers `CLIPModel` state dict (numpy, HF names and layouts)
-  from an open_clip `CLIP` state dict and its `hf_config`; OpenCLIPError
-  naming missing tensors."""
+  from an open_clip `CLIP` state dict and its `hf_config`; an OpenAI ResNet
+  tower's "visual.*" tensors are kept under their own names
+  (`modified_resnet.openclip_variables` reads them). OpenCLIPError naming
+  missing tensors."""
   vision, text = config["vision_config"], config["text_config"]
   try:
     out = {
+        "text_model.embeddings.token_embedding.weight":
+            tensors["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight":
+            tensors["positional_embedding"],
+        "text_model.final_layer_norm.weight": tensors["ln_final.weight"],
+        "text_model.final_layer_norm.bias": tensors["ln_final.bias"],
+        # open_clip multiplies x @ proj; HF's Linear holds proj.T.
+        "text_projection.weight": tensors["text_projection"].T,
+        "logit_scale": tensors["logit_scale"].reshape(()),
+    }
+    _blocks(tensors, "", "text_model.", text["num_hidden_layers"], out)
+    if vision["model_type"] == MODIFIED_RESNET:
+      out.update({k: v for k, v in tensors.items()
+                  if k.startswith("visual.")})
+      return out
+    out.update({
         "vision_model.embeddings.class_embedding":
             tensors["visual.class_embedding"],
         "vision_model.embeddings.patch_embedding.weight":
@@ -181,22 +211,12 @@ def hf_state_dict(tensors: Mapping[str, np.ndarray],
         "vision_model.pre_layrnorm.bias": tensors["visual.ln_pre.bias"],
         "vision_model.post_layernorm.weight": tensors["visual.ln_post.weight"],
         "vision_model.post_layernorm.bias": tensors["visual.ln_post.bias"],
-        # open_clip multiplies x @ proj; HF's Linear holds proj.T.
         "visual_projection.weight": tensors["visual.proj"].T,
-        "text_model.embeddings.token_embedding.weight":
-            tensors["token_embedding.weight"],
-        "text_model.embeddings.position_embedding.weight":
-            tensors["positional_embedding"],
-        "text_model.final_layer_norm.weight": tensors["ln_final.weight"],
-        "text_model.final_layer_norm.bias": tensors["ln_final.bias"],
-        "text_projection.weight": tensors["text_projection"].T,
-        "logit_scale": tensors["logit_scale"].reshape(()),
-    }
+    })
     _blocks(tensors, "visual.", "vision_model.", vision["num_hidden_layers"],
             out)
-    _blocks(tensors, "", "text_model.", text["num_hidden_layers"], out)
   except KeyError as e:
-    raise OpenCLIPError(f"{where} is not an open_clip ViT CLIP of this model "
+    raise OpenCLIPError(f"{where} is not an open_clip CLIP of this model "
                         f"config: it has no tensor {e.args[0]!r} (it has e.g. "
                         f"{sorted(tensors)[:3]})") from e
   return out

@@ -11,8 +11,9 @@ downloaded.
 one source; `model.image.init_from` / `model.text.init_from` take one tower.
 `adopt` writes the source's architecture, tokenizer and pixel statistics
 into the config before anything is built (so the saved config describes the
-model that is trained); `initial_params` reads the weights at
-initialisation. With `model.head = "released"` the heads are the released
+model that is trained); `initial_variables` reads the weights at
+initialisation. Image towers: ViTs (CLIP's, SigLIP's, open_clip's) and
+OpenAI's ResNets (open_clip's RN50, RN101, …: `modified_resnet`). With `model.head = "released"` the heads are the released
 ones (CLIP's projections; SigLIP has none), so the model *is* the released
 model; by default CLIP-Lite's heads start fresh.
 """
@@ -27,7 +28,8 @@ import ml_collections
 import numpy as np
 
 from cliplite_jax import config_io
-from cliplite_jax.models import hf_bert, hf_text, hf_vision, openclip_map
+from cliplite_jax.models import (hf_bert, hf_text, hf_vision, modified_resnet,
+                                 openclip_map, towers)
 
 # OpenAI CLIP's and SigLIP's pixel statistics, for sources without a
 # preprocessor_config.json.
@@ -160,10 +162,23 @@ def _tokenizer_file(directory: str) -> str | None:
 
 # --- the config ---
 
+def native_size(source: Source) -> int:
+  """The resolution the source's image tower was trained at."""
+  return source.hf["vision_config"]["image_size"]
+
+
 def image_section(source: Source, old) -> dict:
   """The `model.image` section of the source's vision tower; `old`'s
   locked, scan and init_from carry over."""
-  f = hf_vision.vit_fields_from_hf_config(source.hf["vision_config"])
+  vision = source.hf["vision_config"]
+  if vision["model_type"] == openclip_map.MODIFIED_RESNET:
+    return dict(name="clip_resnet", layers=tuple(vision["layers"]),
+                width=vision["width"], heads=vision["heads"],
+                output_dim=vision["output_dim"],
+                grid=vision["image_size"] // 32,
+                locked=bool(old.get("locked", False)),
+                init_from=old.get("init_from", ""))
+  f = hf_vision.vit_fields_from_hf_config(vision)
   return dict(
       name="vit", variant=f"B/{f['patch']}", width=f["width"],
       depth=f["depth"], heads=f["heads"], mlp_dim=f["mlp_dim"],
@@ -234,12 +249,12 @@ def adopt(config: ml_collections.ConfigDict) -> list[str]:
     if tower == "image":
       m.image = image_section(source, m.image)
       m.pixel_mean, m.pixel_std = source.pixels
-      native = m.image.posemb_grid * hf_vision.vit_fields_from_hf_config(
-          source.hf["vision_config"])["patch"]
+      native = native_size(source)
       if config.data.image_size == 0:
         config.data.image_size = native
-      lines.append(f"image tower from {path}: ViT {m.image.depth}×"
-                   f"{m.image.width}, patch {_patch(m.image)}, {native} px"
+      lines.append(f"image tower from {path}: "
+                   f"{towers.image_tower(m.image).describe(m.image)}, "
+                   f"{native} px"
                    + ("" if config.data.image_size == native else
                       f" (run at {config.data.image_size} px: position "
                       f"embeddings resized)"))
@@ -276,22 +291,19 @@ def _named_tokenizer(config) -> str | None:
   return name if name and os.path.exists(name) else None
 
 
-def _patch(section) -> int:
-  return int(str(section.variant).split("/")[1])
-
-
 # --- the weights ---
 
-def initial_params(config: ml_collections.ConfigDict,
-                   has_bias: bool) -> dict[str, Any]:
-  """Top-level params subtrees {name: float32 numpy tree} read from the
-  sources of an adopted `config`: image_encoder, text_encoder, and from
+def initial_variables(config: ml_collections.ConfigDict,
+                      has_bias: bool) -> dict[str, dict[str, Any]]:
+  """{"params": {top-level name: float32 numpy tree}, "batch_stats": ...}
+  read from the sources of an adopted `config`: image_encoder (with an
+  OpenAI ResNet's BatchNorm statistics), text_encoder, and from
   `model.init_from` log_scale, logit_bias (when `has_bias`) and, with
   released heads ("linear"), image_head/text_head. PretrainedError naming
   a tensor that is missing."""
   from cliplite_jax.models import cliplite  # the tree's names
   m = config.model
-  out = {}
+  out, stats = {}, {}
   cache = {}
 
   def tensors_of(path):
@@ -302,11 +314,22 @@ def initial_params(config: ml_collections.ConfigDict,
   wanted = sources_of(config)
   if "image" in wanted:
     source = read(wanted["image"], m.get("init_arch", ""))
-    params = (hf_vision.clip_vision_params if source.family == "clip"
-              else hf_vision.siglip_vision_params)
-    out[cliplite.IMAGE_TOWER] = params(tensors_of(wanted["image"]),
-                                       m.image.depth,
-                                       scan=m.image.get("scan", False))
+    if m.image.name == "clip_resnet":
+      try:
+        variables = modified_resnet.openclip_variables(
+            tensors_of(wanted["image"]), tuple(m.image.layers))
+      except KeyError as e:
+        raise hf_bert.PretrainedError(
+            f"{source.weights} has no tensor {e.args[0]!r} of this OpenAI "
+            f"ResNet") from e
+      out[cliplite.IMAGE_TOWER] = variables["params"]
+      stats[cliplite.IMAGE_TOWER] = variables["batch_stats"]
+    else:
+      params = (hf_vision.clip_vision_params if source.family == "clip"
+                else hf_vision.siglip_vision_params)
+      out[cliplite.IMAGE_TOWER] = params(tensors_of(wanted["image"]),
+                                         m.image.depth,
+                                         scan=m.image.get("scan", False))
   if "text" in wanted:
     params = (hf_text.clip_text_params if m.text.name == "clip"
               else hf_text.siglip_text_params)
@@ -320,8 +343,12 @@ def initial_params(config: ml_collections.ConfigDict,
     if has_bias and "logit_bias" in tensors:
       out["logit_bias"] = tensors["logit_bias"].reshape(())
     if m.get("head") == "linear":
-      out["image_head"] = {"Dense_0": {
-          "kernel": tensors["visual_projection.weight"].T}}
+      # An OpenAI ResNet projects inside its attention pool: the image
+      # head is the identity (exact in float32).
+      image_kernel = (np.eye(m.proj_dim, dtype=np.float32)
+                      if m.image.name == "clip_resnet"
+                      else tensors["visual_projection.weight"].T)
+      out["image_head"] = {"Dense_0": {"kernel": image_kernel}}
       out["text_head"] = {"Dense_0": {
           "kernel": tensors["text_projection.weight"].T}}
-  return out
+  return {"params": out, "batch_stats": stats}

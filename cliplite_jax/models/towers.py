@@ -9,9 +9,9 @@ row here.
 
 Every tower also takes `locked` (LiT: the tower runs in inference mode, gets
 no gradient, no update, no weight decay and no optimiser state). Configs
-saved before towers had names are "resnet" and "bert". The ViT, CLIP and
-SigLIP towers take `init_from`: a released model to start from
-(`models/released`).
+saved before towers had names are "resnet" and "bert". The ViT, OpenAI
+CLIP ResNet ("clip_resnet"), CLIP and SigLIP towers take `init_from`: a
+released model to start from (`models/released`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import ml_collections
 
-from cliplite_jax.models import activations, clip_text, resnet, text, vit
+from cliplite_jax.models import (activations, clip_text, modified_resnet,
+                                 resnet, text, vit)
 
 DEFAULT_IMAGE, DEFAULT_TEXT = "resnet", "bert"
 
@@ -156,6 +157,37 @@ def _describe_vit(f):
   return f"ViT-{f.variant}" + (f" ({custom})" if custom else "")
 
 
+# --- OpenAI CLIP's ResNet ---
+
+def _build_clip_resnet(f, dtype, remat):
+  del remat
+  return modified_resnet.ModifiedResNet(
+      layers=tuple(f.layers), width=f.width, heads=f.heads,
+      output_dim=f.output_dim, grid=f.grid, dtype=dtype)
+
+
+def _check_clip_resnet(c, key):
+  layers = c.get(f"{key}.layers")
+  c.require(isinstance(layers, (tuple, list)) and len(layers) == 4 and all(
+      isinstance(n, int) and not isinstance(n, bool) and n >= 1
+      for n in layers), f"{key}.layers", "4 block counts ≥ 1, e.g. (3, 4, 6, 3)")
+  for k in ("width", "heads", "output_dim", "grid"):
+    c.integer(f"{key}.{k}", 1)
+  _check_init_from(c, key)
+
+
+def _clip_resnet_relations(c, key):
+  width, heads = c.get(f"{key}.width"), c.get(f"{key}.heads")
+  c.require(width % 2 == 0, f"{key}.width", "even (the stem halves it)")
+  c.require((32 * width) % heads == 0, f"{key}.heads",
+            f"a divisor of the final map's {32 * width} channels")
+
+
+def _describe_clip_resnet(f):
+  return (f"CLIP ResNet {'-'.join(map(str, f.layers))} ×{f.width}, "
+          f"attention pool {f.heads} heads → {f.output_dim}")
+
+
 # --- BERT ---
 
 def _build_bert(f, dtype, remat):
@@ -231,6 +263,11 @@ IMAGE_TOWERS: dict[str, Tower] = {
                               "act", "layer_norm_eps", "scan",
                               "posemb_grid", "init_from"),
                  _check_vit, _vit_relations, _describe_vit),
+    "clip_resnet": Tower(_build_clip_resnet, ("layers", "width", "heads",
+                                              "output_dim", "grid",
+                                              "init_from"),
+                         _check_clip_resnet, _clip_resnet_relations,
+                         _describe_clip_resnet),
 }
 
 TEXT_TOWERS: dict[str, Tower] = {

@@ -68,8 +68,9 @@ def create_train_state(config: ml_collections.ConfigDict, model,
                        tx: optax.GradientTransformation, rng: jax.Array,
                        loaded: dict | None = None) -> TrainState:
   """Initialises parameters, BatchNorm statistics and the optimiser state;
-  `loaded` {top-level param name: subtree} (`initial_params`: pretrained
-  towers, released heads and logit scale) replace those subtrees."""
+  `loaded` {"params"/"batch_stats": {top-level name: subtree}}
+  (`read_initial`: pretrained towers, released heads and logit
+  scale) replace those subtrees."""
   variables, state_rng = _fresh_variables(config, model, rng, loaded)
   params = optim.init_params(config, variables["params"])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -84,21 +85,22 @@ def _fresh_variables(config, model, rng, loaded):
   variables = model.init(
       {"params": init_rng, "prior": prior_rng, "dropout": dropout_rng},
       *dummy_inputs(config), train=False)
-  params = dict(variables["params"])
-  for name, subtree in (loaded or {}).items():
-    _check_loaded(name, params[name], subtree)
-    params[name] = jax.tree.map(jnp.asarray, subtree)
-  return ({"params": params,
-           "batch_stats": variables.get("batch_stats", {})}, state_rng)
+  out = {"params": dict(variables["params"]),
+         "batch_stats": dict(variables.get("batch_stats", {}))}
+  for collection, subtrees in (loaded or {}).items():
+    for name, subtree in subtrees.items():
+      _check_loaded(name, out[collection][name], subtree)
+      out[collection][name] = jax.tree.map(jnp.asarray, subtree)
+  return out, state_rng
 
 
 def initial_variables(config: ml_collections.ConfigDict, model,
                       mesh: Mesh) -> dict:
   """The variables {"params", "batch_stats"} a fresh run of `config` starts
-  with (those of `init_sharded`'s state, `initial_params` loaded), without
+  with (those of `init_sharded`'s state, `read_initial` loaded), without
   an optimiser state: for scoring a released model. Replicated on
   `mesh`."""
-  loaded = initial_params(config)
+  loaded = read_initial(config)
   create = jax.jit(
       lambda rng, loaded: _fresh_variables(config, model, rng, loaded)[0],
       out_shardings=parallel.replicated(mesh))
@@ -134,20 +136,23 @@ def _check_loaded(name: str, fresh, loaded) -> None:
                        f"where the model has {list(value.shape)}")
 
 
-def initial_params(config: ml_collections.ConfigDict) -> dict:
+def read_initial(config: ml_collections.ConfigDict) -> dict:
   """The weights a fresh run starts from instead of random ones: the text
   tower of `model.text.pretrained` (BERT), and what `model.init_from` /
-  `model.{image,text}.init_from` name (`released.initial_params`); {} if
-  none. Float32 numpy subtrees by top-level param name."""
-  loaded = {}
+  `model.{image,text}.init_from` name (`released.initial_variables`).
+  {"params": {top-level name: float32 numpy subtree}, "batch_stats": ...},
+  both empty if none."""
+  loaded = {"params": {}, "batch_stats": {}}
   path = (config.model.get("text") or {}).get("pretrained")
   if path:
     _, variables = text.load_pretrained(path,
                                         pooling=config.model.text.pooling)
-    loaded[cliplite.TEXT_TOWER] = variables["params"]
+    loaded["params"][cliplite.TEXT_TOWER] = variables["params"]
   if not multimodal.is_multimodal(config):
     has_bias = objectives.OBJECTIVES[config.loss.name].logit_bias
-    loaded.update(released.initial_params(config, has_bias))
+    for collection, subtrees in released.initial_variables(
+        config, has_bias).items():
+      loaded[collection].update(subtrees)
   return loaded
 
 
@@ -155,8 +160,8 @@ def init_sharded(config: ml_collections.ConfigDict, model, tx,
                  mesh: Mesh, pretrained: bool = True) -> TrainState:
   """`create_train_state` from `config.seed`, laid out on `mesh`
   (`parallel.state_shardings`), with the text tower from
-  `initial_params` when `pretrained`."""
-  loaded = initial_params(config) if pretrained else {}
+  `read_initial`'s weights when `pretrained`."""
+  loaded = read_initial(config) if pretrained else {}
   create = jax.jit(
       lambda rng, loaded: create_train_state(config, model, tx, rng, loaded),
       out_shardings=state_shardings(config, model, tx, mesh))
