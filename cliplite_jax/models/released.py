@@ -273,7 +273,10 @@ def adopt(config: ml_collections.ConfigDict) -> list[str]:
                    f"{m.text.layers}×{m.text.hidden}, {m.text.max_len} "
                    f"tokens, tokenizer {tokenizer}")
   if m.get("head") == "released":
-    source = read_sources[m.init_from]
+    try:
+      source = read_sources.get(m.init_from) or read(m.init_from, arch)
+    except hf_bert.PretrainedError as e:
+      raise config_io.UserError(f"model.init_from: {e}") from e
     if source.family == "clip":
       m.head, m.proj_dim = "linear", source.hf["projection_dim"]
     else:
