@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import (REPO, TEST_XLA_FLAGS, run_module, tiny_overrides,
-                      wait_for_step)
+from conftest import (REPO, TEST_XLA_FLAGS, logged_steps, run_module,
+                      tiny_overrides, wait_for_step)
 
 
 def _args(data_dir, workdir, steps, *extra):
@@ -91,12 +91,22 @@ def test_two_processes_train_like_one_stop_together_and_resume_on_one(
     assert multi_losses[step] == pytest.approx(single_losses[step],
                                                rel=1e-4), step
 
-  result = run_module("cliplite_jax.main",
-                      *_args(tiny_data_dir, multi, stopped_at + 2,
-                             "--config.eval.probes=()"), devices=4)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "resuming a 2-process checkpoint on 1 processes" in result.stdout
-  assert sorted(_losses(multi))[-2:] == [stopped_at + 1, stopped_at + 2]
+  # Resumed with the first run's arguments (its compiled programs, from the
+  # session's cache), stopped again once it has trained 2 more steps.
+  process = run_module("cliplite_jax.main",
+                       *_args(tiny_data_dir, multi, 100000,
+                              "--config.eval.probes=()", *long_run),
+                       devices=4, popen=True)
+  wait_for_step(multi, stopped_at + 2, process)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  assert "resuming a 2-process checkpoint on 1 processes" in stdout
+  # Each step logged once, in order: the resumed run went on from the
+  # checkpoint, not from the start.
+  steps = logged_steps(multi)
+  assert steps == list(range(1, len(steps) + 1)), steps
+  assert steps[-1] >= stopped_at + 2
 
 
 @pytest.mark.slow  # ~4 minutes on 2 cores: six launches, each compiling
