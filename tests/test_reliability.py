@@ -99,16 +99,18 @@ def test_half_written_checkpoint_is_ignored(reference, tiny_data_dir, tmp_path):
 
 def test_sigterm_saves_the_current_step_and_exits_0(tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
+  # The long run of test_interrupts.py and test_workdir_lock.py (one
+  # compilation for the session).
   process = run_module(MAIN, *_args(tiny_data_dir, workdir,
-                                    "--config.total_steps=500",
-                                    "--config.checkpoint_every_steps=400"),
+                                    "--config.total_steps=2000",
+                                    "--config.checkpoint_every_steps=1000"),
                        popen=True)
   wait_for_step(workdir, 3, process)
   process.send_signal(signal.SIGTERM)
   stdout, stderr = process.communicate(timeout=300)
   assert process.returncode == 0, stderr[-3000:]
   saved = int(stdout.split("saved a checkpoint at step ")[1].split(";")[0])
-  assert 3 <= saved < 400
+  assert 3 <= saved < 1000
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved)]
   assert max(r["step"] for r in _records(workdir)) == saved
 
