@@ -52,6 +52,33 @@ from cliplite_jax.data import shapes  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The files that take longest (over ~40 s each on 2 cores), longest first.
+# With `-n 2 --dist loadfile`, the workers take whole files from one queue:
+# these go first, so that the short files at the end keep both workers busy
+# until the last one (xdist's own order, files with the most tests first,
+# left a one-test file of two minutes to run alone at the end).
+LONG_FILES = ("test_reliability.py", "test_export_hf.py", "test_train.py",
+              "test_topology.py", "test_rewrite.py", "test_towers.py",
+              "test_validation.py", "test_scale.py", "test_cli.py",
+              "test_accumulate.py", "test_gpu_check.py", "test_user_data.py",
+              "test_towers_cli.py", "test_evaluate.py", "test_models.py",
+              "test_released.py", "test_inference.py", "test_export_image.py",
+              "test_interrupts.py", "test_pretrained.py", "test_integrity.py",
+              "test_workdir_lock.py")
+
+
+def pytest_configure(config):
+  # xdist's loadfile/loadscope queue follows the collection order below, not
+  # its default reordering by the number of tests in each file.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  """LONG_FILES first, in their order; the others after, as collected."""
+  rank = {name: i for i, name in enumerate(LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
