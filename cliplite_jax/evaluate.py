@@ -195,16 +195,21 @@ def _evaluate() -> None:
   workdir = FLAGS.workdir
   config = (config_io.load_file(FLAGS.config) if FLAGS.config
             else config_io.load_saved(config_io.existing_workdir(workdir)))
-  config = config_io.apply_overrides(config, FLAGS.config_override,
-                                     OVERRIDABLE, _FIXED)
   # A config that imports a released model scores it as released while
-  # WORKDIR has no checkpoint of its own.
+  # WORKDIR has no checkpoint of its own (its model fields may then be
+  # overridden: no checkpoint fixes them).
   scores_released = (bool(released.sources_of(config))
                      and not run_dir.has_checkpoint(workdir))
-  if scores_released:
+  config = config_io.apply_overrides(
+      config, FLAGS.config_override,
+      OVERRIDABLE + (("model",) if scores_released else ()),
+      {} if scores_released else _FIXED)
+  if FLAGS.config and released.sources_of(config):
+    # The file names the release; the run's architecture is adopted from
+    # it, as training did.
     for line in released.adopt(config):
       print(line)
-  else:
+  if not scores_released:
     config_io.existing_workdir(workdir)
   validation.check_eval(config)
   sources.canonical_datasets(config)

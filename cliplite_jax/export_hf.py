@@ -37,7 +37,7 @@ from safetensors.numpy import save_file
 
 from cliplite_jax import cli, config_io, inference, run_dir
 from cliplite_jax.data import augment
-from cliplite_jax.models import cliplite, hf_text, hf_vision
+from cliplite_jax.models import cliplite, heads, hf_text, hf_vision
 
 FLAGS = flags.FLAGS
 # family → (two-tower class, vision class, text class, image processor).
@@ -54,10 +54,10 @@ _TEXT_SEMANTICS = {"clip": dict(pooling="eot", causal=True, mask_padding=True),
 _VIT_SEMANTICS = {("token", True, True): "clip", ("map", False, False): "siglip"}
 
 
-def family_of(config) -> str:
-  """"clip" or "siglip": the transformers family both towers of a run's
-  config have; UserError (one line) naming what has no transformers form,
-  before anything is restored."""
+def families(config) -> tuple[str, str]:
+  """("clip" | "siglip") of the image and of the text tower of a run's
+  config, as transformers has them; UserError (one line) naming a tower
+  with no transformers form, before anything is restored."""
   image, text = config.model.image, config.model.text
   name = image.get("name", "resnet")
   if name != "vit":
@@ -66,23 +66,24 @@ def family_of(config) -> str:
         f"CLIP/SigLIP classes cannot hold"
         + ("; export_image writes it for torchvision (and export_text a "
            "BERT text tower)" if name == "resnet" else ""))
-  family = _VIT_SEMANTICS.get((image.pool, image.class_token,
-                               image.pre_norm))
-  if family is None or image.posemb != "learn":
+  image_family = _VIT_SEMANTICS.get((image.pool, image.class_token,
+                                     image.pre_norm))
+  if image_family is None or image.posemb != "learn":
     raise config_io.UserError(
         f"the ViT (pool={image.pool!r}, class_token={image.class_token}, "
         f"pre_norm={image.pre_norm}, posemb={image.posemb!r}) is neither "
         f"CLIP's (token, True, True, learn) nor SigLIP's (map, False, False, "
         f"learn) as transformers has them")
   name = text.get("name", "bert")
-  semantics = {k: text.get(k) for k in _TEXT_SEMANTICS[family]}
-  if name != family or semantics != _TEXT_SEMANTICS[family] or (
-      family == "clip" and text.projection):
+  if name not in _TEXT_SEMANTICS or {
+      k: text.get(k) for k in _TEXT_SEMANTICS[name]} != _TEXT_SEMANTICS[
+          name] or (name == "clip" and text.projection):
     raise config_io.UserError(
-        f"the image tower is {family.upper()}'s but the text tower "
-        f"({name}, {semantics}) is not {family}'s as transformers has it; "
-        f"pair them as configs/default.py's image=vit,text={family} does")
-  return family
+        f"the text tower ({name}, pooling={text.get('pooling')!r}, causal="
+        f"{text.get('causal')}, mask_padding={text.get('mask_padding')}) is "
+        f"neither CLIP's nor SigLIP's as transformers has them"
+        + ("; export_text writes a BERT tower" if name == "bert" else ""))
+  return image_family, name
 
 
 def _with_grid(module, params):
@@ -143,21 +144,24 @@ def export(workdir: str, out: str, step: int | None = None) -> tuple[int, str]:
   module docstring); returns (step, what was written). `out` is complete
   or absent."""
   config = run_dir.saved_config(workdir)
-  family = family_of(config)
+  image_family, text_family = families(config)
   step, model, variables, tokenizer, _ = run_dir.restore(workdir, config, step)
   params = jax.device_get(variables["params"])
   image_params = hf_vision.as_numpy(params[cliplite.IMAGE_TOWER])
   vit = _with_grid(model.image_encoder, image_params)
-  two_tower, vision_class, text_class, processor = CLASSES[family]
-  whole = config.model.get("head", "milinear") == (
-      "linear" if family == "clip" else "identity")
+  family = image_family
+  two_tower, _, _, processor = CLASSES[image_family]
+  vision_class, text_class = (CLASSES[image_family][1],
+                              CLASSES[text_family][2])
+  head = heads.head_kind(config.model)
+  whole = image_family == text_family and head == heads.RELEASED[family]
   eos, pad = _end_and_pad(tokenizer)
   vision = dict(hf_vision.hf_config_from_vit(vit))
-  text = text_config(config, family, eos, pad)
+  text = text_config(config, text_family, eos, pad)
   prefix = "vision_model." if whole else ""
-  to_vision = (hf_vision.to_clip_vision_state_dict if family == "clip"
+  to_vision = (hf_vision.to_clip_vision_state_dict if image_family == "clip"
                else hf_vision.to_siglip_vision_state_dict)
-  to_text = (hf_text.to_clip_text_state_dict if family == "clip"
+  to_text = (hf_text.to_clip_text_state_dict if text_family == "clip"
              else hf_text.to_siglip_text_state_dict)
   vision_tensors = to_vision(image_params, prefix=prefix)
   text_tensors = to_text(hf_vision.as_numpy(params[cliplite.TEXT_TOWER]),
@@ -211,9 +215,11 @@ def export(workdir: str, out: str, step: int | None = None) -> tuple[int, str]:
     _write(os.path.join(staging, "text_model"),
            {"architectures": [text_class], **text}, text_tensors)
     _write_tokenizer(tokenizer, os.path.join(staging, "text_model"), config)
-    what = (f"the towers alone: the heads are CLIP-Lite's MILinearBlocks "
-            f"(model.head={config.model.get('head', 'milinear')!r}), which "
-            f"{two_tower} has no place for; {out}/vision_model is a "
+    why = (f"the heads are CLIP-Lite's MILinearBlocks, which {two_tower} "
+           f"has no place for" if head == "milinear" else
+           f"a {image_family} image tower with a {text_family} text tower "
+           f"under {head} heads is no one transformers class")
+    what = (f"the towers alone ({why}): {out}/vision_model is a "
             f"{vision_class} and {out}/text_model a {text_class}, giving "
             f"the tower features, not the embeddings")
   inference.publish(staging, out)

@@ -104,7 +104,8 @@ def initial(config: ml_collections.ConfigDict):
         "(model.init_from); train first, or name one")
   mesh = parallel.make_mesh()
   model = state_lib.build_model(config)
-  variables = state_lib.initial_variables(config, model, mesh)
+  loaded = state_lib.checked_initial(config, model)
+  variables = state_lib.initial_variables(config, model, mesh, loaded)
   tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
                                       config.data.max_tokens)
   return 0, model, variables, tokenizer, mesh

@@ -230,7 +230,11 @@ def _two_tower_fields(c: _Checker) -> None:
   towers.check(c, "model.image", towers.IMAGE_TOWERS, towers.DEFAULT_IMAGE)
   towers.check(c, "model.text", towers.TEXT_TOWERS, towers.DEFAULT_TEXT)
   c.integer("model.proj_dim", 1)
-  c.one_of("model.head", tuple(heads.HEADS))
+  c.one_of("model.head", (*heads.HEADS, "released"))
+  c.require(c.get("model.head") != "released" or c.get(
+      "model.text.name", "bert") in heads.RELEASED, "model.head",
+            f"not 'released' for a {c.get('model.text.name', 'bert')} text "
+            f"tower (released heads: CLIP's and SigLIP's)")
   for key in ("model.pixel_mean", "model.pixel_std"):
     value = c.get(key)
     c.require(value is None or (

@@ -150,3 +150,49 @@ def test_evaluate_scores_a_released_model_without_training(tiny_data_dir,
   scores = json.loads((workdir / "eval" / "step_0.json").read_text())
   assert "retrieval/shapes_captions/i2t_r1" in scores
   assert not (workdir / "checkpoints").exists()
+
+
+def test_lit_run_exports_its_towers_and_evaluates_with_its_config(
+    tiny_data_dir, tmp_path):
+  """LiT: SigLIP's image tower locked, a CLIP text tower trained; its
+  towers export each as its own transformers class; evaluate re-adopts
+  the release from the config the run was trained with."""
+  source = save_siglip(str(tmp_path / "release"), tokenizer())
+  workdir, out = tmp_path / "lit", tmp_path / "hf"
+  config = f"--config=configs/lit_jsd.py:image={source}"
+  result = run_module(
+      "cliplite_jax.main", config, f"--workdir={workdir}",
+      f"--config.data.data_dir={tiny_data_dir}", *STEPS[1:],
+      "--config.total_steps=2", "--config.checkpoint_every_steps=2",
+      "--config.optim.warmup_steps=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_module("cliplite_jax.export_hf", f"--workdir={workdir}",
+                      f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "SiglipVisionModel" in result.stdout
+  assert "CLIPTextModel" in result.stdout
+  transformers.SiglipVisionModel.from_pretrained(str(out / "vision_model"))
+  transformers.CLIPTextModel.from_pretrained(str(out / "text_model"))
+  result = run_module("cliplite_jax.evaluate", config, f"--workdir={workdir}",
+                      f"--config.data.data_dir={tiny_data_dir}",
+                      "--config.eval.probes=('gap',)")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "evaluation at step 2" in result.stdout
+
+
+def test_an_unreadable_release_is_one_line_and_writes_nothing(tmp_path):
+  source = save_clip(str(tmp_path / "release"), tokenizer())
+  weights = os.path.join(source, "model.safetensors")
+  with open(weights, "rb") as f:
+    data = f.read()
+  with open(weights, "wb") as f:
+    f.write(data[:len(data) // 2])  # truncated
+  workdir = tmp_path / "run"
+  result = run_module("cliplite_jax.main",
+                      f"--config=configs/released.py:path={source}",
+                      f"--workdir={workdir}")
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith("cliplite_jax.main: error: the initial weights")
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()

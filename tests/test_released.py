@@ -16,7 +16,7 @@ import transformers
 import photos
 from cliplite_jax import config_io, features, run_dir
 from cliplite_jax.data import augment, clip_tokenizer, text as text_lib
-from cliplite_jax.models import hf_bert, released
+from cliplite_jax.models import heads, hf_bert, released
 
 VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
               num_attention_heads=4, image_size=32, patch_size=8)
@@ -139,7 +139,8 @@ def test_imported_model_equals_transformers(releases, family):
   objective = "infonce" if family == "clip" else "sigmoid"  # SigLIP's bias
   config = released_config(releases[family], **{"loss.name": objective})
   lines = released.adopt(config)
-  assert len(lines) == 3  # image, text, heads
+  assert len(lines) == 4  # image, text, heads, logit scale
+  assert lines[-1].startswith("logit scale")  # the release's, its objective
   img, txt, logits, ids, mask, pixels = ours(config)
   reference = (transformers.CLIPModel if family == "clip"
                else transformers.SiglipModel).from_pretrained(
@@ -162,12 +163,13 @@ def test_imported_model_equals_transformers(releases, family):
   close(img, want_img)
   close(txt, want_txt)
   close(logits, out.logits_per_image.numpy())
+  kind = heads.head_kind(config.model)
   if family == "clip":
     assert config.model.pixel_mean == (0.4, 0.45, 0.5)
-    assert config.model.head == "linear" and config.model.proj_dim == 40
+    assert kind == "linear" and config.model.proj_dim == 40
   else:
     assert config.model.pixel_mean == (0.5, 0.5, 0.5)
-    assert config.model.head == "identity"
+    assert kind == "identity"
     # Padded with the end token, which the tower attends to.
     end = tokenizer().token_to_id(clip_tokenizer.END)
     assert (ids[mask == 0] == end).all()
@@ -442,3 +444,48 @@ def test_imported_openai_resnet_equals_openclip(tmp_path):
   for got, expected in zip((img, txt, logits),
                            openclip_reference(model, ids, pixels)):
     close(got, expected)
+
+
+def test_fresh_heads_and_the_logit_scale_follow_the_objective(releases):
+  """Only model.head='released' loads the projections; the logit scale
+  (and SigLIP's bias) load only under the objective they were trained
+  with."""
+  config = released_config(releases["clip"], **{"loss.name": "infonce"})
+  config.model.head = "linear"  # CLIP's architecture, fresh
+  released.adopt(config)
+  loaded = released.initial_variables(config, has_bias=False)["params"]
+  assert "image_head" not in loaded and "log_scale" in loaded
+  assert float(loaded["log_scale"]) == pytest.approx(3.1)
+  config = released_config(releases["siglip"])  # CLIP-Lite's JSD
+  lines = released.adopt(config)
+  assert "not the release's" in lines[-1] and "sigmoid" in lines[-1]
+  loaded = released.initial_variables(config, has_bias=False)["params"]
+  assert "log_scale" not in loaded and "logit_bias" not in loaded
+  config = released_config(releases["siglip"], **{"loss.name": "sigmoid"})
+  released.adopt(config)
+  loaded = released.initial_variables(config, has_bias=True)["params"]
+  assert float(loaded["logit_bias"]) == pytest.approx(-6.5)
+
+
+def test_released_heads_need_the_towers_of_their_release(releases):
+  config = released_config(releases["clip"])
+  config.model.image.init_from = releases["siglip"]
+  with pytest.raises(config_io.UserError, match="model.head='milinear'"):
+    released.adopt(config)
+
+
+def test_a_siglip_tokenizer_without_a_pad_token_is_refused(tmp_path,
+                                                           releases):
+  import shutil
+  source = str(tmp_path / "siglip")
+  shutil.copytree(releases["siglip"], source)
+  os.remove(os.path.join(source, "tokenizer_config.json"))
+  config = released_config(source)
+  # config.json's text_config.pad_token_id (the end token) stands in.
+  lines = released.adopt(config)
+  assert f"padded with {clip_tokenizer.END!r}" in lines[1]
+  hf = json.load(open(os.path.join(source, "config.json")))
+  hf["text_config"]["pad_token_id"] = None
+  json.dump(hf, open(os.path.join(source, "config.json"), "w"))
+  with pytest.raises(config_io.UserError, match="attends to its padding"):
+    released.adopt(released_config(source))

@@ -111,19 +111,27 @@ def load_tokenizer(path: str, max_tokens: int) -> Tokenizer:
 
 
 def _configured_pad(directory: str, tokenizer: Tokenizer) -> str | None:
-  """The pad token tokenizer_config.json (or special_tokens_map.json) beside
-  a tokenizer.json names, if it is in the vocabulary (SigLIP pads with
+  """The pad token that tokenizer_config.json or special_tokens_map.json
+  beside a tokenizer.json names, or failing those a model config.json's
+  (text_config.)pad_token_id, if it is in the vocabulary (SigLIP pads with
   "</s>", which its text tower attends to)."""
-  for name in ("tokenizer_config.json", "special_tokens_map.json"):
+  def read(name):
     try:
       with open(os.path.join(directory, name)) as f:
-        pad = json.load(f).get("pad_token")
-    except (OSError, ValueError, AttributeError):
-      continue
+        found = json.load(f)
+    except (OSError, ValueError):
+      return {}
+    return found if isinstance(found, dict) else {}
+  for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    pad = read(name).get("pad_token")
     if isinstance(pad, dict):
       pad = pad.get("content")
     if isinstance(pad, str) and tokenizer.token_to_id(pad) is not None:
       return pad
+  model = read("config.json")
+  pad_id = (model.get("text_config") or model).get("pad_token_id")
+  if isinstance(pad_id, int) and not isinstance(pad_id, bool):
+    return tokenizer.id_to_token(pad_id)
   return None
 
 

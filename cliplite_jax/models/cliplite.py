@@ -141,7 +141,7 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
                   else None),
       num_prototypes=(config.loss.nclip.prototypes if objective.prototypes
                       else 0),
-      head=m.get("head", "milinear"),
+      head=heads.head_kind(m),
       lock_image=m.image.get("locked", False),
       lock_text=m.text.get("locked", False),
       dtype=dtype)

@@ -113,3 +113,15 @@ class Identity(nn.Module):
 # paper's), CLIP's bias-free projection, or none (SigLIP).
 HEADS = {"milinear": MILinearBlock, "linear": LinearProjection,
          "identity": Identity}
+# `model.head="released"`: a released model's own heads (loaded from
+# `model.init_from`), by its text tower's family.
+RELEASED = {"clip": "linear", "siglip": "identity"}
+
+
+def head_kind(model_config) -> str:
+  """The HEADS key a `config.model` section builds: its `head`, with
+  "released" resolved by the text tower's name (KeyError for another)."""
+  head = model_config.get("head", "milinear")
+  if head == "released":
+    return RELEASED[model_config.text.get("name", "bert")]
+  return head

@@ -28,13 +28,21 @@ class OpenCLIPError(hf_bert.PretrainedError):
 
 
 def model_config(spec: str) -> dict:
-  """An open_clip model config dict from a JSON file, or from the name of
-  one that open_clip ships ("ViT-B-32", read from the installed package's
-  model_configs/ without importing it). OpenCLIPError otherwise."""
+  """An open_clip model config dict from a JSON file (a model config, or
+  an open_clip_config.json: {"model_cfg", "preprocess_cfg"}, kept whole),
+  or from the name of one that open_clip ships ("ViT-B-32", read from the
+  installed package's model_configs/ without importing it).
+  OpenCLIPError otherwise."""
   if os.path.isfile(spec):
-    with open(spec) as f:
-      config = json.load(f)
-    return config.get("model_cfg", config)
+    try:
+      with open(spec) as f:
+        config = json.load(f)
+    except (OSError, ValueError) as e:
+      raise OpenCLIPError(f"model config {spec}: not a readable JSON file "
+                          f"({e})") from e
+    if not isinstance(config, dict):
+      raise OpenCLIPError(f"model config {spec}: not a JSON object")
+    return config
   found = importlib.util.find_spec("open_clip")
   if found is None or not found.submodule_search_locations:
     raise OpenCLIPError(f"open_clip model config {spec!r}: not a file, and "
@@ -44,7 +52,7 @@ def model_config(spec: str) -> dict:
                       f"{spec}.json")
   if not os.path.exists(path):
     raise OpenCLIPError(f"open_clip has no model config {spec!r} (e.g. "
-                        f"ViT-B-32, ViT-B-16); or pass a JSON file")
+                        f"ViT-B-32-quickgelu, ViT-B-16); or pass a JSON file")
   with open(path) as f:
     return json.load(f)
 
@@ -81,6 +89,11 @@ def hf_config(config: Mapping[str, Any]) -> dict:
   open_clip model config of ViT (or OpenAI ResNet: a vision_config of
   model_type MODIFIED_RESNET) and text-transformer towers; OpenCLIPError
   naming what else it holds."""
+  missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg")
+             if k not in config]
+  if missing:
+    raise OpenCLIPError(f"not an open_clip model config: it has no "
+                        f"{', '.join(missing)}")
   problem = _unsupported(config)
   if problem:
     raise OpenCLIPError(f"this open_clip model has {problem}; cliplite_jax "
@@ -141,6 +154,12 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
       tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a bad file
+      if "TorchScript" in str(e):
+        raise OpenCLIPError(
+            f"{path} is a TorchScript archive (OpenAI's original .pt "
+            f"release), which is not read: use the same weights as a state "
+            f"dict, e.g. the Hub's open_clip_pytorch_model.bin, or save "
+            f"torch.jit.load(PATH).state_dict()") from e
       raise OpenCLIPError(f"{path}: not a readable torch checkpoint "
                           f"({str(e).splitlines()[0]})") from e
     if isinstance(tensors, Mapping) and "state_dict" in tensors:

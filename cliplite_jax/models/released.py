@@ -28,8 +28,9 @@ import ml_collections
 import numpy as np
 
 from cliplite_jax import config_io
+from cliplite_jax.data import text as text_lib
 from cliplite_jax.models import (hf_bert, hf_text, hf_vision, modified_resnet,
-                                 openclip_map, towers)
+                                 openclip_map, towers, vit)
 
 # OpenAI CLIP's and SigLIP's pixel statistics, for sources without a
 # preprocessor_config.json.
@@ -116,17 +117,16 @@ def read(path: str, arch: str = "") -> Source:
       raise hf_bert.PretrainedError(
           f"{path} is a file: an open_clip checkpoint needs its model config, "
           f"model.init_arch=NAME (e.g. ViT-B-32) or a JSON file")
-    hf = openclip_map.hf_config(openclip_map.model_config(arch))
-    return Source(path, "clip", hf, path, True, None, CLIP_PIXELS)
+    spec = openclip_map.model_config(arch)
+    return Source(path, "clip", openclip_map.hf_config(
+        spec.get("model_cfg", spec)), path, True, None, _openclip_pixels(spec))
   if os.path.exists(os.path.join(path, openclip_map.CONFIG_FILE)):
-    spec = _json(os.path.join(path, openclip_map.CONFIG_FILE))
+    spec = openclip_map.model_config(
+        os.path.join(path, openclip_map.CONFIG_FILE))
     hf = openclip_map.hf_config(spec.get("model_cfg", spec))
-    pre = spec.get("preprocess_cfg", {})
-    pixels = (tuple(pre.get("mean", CLIP_PIXELS[0])),
-              tuple(pre.get("std", CLIP_PIXELS[1])))
     weights = _first(path, openclip_map.WEIGHT_FILES)
     return Source(path, "clip", hf, weights, True, _tokenizer_file(path),
-                  pixels)
+                  _openclip_pixels(spec))
   config_path = os.path.join(path, "config.json")
   if not os.path.exists(config_path):
     raise hf_bert.PretrainedError(
@@ -145,6 +145,13 @@ def read(path: str, arch: str = "") -> Source:
     hf.setdefault("projection_dim", 512)
   return Source(path, family, hf, _first(path, _HF_WEIGHTS), False,
                 _tokenizer_file(path), _pixels(path, family))
+
+
+def _openclip_pixels(spec: dict) -> tuple:
+  """An open_clip config's preprocess_cfg mean/std, else OpenAI's."""
+  pre = spec.get("preprocess_cfg", {})
+  return (tuple(pre.get("mean", CLIP_PIXELS[0])),
+          tuple(pre.get("std", CLIP_PIXELS[1])))
 
 
 def _first(directory: str, names: tuple[str, ...]) -> str:
@@ -179,8 +186,11 @@ def image_section(source: Source, old) -> dict:
                 locked=bool(old.get("locked", False)),
                 init_from=old.get("init_from", ""))
   f = hf_vision.vit_fields_from_hf_config(vision)
+  shape = (f["width"], f["depth"], f["heads"], f["mlp_dim"])
+  size = next((name for name, value in vit.VARIANTS.items()
+               if value == shape), "B")  # "B" with every field overridden
   return dict(
-      name="vit", variant=f"B/{f['patch']}", width=f["width"],
+      name="vit", variant=f"{size}/{f['patch']}", width=f["width"],
       depth=f["depth"], heads=f["heads"], mlp_dim=f["mlp_dim"],
       pool=f["pool"], posemb=f["posemb"], class_token=f["class_token"],
       pre_norm=f["pre_norm"], act=f["act"],
@@ -263,28 +273,73 @@ def adopt(config: ml_collections.ConfigDict) -> list[str]:
       if tokenizer is None:
         raise config_io.UserError(
             f"{path} has no tokenizer.json for its text tower: name the "
-            f"tokenizer it was trained with, data.tokenizer=PATH (an open_clip "
-            f"CLIP's is OpenAI CLIP's tokenizer.json), or load only the image "
-            f"tower with model.image.init_from")
+            f"tokenizer it was trained with (configs/released.py:tokenizer="
+            f"PATH, or data.tokenizer=PATH; an open_clip CLIP's is OpenAI "
+            f"CLIP's tokenizer.json), or load only the image tower with "
+            f"model.image.init_from")
       m.text = text_section(source, m.text)
       config.data.tokenizer = tokenizer
       config.data.max_tokens = m.text.max_len
+      padding = ""
+      if not m.text.mask_padding:
+        padding = f", padded with {_pad_token(tokenizer, m.text.max_len, path)!r}"
       lines.append(f"text tower from {path}: {source.family} "
                    f"{m.text.layers}×{m.text.hidden}, {m.text.max_len} "
-                   f"tokens, tokenizer {tokenizer}")
+                   f"tokens, tokenizer {tokenizer}{padding}")
   if m.get("head") == "released":
-    try:
-      source = read_sources.get(m.init_from) or read(m.init_from, arch)
-    except hf_bert.PretrainedError as e:
-      raise config_io.UserError(f"model.init_from: {e}") from e
-    if source.family == "clip":
-      m.head, m.proj_dim = "linear", source.hf["projection_dim"]
-    else:
-      m.head, m.proj_dim = "identity", m.image.width
+    if set(wanted.values()) != {m.init_from}:
+      raise config_io.UserError(
+          "model.head='released' puts model.init_from's heads on its own "
+          "towers; with a tower from another model.*.init_from use "
+          "model.head='milinear' (fresh heads)")
+    source = read_sources[m.init_from]
+    m.proj_dim = (source.hf["projection_dim"] if source.family == "clip"
+                  else m.image.get("output_dim") or m.image.width)
     lines.append(f"heads: the released {source.family} "
-                 f"{'projections' if m.head == 'linear' else '(none)'}, "
-                 f"width {m.proj_dim}")
+                 f"{'projections' if source.family == 'clip' else '(none)'}"
+                 f", width {m.proj_dim}")
+  if m.get("init_from"):
+    source = read_sources.get(m.init_from)
+    if source is not None:
+      lines.append(_scale_line(source, config.loss.name))
   return lines
+
+
+# The objective a family's logit scale (and bias) was trained with.
+NATIVE_OBJECTIVE = {"clip": "infonce", "siglip": "sigmoid"}
+
+
+def loads_scale(family: str, objective: str) -> bool:
+  """Whether a release's logit scale (and SigLIP's bias) is loaded for a
+  run of `objective`: only under the objective it was trained with; JSD's
+  softplus critic, unlike softmax, is not shift-invariant, and CLIP's
+  scale 100 on cosines of 0.2–0.3 would start every negative far out."""
+  return NATIVE_OBJECTIVE[family] == objective
+
+
+def _scale_line(source: Source, objective: str) -> str:
+  if loads_scale(source.family, objective):
+    return (f"logit scale{' and bias' if source.family == 'siglip' else ''}"
+            f": the release's")
+  return (f"logit scale: model.init_temperature's, not the release's "
+          f"(trained for {NATIVE_OBJECTIVE[source.family]}, this run is "
+          f"{objective})")
+
+
+def _pad_token(tokenizer: str, max_tokens: int, path: str) -> str:
+  """The pad token of a released tokenizer whose text tower attends to its
+  padding (SigLIP); UserError when it names none in its vocabulary."""
+  try:
+    loaded = text_lib.load_tokenizer(tokenizer, max_tokens)
+  except (OSError, ValueError) as e:
+    raise config_io.UserError(f"tokenizer {tokenizer}: {e}") from e
+  pad = loaded.padding["pad_token"]
+  if loaded.token_to_id(pad) is None:
+    raise config_io.UserError(
+        f"{path}'s text tower attends to its padding, but its tokenizer names "
+        f"no pad token in its vocabulary (tokenizer_config.json pad_token, or "
+        f"config.json text_config.pad_token_id)")
+  return pad
 
 
 def _named_tokenizer(config) -> str | None:
@@ -301,9 +356,10 @@ def initial_variables(config: ml_collections.ConfigDict,
   """{"params": {top-level name: float32 numpy tree}, "batch_stats": ...}
   read from the sources of an adopted `config`: image_encoder (with an
   OpenAI ResNet's BatchNorm statistics), text_encoder, and from
-  `model.init_from` log_scale, logit_bias (when `has_bias`) and, with
-  released heads ("linear"), image_head/text_head. PretrainedError naming
-  a tensor that is missing."""
+  `model.init_from` log_scale and logit_bias (when `has_bias`) under the
+  objective they were trained for (`loads_scale`), and with
+  `model.head="released"` image_head/text_head (CLIP's projections).
+  PretrainedError naming a tensor that is missing."""
   from cliplite_jax.models import cliplite  # the tree's names
   m = config.model
   out, stats = {}, {}
@@ -341,11 +397,13 @@ def initial_variables(config: ml_collections.ConfigDict,
                                       wanted["text"])
   if m.get("init_from"):
     tensors = tensors_of(m.init_from)
-    if "logit_scale" in tensors:
-      out["log_scale"] = tensors["logit_scale"].reshape(())
-    if has_bias and "logit_bias" in tensors:
-      out["logit_bias"] = tensors["logit_bias"].reshape(())
-    if m.get("head") == "linear":
+    family = read(m.init_from, m.get("init_arch", "")).family
+    if loads_scale(family, config.loss.name):
+      if "logit_scale" in tensors:
+        out["log_scale"] = tensors["logit_scale"].reshape(())
+      if has_bias and "logit_bias" in tensors:
+        out["logit_bias"] = tensors["logit_bias"].reshape(())
+    if m.get("head") == "released" and family == "clip":
       # An OpenAI ResNet projects inside its attention pool: the image
       # head is the identity (exact in float32).
       image_kernel = (np.eye(m.proj_dim, dtype=np.float32)

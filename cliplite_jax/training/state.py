@@ -12,8 +12,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from cliplite_jax import objectives
-from cliplite_jax.models import cliplite, multimodal, released, text
+from cliplite_jax import config_io, objectives
+from cliplite_jax.models import cliplite, hf_bert, multimodal, released, text
 from cliplite_jax.training import optim, parallel
 
 
@@ -95,12 +95,11 @@ def _fresh_variables(config, model, rng, loaded):
 
 
 def initial_variables(config: ml_collections.ConfigDict, model,
-                      mesh: Mesh) -> dict:
+                      mesh: Mesh, loaded: dict) -> dict:
   """The variables {"params", "batch_stats"} a fresh run of `config` starts
-  with (those of `init_sharded`'s state, `read_initial` loaded), without
-  an optimiser state: for scoring a released model. Replicated on
+  with (those of `init_sharded`'s state, `loaded` from `checked_initial`),
+  without an optimiser state: for scoring a released model. Replicated on
   `mesh`."""
-  loaded = read_initial(config)
   create = jax.jit(
       lambda rng, loaded: _fresh_variables(config, model, rng, loaded)[0],
       out_shardings=parallel.replicated(mesh))
@@ -156,12 +155,28 @@ def read_initial(config: ml_collections.ConfigDict) -> dict:
   return loaded
 
 
+def checked_initial(config: ml_collections.ConfigDict, model) -> dict:
+  """`read_initial`, checked to fit `model` (names and shapes, traced
+  without compute): a release that cannot be read or does not fit is a
+  UserError (one line), raised before a run writes anything."""
+  try:
+    loaded = read_initial(config)
+    jax.eval_shape(lambda rng: _fresh_variables(config, model, rng, loaded),
+                   jax.random.key(0))
+  except (hf_bert.PretrainedError, ValueError) as e:
+    raise config_io.UserError(
+        f"the initial weights: {str(e).splitlines()[0]}") from e
+  return loaded
+
+
 def init_sharded(config: ml_collections.ConfigDict, model, tx,
-                 mesh: Mesh, pretrained: bool = True) -> TrainState:
+                 mesh: Mesh, pretrained: bool = True,
+                 loaded: dict | None = None) -> TrainState:
   """`create_train_state` from `config.seed`, laid out on `mesh`
-  (`parallel.state_shardings`), with the text tower from
-  `read_initial`'s weights when `pretrained`."""
-  loaded = read_initial(config) if pretrained else {}
+  (`parallel.state_shardings`), with `loaded` (`checked_initial`), or
+  `read_initial`'s weights when `pretrained` and none are given."""
+  if loaded is None:
+    loaded = read_initial(config) if pretrained else {}
   create = jax.jit(
       lambda rng, loaded: create_train_state(config, model, tx, rng, loaded),
       out_shardings=state_shardings(config, model, tx, mesh))

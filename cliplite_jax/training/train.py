@@ -12,7 +12,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from cliplite_jax import config_io, evaluate, objectives, validation
+from cliplite_jax import config_io, evaluate, objectives, run_dir, validation
 from cliplite_jax.data import augment, pipeline, sources, vocabulary
 from cliplite_jax.models import hf_bert, multimodal, released
 from cliplite_jax.training import (accumulate, checkpoint, checkpoint_saver,
@@ -238,6 +238,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   guards.check_config_change(config, workdir, allow_config_change)
   identity = run_start.check_dataset_identity(config, workdir,
                                               allow_config_change)
+  model = state_lib.build_model(config)
+  # A fresh run reads its initial weights (a released model's, BERT's)
+  # before WORKDIR is touched: a bad release leaves nothing behind.
+  loaded = (None if run_dir.has_checkpoint(workdir)
+            else state_lib.checked_initial(config, model))
   fresh_tokenizer = None
   has_text = not multimodal.is_multimodal(config)
   if has_text and not (epath.Path(workdir) / "tokenizer.json").exists():
@@ -250,14 +255,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     tokenizer = vocabulary.save_tokenizer(fresh_tokenizer, config, workdir)
   elif has_text:
     tokenizer = vocabulary.workdir_tokenizer(config, workdir)
-  model = state_lib.build_model(config)
   tx = optim.build(config)
   data_iter = iter(pipeline.train_dataset(
       config, tokenizer, jax.process_index(), jax.process_count()))
   mngr = checkpoint.manager(workdir, config)
   last_saved = mngr.latest_step()
   state = state_lib.init_sharded(config, model, tx, mesh,
-                                 pretrained=last_saved is None)
+                                 pretrained=last_saved is None,
+                                 loaded=loaded if last_saved is None else {})
   if last_saved is not None:
     # The newest intact step: damaged ones are named and set aside.
     last_saved, state = recovery.restore_intact(mngr, state, data_iter,
