@@ -16,7 +16,7 @@ import transformers
 import photos
 from cliplite_jax import config_io, features, run_dir
 from cliplite_jax.data import augment, clip_tokenizer, text as text_lib
-from cliplite_jax.models import heads, hf_bert, released
+from cliplite_jax.models import heads, hf_bert, release_files, released
 
 VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
               num_attention_heads=4, image_size=32, patch_size=8)
@@ -286,7 +286,7 @@ def test_imported_openclip_equals_openclip(tmp_path, layout):
   for got, expected in zip((img, txt, logits), want):
     close(got, expected)
   expected_mean = ((0.5, 0.4, 0.3) if layout == "hub_directory"
-                   else released.CLIP_PIXELS[0])
+                   else release_files.CLIP_PIXELS[0])
   assert config.model.pixel_mean == expected_mean
 
 
