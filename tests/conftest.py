@@ -1,6 +1,7 @@
 """Test set-up: 4 fake CPU devices (set before jax is imported) and a tiny
 `shapes_captions` build shared by the whole session."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +24,13 @@ def xla_flags(devices: int) -> str:
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS", ""), xla_flags(4)]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# One XLA compilation cache for the session, shared with the training
-# subprocesses: most of a tiny run is compiling the same programs again.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      tempfile.mkdtemp(prefix="cliplite_jax_xla_cache_"))
+# One XLA compilation cache for the session, shared with the xdist workers
+# and the training subprocesses (they inherit it): most of a tiny run is
+# compiling the same programs again. The process that made it removes it.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="cliplite_jax_xla_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # JAX writes a cache entry in place, so a process may read one that another
@@ -72,6 +76,11 @@ def pytest_configure(config):
   # its default reordering by the number of tests in each file.
   if hasattr(config.option, "loadscopereorder"):
     config.option.loadscopereorder = False
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

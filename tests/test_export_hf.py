@@ -91,32 +91,6 @@ def test_import_train_export_then_from_pretrained(tiny_data_dir, tmp_path,
   np.testing.assert_array_equal(np.asarray(encoded["input_ids"]), ids)
 
 
-def test_cliplite_heads_export_the_towers_and_say_so(tiny_data_dir, tmp_path):
-  source = save_clip(str(tmp_path / "release"), tokenizer())
-  workdir, out = tmp_path / "run", tmp_path / "hf"
-  train_released(tiny_data_dir, source, workdir, "--config.model.head=milinear",
-                 "--config.total_steps=2", "--config.checkpoint_every_steps=2",
-                 "--config.optim.warmup_steps=1")
-  result = run_module("cliplite_jax.export_hf", f"--workdir={workdir}",
-                      f"--out={out}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "the towers alone" in result.stdout
-  assert "MILinearBlock" in result.stdout
-  assert len(result.stdout.strip().splitlines()) == 1
-  model = inference.load(str(workdir))
-  pixels = np.stack([augment.center_crop_resize(photos._pixels(n),
-                                                model.image_size)
-                     for n in NAMES])
-  features = model.encode_image_batch(pixels)["features"]
-  vision = transformers.CLIPVisionModel.from_pretrained(
-      str(out / "vision_model")).eval()
-  with torch.no_grad():
-    got = vision(pixel_values=torch_pixels(np.asarray(augment.normalize(
-        pixels, augment.pixel_stats(model.config))))).pooler_output.numpy()
-  close(got, features)
-  assert os.path.exists(out / "text_model" / "tokenizer.json")
-
-
 @pytest.mark.parametrize("towers,says", [
     ("image=resnet,text=bert", "this run's image tower is 'resnet'"),
     ("image=vit,text=bert", "the text tower (bert"),
@@ -154,9 +128,11 @@ def test_evaluate_scores_a_released_model_without_training(tiny_data_dir,
 
 def test_lit_run_exports_its_towers_and_evaluates_with_its_config(
     tiny_data_dir, tmp_path):
-  """LiT: SigLIP's image tower locked, a CLIP text tower trained; its
-  towers export each as its own transformers class; evaluate re-adopts
-  the release from the config the run was trained with."""
+  """LiT: SigLIP's image tower locked, a CLIP text tower trained, under
+  CLIP-Lite's heads: the towers export alone, each as its own transformers
+  class (the image tower's giving the run's features), with one line
+  saying why; evaluate re-adopts the release from the config the run was
+  trained with."""
   source = save_siglip(str(tmp_path / "release"), tokenizer())
   workdir, out = tmp_path / "lit", tmp_path / "hf"
   config = f"--config=configs/lit_jsd.py:image={source}"
@@ -169,10 +145,21 @@ def test_lit_run_exports_its_towers_and_evaluates_with_its_config(
   result = run_module("cliplite_jax.export_hf", f"--workdir={workdir}",
                       f"--out={out}")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "SiglipVisionModel" in result.stdout
-  assert "CLIPTextModel" in result.stdout
-  transformers.SiglipVisionModel.from_pretrained(str(out / "vision_model"))
+  line, = result.stdout.strip().splitlines()
+  assert "the towers alone" in line and "MILinearBlock" in line
+  assert "SiglipVisionModel" in line and "CLIPTextModel" in line
+  model = inference.load(str(workdir))
+  pixels = np.stack([augment.center_crop_resize(photos._pixels(n),
+                                                model.image_size)
+                     for n in NAMES])
+  vision = transformers.SiglipVisionModel.from_pretrained(
+      str(out / "vision_model")).eval()
+  with torch.no_grad():
+    got = vision(pixel_values=torch_pixels(np.asarray(augment.normalize(
+        pixels, augment.pixel_stats(model.config))))).pooler_output.numpy()
+  close(got, model.encode_image_batch(pixels)["features"])
   transformers.CLIPTextModel.from_pretrained(str(out / "text_model"))
+  assert os.path.exists(out / "text_model" / "tokenizer.json")
   result = run_module("cliplite_jax.evaluate", config, f"--workdir={workdir}",
                       f"--config.data.data_dir={tiny_data_dir}",
                       "--config.eval.probes=('gap',)")
