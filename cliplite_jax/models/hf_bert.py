@@ -60,22 +60,57 @@ def encoder_fields(hf: dict) -> dict:
               dropout=hf.get("hidden_dropout_prob", 0.1))
 
 
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+  """A weights file's tensors as float32 numpy: .safetensors (bfloat16
+  included), or a torch pickle (.bin/.pt/.pth; a training checkpoint's
+  "state_dict" and its "module." prefix unwrapped). PretrainedError (one
+  line) when it cannot be read."""
+  if path.endswith(".safetensors"):
+    # safetensors' numpy reader has no bfloat16; its flax one has.
+    from safetensors.flax import load_file
+    try:
+      tensors = load_file(path)
+    except Exception as e:  # safetensors raises its own kinds
+      raise PretrainedError(f"{path}: not a readable safetensors file "
+                            f"({e})") from e
+  else:
+    try:
+      import torch
+    except ImportError as e:
+      raise PretrainedError(
+          f"{path} needs PyTorch to read; install torch or save the "
+          f"checkpoint as .safetensors") from e
+    try:
+      tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file
+      if "TorchScript" in str(e):
+        raise PretrainedError(
+            f"{path} is a TorchScript archive (OpenAI's original .pt "
+            f"release), which is not read: use the same weights as a state "
+            f"dict, e.g. the Hub's open_clip_pytorch_model.bin, or save "
+            f"torch.jit.load(PATH).state_dict()") from e
+      raise PretrainedError(f"{path}: not a readable torch checkpoint "
+                            f"({str(e).splitlines()[0]})") from e
+    if isinstance(tensors, dict) and "state_dict" in tensors:
+      tensors = tensors["state_dict"]
+    if not isinstance(tensors, dict):
+      raise PretrainedError(f"{path} holds a {type(tensors).__name__}, not "
+                            f"a state dict")
+    tensors = {k: v.float().numpy() for k, v in tensors.items()
+               if hasattr(v, "float")}
+  if tensors and all(k.startswith("module.") for k in tensors):
+    tensors = {k[len("module."):]: v for k, v in tensors.items()}
+  return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
 def read_weights(path: str) -> dict[str, np.ndarray]:
   """The checkpoint's tensors by BERT name (a "bert." prefix removed)."""
   safetensors_path = os.path.join(path, SAFETENSORS_FILE)
   torch_path = os.path.join(path, TORCH_FILE)
   if os.path.exists(safetensors_path):
-    from safetensors.numpy import load_file
-    tensors = load_file(safetensors_path)
+    tensors = read_tensors(safetensors_path)
   elif os.path.exists(torch_path):
-    try:
-      import torch
-    except ImportError as e:
-      raise PretrainedError(
-          f"{torch_path} needs PyTorch to read; install torch or save the "
-          f"checkpoint as {SAFETENSORS_FILE}") from e
-    state = torch.load(torch_path, map_location="cpu", weights_only=True)
-    tensors = {k: v.float().numpy() for k, v in state.items()}
+    tensors = read_tensors(torch_path)
   else:
     raise PretrainedError(f"{path} has neither {SAFETENSORS_FILE} nor "
                           f"{TORCH_FILE} (found: {sorted(os.listdir(path))})")

@@ -5,7 +5,7 @@ the same weights as transformers' `CLIPModel`, under other names and with
 each attention's q, k, v in one `in_proj` tensor. This module renames and
 splits them, and writes the CLIPConfig dict of an open_clip model config,
 so that one mapping (`hf_vision`, `hf_text`, `released`) loads both. Pure
-numpy; torch is imported only to read a `.bin`/`.pt` file.
+numpy (the files are read by `hf_bert.read_tensors`).
 """
 from __future__ import annotations
 
@@ -131,47 +131,6 @@ def hf_config(config: Mapping[str, Any]) -> dict:
           "max_position_embeddings": text.get("context_length", 77),
           "hidden_act": act, "layer_norm_eps": 1e-5},
   }
-
-
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A checkpoint file's tensors as float32 numpy: .safetensors, or a torch
-  pickle (.bin/.pt/.pth; a training checkpoint's "state_dict" and its
-  "module." prefix are unwrapped). OpenCLIPError when unreadable."""
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    try:
-      tensors = load_file(path)
-    except Exception as e:  # safetensors raises its own kinds
-      raise OpenCLIPError(f"{path}: not a readable safetensors file "
-                          f"({e})") from e
-  else:
-    try:
-      import torch
-    except ImportError as e:
-      raise OpenCLIPError(f"{path}: reading a torch checkpoint needs torch "
-                          f"(pip install torch), or convert it to "
-                          f".safetensors") from e
-    try:
-      tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a bad file
-      if "TorchScript" in str(e):
-        raise OpenCLIPError(
-            f"{path} is a TorchScript archive (OpenAI's original .pt "
-            f"release), which is not read: use the same weights as a state "
-            f"dict, e.g. the Hub's open_clip_pytorch_model.bin, or save "
-            f"torch.jit.load(PATH).state_dict()") from e
-      raise OpenCLIPError(f"{path}: not a readable torch checkpoint "
-                          f"({str(e).splitlines()[0]})") from e
-    if isinstance(tensors, Mapping) and "state_dict" in tensors:
-      tensors = tensors["state_dict"]
-    if not isinstance(tensors, Mapping):
-      raise OpenCLIPError(f"{path} holds a {type(tensors).__name__}, not a "
-                          f"state dict")
-    tensors = {k: v.float().numpy() for k, v in tensors.items()
-               if hasattr(v, "float")}
-  if tensors and all(k.startswith("module.") for k in tensors):
-    tensors = {k[len("module."):]: v for k, v in tensors.items()}
-  return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
 
 
 def _split_attention(out: dict, hf: str, weight: np.ndarray,

@@ -53,22 +53,10 @@ class Source:
   def tensors(self) -> dict[str, np.ndarray]:
     """Its weights, float32 numpy by transformers' `CLIPModel` /
     `SiglipModel` names."""
-    tensors = _read_weights(self.weights)
+    tensors = hf_bert.read_tensors(self.weights)
     if self.openclip:
       tensors = openclip_map.hf_state_dict(tensors, self.hf, self.weights)
     return tensors
-
-
-def _read_weights(path: str) -> dict[str, np.ndarray]:
-  if path.endswith(".safetensors"):
-    # safetensors' numpy reader has no bfloat16; its flax one has.
-    from safetensors.flax import load_file
-    try:
-      return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
-    except Exception as e:  # safetensors raises its own kinds
-      raise hf_bert.PretrainedError(f"{path}: not a readable safetensors "
-                                    f"file ({e})") from e
-  return openclip_map.read_state_dict(path)
 
 
 def _json(path: str) -> dict:
