@@ -193,13 +193,16 @@ def to_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _get(tree: dict, path: tuple[str, ...]):
+def tree_get(tree: dict, path: tuple[str, ...]):
+  """tree[path[0]][path[1]]…: the leaf (or subtree) at `path`."""
   for key in path:
     tree = tree[key]
   return tree
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
+def tree_set(tree: dict, path: tuple[str, ...], value) -> None:
+  """Puts `value` at `path` in the nested dict `tree`, making the dicts on
+  the way."""
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
@@ -217,7 +220,7 @@ def params_from_weights(weights: dict[str, np.ndarray], layers: int,
                           f"{sorted(weights)[:3]})")
   params = {}
   for name, path in names.items():
-    _set(params, path, to_flax(name, weights[name], heads))
+    tree_set(params, path, to_flax(name, weights[name], heads))
   return params
 
 
@@ -225,7 +228,7 @@ def weights_from_params(params: dict, layers: int,
                         pooler: bool) -> dict[str, np.ndarray]:
   """BERT tensors (torch layout, float32) from our `TextEncoder` params."""
   return {name: np.ascontiguousarray(to_torch_layout(name,
-                                                     _get(params, path)))
+                                                     tree_get(params, path)))
           for name, path in name_map(layers, pooler).items()}
 
 

@@ -169,10 +169,7 @@ def _params(state_dict: Mapping[str, Any], layers: int, heads: int,
         f"(it has e.g. {sorted(weights)[:3]})")
   params = {}
   for name, path in names.items():
-    tree = params
-    for key in path[:-1]:
-      tree = tree.setdefault(key, {})
-    tree[path[-1]] = to_flax(name, _numpy(weights[name]), heads)
+    hf_bert.tree_set(params, path, to_flax(name, _numpy(weights[name]), heads))
   return params
 
 
@@ -180,12 +177,9 @@ def _state_dict(params: Mapping, layers: int, head: bool,
                 prefix: str) -> dict[str, np.ndarray]:
   out = {}
   for name, path in name_map(layers, head).items():
-    value = params
-    for key in path:
-      value = value[key]
+    value = np.asarray(hf_bert.tree_get(params, path), np.float32)
     # Fresh writable arrays (torch.from_numpy warns on read-only ones).
-    out[prefix + name] = np.array(
-        to_torch_layout(name, np.asarray(value, np.float32)), order="C")
+    out[prefix + name] = np.array(to_torch_layout(name, value), order="C")
   return out
 
 

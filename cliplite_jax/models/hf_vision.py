@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cliplite_jax.models import activations
+from cliplite_jax.models import activations, hf_bert
 
 PREFIX = "vision_model."
 # Tensors HF checkpoints may carry that no parameter corresponds to.
@@ -135,18 +135,6 @@ _LAYOUTS = {
 }
 
 
-def _set(tree: dict, path: tuple, value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _get(tree: Mapping, path: tuple):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
 def _vision_tensors(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """Float32 numpy tensors by name without "vision_model."; where any name
   has that prefix, only those names."""
@@ -178,16 +166,18 @@ def _params(state_dict: Mapping[str, Any], num_layers: int, clip: bool,
         f"unexpected (e.g. {extra[:3]})")
   params = {}
   for name, path, layout in names:
-    _set(params, path, _LAYOUTS[layout][0](tensors[name]))
+    hf_bert.tree_set(params, path, _LAYOUTS[layout][0](tensors[name]))
   if clip:
     # HF CLIP's patch conv has no bias; ours does.
-    _set(params, ("patch_embed", "bias"),
-         np.zeros(tensors["post_layernorm.bias"].shape, np.float32))
+    hf_bert.tree_set(params, ("patch_embed", "bias"),
+                     np.zeros(tensors["post_layernorm.bias"].shape,
+                              np.float32))
   else:
     weights = np.split(tensors["head.attention.in_proj_weight"], 3)
     biases = np.split(tensors["head.attention.in_proj_bias"], 3)
     for proj, w, b in zip(("query", "key", "value"), weights, biases):
-      _set(params, ("map_head", "attn", proj), {"kernel": w.T, "bias": b})
+      hf_bert.tree_set(params, ("map_head", "attn", proj),
+                       {"kernel": w.T, "bias": b})
   return stack_blocks(params) if scan else params
 
 
@@ -221,7 +211,7 @@ def _state_dict(params: Mapping, clip: bool, prefix: str) -> dict:
       raise HFVisionError(f"params have no {part}; an HF "
                           f"{'CLIP' if clip else 'SigLIP'} tower needs one")
   num_layers = _num_layers(params)
-  out = {name: _LAYOUTS[layout][1](_get(params, path))
+  out = {name: _LAYOUTS[layout][1](hf_bert.tree_get(params, path))
          for name, path, layout in _names(num_layers, clip)}
   if clip:
     # HF CLIP has no patch bias: it moves into every patch's position

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cliplite_jax.models import vit
+from cliplite_jax.models import hf_bert, vit
 
 
 class Bottleneck(nn.Module):
@@ -134,16 +134,17 @@ def openclip_variables(tensors: Mapping[str, np.ndarray],
   from an open_clip CLIP state dict's "visual.*" tensors; KeyError naming
   a missing tensor."""
   params, stats = {}, {}
+  put = hf_bert.tree_set
 
   def conv(ours: tuple, theirs: str):
-    _set(params, (*ours, "kernel"),
-         tensors[f"{theirs}.weight"].transpose(2, 3, 1, 0))
+    put(params, (*ours, "kernel"),
+        tensors[f"{theirs}.weight"].transpose(2, 3, 1, 0))
 
   def bn(ours: tuple, theirs: str):
-    _set(params, (*ours, "scale"), tensors[f"{theirs}.weight"])
-    _set(params, (*ours, "bias"), tensors[f"{theirs}.bias"])
-    _set(stats, (*ours, "mean"), tensors[f"{theirs}.running_mean"])
-    _set(stats, (*ours, "var"), tensors[f"{theirs}.running_var"])
+    put(params, (*ours, "scale"), tensors[f"{theirs}.weight"])
+    put(params, (*ours, "bias"), tensors[f"{theirs}.bias"])
+    put(stats, (*ours, "mean"), tensors[f"{theirs}.running_mean"])
+    put(stats, (*ours, "var"), tensors[f"{theirs}.running_var"])
 
   for i in (1, 2, 3):
     conv((f"conv{i}",), f"visual.conv{i}")
@@ -158,15 +159,11 @@ def openclip_variables(tensors: Mapping[str, np.ndarray],
         conv((ours, "downsample_conv"), f"{theirs}.downsample.0")
         bn((ours, "downsample_bn"), f"{theirs}.downsample.1")
   pool = "visual.attnpool"
-  _set(params, ("attnpool", "positional_embedding"),
-       tensors[f"{pool}.positional_embedding"])
+  put(params, ("attnpool", "positional_embedding"),
+      tensors[f"{pool}.positional_embedding"])
   for proj in ("q_proj", "k_proj", "v_proj", "c_proj"):
-    _set(params, ("attnpool", proj, "kernel"), tensors[f"{pool}.{proj}.weight"].T)
-    _set(params, ("attnpool", proj, "bias"), tensors[f"{pool}.{proj}.bias"])
+    put(params, ("attnpool", proj, "kernel"),
+        tensors[f"{pool}.{proj}.weight"].T)
+    put(params, ("attnpool", proj, "bias"), tensors[f"{pool}.{proj}.bias"])
   return {"params": params, "batch_stats": stats}
 
-
-def _set(tree: dict, path: tuple, value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = np.asarray(value, np.float32)
