@@ -37,7 +37,7 @@ from safetensors.numpy import save_file
 
 from cliplite_jax import cli, config_io, inference, run_dir
 from cliplite_jax.data import augment
-from cliplite_jax.models import cliplite, heads, hf_text, hf_vision
+from cliplite_jax.models import activations, cliplite, heads, hf_text, hf_vision
 
 FLAGS = flags.FLAGS
 # family → (two-tower class, vision class, text class, image processor).
@@ -45,13 +45,6 @@ CLASSES = {"clip": ("CLIPModel", "CLIPVisionModel", "CLIPTextModel",
                     "CLIPImageProcessor"),
            "siglip": ("SiglipModel", "SiglipVisionModel", "SiglipTextModel",
                       "SiglipImageProcessor")}
-_TEXT_SEMANTICS = {"clip": dict(pooling="eot", causal=True, mask_padding=True),
-                   "siglip": dict(pooling="last", causal=False,
-                                  mask_padding=False)}
-
-
-# family → the ViT's (pool, class_token, pre_norm) as transformers has it.
-_VIT_SEMANTICS = {("token", True, True): "clip", ("map", False, False): "siglip"}
 
 
 def families(config) -> tuple[str, str]:
@@ -66,18 +59,18 @@ def families(config) -> tuple[str, str]:
         f"CLIP/SigLIP classes cannot hold"
         + ("; export_image writes it for torchvision (and export_text a "
            "BERT text tower)" if name == "resnet" else ""))
-  image_family = _VIT_SEMANTICS.get((image.pool, image.class_token,
-                                     image.pre_norm))
-  if image_family is None or image.posemb != "learn":
+  image_family = hf_vision.vit_family(image.pool, image.class_token,
+                                      image.pre_norm, image.posemb)
+  if image_family is None:
     raise config_io.UserError(
         f"the ViT (pool={image.pool!r}, class_token={image.class_token}, "
         f"pre_norm={image.pre_norm}, posemb={image.posemb!r}) is neither "
         f"CLIP's (token, True, True, learn) nor SigLIP's (map, False, False, "
         f"learn) as transformers has them")
   name = text.get("name", "bert")
-  if name not in _TEXT_SEMANTICS or {
-      k: text.get(k) for k in _TEXT_SEMANTICS[name]} != _TEXT_SEMANTICS[
-          name] or (name == "clip" and text.projection):
+  semantics = hf_text.SEMANTICS.get(name)
+  if semantics is None or {k: text.get(k) for k in semantics} != semantics or (
+      name == "clip" and text.projection):
     raise config_io.UserError(
         f"the text tower ({name}, pooling={text.get('pooling')!r}, causal="
         f"{text.get('causal')}, mask_padding={text.get('mask_padding')}) is "
@@ -98,8 +91,7 @@ def _with_grid(module, params):
 def text_config(config, family: str, eos_id: int, pad_id: int) -> dict:
   """The CLIPTextConfig / SiglipTextConfig dict of the run's text tower."""
   t = config.model.text
-  act = {"quick_gelu": "quick_gelu", "gelu": "gelu",
-         "gelu_tanh": "gelu_pytorch_tanh"}[t.act]
+  act = activations.TO_HF[t.act]
   out = {"model_type": f"{family}_text_model", "vocab_size": t.vocab_size,
          "hidden_size": t.hidden, "intermediate_size": t.mlp_dim,
          "num_hidden_layers": t.layers, "num_attention_heads": t.heads,

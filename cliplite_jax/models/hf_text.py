@@ -27,6 +27,11 @@ _SIGLIP_DEFAULTS = dict(
     hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, attention_dropout=0.0)
 
 
+# How each family's text tower pools and attends, as transformers has it.
+SEMANTICS = {"clip": dict(pooling="eot", causal=True, mask_padding=True),
+             "siglip": dict(pooling="last", causal=False, mask_padding=False)}
+
+
 class UnsupportedTextModel(hf_bert.PretrainedError):
   """A config our text transformer does not implement (model type or
   activation); a ValueError, with one line naming what was found."""
@@ -70,8 +75,7 @@ def clip_text_fields(hf: Mapping[str, Any]) -> dict:
   with it, as CLIP's tokenizer writes them.
   """
   hf = _text_config(hf, "CLIP", ("clip_text_model",), ("clip",))
-  return dict(_fields(hf, _CLIP_DEFAULTS), pooling="eot", causal=True,
-              mask_padding=True, projection=0)
+  return dict(_fields(hf, _CLIP_DEFAULTS), **SEMANTICS["clip"], projection=0)
 
 
 def siglip_text_fields(hf: Mapping[str, Any]) -> dict:
@@ -86,8 +90,7 @@ def siglip_text_fields(hf: Mapping[str, Any]) -> dict:
                     ("siglip", "siglip2"))
   fields = _fields(hf, _SIGLIP_DEFAULTS)
   projection = hf.get("projection_size") or fields["width"]
-  return dict(fields, pooling="last", causal=False, mask_padding=False,
-              projection=projection)
+  return dict(fields, **SEMANTICS["siglip"], projection=projection)
 
 
 def name_map(layers: int, head: bool) -> dict[str, tuple[str, ...]]:

@@ -57,21 +57,32 @@ def vit_fields_from_hf_config(config: Mapping[str, Any]) -> dict:
       pre_norm=clip)
 
 
+# (pool, class_token, pre_norm) → the HF family whose vision tower has them.
+_FAMILIES = {("token", True, True): "clip", ("map", False, False): "siglip"}
+
+
+def vit_family(pool: str, class_token: bool, pre_norm: bool,
+               posemb: str) -> str | None:
+  """"clip" or "siglip": the HF vision tower a ViT of these options is
+  (CLIP: token pool, class token, pre_norm; SigLIP: map pool, neither;
+  both a learned posemb), or None."""
+  if posemb != "learn":
+    return None
+  return _FAMILIES.get((pool, class_token, pre_norm))
+
+
 def hf_config_from_vit(module) -> dict:
   """The CLIPVisionConfig or SiglipVisionConfig dict of a `vit.ViT` that HF
-  can hold (CLIP: token pool, class token, pre_norm; SigLIP: map pool,
-  neither), learned posemb and posemb_grid set. Else HFVisionError."""
-  clip = (module.pool, module.class_token, module.pre_norm) == (
-      "token", True, True)
-  siglip = (module.pool, module.class_token, module.pre_norm) == (
-      "map", False, False)
-  if not (clip or siglip) or module.posemb != "learn" or not module.posemb_grid:
+  can hold (`vit_family`), posemb_grid set. Else HFVisionError."""
+  family = vit_family(module.pool, module.class_token, module.pre_norm,
+                      module.posemb)
+  if family is None or not module.posemb_grid:
     raise HFVisionError(
         f"ViT(pool={module.pool!r}, class_token={module.class_token}, "
         f"pre_norm={module.pre_norm}, posemb={module.posemb!r}, posemb_grid="
         f"{module.posemb_grid}) is neither an HF CLIP nor a SigLIP tower")
   return {
-      "model_type": "clip_vision_model" if clip else "siglip_vision_model",
+      "model_type": f"{family}_vision_model",
       "hidden_size": module.width, "num_hidden_layers": module.depth,
       "num_attention_heads": module.heads,
       "intermediate_size": module.mlp_dim, "patch_size": module.patch,
