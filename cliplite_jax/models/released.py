@@ -227,16 +227,21 @@ def initial_variables(config: ml_collections.ConfigDict,
   from cliplite_jax.models import cliplite  # the tree's names
   m = config.model
   out, stats = {}, {}
-  cache = {}
+  sources, tensors_read = {}, {}
+
+  def source_of(path):
+    if path not in sources:
+      sources[path] = read(path, m.get("init_arch", ""))
+    return sources[path]
 
   def tensors_of(path):
-    if path not in cache:
-      cache[path] = read(path, m.get("init_arch", "")).tensors()
-    return cache[path]
+    if path not in tensors_read:
+      tensors_read[path] = source_of(path).tensors()
+    return tensors_read[path]
 
   wanted = sources_of(config)
   if "image" in wanted:
-    source = read(wanted["image"], m.get("init_arch", ""))
+    source = source_of(wanted["image"])
     if m.image.name == "clip_resnet":
       try:
         variables = modified_resnet.openclip_variables(
@@ -261,7 +266,7 @@ def initial_variables(config: ml_collections.ConfigDict,
                                       wanted["text"])
   if m.get("init_from"):
     tensors = tensors_of(m.init_from)
-    family = read(m.init_from, m.get("init_arch", "")).family
+    family = source_of(m.init_from).family
     if loads_scale(family, config.loss.name):
       if "logit_scale" in tensors:
         out["log_scale"] = tensors["logit_scale"].reshape(())
