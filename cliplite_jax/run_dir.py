@@ -67,8 +67,9 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
   steps = mngr.all_steps()
   if not steps:
     raise config_io.UserError(
-        f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first: "
-        f"python -m cliplite_jax.main --config=CONFIG --workdir={workdir}")
+        f"no checkpoint in {os.path.join(workdir, checkpoint.FOLDER)}; "
+        f"train first: python -m cliplite_jax.main --config=CONFIG "
+        f"--workdir={workdir}")
   follow_latest = step is None
   step = steps[-1] if step is None else step
   if step not in steps:
@@ -90,7 +91,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
 
 def has_checkpoint(workdir: str) -> bool:
   """Whether WORKDIR holds a checkpoint (a finished step directory)."""
-  folder = epath.Path(workdir) / "checkpoints"
+  folder = epath.Path(workdir) / checkpoint.FOLDER
   return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
@@ -102,10 +103,13 @@ def initial(config: ml_collections.ConfigDict):
     raise config_io.UserError(
         "no checkpoint to evaluate, and no released model to score "
         "(model.init_from); train first, or name one")
+  try:
+    tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
+                                        config.data.max_tokens)
+  except (OSError, ValueError) as e:
+    raise config_io.UserError(f"data.tokenizer: {e}") from e
   mesh = parallel.make_mesh()
   model = state_lib.build_model(config)
   loaded = state_lib.checked_initial(config, model)
   variables = state_lib.initial_variables(config, model, mesh, loaded)
-  tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
-                                      config.data.max_tokens)
   return 0, model, variables, tokenizer, mesh

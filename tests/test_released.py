@@ -489,3 +489,16 @@ def test_a_siglip_tokenizer_without_a_pad_token_is_refused(tmp_path,
   json.dump(hf, open(os.path.join(source, "config.json"), "w"))
   with pytest.raises(config_io.UserError, match="attends to its padding"):
     released.adopt(released_config(source))
+
+
+def test_an_unreadable_released_tokenizer_is_one_line(tmp_path, releases):
+  import shutil
+  source = str(tmp_path / "clip")
+  shutil.copytree(releases["clip"], source)
+  with open(os.path.join(source, "tokenizer.json"), "w") as f:
+    f.write('{"version": "1.0", "model": ')  # cut short
+  config = released_config(source)
+  released.adopt(config)  # CLIP's padding is masked: not read yet
+  with pytest.raises(config_io.UserError,
+                     match="not a readable tokenizer.json"):
+    run_dir.initial(config)

@@ -87,7 +87,8 @@ def load_tokenizer(path: str, max_tokens: int) -> Tokenizer:
   `path` is a tokenizer.json, a BERT vocab.txt, or a directory holding either
   (e.g. a downloaded bert-base-uncased); a vocab.txt becomes an uncased BERT
   WordPiece tokenizer with [CLS] … [SEP]. Raises FileNotFoundError naming
-  what was looked for.
+  what was looked for, ValueError for a tokenizer.json that does not
+  parse.
   """
   if os.path.isdir(path):
     for name in ("tokenizer.json", "vocab.txt"):
@@ -102,7 +103,11 @@ def load_tokenizer(path: str, max_tokens: int) -> Tokenizer:
     tokenizer = _bert_uncased(models.WordPiece.from_file(path,
                                                          unk_token="[UNK]"))
   else:
-    tokenizer = Tokenizer.from_file(path)
+    try:
+      tokenizer = Tokenizer.from_file(path)
+    except Exception as e:  # the tokenizers library raises its own kinds
+      raise ValueError(f"{path} is not a readable tokenizer.json "
+                       f"({str(e).splitlines()[0] if str(e) else e!r})") from e
     pad = _configured_pad(os.path.dirname(path), tokenizer)
     if pad is not None and tokenizer.padding is None:
       tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad),

@@ -23,6 +23,7 @@ from cliplite_jax import config_io
 from cliplite_jax.training import integrity, packing
 
 STATE, LAYOUT = "state", "state_layout"
+FOLDER = "checkpoints"  # in WORKDIR: one folder per saved step
 DATA_ITER, CONFIG = "data_iter", "config"
 
 
@@ -47,7 +48,7 @@ def manager(workdir: str, config: ml_collections.ConfigDict,
   return ocp.CheckpointManager(
       # Orbax wants absolute paths; gs:// ones already are.
       os.path.join(workdir if "://" in workdir else os.path.abspath(workdir),
-                   "checkpoints"), options=options,
+                   FOLDER), options=options,
       item_names=(STATE, LAYOUT, DATA_ITER, CONFIG))
 
 

@@ -261,7 +261,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mngr = checkpoint.manager(workdir, config)
   last_saved = mngr.latest_step()
   state = state_lib.init_sharded(config, model, tx, mesh,
-                                 pretrained=last_saved is None,
                                  loaded=loaded if last_saved is None else {})
   if last_saved is not None:
     # The newest intact step: damaged ones are named and set aside.
