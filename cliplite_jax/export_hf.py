@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 if __name__ == "__main__":
   from cliplite_jax.training import native_logs
@@ -103,6 +102,23 @@ def text_config(config, family: str, eos_id: int, pad_id: int) -> dict:
   return out
 
 
+def preprocessor_config(config, family: str) -> dict:
+  """The CLIPImageProcessor / SiglipImageProcessor dict for the run's image
+  size and pixel statistics (CLIP's resizes the short side and crops;
+  SigLIP's squashes to the square)."""
+  mean, std = augment.pixel_stats(config)
+  size = config.data.image_size
+  pre = {"image_processor_type": CLASSES[family][3], "do_resize": True,
+         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+         "image_mean": list(mean), "image_std": list(std), "resample": 2}
+  if family == "clip":
+    pre.update(size={"shortest_edge": size}, do_center_crop=True,
+               crop_size={"height": size, "width": size})
+  else:
+    pre.update(size={"height": size, "width": size})
+  return pre
+
+
 def _end_and_pad(tokenizer) -> tuple[int, int]:
   """The id an encoding ends with (CLIP's pooling finds it) and the pad id."""
   encoding = tokenizer.encode("a")
@@ -141,12 +157,12 @@ def export(workdir: str, out: str, step: int | None = None) -> tuple[int, str]:
   params = jax.device_get(variables["params"])
   image_params = hf_vision.as_numpy(params[cliplite.IMAGE_TOWER])
   vit = _with_grid(model.image_encoder, image_params)
-  family = image_family
-  two_tower, _, _, processor = CLASSES[image_family]
-  vision_class, text_class = (CLASSES[image_family][1],
-                              CLASSES[text_family][2])
+  two_tower, vision_class = CLASSES[image_family][:2]
+  text_class = CLASSES[text_family][2]
   head = heads.head_kind(config.model)
-  whole = image_family == text_family and head == heads.RELEASED[family]
+  # One two-tower class: both towers of one family, under its own heads.
+  whole = (image_family == text_family
+           and head == heads.RELEASED[image_family])
   eos, pad = _end_and_pad(tokenizer)
   vision = dict(hf_vision.hf_config_from_vit(vit))
   text = text_config(config, text_family, eos, pad)
@@ -162,24 +178,12 @@ def export(workdir: str, out: str, step: int | None = None) -> tuple[int, str]:
   if jax.process_index() != 0:
     return step, ""
   out = out.rstrip("/")
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",
-                             dir=parent)
-  mean, std = augment.pixel_stats(config)
-  size = config.data.image_size
-  pre = {"image_processor_type": processor, "do_resize": True,
-         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-         "image_mean": list(mean), "image_std": list(std), "resample": 2}
-  if family == "clip":
-    pre.update(size={"shortest_edge": size}, do_center_crop=True,
-               crop_size={"height": size, "width": size})
-  else:
-    pre.update(size={"height": size, "width": size})
+  staging = inference.staging_dir(out)
+  pre = preprocessor_config(config, image_family)
   if whole:
     tensors = {**vision_tensors, **text_tensors}
     log_scale = np.asarray(params["log_scale"], np.float32)
-    if family == "clip":
+    if image_family == "clip":
       tensors["visual_projection.weight"] = np.asarray(
           params["image_head"]["Dense_0"]["kernel"]).T
       tensors["text_projection.weight"] = np.asarray(
@@ -189,9 +193,9 @@ def export(workdir: str, out: str, step: int | None = None) -> tuple[int, str]:
       tensors["logit_scale"] = log_scale.reshape(1)
       tensors["logit_bias"] = np.asarray(
           params.get("logit_bias", 0.0), np.float32).reshape(1)
-    hf = {"architectures": [two_tower], "model_type": family,
+    hf = {"architectures": [two_tower], "model_type": image_family,
           "text_config": text, "vision_config": vision}
-    if family == "clip":
+    if image_family == "clip":
       hf["projection_dim"] = config.model.proj_dim
     _write(staging, hf, tensors)
     _write_tokenizer(tokenizer, staging, config)

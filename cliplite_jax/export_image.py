@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 
 if __name__ == "__main__":
   from cliplite_jax.training import native_logs
@@ -102,10 +101,7 @@ def export(workdir: str, out: str, step: int | None = None) -> int:
   tower, heads, description = state_dicts(config, variables, step)
   if jax.process_index() != 0:
     return step
-  out = out.rstrip("/")
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",
-                             dir=os.path.dirname(os.path.abspath(out)))
+  staging = inference.staging_dir(out)
   metadata = {"format": "pt", "step": str(step)}
   save_file(tower, os.path.join(staging, IMAGE_TOWER_FILE),
             metadata=dict(metadata, depth=str(description["image_tower"]

@@ -65,9 +65,18 @@ def check_out(out: str | None, flag: str = "--out") -> None:
                               f"directory elsewhere")
 
 
+def staging_dir(out: str) -> str:
+  """A new hidden directory beside `out` (its parents made) for an export
+  to be written into, then moved to `out` by `publish`."""
+  parent = os.path.dirname(os.path.abspath(out.rstrip("/")))
+  os.makedirs(parent, exist_ok=True)
+  return tempfile.mkdtemp(
+      prefix=f".{os.path.basename(out.rstrip('/'))}.partial-", dir=parent)
+
+
 def publish(staging: str, out: str) -> None:
-  """Moves a finished export from its `staging` directory (a sibling of
-  `out`, from tempfile.mkdtemp) to `out` (new, or empty: `check_out`), with
+  """Moves a finished export from its `staging_dir` to `out` (new, or
+  empty: `check_out`), with
   the permissions the umask gives (mkdtemp's and safetensors' are
   owner-only). `out` is complete or absent."""
   umask = os.umask(0)
@@ -76,6 +85,7 @@ def publish(staging: str, out: str) -> None:
     os.chmod(root, 0o777 & ~umask)
     for name in files:
       os.chmod(os.path.join(root, name), 0o666 & ~umask)
+  out = out.rstrip("/")
   if os.path.isdir(out):
     os.rmdir(out)  # empty (check_out): the export takes its place
   os.rename(staging, out)
