@@ -54,6 +54,17 @@ def read_tokenizer(config: ml_collections.ConfigDict,
   return text_lib.fixed_length(saved, config.data.max_tokens)
 
 
+def named_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+  """The local tokenizer `data.tokenizer` names (`text.load_tokenizer`),
+  padded and truncated to `data.max_tokens`; UserError (one line) when it
+  is missing or unreadable."""
+  try:
+    return text_lib.load_tokenizer(config.data.tokenizer,
+                                   config.data.max_tokens)
+  except (OSError, ValueError) as e:
+    raise config_io.UserError(f"data.tokenizer: {e}") from e
+
+
 def restore(workdir: str, config: ml_collections.ConfigDict,
             step: int | None = None):
   """Restores `step` (latest if None) of WORKDIR onto the devices at hand.
@@ -103,11 +114,7 @@ def initial(config: ml_collections.ConfigDict):
     raise config_io.UserError(
         "no checkpoint to evaluate, and no released model to score "
         "(model.init_from); train first, or name one")
-  try:
-    tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
-                                        config.data.max_tokens)
-  except (OSError, ValueError) as e:
-    raise config_io.UserError(f"data.tokenizer: {e}") from e
+  tokenizer = named_tokenizer(config)
   mesh = parallel.make_mesh()
   model = state_lib.build_model(config)
   loaded = state_lib.checked_initial(config, model)

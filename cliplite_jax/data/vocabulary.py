@@ -82,11 +82,7 @@ def new_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
       raise config_io.UserError(f"data.tokenizer={config.data.tokenizer!r}: "
                                 f"{e}") from e
   else:
-    try:
-      tokenizer = text_lib.load_tokenizer(config.data.tokenizer,
-                                          config.data.max_tokens)
-    except (FileNotFoundError, ValueError) as e:
-      raise config_io.UserError(f"data.tokenizer: {e}") from e
+    tokenizer = run_dir.named_tokenizer(config)
   vocab = tokenizer.get_vocab_size()
   if vocab > config.model.text.vocab_size:
     raise config_io.UserError(
