@@ -502,3 +502,23 @@ def test_an_unreadable_released_tokenizer_is_one_line(tmp_path, releases):
   with pytest.raises(config_io.UserError,
                      match="not a readable tokenizer.json"):
     run_dir.initial(config)
+
+
+def test_runs_saved_before_the_released_fields_resume_unchanged(tmp_path):
+  """A config.json written before model.head, pixel statistics and
+  posemb_grid existed equals today's defaults for them; another value is a
+  change."""
+  from cliplite_jax.training import guards
+  config = config_io.load_file(os.path.join(
+      HERE, "configs", "default.py:image=vit,text=clip"))
+  old = config.to_dict()
+  for key in ("head", "pixel_mean", "pixel_std", "init_from", "init_arch"):
+    del old["model"][key]
+  for key in ("posemb_grid", "init_from"):
+    del old["model"]["image"][key]
+  del old["model"]["text"]["init_from"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  guards.check_config_change(config, str(tmp_path), allow=False)
+  config.model.pixel_mean = (0.5, 0.5, 0.5)
+  with pytest.raises(config_io.UserError, match="model.pixel_mean"):
+    guards.check_config_change(config, str(tmp_path), allow=False)

@@ -12,6 +12,7 @@ import ml_collections
 from etils import epath
 
 from cliplite_jax import config_io, objectives
+from cliplite_jax.data import augment
 
 # Sections of the config that a checkpoint's contents depend on: resuming
 # with other values would load mismatched weights or train something else.
@@ -23,8 +24,8 @@ _FREE_TO_CHANGE = ("model.remat", "model.init_from", "model.init_arch",
                    "model.image.init_from", "model.text.init_from")
 # Fields configs saved before they existed lack: absent means this value.
 _ABSENT_MEANS = {"model.head": "milinear",
-                 "model.pixel_mean": [0.485, 0.456, 0.406],
-                 "model.pixel_std": [0.229, 0.224, 0.225],
+                 "model.pixel_mean": list(augment.IMAGENET_MEAN),
+                 "model.pixel_std": list(augment.IMAGENET_STD),
                  "model.image.posemb_grid": 0}
 # Loss fields only some objectives read: {prefix: those objectives}. A run of
 # another objective may resume with them changed (or added, as configs saved
