@@ -1,17 +1,20 @@
-r"""JSD (CLIP-Lite) vs InfoNCE (CLIP) vs sigmoid (SigLIP): loss + gradient
-cost as the per-device batch and the device count grow.
+r"""JSD (CLIP-Lite) vs InfoNCE (CLIP) vs sigmoid (SigLIP), the last two
+gathered (`loss.gather="all"`) and by ring (`"ring"`): loss + gradient cost
+as the per-device batch and the device count grow.
 
-  python bench/loss_scaling.py            # ~3 minutes on 2 cores
+  python bench/loss_scaling.py            # ~6 minutes on 2 cores
 
 Each point jits `value_and_grad` of the objective exactly as the train step
 builds it (`train.make_objective`: JSD per device shard, the others over the
-global batch) with respect to the image and text embeddings [B, D] sharded
-over the devices, and reports the median time, the per-device FLOPs from the
-compiled program's cost analysis, and the bytes each device receives from
-collectives, read from the compiled HLO. Two sweeps:
+global batch, gathered or by ring) with respect to the image and text
+embeddings [B, D] sharded over the devices, and reports the median time, the
+per-device FLOPs from the compiled program's cost analysis, its peak
+temporary memory per device (memory analysis), and the bytes each device
+receives from collectives, read from the compiled HLO. Three sweeps:
   * per-device batch 64 … 8192 on 1 device;
   * 1, 2, 4, 8 devices at per-device batch 1024 (faked CPU devices, one
-    subprocess per count; they share the cores, so time is total work).
+    subprocess per count; they share the cores, so time is total work);
+  * per-device batch 256 … 2048 on 4 devices.
 Writes bench/loss_scaling.png and bench/loss_scaling.json.
 """
 from __future__ import annotations
@@ -26,7 +29,8 @@ import sys
 import time
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-LOSS_NAMES = ("jsd", "infonce", "sigmoid")
+# loss.name, or loss.name/ring for loss.gather="ring".
+LOSS_NAMES = ("jsd", "infonce", "infonce/ring", "sigmoid", "sigmoid/ring")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4,
           "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
@@ -65,7 +69,8 @@ def measure(loss_name: str, per_device: int, dim: int, repeats: int) -> dict:
   from configs import default
 
   config = default.get_config()
-  config.loss.name = loss_name
+  config.loss.name, _, gather = loss_name.partition("/")
+  config.loss.gather = gather or "all"
   mesh = parallel.make_mesh()
   objective = train.make_objective(config, mesh)
   batch = per_device * mesh.devices.size
@@ -83,6 +88,7 @@ def measure(loss_name: str, per_device: int, dim: int, repeats: int) -> dict:
       *embeddings).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()
   jax.block_until_ready(compiled(*embeddings))
   times = []
   for _ in range(repeats):
@@ -94,6 +100,7 @@ def measure(loss_name: str, per_device: int, dim: int, repeats: int) -> dict:
           "per_device": per_device, "global": batch,
           "ms": 1e3 * statistics.median(times),
           "flops_per_device": float(cost.get("flops", float("nan"))),
+          "temp_bytes": int(getattr(memory, "temp_size_in_bytes", -1)),
           "gathered_bytes": comm.get("all-gather", 0),
           "reduced_bytes": comm.get("all-reduce", 0)}
 
@@ -118,8 +125,9 @@ def run_sweep(devices: int, per_device: list[int], args) -> list[dict]:
   results = [json.loads(line) for line in done.stdout.splitlines()
              if line.startswith("{")]
   for r in results:
-    print(f"{r['devices']:>3} dev  {r['per_device']:>5}/dev  {r['loss']:<8}"
+    print(f"{r['devices']:>3} dev  {r['per_device']:>5}/dev  {r['loss']:<13}"
           f"{r['ms']:>10.2f} ms  {r['flops_per_device'] / 1e6:>12.1f} MFLOP"
+          f"  temp {r['temp_bytes'] / 2**20:>8.2f} MiB"
           f"  gathered {r['gathered_bytes'] / 2**20:>8.2f} MiB"
           f"  reduced {r['reduced_bytes']:>8d} B", flush=True)
   return results
@@ -129,33 +137,43 @@ def plot(results: list[dict], args, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  fig, axes = plt.subplots(2, 3, figsize=(16, 8.4))
   one = [r for r in results if r["devices"] == 1]
   fixed = [r for r in results if r["per_device"] == args.fixed_per_device]
-  for name in LOSS_NAMES:
-    rs = sorted((r for r in one if r["loss"] == name),
-                key=lambda r: r["per_device"])
-    axes[0].loglog([r["per_device"] for r in rs], [r["ms"] for r in rs], "o-",
-                   label=name)
-    rs = sorted((r for r in fixed if r["loss"] == name),
-                key=lambda r: r["devices"])
-    axes[1].plot([r["devices"] for r in rs],
-                 [r["flops_per_device"] / 1e6 for r in rs], "o-", label=name)
-    axes[2].plot([r["devices"] for r in rs],
-                 [r["gathered_bytes"] / 2**20 for r in rs], "o-", label=name)
-  axes[0].set(xlabel="per-device batch (1 device)", ylabel="loss + grad, ms",
-              title="time vs batch")
-  axes[1].set(xlabel=f"devices ({args.fixed_per_device} rows each)",
-              ylabel="MFLOP per device", title="per-device work vs devices")
-  axes[2].set(xlabel=f"devices ({args.fixed_per_device} rows each)",
-              ylabel="MiB all-gathered per device",
-              title="communication vs devices")
-  for ax in axes:
+  swept = [r for r in results if r["devices"] == args.sweep_devices]
+  panels = [  # (axis, points, x key, y of a point, x label, y label, title)
+      (axes[0, 0], one, "per_device", lambda r: r["ms"],
+       "per-device batch (1 device)", "loss + grad, ms", "time vs batch"),
+      (axes[0, 1], fixed, "devices", lambda r: r["flops_per_device"] / 1e6,
+       f"devices ({args.fixed_per_device} rows each)", "MFLOP per device",
+       "per-device work vs devices"),
+      (axes[0, 2], fixed, "devices", lambda r: r["gathered_bytes"] / 2**20,
+       f"devices ({args.fixed_per_device} rows each)",
+       "MiB all-gathered per device", "communication vs devices"),
+      (axes[1, 0], fixed, "devices", lambda r: r["temp_bytes"] / 2**20,
+       f"devices ({args.fixed_per_device} rows each)",
+       "peak temporaries per device, MiB", "memory vs devices"),
+      (axes[1, 1], swept, "per_device", lambda r: r["temp_bytes"] / 2**20,
+       f"per-device batch ({args.sweep_devices} devices)",
+       "peak temporaries per device, MiB", "memory vs per-device batch"),
+      (axes[1, 2], fixed, "devices", lambda r: r["ms"],
+       f"devices ({args.fixed_per_device} rows each)",
+       "loss + grad, ms (devices share the cores)", "time vs devices")]
+  for ax, points, x, y, xlabel, ylabel, title in panels:
+    for name in LOSS_NAMES:
+      rs = sorted((r for r in points if r["loss"] == name),
+                  key=lambda r: r[x])
+      ax.plot([r[x] for r in rs], [y(r) for r in rs],
+              "o--" if name.endswith("/ring") else "o-", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if x == "per_device":
+      ax.set_xscale("log", base=2)
+      ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
   fig.suptitle(f"contrastive loss cost, embeddings of width {args.dim}")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=100)
 
 
 def main():
@@ -164,6 +182,10 @@ def main():
                       default=[64, 256, 1024, 4096, 8192])
   parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
   parser.add_argument("--fixed_per_device", type=int, default=1024)
+  parser.add_argument("--sweep_devices", type=int, default=4,
+                      help="the device count of the per-device batch sweep")
+  parser.add_argument("--sweep_per_device", type=int, nargs="+",
+                      default=[256, 512, 1024, 2048])
   parser.add_argument("--dim", type=int, default=256,
                       help="embedding width (the demo's proj_dim)")
   parser.add_argument("--repeats", type=int, default=10)
@@ -177,7 +199,10 @@ def main():
   results = run_sweep(1, sorted(set(args.per_device)
                                 | {args.fixed_per_device}), args)
   for devices in args.devices:
-    if devices != 1:
+    if devices == args.sweep_devices:
+      results += run_sweep(devices, sorted(set(args.sweep_per_device)
+                                           | {args.fixed_per_device}), args)
+    elif devices != 1:
       results += run_sweep(devices, [args.fixed_per_device], args)
   with open(args.out + ".json", "w") as f:
     json.dump(results, f, indent=1)

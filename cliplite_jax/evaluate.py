@@ -35,18 +35,30 @@ from cliplite_jax.data import augment, sources, text as text_lib
 from cliplite_jax.models import multimodal, released
 from cliplite_jax.objectives import losses
 from cliplite_jax.probes import modalities, plots, probe_inputs, registry
-from cliplite_jax.training import parallel
+from cliplite_jax.training import optim, parallel
 
-
+# In the results of a run that keeps a weight EMA: the decay of the EMA the
+# probes scored (absent: the weights trained).
+EMA_KEY = "weights/ema_decay"
 
 
 def run_probes(config: ml_collections.ConfigDict, model, variables,
                tokenizer, mesh: Mesh) -> dict[str, float]:
   """Runs the probes of `config.eval.probes` that each evaluated dataset
-  supports; returns flat {"probe/dataset/metric": float}. A `MultiModal`
-  model is scored by predicting each modality from the others."""
+  supports; returns flat {"probe/dataset/metric": float}, and EMA_KEY when
+  the run keeps a weight EMA (`variables`, from `TrainState.variables`, are
+  then the EMA's). A `MultiModal` model is scored by predicting each
+  modality from the others."""
   if multimodal.is_multimodal(config):
-    return modalities.evaluate(config, model, variables, mesh)
+    metrics = modalities.evaluate(config, model, variables, mesh)
+  else:
+    metrics = _two_tower_probes(config, model, variables, tokenizer, mesh)
+  if metrics and optim.ema_decay(config):
+    metrics[EMA_KEY] = optim.ema_decay(config)
+  return {k: float(v) for k, v in sorted(metrics.items())}
+
+
+def _two_tower_probes(config, model, variables, tokenizer, mesh) -> dict:
   encoders = features.make_encoders(
       model, variables, mesh, parallel.compiler_options(config),
       augment.pixel_stats(config))
@@ -57,7 +69,7 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
     for probe in config.eval.probes:
       if probe in view.source.probes:
         metrics.update(registry.PROBES[probe].score(view))
-  return {k: float(v) for k, v in sorted(metrics.items())}
+  return metrics
 
 
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:

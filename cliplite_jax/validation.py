@@ -170,6 +170,14 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
              else "the two-tower image–text model")
     c.problems.append(f"loss.name={name!r} does not train {model}; "
                       f"choose one of {kinds}")
+  c.one_of("loss.gather", objectives.GATHERS)
+  if c.get("loss.gather") == "ring" and name in objectives.OBJECTIVES:
+    if not objectives.OBJECTIVES[name].ring:
+      rings = sorted(n for n, o in objectives.OBJECTIVES.items() if o.ring)
+      c.problems.append(
+          f"loss.gather='ring' is for the objectives that gather every "
+          f"embedding ({', '.join(rings)}); loss.name={name!r} gathers "
+          f"{objectives.OBJECTIVES[name].gathers}")
   if c.get("loss.name") in objectives.NCLIP_LOSSES:
     c.integer("loss.nclip.prototypes", 1)
     for key in ("student_temperature", "teacher_temperature"):
@@ -183,6 +191,7 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   c.number("optim.clip_norm", 0, float("inf"), low_open=True, high_open=True)
   c.integer("optim.lookahead_k", 0, "an integer ≥ 0 (0: no Lookahead)")
   c.number("optim.lookahead_alpha", 0, 1, low_open=True)
+  c.number("optim.ema_decay", 0, 1, high_open=True)
   c.integer("optim.warmup_steps", 0)
   c.number("data.fraction", 0, 1, low_open=True)
   c.integer("data.num_workers", 0)

@@ -164,6 +164,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.prior_img = True
   c.loss.prior_txt = True
   c.loss.init_logit_bias = -10.0  # SigLIP only
+  # How infonce, sigmoid and xclip see the global batch: "all" gathers every
+  # embedding onto every device; "ring" passes text shards round the
+  # devices instead (flat memory per device; docs/objectives.md).
+  c.loss.gather = "all"
   # nCLIP's terms (nclip, xclip, jsd_nclip). Its code is unpublished: the
   # temperatures and ME-MAX weight are DINO's / MSN's values.
   c.loss.nclip = dict(
@@ -180,6 +184,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.b1, c.optim.b2 = 0.9, 0.999  # AdamW only
   c.optim.lookahead_k = 5  # 0 disables Lookahead
   c.optim.lookahead_alpha = 0.5
+  # > 0 keeps an exponential moving average of the weights (and BatchNorm
+  # statistics), updated after every step and used instead of the weights
+  # wherever the trained model is used: evaluation, embed, export.
+  c.optim.ema_decay = 0.0
   # Peak learning rate per parameter group; paper: 0.2 / 0.001 / 0.001. The
   # demo raises text and heads so a 1000-step run learns the captions.
   c.optim.lr = dict(image=0.2, text=0.1, other=0.1)

@@ -17,13 +17,18 @@ from conftest import run_module, vit_run_args, wait_for_step
 from test_reliability import _final_params, _losses
 
 
+# The ViT runs keep a weight EMA: their kill -9 resume covers its
+# checkpointing, and what loads them must read it.
+EMA = "--config.optim.ema_decay=0.9"
+
+
 @pytest.fixture(scope="module")
 def vit_run(tiny_data_dir, tmp_path_factory):
   """An uninterrupted 8-step run of configs/vit_demo.py (tiny ViT + CLIP
-  text, the trained byte BPE)."""
+  text, the trained byte BPE) with a weight EMA."""
   workdir = str(tmp_path_factory.mktemp("vit") / "run")
   result = run_module("cliplite_jax.main", *vit_run_args(tiny_data_dir,
-                                                         workdir))
+                                                         workdir, EMA))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "model: image ViT-Ti/8 (width 32, depth 2, heads 2, mlp_dim 64)" in (
       result.stdout), result.stdout
@@ -38,19 +43,33 @@ def test_vit_run_killed_at_a_random_step_resumes_bit_exact(
   print(f"KILL_SEED={seed}: killing at step {kill_at}")
   workdir = str(tmp_path / "run")
   process = run_module("cliplite_jax.main",
-                       *vit_run_args(tiny_data_dir, workdir), popen=True)
+                       *vit_run_args(tiny_data_dir, workdir, EMA), popen=True)
   wait_for_step(workdir, kill_at, process)
   process.send_signal(signal.SIGKILL)
   process.wait()
   result = run_module("cliplite_jax.main", *vit_run_args(tiny_data_dir,
-                                                         workdir))
+                                                         workdir, EMA))
   assert result.returncode == 0, result.stderr[-3000:]
   assert _losses(workdir) == _losses(vit_run), (
       f"killed at {kill_at} (KILL_SEED={seed})")
   step, state = _final_params(workdir)
   ref_step, ref_state = _final_params(vit_run)
   assert step == ref_step == 8
+  assert state.ema is not None
   jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+
+
+def test_what_loads_a_run_with_an_ema_reads_the_ema(vit_run):
+  """restore (evaluate, embed, export, cliplite_jax.load) gives the EMA of
+  the checkpoint, not the weights it trained."""
+  _, state = _final_params(vit_run)
+  config = config_io.load_saved(vit_run)
+  _, _, variables, _, _ = run_dir.restore(vit_run, config)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables),
+               state.ema)
+  differences = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                             state.ema, state.trained_variables)
+  assert max(jax.tree.leaves(differences)) > 1e-4
 
 
 def test_a_vit_run_loads_embeds_and_says_it_has_no_torch_export(

@@ -40,6 +40,8 @@ class Objective:
   modality_score: a multimodal objective's critic for zero-shot prediction
     of one modality from the others: "mip" (Symile's) or "pairwise".
   gathers: what crosses devices for the loss (docs/objectives.md's table).
+  ring: can run by ring instead (`loss.gather="ring"`: `objectives.ring`,
+    nothing gathered); fn then takes the mesh as `ring_mesh`.
   paper: where the objective comes from.
   """
   fn: Callable
@@ -53,6 +55,7 @@ class Objective:
   prototypes: bool = False
   modality_score: str = "mip"
   gathers: str = ""
+  ring: bool = False
   paper: str = ""
 
 
@@ -71,9 +74,11 @@ def nclip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
   return loss, metrics
 
 
-def xclip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
-  """xCLIP: InfoNCE + nclip.weight · nCLIP, on the global batch."""
-  l_clip, metrics = losses.clip_objective(outputs, cfg)
+def xclip_objective(outputs: dict, cfg,
+                    ring_mesh=None) -> tuple[jnp.ndarray, dict]:
+  """xCLIP: InfoNCE (by ring over `ring_mesh` if given) + nclip.weight ·
+  nCLIP, on the global batch."""
+  l_clip, metrics = losses.clip_objective(outputs, cfg, ring_mesh)
   l_nclip, nclip_metrics = _nclip_terms(outputs, cfg)
   total = l_clip + cfg.nclip.weight * l_nclip
   metrics.update(nclip_metrics)
@@ -128,15 +133,17 @@ OBJECTIVES = {
     "jsd": Objective(losses.cliplite_objective, device_local=True, rolls=True,
                      priors=True, gathers="nothing", paper=_CLIPLITE),
     "infonce": Objective(losses.clip_objective, device_local=False,
-                         gathers="every embedding [B, D]",
+                         gathers="every embedding [B, D]", ring=True,
                          paper="Radford et al., 2021 (CLIP)"),
     "sigmoid": Objective(losses.siglip_objective, device_local=False,
                          logit_bias=True, gathers="every embedding [B, D]",
+                         ring=True,
                          paper="Zhai et al., 2023 (SigLIP)"),
     "nclip": Objective(nclip_objective, device_local=False, prototypes=True,
                        gathers="the mean assignment [K]", paper=_NCLIP),
     "xclip": Objective(xclip_objective, device_local=False, prototypes=True,
-                       gathers="every embedding [B, D]", paper=_NCLIP),
+                       gathers="every embedding [B, D]", ring=True,
+                       paper=_NCLIP),
     "jsd_nclip": Objective(jsd_nclip_objective, device_local=True, rolls=True,
                            takes_axis=True, priors=True, prototypes=True,
                            gathers="the mean assignment [K]",
@@ -164,3 +171,12 @@ def loss_key(prior_rng: jax.Array) -> jax.Array:
   """The key an objective with `needs_key` samples negatives with, derived
   from the step's prior key (the multi-modal models draw no prior noise)."""
   return jax.random.fold_in(prior_rng, 1)
+
+
+GATHERS = ("all", "ring")
+
+
+def by_ring(loss_config) -> bool:
+  """Whether `loss_config` (config.loss) asks for the ring, not the gather
+  (configs saved before `loss.gather` existed gather)."""
+  return loss_config.get("gather", "all") == "ring"

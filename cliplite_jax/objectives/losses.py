@@ -10,6 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
+
+from cliplite_jax.objectives import ring
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
@@ -62,10 +65,18 @@ def prior_loss(real_logits: jnp.ndarray,
 
 
 def infonce(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
-            log_scale: jnp.ndarray) -> jnp.ndarray:
-  """CLIP's symmetric InfoNCE over the B×B logits; [B, D] inputs → scalar."""
+            log_scale: jnp.ndarray, ring_mesh: Mesh | None = None
+            ) -> jnp.ndarray:
+  """CLIP's symmetric InfoNCE over the B×B logits; [B, D] inputs → scalar.
+
+  With `ring_mesh`, by `ring.infonce` over its devices (nothing gathered)
+  instead of from the whole [B, B] matrix.
+  """
   img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
-  logits = img @ txt.T * jnp.exp(log_scale.astype(jnp.float32))
+  scale = jnp.exp(log_scale.astype(jnp.float32))
+  if ring_mesh is not None:
+    return ring.infonce(img, txt, scale, ring_mesh)
+  logits = img @ txt.T * scale
   labels = jnp.arange(logits.shape[0])
   return 0.5 * (
       optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -73,10 +84,18 @@ def infonce(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
 
 
 def sigmoid_pairwise(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
-                     log_scale: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-  """SigLIP: −Σ_ij log σ(z_ij (s·<x_i, y_j> + b)) / B, z = +1 on the diagonal."""
+                     log_scale: jnp.ndarray, bias: jnp.ndarray,
+                     ring_mesh: Mesh | None = None) -> jnp.ndarray:
+  """SigLIP: −Σ_ij log σ(z_ij (s·<x_i, y_j> + b)) / B, z = +1 on the
+  diagonal; [B, D] inputs, scalar s = exp(log_scale) and b → scalar.
+
+  With `ring_mesh`, by `ring.sigmoid` over its devices (nothing gathered).
+  """
   img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
-  logits = img @ txt.T * jnp.exp(log_scale.astype(jnp.float32)) + bias
+  scale = jnp.exp(log_scale.astype(jnp.float32))
+  if ring_mesh is not None:
+    return ring.sigmoid(img, txt, scale, bias.astype(jnp.float32), ring_mesh)
+  logits = img @ txt.T * scale + bias
   signs = 2.0 * jnp.eye(logits.shape[0]) - 1.0
   return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
 
@@ -101,19 +120,24 @@ def cliplite_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
   return total, metrics
 
 
-def clip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
-  """InfoNCE over the global batch."""
+def clip_objective(outputs: dict, cfg,
+                   ring_mesh: Mesh | None = None) -> tuple[jnp.ndarray, dict]:
+  """InfoNCE over the global batch (by ring over `ring_mesh` if given)."""
   del cfg
-  loss = infonce(outputs["img_emb"], outputs["txt_emb"], outputs["log_scale"])
+  loss = infonce(outputs["img_emb"], outputs["txt_emb"], outputs["log_scale"],
+                 ring_mesh)
   return loss, {"loss/infonce": loss, "loss/total": loss,
                 "temperature": _temperature(outputs)}
 
 
-def siglip_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
-  """Pairwise sigmoid over the global batch."""
+def siglip_objective(outputs: dict, cfg,
+                     ring_mesh: Mesh | None = None) -> tuple[jnp.ndarray, dict]:
+  """Pairwise sigmoid over the global batch (by ring over `ring_mesh` if
+  given)."""
   del cfg
   loss = sigmoid_pairwise(outputs["img_emb"], outputs["txt_emb"],
-                          outputs["log_scale"], outputs["logit_bias"])
+                          outputs["log_scale"], outputs["logit_bias"],
+                          ring_mesh)
   return loss, {"loss/sigmoid": loss, "loss/total": loss,
                 "temperature": _temperature(outputs),
                 "logit_bias": outputs["logit_bias"]}

@@ -13,20 +13,22 @@ from etils import epath
 
 from cliplite_jax import config_io, objectives
 from cliplite_jax.data import augment
+from cliplite_jax.training import optim
 
 # Sections of the config that a checkpoint's contents depend on: resuming
 # with other values would load mismatched weights or train something else.
 _CHECKPOINT_DEFINING = ("model", "loss", "data.name", "data.image_size",
-                        "data.max_tokens", "data.tokenizer")
+                        "data.max_tokens", "data.tokenizer", "optim.ema_decay")
 # Memory/speed choices under those prefixes, and where the initial weights
 # were read (read once, at step 0): changing them changes no result.
-_FREE_TO_CHANGE = ("model.remat", "model.init_from", "model.init_arch",
+_FREE_TO_CHANGE = ("model.remat", "loss.gather", "model.init_from",
+                   "model.init_arch",
                    "model.image.init_from", "model.text.init_from")
 # Fields configs saved before they existed lack: absent means this value.
 _ABSENT_MEANS = {"model.head": "milinear",
                  "model.pixel_mean": list(augment.IMAGENET_MEAN),
                  "model.pixel_std": list(augment.IMAGENET_STD),
-                 "model.image.posemb_grid": 0}
+                 "model.image.posemb_grid": 0, "optim.ema_decay": 0.0}
 # Loss fields only some objectives read: {prefix: those objectives}. A run of
 # another objective may resume with them changed (or added, as configs saved
 # before they existed lack them).
@@ -168,9 +170,20 @@ def check_config_change(config: ml_collections.ConfigDict, workdir: str,
   (if any). Raises UserError listing each change unless `allow`.
   """
   path = epath.Path(workdir) / config_io.CONFIG_FILE
-  if allow or not path.exists():
+  if not path.exists():
     return
-  saved = _flatten(config_io.load_saved(workdir).to_dict())
+  saved_config = config_io.load_saved(workdir)
+  saved_ema, new_ema = optim.ema_decay(saved_config), optim.ema_decay(config)
+  if bool(saved_ema) != bool(new_ema):  # the state has one more tree, or one less
+    held = (f"keep a weight EMA (optim.ema_decay={saved_ema})" if saved_ema
+            else "keep no weight EMA")
+    raise config_io.UserError(
+        f"the checkpoints in {workdir} {held}; optim.ema_decay={new_ema} "
+        f"would change what they hold: keep the saved value or use a new "
+        f"--workdir")
+  if allow:
+    return
+  saved = _flatten(saved_config.to_dict())
   # A JSON round trip makes tuples lists, as in the saved file.
   new = _flatten(json.loads(config.to_json()))
   losses = {saved.get("loss.name"), new.get("loss.name")}

@@ -148,6 +148,18 @@ def build(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   return tx
 
 
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+  """`optim.ema_decay`: the weight EMA's decay, 0 (off; also for configs
+  saved before it existed) or in (0, 1)."""
+  return float(config.optim.get("ema_decay", 0.0))
+
+
+def ema_update(ema, variables, decay: float):
+  """One EMA step: decay · ema + (1 − decay) · variables, leaf by leaf
+  (float32 trees of one structure: {"params", "batch_stats"})."""
+  return optax.incremental_update(variables, ema, step_size=1.0 - decay)
+
+
 def init_params(config: ml_collections.ConfigDict, params):
   """Wraps fresh model params as the optimiser expects (Lookahead: fast = slow)."""
   if config.optim.lookahead_k > 0:

@@ -24,13 +24,16 @@ class TrainState:
   step: int32 [] (updates done); params: model params, as
   `optax.LookaheadParams` (fast, slow) when Lookahead is on; batch_stats:
   BatchNorm running statistics; opt_state: optax state; rng: the base key,
-  folded with `step` to give each step's keys.
+  folded with `step` to give each step's keys; ema: with `optim.ema_decay`
+  > 0, the exponential moving average of the model's variables
+  ({"params", "batch_stats"}, float32), else None.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  ema: Any = None
 
   @property
   def model_params(self):
@@ -38,9 +41,15 @@ class TrainState:
     return optim.model_params(self.params)
 
   @property
-  def variables(self) -> dict:
-    """Flax variables for `model.apply`."""
+  def trained_variables(self) -> dict:
+    """Flax variables for `model.apply`: the weights being trained."""
     return {"params": self.model_params, "batch_stats": self.batch_stats}
+
+  @property
+  def variables(self) -> dict:
+    """The variables a trained model is used with (evaluated, embedded,
+    exported): their EMA when the run keeps one, else `trained_variables`."""
+    return self.ema if self.ema is not None else self.trained_variables
 
 
 def build_model(config: ml_collections.ConfigDict):
@@ -75,7 +84,9 @@ def create_train_state(config: ml_collections.ConfigDict, model,
   params = optim.init_params(config, variables["params"])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables["batch_stats"],
-                    opt_state=tx.init(params), rng=state_rng)
+                    opt_state=tx.init(params), rng=state_rng,
+                    ema=(jax.tree.map(jnp.copy, variables)
+                         if optim.ema_decay(config) else None))
 
 
 def _fresh_variables(config, model, rng, loaded):

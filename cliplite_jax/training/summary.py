@@ -89,10 +89,15 @@ def startup_lines(config: ml_collections.ConfigDict, params, mesh,
   loss = config.loss.name + (f" + priors (weight {config.loss.prior_weight})"
                              if objectives.OBJECTIVES[config.loss.name].priors
                              else "")
+  if objectives.by_ring(config.loss):
+    loss += " by ring (nothing gathered)"
 
   lr = ", ".join(f"{g} {v:g}" for g, v in config.optim.lr.items())
   lookahead = (f", Lookahead k {config.optim.lookahead_k}"
                if config.optim.lookahead_k > 0 else "")
+  if optim.ema_decay(config):
+    lookahead += (f", weight EMA {optim.ema_decay(config):g} (evaluated "
+                  f"and exported)")
   start = (f"resuming at step {resumed_step}" if resumed_step is not None
            else "a new run")
   return [

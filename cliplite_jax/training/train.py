@@ -25,10 +25,13 @@ def make_objective(config: ml_collections.ConfigDict, mesh: Mesh):
   """outputs → (loss, metrics) for `config.loss.name`.
 
   Device-local objectives (JSD) run per shard through `parallel.device_local`;
-  the others see the global batch.
+  the others see the global batch, gathered or (`loss.gather="ring"`) passed
+  round the devices.
   """
   objective = objectives.OBJECTIVES[config.loss.name]
   fn = functools.partial(objective.fn, cfg=config.loss)
+  if objectives.by_ring(config.loss):
+    fn = functools.partial(fn, ring_mesh=mesh)
   if not objective.device_local:
     return fn
   if objective.takes_axis:
@@ -77,6 +80,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   needs_key = objectives.OBJECTIVES[config.loss.name].needs_key
   device_local = objectives.OBJECTIVES[config.loss.name].device_local
   schedules = optim.schedules(config)
+  ema_decay = optim.ema_decay(config)
   num_micro = config.get("accum_steps", 1)
   is_multimodal = multimodal.is_multimodal(config)
   input_keys = (tuple(config.model.modalities) if is_multimodal
@@ -147,6 +151,9 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
     metrics.update({f"lr/{g}": s(state.step) for g, s in schedules.items()})
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=batch_stats, opt_state=opt_state)
+    if state.ema is not None:
+      new_state = new_state.replace(ema=optim.ema_update(
+          state.ema, new_state.trained_variables, ema_decay))
     return new_state, metrics
 
   state_shardings = state_lib.state_shardings(config, model, tx, mesh)
