@@ -17,7 +17,12 @@
 #                conv);
 #   big_batch, cublas_gemm, remat, latency_hiding
 #                JAX alone: batch 256, cuBLAS instead of Triton for products,
-#                remat on, XLA's latency-hiding scheduler.
+#                remat on, XLA's latency-hiding scheduler;
+#   infonce, infonce_ring, sigmoid, sigmoid_ring
+#                the headline step under CLIP's and SigLIP's losses, gathered
+#                and by ring (loss.gather=ring), beside step's JSD: on one
+#                GPU the ring is one block, so these measure its overhead;
+#                its memory as devices grow is bench/loss_scaling.py's.
 #
 #   bench/gpu_wheels.sh .whl              # here, once: what the image lacks
 #   bench/gpu_check.sh OUT [WHEELS_DIR]   # there; WHEELS_DIR defaults to .whl
@@ -36,7 +41,8 @@ set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [WHEELS_DIR]}
 wheels=${2:-.whl}
 budget=${GPU_CHECK_BUDGET_S:-450}
-all="step image_tower vit_tower big_batch cublas_gemm remat latency_hiding"
+all="step image_tower vit_tower big_batch cublas_gemm remat latency_hiding
+     infonce infonce_ring sigmoid sigmoid_ring"
 only=${GPU_CHECK_RUNS:-$all}
 for name in $only; do
   case " $all " in *" $name "*) ;; *)
@@ -137,6 +143,10 @@ print('torch', torch.__version__, 'CUDA' if torch.cuda.is_available() else 'no C
   run remat 90 "" --notorch --set model.remat=True
   run latency_hiding 80 "--xla_gpu_enable_latency_hiding_scheduler=true" \
       --notorch
+  for loss in infonce sigmoid; do
+    run $loss 80 "" --notorch --set loss.name=$loss
+    run ${loss}_ring 80 "" --notorch --set loss.name=$loss --set loss.gather=ring
+  done
 
   "$python" bench/gpu_report.py "$out/results.jsonl" > "$out/summary.md"
   cat "$out/summary.md"

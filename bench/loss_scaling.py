@@ -96,13 +96,17 @@ def measure(loss_name: str, per_device: int, dim: int, repeats: int) -> dict:
     jax.block_until_ready(compiled(*embeddings))
     times.append(time.perf_counter() - start)
   comm = collective_bytes(compiled.as_text())
+  # XLA's cost analysis and the HLO count a loop's body once: the ring's
+  # body is one hop, and it makes one per device.
+  hops = mesh.devices.size if config.loss.gather == "ring" else 1
   return {"loss": loss_name, "devices": mesh.devices.size,
           "per_device": per_device, "global": batch,
           "ms": 1e3 * statistics.median(times),
-          "flops_per_device": float(cost.get("flops", float("nan"))),
+          "flops_per_device": hops * float(cost.get("flops", float("nan"))),
           "temp_bytes": int(getattr(memory, "temp_size_in_bytes", -1)),
           "gathered_bytes": comm.get("all-gather", 0),
-          "reduced_bytes": comm.get("all-reduce", 0)}
+          "reduced_bytes": comm.get("all-reduce", 0),
+          "permuted_bytes": hops * comm.get("collective-permute", 0)}
 
 
 def worker(args) -> None:
@@ -129,7 +133,8 @@ def run_sweep(devices: int, per_device: list[int], args) -> list[dict]:
           f"{r['ms']:>10.2f} ms  {r['flops_per_device'] / 1e6:>12.1f} MFLOP"
           f"  temp {r['temp_bytes'] / 2**20:>8.2f} MiB"
           f"  gathered {r['gathered_bytes'] / 2**20:>8.2f} MiB"
-          f"  reduced {r['reduced_bytes']:>8d} B", flush=True)
+          f"  reduced {r['reduced_bytes']:>8d} B"
+          f"  permuted {r['permuted_bytes'] / 2**20:>6.2f} MiB", flush=True)
   return results
 
 
@@ -147,9 +152,11 @@ def plot(results: list[dict], args, path: str) -> None:
       (axes[0, 1], fixed, "devices", lambda r: r["flops_per_device"] / 1e6,
        f"devices ({args.fixed_per_device} rows each)", "MFLOP per device",
        "per-device work vs devices"),
-      (axes[0, 2], fixed, "devices", lambda r: r["gathered_bytes"] / 2**20,
+      (axes[0, 2], fixed, "devices",
+       lambda r: (r["gathered_bytes"] + r["permuted_bytes"]) / 2**20,
        f"devices ({args.fixed_per_device} rows each)",
-       "MiB all-gathered per device", "communication vs devices"),
+       "MiB all-gathered or permuted, per device",
+       "communication vs devices"),
       (axes[1, 0], fixed, "devices", lambda r: r["temp_bytes"] / 2**20,
        f"devices ({args.fixed_per_device} rows each)",
        "peak temporaries per device, MiB", "memory vs devices"),

@@ -3,8 +3,8 @@
 Each device keeps its own rows. Text shards travel round the devices with a
 collective permute; at each hop a device scores its images against the
 visiting shard (a b × b block of logits, b = B / devices) and folds the block
-into running sums, so no device ever holds more than one block (SigLIP's
-chunked implementation, Zhai et al., 2023, Fig. 2). The backward pass is a
+into running sums, so no device holds more than one block at a time (the
+chunked implementation of the SigLIP paper, Zhai et al., 2023). The backward pass is a
 second ring: the text shards travel again, recomputing their blocks, and
 carry the gradient of the text embeddings home with them. Nothing of size B
 is kept between the passes, so the loss's memory per device is O(b² + b·D)
@@ -28,6 +28,8 @@ AXES = parallel.BATCH  # every device is one hop of the ring
 def _pass_on(tree, devices: int):
   """Each device's `tree` to the device before it: after k hops, device d
   holds what device (d + k) mod devices started with."""
+  if devices == 1:
+    return tree  # one block: nothing to pass
   perm = [(i, (i - 1) % devices) for i in range(devices)]
   return jax.tree.map(lambda x: jax.lax.ppermute(x, AXES, perm), tree)
 
