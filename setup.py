@@ -10,7 +10,8 @@ setup(
     packages=find_packages(include=["cliplite_jax", "cliplite_jax.*"]),
     # CLIP's ImageNet class names and prompt templates (zero-shot), and the
     # in-context examples of LaCLIP rewriting.
-    package_data={"cliplite_jax.data": ["zeroshot/*.txt", "rewrite/*.json"]},
+    package_data={"cliplite_jax.data": ["zeroshot/*.txt", "rewrite/*.json",
+                                        "benchmark/*.json"]},
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",

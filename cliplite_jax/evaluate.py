@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 if __name__ == "__main__":
   from cliplite_jax.training import native_logs
@@ -34,7 +35,8 @@ from cliplite_jax import cli, config_io, features, run_dir, validation
 from cliplite_jax.data import augment, sources, text as text_lib
 from cliplite_jax.models import multimodal, released
 from cliplite_jax.objectives import losses
-from cliplite_jax.probes import modalities, plots, probe_inputs, registry
+from cliplite_jax.probes import (modalities, plots, probe_inputs, registry,
+                                 suite)
 from cliplite_jax.training import optim, parallel
 
 # In the results of a run that keeps a weight EMA: the decay of the EMA the
@@ -62,14 +64,37 @@ def _two_tower_probes(config, model, variables, tokenizer, mesh) -> dict:
   encoders = features.make_encoders(
       model, variables, mesh, parallel.compiler_options(config),
       augment.pixel_stats(config))
+  datasets = validation.evaluated_datasets(config)
+  in_suite = _announce_suite(config, [name for name, _, _ in datasets])
   metrics = {}
-  for name, split, fit_split in validation.evaluated_datasets(config):
+  for name, split, fit_split in datasets:
+    start = time.perf_counter()
     view = probe_inputs.DatasetView(config, name, split, fit_split, encoders,
                                     tokenizer, mesh)
     for probe in config.eval.probes:
       if probe in view.source.probes:
         metrics.update(registry.PROBES[probe].score(view))
-  return metrics
+    if name in in_suite and jax.process_index() == 0:
+      done = in_suite.index(name) + 1
+      print(f"  suite {suite.name(config)} {done}/{len(in_suite)}: {name} "
+            f"({time.perf_counter() - start:.0f} s)", flush=True)
+  return {**metrics, **suite.summary(config, metrics)}
+
+
+def _announce_suite(config, evaluated: list[str]) -> list[str]:
+  """Prints the suite's missing sets, a line each; returns the sets of it
+  that `evaluated` holds."""
+  if not suite.name(config):
+    return []
+  fits = any(registry.PROBES[p].fits for p in config.eval.probes)
+  present, missing = suite.availability(config, fits)
+  if jax.process_index() == 0:
+    print(f"suite {suite.name(config)}: {len(present)} of "
+          f"{len(present) + len(missing)} sets to score"
+          + ("; skipped:" if missing else ""), flush=True)
+    for line in missing:
+      print(f"  skipped {line}", flush=True)
+  return [k for k in present if k in evaluated]
 
 
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
@@ -241,6 +266,9 @@ def _evaluate() -> None:
   path = write_results(workdir, step, metrics)
   print(format_table(step, metrics))
   print(f"wrote {path}")
+  if jax.process_index() == 0 and (
+      table := suite.write_markdown(workdir, step, config, metrics)):
+    print(f"wrote {table}")
   if FLAGS.gallery:
     for path in write_pictures(workdir, step, config, model, variables,
                                tokenizer, mesh):

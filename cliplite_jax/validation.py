@@ -98,7 +98,19 @@ def _eval_fields(c: _Checker) -> None:
     c.integer("eval.linear.batch_size", 1)
     c.number("eval.linear.learning_rate", 0, float("inf"), low_open=True,
              high_open=True)
+  if c.get("eval.fewshot") is not None:
+    shots = c.get("eval.fewshot.shots")
+    c.require(isinstance(shots, (tuple, list)) and shots and all(
+        isinstance(k, int) and not isinstance(k, bool) and k >= 1
+        for k in shots), "eval.fewshot.shots",
+              "a non-empty tuple of shot counts ≥ 1")
+    c.integer("eval.fewshot.seeds", 1)
+    c.number("eval.fewshot.l2_reg", 0, float("inf"), low_open=True,
+             high_open=True)
   c.integer("data.num_threads", 0)
+  if c.get("eval.suite"):
+    from cliplite_jax.data import benchmark_sets
+    c.one_of("eval.suite", tuple(benchmark_sets.SUITES))
 
 
 def check_dataset_names(config: ml_collections.ConfigDict) -> None:
@@ -321,22 +333,31 @@ def check_evaluation(config: ml_collections.ConfigDict) -> None:
           f"{name} holds the vector modalities "
           f"{', '.join(source.modalities)}, not images: train on it with a "
           f"multi-modality config such as configs/symile_xor.py")
-  if multimodal.is_multimodal(config) and config.eval.get("transfer"):
-    raise config_io.UserError(
-        "eval.transfer: a multi-modality model is scored on its own "
-        "dataset only; set eval.transfer=()")
+  for field, unset in (("transfer", "()"), ("suite", "''")):
+    if multimodal.is_multimodal(config) and config.eval.get(field):
+      raise config_io.UserError(
+          f"eval.{field}: a multi-modality model is scored on its own "
+          f"dataset only; set eval.{field}={unset}")
   check_dataset_names(config)
 
 
 def evaluated_datasets(config: ml_collections.ConfigDict
                        ) -> list[tuple[str, str, str]]:
   """(dataset name, scored split, probe-fitting split) of every dataset
-  evaluated: the training dataset, then `config.eval.transfer`."""
+  evaluated: the training dataset, then `config.eval.transfer`, then the
+  sets of `eval.suite` that can be read (`probes.suite.availability`)."""
   from cliplite_jax.data import sources
   # Configs saved before transfer sets existed fitted probes on "train".
   out = [(config.data.name, config.eval.split,
           config.eval.get("fit_split", "train"))]
-  for name in config.eval.get("transfer", ()):
+  names = [config.data.name, *config.eval.get("transfer", ())]
+  if config.eval.get("suite"):
+    from cliplite_jax.probes import registry, suite
+    fits = any(registry.PROBES[p].fits for p in config.eval.probes
+               if p in registry.PROBES)
+    names += [k for k in suite.availability(config, fits)[0]
+              if k not in names]
+  for name in names[1:]:
     source, _ = sources.get(name)
     out.append((name, source.eval_split, source.fit_split))
   return out

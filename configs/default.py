@@ -19,6 +19,7 @@ Usage:
 import ml_collections
 
 from cliplite_jax import config_io
+from cliplite_jax.probes import fewshot
 
 
 def image_tower(name: str) -> dict:
@@ -240,6 +241,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # weight decay, cosine schedule, batch 256, ~100 epochs.
   c.eval.linear = dict(epochs=30, batch_size=256,
                        learning_rate=0.1)
+  # Few-shot probe ("fewshot" in eval.probes): big_vision's fewshot_lsr,
+  # closed-form ridge regression on k pooled features per class of the fit
+  # split, mean ± sample std over seeded draws.
+  c.eval.fewshot = dict(fewshot.DEFAULTS)
+  # A benchmark suite scored beside the sets above: "clip_benchmark" (CLIP's
+  # zero-shot sets and ImageNet's variants) or "quick"; the sets not
+  # prepared under data.data_dir are listed and skipped (docs/evaluation.md).
+  c.eval.suite = ""
   c.eval.batch_size = 250
   c.eval.every_steps = 0  # 0: only at the end of training
 

@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cliplite_jax.data import (decode as image_decoder, prepared, shapes,
-                               symile_xor)
+from cliplite_jax.data import (benchmark_sets, decode as image_decoder,
+                               prepared, shapes, symile_xor)
 
 
 class DatasetNotPreparedError(RuntimeError):
@@ -79,6 +79,10 @@ class Source:
       for a manual download.
     modalities: the vector-valued features of a multi-modality set (no
       image: `image_key` None), scored by predicting each from the others.
+    relabel: for a set labelled in a larger class list than the one it is
+      scored on (ImageNet-A and -R: ImageNet's 1000 labels, 200 classes),
+      label → class index; empty: labels are class indices.
+    title: the set's name in tables ("" for the name it is evaluated under).
   """
   tfds_name: str
   image_key: str | None = "image"
@@ -92,6 +96,8 @@ class Source:
   prepare: Callable[[str | None, str], None] | None = None
   build_flags: str = ""
   modalities: tuple[str, ...] = ()
+  relabel: tuple[int, ...] = ()
+  title: str = ""
 
   @property
   def probes(self) -> frozenset[str]:
@@ -105,7 +111,8 @@ class Source:
     feature, and "svm_targets" int32 [K]."""
     keys = {key for key, _, _ in self.zeroshot.values()}
     keys |= {self.linear_label} if self.linear_label else set()
-    out = {key: np.int32(example[key]) for key in sorted(keys)}
+    out = {key: np.int32(self.relabel[example[key]] if self.relabel
+                         else example[key]) for key in sorted(keys)}
     if self.svm_targets:
       out["svm_targets"] = self.svm_targets(example)
     return out
@@ -145,6 +152,36 @@ SOURCES = {
         eval_split="validation",
         build_flags=" --manual_dir=DIR_WITH_ILSVRC2012_TARS"),
 }
+
+
+def _with_benchmark(known: dict[str, Source]) -> dict[str, Source]:
+  """`known` and the zero-shot benchmark's sets (`benchmark_sets`): each
+  scored with CLIP's class names and templates, and where it has a
+  training split, by the linear and few-shot probes. A set already known
+  (CIFAR-10, whose headline zero-shot is the paper's single template) gains
+  CLIP's as a second task, "clip"; ImageNet's are already CLIP's."""
+  out = dict(known)
+  for key, entry in benchmark_sets.all_sets().items():
+    task = (entry.label_key, entry.classes, entry.templates)
+    if key in out:
+      zeroshot = out[key].zeroshot
+      if zeroshot["class"][1:] != task[1:]:
+        zeroshot = {**zeroshot, "clip": task}
+      out[key] = dataclasses.replace(out[key], zeroshot=zeroshot,
+                                     title=entry.title)
+      continue
+    if entry.tfds_name is None:
+      continue  # not in TFDS: `prepare` it as a class-folder set
+    out[key] = Source(
+        tfds_name=entry.tfds_name or key, image_key=entry.image_key,
+        captions_key=None, zeroshot={"class": task},
+        linear_label=entry.label_key if entry.fit_split else None,
+        eval_split=entry.split, fit_split=entry.fit_split or "train",
+        relabel=entry.relabel, title=entry.title)
+  return out
+
+
+SOURCES = _with_benchmark(SOURCES)
 
 
 def get(name: str) -> tuple[Source, str]:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from cliplite_jax.probes import linear, modality_gap, retrieval, svm, zeroshot
+from cliplite_jax.probes import (fewshot, linear, modality_gap, retrieval, svm,
+                                 zeroshot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,4 +43,5 @@ PROBES: dict[str, Probe] = {
                       zeroshot.score),
     "svm": Probe(lambda s: bool(s.svm_targets), svm.score, fits=True),
     "linear": Probe(lambda s: bool(s.linear_label), linear.score, fits=True),
+    "fewshot": Probe(lambda s: bool(s.linear_label), fewshot.score, fits=True),
 }

@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 from cliplite_jax import config_io, evaluate, objectives, run_dir, validation
 from cliplite_jax.data import augment, pipeline, sources, vocabulary
 from cliplite_jax.models import hf_bert, multimodal, released
+from cliplite_jax.probes import suite
 from cliplite_jax.training import (accumulate, checkpoint, checkpoint_saver,
                                    guards, metrics as metrics_lib, optim,
                                    parallel, prng, recovery, run_start,
@@ -218,6 +219,8 @@ def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
   results = evaluate.run_probes(config, model, variables, tokenizer, mesh)
   writer.write(step, results)
   evaluate.write_results(workdir, step, results)
+  if jax.process_index() == 0:
+    suite.write_markdown(workdir, step, config, results)
   if jax.process_index() == 0:
     print(evaluate.format_table(step, results), flush=True)
   return results
