@@ -35,8 +35,8 @@ from cliplite_jax import cli, config_io, features, run_dir, validation
 from cliplite_jax.data import augment, sources, text as text_lib
 from cliplite_jax.models import multimodal, released
 from cliplite_jax.objectives import losses
-from cliplite_jax.probes import (modalities, plots, probe_inputs, registry,
-                                 suite)
+from cliplite_jax.probes import (fewshot, modalities, plots, probe_inputs,
+                                 registry, suite)
 from cliplite_jax.training import optim, parallel
 
 # In the results of a run that keeps a weight EMA: the decay of the EMA the
@@ -58,6 +58,17 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
   if metrics and optim.ema_decay(config):
     metrics[EMA_KEY] = optim.ema_decay(config)
   return {k: float(v) for k, v in sorted(metrics.items())}
+
+
+def _add_absent_eval_fields(config: ml_collections.ConfigDict) -> None:
+  """Gives a config saved before the suite and the few-shot probe existed
+  their defaults, so that `--config.eval.suite=...` and
+  `--config.eval.fewshot.*` override it as any other."""
+  if "linear" not in config.eval:
+    return  # a multi-modality config: neither applies
+  for key, value in (("suite", ""), ("fewshot", dict(fewshot.DEFAULTS))):
+    if key not in config.eval:
+      config.eval[key] = value
 
 
 def _two_tower_probes(config, model, variables, tokenizer, mesh) -> dict:
@@ -232,6 +243,7 @@ def _evaluate() -> None:
   workdir = FLAGS.workdir
   config = (config_io.load_file(FLAGS.config) if FLAGS.config
             else config_io.load_saved(config_io.existing_workdir(workdir)))
+  _add_absent_eval_fields(config)
   # A config that imports a released model scores it as released while
   # WORKDIR has no checkpoint of its own (its model fields may then be
   # overridden: no checkpoint fixes them).

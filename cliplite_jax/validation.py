@@ -111,6 +111,10 @@ def _eval_fields(c: _Checker) -> None:
   if c.get("eval.suite"):
     from cliplite_jax.data import benchmark_sets
     c.one_of("eval.suite", tuple(benchmark_sets.SUITES))
+    if "zeroshot" not in (c.get("eval.probes") or ()):
+      c.problems.append(
+          f"eval.suite={c.get('eval.suite')!r} is a zero-shot benchmark: "
+          f"add 'zeroshot' to eval.probes (now {c.get('eval.probes')!r})")
 
 
 def check_dataset_names(config: ml_collections.ConfigDict) -> None:
@@ -355,8 +359,11 @@ def evaluated_datasets(config: ml_collections.ConfigDict
     from cliplite_jax.probes import registry, suite
     fits = any(registry.PROBES[p].fits for p in config.eval.probes
                if p in registry.PROBES)
+    # A set already scored under the same name (a prepared copy in
+    # eval.transfer) is not scored twice.
+    shown = {sources.display_name(n) for n in names}
     names += [k for k in suite.availability(config, fits)[0]
-              if k not in names]
+              if k not in shown]
   for name in names[1:]:
     source, _ = sources.get(name)
     out.append((name, source.eval_split, source.fit_split))

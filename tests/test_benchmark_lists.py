@@ -30,7 +30,6 @@ EXPECTED = {
     "resisc45": (45, 18),
     "patch_camelyon": (2, 1),
     "country211": (211, 5),
-    "voc2007": (20, 1),
     "imagenet": (1000, 80),
     "imagenet_v2": (1000, 80),
     "imagenet_sketch": (1000, 80),
@@ -116,7 +115,6 @@ _SAME_NAMES = {
     "cars196": lambda n: n,
     "mnist": lambda n: n,
     "resisc45": lambda n: n.replace("_", " "),
-    "voc2007": lambda n: n,
     "sun397": lambda n: re.sub(r"^/[a-z]/", "", n).replace("_", " ").replace("/", " "),
 }
 

@@ -102,3 +102,22 @@ def test_imagenet_a_is_scored_on_its_200_classes():
     assert source.labels({"label": np.int64(label)})["label"] == position
     assert entry.classes[position] == imagenet[label]
   assert sum(v >= 0 for v in entry.relabel) == 200
+
+
+def test_a_suite_needs_zero_shot_and_old_runs_take_its_override(tiny):
+  from cliplite_jax import config_io, evaluate, validation
+  tiny.eval.suite, tiny.eval.probes = "quick", ("fewshot",)
+  with pytest.raises(config_io.UserError,
+                     match="add 'zeroshot' to eval.probes"):
+    validation.check_eval(tiny)
+  tiny.eval.suite = "imagenet_only"
+  with pytest.raises(config_io.UserError, match="eval.suite.*one of"):
+    validation.check_eval(tiny)
+  # A run saved before suites existed: evaluate gives it the new fields
+  # first, so that they can be overridden.
+  del tiny.eval["suite"], tiny.eval["fewshot"]
+  evaluate._add_absent_eval_fields(tiny)
+  config = config_io.apply_overrides(
+      tiny, ["eval.suite=quick", "eval.fewshot.seeds=5"],
+      evaluate.OVERRIDABLE, {})
+  assert config.eval.suite == "quick" and config.eval.fewshot.seeds == 5

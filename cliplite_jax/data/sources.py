@@ -173,7 +173,7 @@ def _with_benchmark(known: dict[str, Source]) -> dict[str, Source]:
     if entry.tfds_name is None:
       continue  # not in TFDS: `prepare` it as a class-folder set
     out[key] = Source(
-        tfds_name=entry.tfds_name or key, image_key=entry.image_key,
+        tfds_name=entry.tfds_name, image_key=entry.image_key,
         captions_key=None, zeroshot={"class": task},
         linear_label=entry.label_key if entry.fit_split else None,
         eval_split=entry.split, fit_split=entry.fit_split or "train",

@@ -37,7 +37,12 @@ def _pass_on(tree, devices: int):
 def _ring(body, carry, travelling, devices: int):
   """Runs `body(hop, carry, travelling) -> (carry, travelling)` at hops
   0 .. devices − 1, passing `travelling` on after each hop, `devices`
-  passes in all, so that it ends on the device it started on."""
+  passes in all, so that it ends on the device it started on (with what
+  was accumulated for that device's rows). After k passes device d holds
+  device (d + k) mod devices's values: hop 0 is each device's own shard
+  (its pairs' diagonal). (The last pass need only carry what is
+  accumulated, not the captions themselves: 2 · b · D bytes a step left
+  to save.)"""
   def hop(k, state):
     carry, travelling = body(k, *state)
     return carry, _pass_on(travelling, devices)
@@ -63,6 +68,10 @@ def _sigmoid_block(x, y, scale, bias, diagonal):
 
 
 def _sigmoid_local(devices, x, y, scale, bias):
+  """This device's part of SigLIP's sum: −Σ_ij log σ(z_ij l_ij) over its
+  image rows i [b, D] and every caption j, float32 []. x, y: unit rows of
+  this device, float32 [b, D]; scale, bias: float32 [] (typed per device).
+  A custom_vjp (`_sigmoid_local_bwd`) keeps nothing of size B."""
   def body(k, total, y_k):
     _, labels, logits = _sigmoid_block(x, y_k, scale, bias, k == 0)
     return total - jnp.sum(jax.nn.log_sigmoid(labels * logits)), y_k
@@ -71,10 +80,14 @@ def _sigmoid_local(devices, x, y, scale, bias):
 
 
 def _sigmoid_local_fwd(devices, x, y, scale, bias):
+  """The value, and the residuals: only this device's inputs."""
   return _sigmoid_local(devices, x, y, scale, bias), (x, y, scale, bias)
 
 
 def _sigmoid_local_bwd(devices, residuals, g):
+  """Gradients (dx [b, D], dy [b, D], dscale [], dbias []) for cotangent g
+  of this device's part: each block recomputed as the captions travel
+  again, their gradient travelling with them back home."""
   x, y, scale, bias = residuals
 
   def body(k, grads, travelling):
@@ -134,23 +147,33 @@ def _infonce_forward(devices, x, y, scale):
 
 
 def _infonce_loss(scale, rows, cols, own_cosines):
+  """Σ over this device's images of (their log-sum-exp over captions −
+  their positive) plus the same over its captions, float32 []."""
   positives = scale * own_cosines
   return sum(jnp.sum((m - positives) + jnp.log(total))
              for m, total in (rows, cols))
 
 
 def _infonce_local(devices, x, y, scale):
+  """This device's part of InfoNCE's two sums (its image rows' terms and
+  its captions' terms), float32 []; x, y: unit rows [b, D], scale []. A
+  custom_vjp (`_infonce_local_bwd`) keeps nothing of size B."""
   rows, cols, own_cosines = _infonce_forward(devices, x, y, scale)
   return _infonce_loss(scale, rows, cols, own_cosines)
 
 
 def _infonce_local_fwd(devices, x, y, scale):
+  """The value, and the residuals: this device's inputs and its rows' and
+  captions' (max, sum) pairs and positive cosines, all [b] or [b, D]."""
   rows, cols, own_cosines = _infonce_forward(devices, x, y, scale)
   return (_infonce_loss(scale, rows, cols, own_cosines),
           (x, y, scale, rows, cols, own_cosines))
 
 
 def _infonce_local_bwd(devices, residuals, g):
+  """Gradients (dx [b, D], dy [b, D], dscale []) for cotangent g of this
+  device's part: the blocks recomputed by a second ring, each softmax
+  formed from the forward pass's (max, sum)."""
   x, y, scale, (max_rows, sum_rows), cols, own_cosines = residuals
 
   def body(k, grads, travelling):

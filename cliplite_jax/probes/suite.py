@@ -5,15 +5,19 @@ Sets that are missing (not prepared under `data.data_dir`, or not in TFDS
 at all) are listed in one line each and skipped: a suite never fails for
 want of a dataset. The results are the probes' own metrics per set, plus
 "suite/<suite>/zeroshot_top1" (and top5) — the mean over the scored sets of
-CLIP's protocol (its templates averaged; CIFAR-10's "clip" task beside the
-paper's single template) — and "suite/<suite>/sets", the number scored; a
+their zero-shot accuracy with CLIP's class names and templates averaged
+(CIFAR-10's "clip" task beside the paper's single template; top-1
+everywhere, where CLIP reports mean per-class accuracy for Pets, Flowers,
+Caltech-101 and Aircraft) — and "suite/<suite>/sets", the number scored; a
 Markdown table of them is written beside the results JSON.
 """
 from __future__ import annotations
 
+import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
 from cliplite_jax.data import benchmark_sets, sources
 
@@ -29,14 +33,20 @@ def availability(config: ml_collections.ConfigDict,
   """(the suite's sets that can be read, one line per set that cannot).
 
   A set can be read when its scored split (and with `fits`, a probe that
-  trains, its fitting split) opens under `config.data.data_dir`."""
+  trains, its fitting split) opens under `config.data.data_dir`. Process 0
+  decides for every process, so that all of them score the same sets."""
   present, missing = [], []
-  for key in benchmark_sets.SUITES.get(name(config), ()):
+  keys = benchmark_sets.SUITES.get(name(config), ())
+  for key in keys:
     entry = benchmark_sets.all_sets()[key]
     if key not in sources.SOURCES:
-      missing.append(f"{key} ({entry.title}): not in TFDS; {entry.manual} "
-                     f"Then `python -m cliplite_jax.prepare` it as a folder "
-                     f"per class and add its path to eval.transfer")
+      missing.append(
+          f"{key} ({entry.title}): not in TFDS; {entry.manual} It can be "
+          f"scored as a transfer set (not in the suite's mean): prepare a "
+          f"folder per class with `python -m cliplite_jax.prepare`, its "
+          f"--class_names and --templates written from "
+          f"cliplite_jax/data/benchmark/{key}.json, and add its path to "
+          f"eval.transfer")
       continue
     source = sources.SOURCES[key]
     splits = [source.eval_split] + (
@@ -48,11 +58,16 @@ def availability(config: ml_collections.ConfigDict,
       missing.append(f"{key} ({entry.title}): {str(e).splitlines()[0]}")
       continue
     present.append(key)
+  if jax.process_count() > 1:
+    readable = multihost_utils.broadcast_one_to_all(
+        np.array([k in present for k in keys]))
+    present = [k for k, ok in zip(keys, readable) if ok]
   return present, missing
 
 
 def headline_key(key: str, top: str = "top1") -> str:
-  """The metric of `key`'s zero-shot under CLIP's protocol."""
+  """The metric of `key`'s zero-shot with CLIP's class names and
+  templates."""
   task = "_clip" if "clip" in sources.SOURCES[key].zeroshot else ""
   return f"zeroshot/{key}{task}/{top}"
 

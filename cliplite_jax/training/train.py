@@ -213,7 +213,11 @@ def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
 
 
 def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
-                      step) -> dict[str, float]:
+                      step, final: bool = True) -> dict[str, float]:
+  if not final and config.eval.get("suite"):
+    # A benchmark suite is scored once, at the end.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.eval.suite = ""
   # The probes run data-parallel on replicated weights (fsdp shards them).
   variables = jax.device_put(state.variables, parallel.replicated(mesh))
   results = evaluate.run_probes(config, model, variables, tokenizer, mesh)
@@ -350,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             and step != config.total_steps):
           saver.flush()
           _evaluate_and_log(config, model, state, tokenizer, mesh, workdir,
-                            writer, step)
+                            writer, step, final=False)
     saver.flush()
     if not recorded:  # a finished run, resumed to evaluate again
       run_start.record_start(config, workdir, identity)
