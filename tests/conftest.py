@@ -68,7 +68,7 @@ LONG_FILES = ("test_reliability.py", "test_export_hf.py", "test_train.py",
               "test_towers_cli.py", "test_evaluate.py", "test_models.py",
               "test_released.py", "test_inference.py", "test_export_image.py",
               "test_interrupts.py", "test_pretrained.py", "test_integrity.py",
-              "test_workdir_lock.py")
+              "test_ring.py", "test_suite.py", "test_workdir_lock.py")
 
 
 def pytest_configure(config):
