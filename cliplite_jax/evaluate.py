@@ -75,8 +75,10 @@ def _two_tower_probes(config, model, variables, tokenizer, mesh) -> dict:
   encoders = features.make_encoders(
       model, variables, mesh, parallel.compiler_options(config),
       augment.pixel_stats(config))
-  datasets = validation.evaluated_datasets(config)
-  in_suite = _announce_suite(config, [name for name, _, _ in datasets])
+  suite_sets = _announce_suite(config)
+  datasets = validation.evaluated_datasets(config, suite_sets)
+  evaluated = [name for name, _, _ in datasets]
+  in_suite = [k for k in suite_sets if k in evaluated]
   metrics = {}
   for name, split, fit_split in datasets:
     start = time.perf_counter()
@@ -92,9 +94,9 @@ def _two_tower_probes(config, model, variables, tokenizer, mesh) -> dict:
   return {**metrics, **suite.summary(config, metrics)}
 
 
-def _announce_suite(config, evaluated: list[str]) -> list[str]:
-  """Prints the suite's missing sets, a line each; returns the sets of it
-  that `evaluated` holds."""
+def _announce_suite(config) -> list[str]:
+  """Prints the suite's missing sets, a line each; returns those it can
+  read (none without a suite)."""
   if not suite.name(config):
     return []
   fits = any(registry.PROBES[p].fits for p in config.eval.probes)
@@ -105,7 +107,7 @@ def _announce_suite(config, evaluated: list[str]) -> list[str]:
           + ("; skipped:" if missing else ""), flush=True)
     for line in missing:
       print(f"  skipped {line}", flush=True)
-  return [k for k in present if k in evaluated]
+  return present
 
 
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:

@@ -345,25 +345,28 @@ def check_evaluation(config: ml_collections.ConfigDict) -> None:
   check_dataset_names(config)
 
 
-def evaluated_datasets(config: ml_collections.ConfigDict
+def evaluated_datasets(config: ml_collections.ConfigDict,
+                       suite_sets: list[str] | None = None
                        ) -> list[tuple[str, str, str]]:
   """(dataset name, scored split, probe-fitting split) of every dataset
   evaluated: the training dataset, then `config.eval.transfer`, then the
-  sets of `eval.suite` that can be read (`probes.suite.availability`)."""
+  sets of `eval.suite` that can be read (`suite_sets` when the caller has
+  them from `probes.suite.availability`, else found here)."""
   from cliplite_jax.data import sources
   # Configs saved before transfer sets existed fitted probes on "train".
   out = [(config.data.name, config.eval.split,
           config.eval.get("fit_split", "train"))]
   names = [config.data.name, *config.eval.get("transfer", ())]
   if config.eval.get("suite"):
-    from cliplite_jax.probes import registry, suite
-    fits = any(registry.PROBES[p].fits for p in config.eval.probes
-               if p in registry.PROBES)
+    if suite_sets is None:
+      from cliplite_jax.probes import registry, suite
+      fits = any(registry.PROBES[p].fits for p in config.eval.probes
+                 if p in registry.PROBES)
+      suite_sets = suite.availability(config, fits)[0]
     # A set already scored under the same name (a prepared copy in
     # eval.transfer) is not scored twice.
     shown = {sources.display_name(n) for n in names}
-    names += [k for k in suite.availability(config, fits)[0]
-              if k not in shown]
+    names += [k for k in suite_sets if k not in shown]
   for name in names[1:]:
     source, _ = sources.get(name)
     out.append((name, source.eval_split, source.fit_split))

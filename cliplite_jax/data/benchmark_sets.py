@@ -12,6 +12,7 @@ a builder name, and a suite lists them as skipped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import json
 
@@ -78,7 +79,9 @@ def _read(key: str) -> BenchmarkSet:
       fit_split=None if key in _NO_TRAIN_SPLIT else "train")
 
 
+@functools.cache
 def all_sets() -> dict[str, BenchmarkSet]:
-  """Every set of every suite, by the name it is evaluated under."""
+  """Every set of every suite, by the name it is evaluated under (read from
+  the package once per process; callers do not modify it)."""
   keys = dict.fromkeys(k for suite in SUITES.values() for k in suite)
   return {key: _read(key) for key in keys}

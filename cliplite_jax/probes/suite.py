@@ -37,8 +37,9 @@ def availability(config: ml_collections.ConfigDict,
   decides for every process, so that all of them score the same sets."""
   present, missing = [], []
   keys = benchmark_sets.SUITES.get(name(config), ())
+  sets = benchmark_sets.all_sets()
   for key in keys:
-    entry = benchmark_sets.all_sets()[key]
+    entry = sets[key]
     if key not in sources.SOURCES:
       missing.append(
           f"{key} ({entry.title}): not in TFDS; {entry.manual} It can be "
