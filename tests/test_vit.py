@@ -270,7 +270,12 @@ def test_remat_and_scan_match_unrolled():
   remat_loss, remat_grads = _loss_and_grads(module.clone(remat=True), params,
                                             images)
   np.testing.assert_array_equal(remat_loss, loss)
-  jax.tree.map(np.testing.assert_array_equal, remat_grads, grads)
+  # The backward pass recomputes the blocks in another program, which XLA
+  # may fuse otherwise: the same gradients up to float32 rounding (about
+  # 1e-7 of the largest; a wrong recomputation is off by far more).
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-5, atol=1e-6 * scale), remat_grads, grads)
   scanned = module.clone(scan=True, remat=True)
   stacked = hf_vision.stack_blocks(params)
   assert (jax.tree.map(np.shape, stacked)
