@@ -1,12 +1,15 @@
 r"""LaCLIP: rewrites every caption of a dataset split with a language model.
 
   python -m cliplite_jax.rewrite --data=NAME_OR_PATH [--split=train] \
-      --model=LOCAL_HF_DIR --out=REWRITES.json [--num=4] [--examples=FILE]
+      --model=LOCAL_HF_DIR --out=REWRITES.json [--num=4] \
+      [--examples=ours|laclip|FILE] [--sources=NAME,...]
   python -m cliplite_jax.rewrite --data=shapes_captions --model=rules \
       --out=REWRITES.json
 
 Each caption gets `--num` rewrites, the r-th prompted with `--shots`
-example pairs of source r mod S (`data/rewriting.py`), sampled at LaCLIP's
+example pairs of source r mod S (`data/rewriting.py`): our four sources, or
+with `--examples=laclip` LaCLIP's (chatgpt, bard, human, coco), or those of
+a file; `--sources` picks some of them. Sampled at LaCLIP's
 temperature 0.9 / top-p 0.95. `--model` is a local Hugging Face causal LM
 directory (any architecture transformers loads; nothing is downloaded;
 needs `pip install -e ".[rewrite]"`), or `rules` for the deterministic
@@ -171,7 +174,8 @@ def run() -> dict:
     total = estimate_total(name, FLAGS.split, FLAGS.data_dir, FLAGS.num)
   except ValueError as e:  # unknown split
     raise rewriting.RewriteError(f"--data {FLAGS.data}: {e}") from e
-  examples = rewriting.read_examples(FLAGS.examples)
+  examples = rewriting.read_examples(
+      FLAGS.examples, FLAGS.sources.split(",") if FLAGS.sources else None)
   # The model loads before the progress file exists: a bad --model leaves
   # nothing behind.
   model = None if FLAGS.model == RULES else LanguageModel(FLAGS.model,
@@ -219,8 +223,9 @@ def _rewrite_batch(model, examples, number, batch):
         max_new_tokens=FLAGS.max_new_tokens)
   kept = []
   for (image, caption, source, _), (text, finished) in zip(batch, outputs):
-    pairs = [] if model is None else examples[source]
-    rewrite, reason = rewriting.clean_output(text, caption, pairs,
+    known = [] if model is None else rewriting.example_texts(
+        examples[source])
+    rewrite, reason = rewriting.clean_output(text, caption, known,
                                              FLAGS.max_words)
     if rewrite is not None and not finished:
       rewrite, reason = None, "too_long"
@@ -255,8 +260,12 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "The rewrites JSON file to write.")
   flags.DEFINE_integer("num", 4, "Rewrites per caption (one per example "
                        "source, cycling).")
-  flags.DEFINE_string("examples", None, "JSON {source: [[input, output], "
-                      "...]} (default: the packaged examples).")
+  flags.DEFINE_string("examples", "ours", "In-context examples: 'ours', "
+                      "'laclip' (LaCLIP's ChatGPT, Bard, human and COCO "
+                      "sets), or a JSON file {source: [[input, output], "
+                      "...]}.")
+  flags.DEFINE_string("sources", "", "Comma-separated sources of --examples "
+                      "to use, in this order (default: all).")
   flags.DEFINE_integer("shots", rewriting.SHOTS, "Example pairs per prompt.")
   flags.DEFINE_float("temperature", rewriting.TEMPERATURE, "Sampling "
                      "temperature.")

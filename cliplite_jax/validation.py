@@ -286,6 +286,7 @@ def _two_tower_fields(c: _Checker) -> None:
   c.interval("data.crop_ratio", 0, float("inf"))
   c.number("data.color_jitter_prob", 0, 1)
   c.integer("data.max_words", 1)
+  c.integer("data.rewrite_min_words", 0)
   c.integer("data.max_tokens", 3, "an integer ≥ 3 ([CLS], a word, [SEP])")
 
 

@@ -226,6 +226,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tokens).
   c.data.tokenizer = "wordpiece" if args.text == "bert" else "bpe"
   c.data.rewrites = ""  # LaCLIP: JSON {image id: [rewritten captions]}; off
+  # LaCLIP's rule: a drawn rewrite of fewer words is replaced by an original
+  # caption (0: every rewrite is used as it is).
+  c.data.rewrite_min_words = 2
   c.data.num_threads = 2  # grain read/transform threads per process
   c.data.num_workers = 0  # grain worker processes (0: threads only)
 

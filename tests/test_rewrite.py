@@ -44,8 +44,55 @@ def test_prompt_is_laclips_form():
     (' "A quoted one"', ("A quoted one", None)),
 ])
 def test_outputs_are_checked(generated, want):
-  assert rewriting.clean_output(generated, "A red circle", [("b", "B two.")],
+  assert rewriting.clean_output(generated, "A red circle", ["b", "B two."],
                                 max_words=60) == want
+
+
+def test_laclips_example_sets_are_its_four():
+  laclip = rewriting.read_examples("laclip")
+  assert list(laclip) == ["chatgpt", "bard", "human", "coco"]
+  for name in ("chatgpt", "bard", "human"):
+    assert len(laclip[name]) == 16, name
+  groups = laclip["coco"]["groups"]
+  assert len(groups) == 18 and all(len(g) == 5 for g in groups)
+  # Spot checks against LaCLIP's rewrite/utils.py.
+  assert laclip["chatgpt"][0][0] == ("white and red cheerful combination in "
+                                     "the bedroom for girl")
+  assert laclip["bard"][0][0] == "man driving a car through the mountains"
+  assert groups[0][0] == "A herd of goats walking down a road way."
+  # Its ChatGPT and Bard sets share two inputs (as LaCLIP's do).
+  assert len({a for a, _ in laclip["chatgpt"]}
+             & {a for a, _ in laclip["bard"]}) == 2
+  assert list(rewriting.read_examples("laclip", ["coco", "human"])) == [
+      "coco", "human"]
+  with pytest.raises(rewriting.RewriteError,
+                     match=r"--sources gpt4: not in --examples laclip "
+                           r"\(its sources: chatgpt, bard, human, coco\)"):
+    rewriting.read_examples("laclip", ["gpt4"])
+
+
+def test_a_coco_style_example_is_two_captions_of_one_image():
+  groups = {"groups": [tuple(f"g{g:02d} caption {c}" for c in range(5))
+                       for g in range(18)]}
+  seen = set()
+  for seed in range(200):
+    prompt = rewriting.build_prompt(groups, "a cat",
+                                    np.random.default_rng(seed))
+    shown = [line for line in prompt.split("\n")[2:-1] if line]
+    assert len(shown) == 3
+    images = []
+    for line in shown:
+      first, second = line.split(" => ")
+      assert first != second and first[:3] == second[:3]  # one image
+      images.append(first[:3])
+      seen.add((first, second))
+    assert len(set(images)) == 3  # three images, without replacement
+  # Every ordered pair of distinct captions can be drawn (18 × 5 × 4).
+  assert len(seen) > 300
+  texts = rewriting.example_texts(groups)
+  assert len(texts) == 90
+  assert rewriting.clean_output(" g03 caption 4.", "a cat", texts,
+                                max_words=60) == (None, "repeats_prompt")
 
 
 def test_rules_keep_the_meaning_of_sized_lists():
@@ -76,10 +123,14 @@ def test_rules_keep_the_meaning_of_sized_lists():
 
 def test_examples_file_errors(tmp_path):
   ours = rewriting.read_examples()
+  assert ours == rewriting.read_examples("ours")
   assert len(ours) == 4 and all(len(p) >= 12 for p in ours.values())
   bad = tmp_path / "examples.json"
   for text, message in (("[1, 2]", "JSON object"),
                         ('{"s": [["only one"]]}', "string pairs"),
+                        ('{"s": {"groups": [["one caption"]]}}',
+                         "two or more captions"),
+                        ('{"#": "a note only"}', "has no sources"),
                         ("{", "not JSON")):
     bad.write_text(text)
     with pytest.raises(rewriting.RewriteError, match=message):
@@ -226,3 +277,46 @@ def test_rule_rewrites_are_read_back_by_training(tiny, tmp_path):
   drawn = np.isin(ids, list(framing)).any(axis=1).mean()
   assert 0.02 < drawn < 0.5  # some rows drew a rewrite, most an original
   assert source.id_key is None  # keys are the examples' split indices
+
+
+@pytest.mark.parametrize("min_words", [2, 0])
+def test_a_one_word_rewrite_falls_back_to_an_original(tiny, min_words):
+  """LaCLIP's rule: a drawn rewrite of fewer than two words is replaced by
+  one of the image's own captions (drawn uniformly); 0 keeps it."""
+  source, name = sources.get(tiny.data.name)
+  example = sources.open_split(name, "train", tiny.data.data_dir)[0]
+  originals = [text_lib.clean_caption(c.decode())
+               for c in sources.decode_captions(source, example)]
+  assert len(originals) == 5
+  rewrites = {sources.image_id(source, 0, example): ["blob",
+                                                     "a huge purple blob"]}
+  tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(
+      originals + ["blob", "a huge purple blob"], 200), 30)
+  tiny.data.rewrite_min_words = min_words
+  tiny.data.flip = False  # which would swap "left" and "right"
+  transform = pipeline.TrainTransform(source, tokenizer, tiny.data, rewrites)
+  drawn = [tokenizer.decode(transform.random_map(
+      (0, example), np.random.default_rng(seed))["input_ids"].tolist())
+      for seed in range(1400)]
+  share = {text: drawn.count(text) / len(drawn) for text in set(drawn)}
+  assert set(share) <= set(originals) | {"blob", "a huge purple blob"}
+  # 7 captions: 5 originals, a one-word rewrite, a two-word one.
+  assert share["a huge purple blob"] == pytest.approx(1 / 7, abs=0.03)
+  if min_words:
+    assert "blob" not in share
+    assert sum(share[c] for c in originals) == pytest.approx(6 / 7, abs=0.03)
+  else:
+    assert share["blob"] == pytest.approx(1 / 7, abs=0.03)
+
+
+def test_unknown_example_sources_are_one_line(tiny_data_dir, tmp_path):
+  out = str(tmp_path / "r.json")
+  result = run_module("cliplite_jax.rewrite", *_rewrite_args(
+      tiny_data_dir, "rules", out, "--examples=laclip",
+      "--sources=coco,gpt4"))
+  assert result.returncode == 1
+  line, = result.stderr.strip().splitlines()
+  assert line == ("cliplite_jax.rewrite: error: --sources gpt4: not in "
+                  "--examples laclip (its sources: chatgpt, bard, human, "
+                  "coco)")
+  assert os.listdir(tmp_path) == []

@@ -187,7 +187,9 @@ def test_imagenet_zero_shot_averages_clip_templates_over_its_class_names(
     return [{"image": class_jpeg(rng, label, size=32), "label": np.int64(label),
              "file_name": f"{i}.JPEG"} for i, label in enumerate((1, 7, 999))]
 
-  words = [" ".join(names + templates)]
+  laclip = sources.IMAGENET_TEMPLATES_LACLIP
+  assert len(laclip) == 7 and laclip[0] == "itap of a {}."
+  words = [" ".join(names + templates + laclip)]
   tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(words, 256),
                                     tiny.data.max_tokens)
   tiny.eval.probes = ("zeroshot",)
@@ -198,21 +200,25 @@ def test_imagenet_zero_shot_averages_clip_templates_over_its_class_names(
     got = evaluate.run_probes(tiny, model, variables, tokenizer,
                               parallel.make_mesh())
   examples = imagenet("validation")
-  prompts = [text_lib.clean_caption(t.format(c)) for c in names
-             for t in templates]
+  image_emb = _direct_image(tiny, model, variables, examples)[1]
   # 80,000 prompts: one jitted program, not op-by-op.
   encode = jax.jit(lambda ids, mask: model.apply(
       variables, ids, mask, method=cliplite.CLIPLite.encode_text)[1])
-  ids, mask = text_lib.tokenize(tokenizer, prompts)
-  prompt_emb = np.concatenate([encode(ids[i:i + 8000], mask[i:i + 8000])
-                               for i in range(0, len(prompts), 8000)])
-  class_emb = zeroshot.class_embeddings(prompt_emb.reshape(1000, 80, -1))
-  image_emb = _direct_image(tiny, model, variables, examples)[1]
-  want = zeroshot.accuracy(image_emb, class_emb,
-                           np.array([ex["label"] for ex in examples]),
-                           ks=(1, 5))
-  assert got["zeroshot/imagenet2012/top1"] == pytest.approx(float(want["top1"]))
-  assert got["zeroshot/imagenet2012/top5"] == pytest.approx(float(want["top5"]))
+  # CLIP's 80 templates, and LaCLIP's 7 as a second task.
+  for key, task_templates in (("imagenet2012", templates),
+                              ("imagenet2012_laclip", laclip)):
+    prompts = [text_lib.clean_caption(t.format(c)) for c in names
+               for t in task_templates]
+    ids, mask = text_lib.tokenize(tokenizer, prompts)
+    prompt_emb = np.concatenate([encode(ids[i:i + 8000], mask[i:i + 8000])
+                                 for i in range(0, len(prompts), 8000)])
+    class_emb = zeroshot.class_embeddings(
+        prompt_emb.reshape(1000, len(task_templates), -1))
+    want = zeroshot.accuracy(image_emb, class_emb,
+                             np.array([ex["label"] for ex in examples]),
+                             ks=(1, 5))
+    assert got[f"zeroshot/{key}/top1"] == pytest.approx(float(want["top1"]))
+    assert got[f"zeroshot/{key}/top5"] == pytest.approx(float(want["top5"]))
 
 
 def test_a_class_set_is_refused_for_training_before_anything_is_written(

@@ -125,7 +125,9 @@ class TrainTransform(grain.transforms.RandomMap):
   [4]: `augment.color_jitter_params` for `augment.apply_color_jitter` in the
   train step (`data.color_jitter_on_device` and a jitter probability > 0).
   One caption is drawn uniformly from the example's captions plus its
-  rewrites; a flipped image gets its caption's "left" and "right" swapped.
+  rewrites; a rewrite of fewer than `data.rewrite_min_words` words is
+  replaced by one of the captions, drawn uniformly (LaCLIP's rule); a
+  flipped image gets its caption's "left" and "right" swapped.
   An example whose image does not decode or that has no non-empty caption
   becomes `SKIPPED`.
   """
@@ -142,14 +144,19 @@ class TrainTransform(grain.transforms.RandomMap):
   def random_map(self, element, rng: np.random.Generator):
     cfg = self._cfg
     index, example = element
-    captions = sources.decode_captions(self._source, example)
+    originals = sources.decode_captions(self._source, example)
+    captions = originals
     if self._rewrites:
-      captions = captions + self._rewrites.get(
+      captions = originals + self._rewrites.get(
           sources.image_id(self._source, index, example), [])
     if not captions:
       return SKIPPED
-    caption = text_lib.clean_caption(captions[rng.integers(len(captions))],
-                                     cfg.max_words)
+    drawn = rng.integers(len(captions))
+    caption = captions[drawn]
+    if (drawn >= len(originals) and originals
+        and len(caption.split()) < cfg.get("rewrite_min_words", 2)):
+      caption = originals[rng.integers(len(originals))]  # LaCLIP's fallback
+    caption = text_lib.clean_caption(caption, cfg.max_words)
     image = augment.decode_random_resized_crop(
         example[self._source.image_key], rng, cfg.image_size,
         tuple(cfg.crop_scale), tuple(cfg.crop_ratio))

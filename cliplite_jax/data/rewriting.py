@@ -5,7 +5,10 @@ model by in-context learning: a prompt of k example pairs "input => output"
 drawn from one of several "sources" (styles of rewriting), then the caption
 and " =>"; the model's first line is the rewrite. One rewrite per source.
 Our example sets (`rewrite/examples.json`, written for this project) have
-four sources of 12 pairs; users can bring their own file of the same form.
+four sources of 12 pairs. LaCLIP's own four (`rewrite/laclip.json`: its
+ChatGPT, Bard and human sets of 16 pairs, and its COCO set of 18 images × 5
+captions, whose examples are two captions of one image) are chosen with
+`--examples=laclip`; users can bring their own file of the same form.
 """
 from __future__ import annotations
 
@@ -30,39 +33,107 @@ class RewriteError(ValueError):
   """Bad rewrite input: the message names the problem and the fix."""
 
 
-def read_examples(path: str | None = None) -> dict[str, list[tuple[str, str]]]:
-  """{source: [(input, output), ...]} from a JSON file (None: ours).
+# Packaged example sets, by the name `--examples` takes.
+PACKAGED_EXAMPLES = {"ours": "examples.json", "laclip": "laclip.json"}
 
-  The file is a JSON object of sources, each a list of [input, output]
-  pairs of non-empty strings; every source needs at least one pair.
+
+def read_examples(path: str | None = None,
+                  sources: list[str] | None = None) -> dict:
+  """{source: examples} from a packaged set's name ("ours", the default when
+  `path` is None, or "laclip") or a JSON file; only `sources` (in that
+  order) when given.
+
+  The file is a JSON object of sources (keys starting with "#" are notes).
+  A source is a non-empty list of [input, output] pairs of non-empty
+  strings, or {"groups": [[caption, caption, ...], ...]}: captions of one
+  image, at least two per group, of which an example takes two (LaCLIP's
+  COCO set).
   """
-  if path is None:
+  name = "ours" if path is None else path
+  if name in PACKAGED_EXAMPLES:
     text = (importlib.resources.files("cliplite_jax.data") / "rewrite"
-            / "examples.json").read_text()
-    where = "the packaged examples"
+            / PACKAGED_EXAMPLES[name]).read_text(encoding="utf-8")
+    where = f"--examples {name}"
   else:
     try:
       with open(path, encoding="utf-8") as f:
         text = f.read()
     except OSError as e:
-      raise RewriteError(f"--examples {path}: {e.strerror or e}") from e
+      raise RewriteError(
+          f"--examples {path}: {e.strerror or e} (a JSON file, or one of "
+          f"{', '.join(PACKAGED_EXAMPLES)})") from e
     where = f"--examples {path}"
   try:
     raw = json.loads(text)
   except ValueError as e:
     raise RewriteError(f"{where}: not JSON ({e})") from e
-  if not isinstance(raw, dict) or not raw:
+  if not isinstance(raw, dict):
     raise RewriteError(f"{where}: must be a JSON object "
                        f'{{"source": [["input", "output"], ...]}}')
-  out = {}
-  for source, pairs in raw.items():
-    if (not isinstance(pairs, list) or not pairs or not all(
-        isinstance(p, list) and len(p) == 2 and all(
-            isinstance(s, str) and s.strip() for s in p) for p in pairs)):
-      raise RewriteError(f"{where}: source {source!r} must be a non-empty "
-                         f"list of [input, output] string pairs")
-    out[str(source)] = [(a.strip(), b.strip()) for a, b in pairs]
+  raw = {k: v for k, v in raw.items() if not str(k).startswith("#")}
+  if not raw:
+    raise RewriteError(f"{where}: has no sources")
+  out = {str(source): _read_source(where, source, examples)
+         for source, examples in raw.items()}
+  if sources:
+    unknown = [s for s in sources if s not in out]
+    if unknown:
+      raise RewriteError(f"--sources {','.join(unknown)}: not in {where} "
+                         f"(its sources: {', '.join(out)})")
+    out = {s: out[s] for s in sources}
   return out
+
+
+def _strings(items, least: int) -> bool:
+  return (isinstance(items, list) and len(items) >= least
+          and all(isinstance(s, str) and s.strip() for s in items))
+
+
+def _read_source(where: str, source: str, examples):
+  """A source's examples, checked: [(input, output), ...] or {"groups":
+  [(caption, ...), ...]}, each string stripped."""
+  if isinstance(examples, dict) and set(examples) == {"groups"}:
+    groups = examples["groups"]
+    if (not isinstance(groups, list) or not groups
+        or not all(_strings(g, 2) for g in groups)):
+      raise RewriteError(f"{where}: source {source!r}'s groups must be a "
+                         f"non-empty list of lists of two or more captions")
+    return {"groups": [tuple(" ".join(c.split()) for c in g)
+                       for g in groups]}
+  if (not isinstance(examples, list) or not examples
+      or not all(_strings(p, 2) and len(p) == 2 for p in examples)):
+    raise RewriteError(f"{where}: source {source!r} must be a non-empty "
+                       f"list of [input, output] string pairs, or "
+                       f'{{"groups": [[caption, caption, ...], ...]}}')
+  return [(a.strip(), b.strip()) for a, b in examples]
+
+
+def example_texts(examples) -> list[str]:
+  """Every string of one source's examples (a model that repeats one has
+  copied the prompt)."""
+  if isinstance(examples, dict):
+    return [c for group in examples["groups"] for c in group]
+  return [s for pair in examples for s in pair]
+
+
+def draw_examples(examples, rng: np.random.Generator,
+                  shots: int) -> list[tuple[str, str]]:
+  """`shots` (input, output) pairs of one source, drawn without replacement
+  (all of them if fewer). From groups (LaCLIP's COCO set), `shots` groups,
+  and of each two distinct captions in random order, as LaCLIP draws
+  them."""
+  if isinstance(examples, dict):
+    groups = examples["groups"]
+    chosen = rng.choice(len(groups), size=min(shots, len(groups)),
+                        replace=False)
+    pairs = []
+    for g in chosen:
+      first, second = rng.choice(len(groups[g]), size=2, replace=False)
+      pairs.append((groups[g][first], groups[g][second]))
+    return pairs
+  chosen = rng.choice(len(examples), size=min(shots, len(examples)),
+                      replace=False)
+  return [examples[i] for i in chosen]
 
 
 def unit_rng(seed: int, *keys) -> np.random.Generator:
@@ -72,26 +143,26 @@ def unit_rng(seed: int, *keys) -> np.random.Generator:
   return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def build_prompt(pairs: list[tuple[str, str]], caption: str,
-                 rng: np.random.Generator, shots: int = SHOTS) -> str:
-  """LaCLIP's prompt: the header, `shots` pairs drawn without replacement
-  (all of them if fewer), then `caption =>`."""
-  chosen = rng.choice(len(pairs), size=min(shots, len(pairs)), replace=False)
+def build_prompt(examples, caption: str, rng: np.random.Generator,
+                 shots: int = SHOTS) -> str:
+  """LaCLIP's prompt: the header, `shots` example pairs of one source
+  (`draw_examples`), then `caption =>`."""
   lines = [PROMPT_HEADER, ""]
-  for i in chosen:
-    lines += [f"{pairs[i][0]} => {pairs[i][1]}", ""]
+  for source_text, target_text in draw_examples(examples, rng, shots):
+    lines += [f"{source_text} => {target_text}", ""]
   lines.append(f"{' '.join(caption.split())} =>")
   return "\n".join(lines)
 
 
-def clean_output(generated: str, caption: str, pairs: list[tuple[str, str]],
+def clean_output(generated: str, caption: str, known_texts: list[str],
                  max_words: int) -> tuple[str | None, str | None]:
   """A model's continuation → (rewrite, None), or (None, drop reason).
 
   The rewrite is the first line, stripped of spaces and quotes. It is
   dropped as "empty", "no_letters", "too_long" (over `max_words` words, or
   no line end before the token limit: see `generate`), or "repeats_prompt"
-  (the caption itself, an example, or more prompt syntax).
+  (the caption itself, one of `known_texts` (the examples'), or more
+  prompt syntax).
   """
   line = generated.split("\n", 1)[0].strip().strip("\"'“”").strip()
   if not line:
@@ -102,7 +173,7 @@ def clean_output(generated: str, caption: str, pairs: list[tuple[str, str]],
     return None, "too_long"
   folded = " ".join(line.lower().split()).rstrip(".")
   known = {" ".join(s.lower().split()).rstrip(".")
-           for pair in pairs for s in pair} | {
+           for s in known_texts} | {
                " ".join(caption.lower().split()).rstrip(".")}
   if "=>" in line or folded in known or line.startswith(PROMPT_HEADER):
     return None, "repeats_prompt"

@@ -33,6 +33,10 @@ def _package_lines(name: str) -> tuple[str, ...]:
 # 2021, the prompt-engineering notebook), averaged per class.
 IMAGENET_CLASSES = _package_lines("imagenet_classes.txt")
 IMAGENET_TEMPLATES = _package_lines("imagenet_templates.txt")
+# LaCLIP's 7 for its CC3M/CC12M/RedCaps models (LijieFan/LaCLIP@7ddd516
+# eval_zeroshot_imagenet.py; its LAION models use the 80): scored as the
+# task "laclip", zeroshot/imagenet2012_laclip/top1.
+IMAGENET_TEMPLATES_LACLIP = _package_lines("imagenet_templates_laclip.txt")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
                    "frog", "horse", "ship", "truck")
 
@@ -148,7 +152,9 @@ SOURCES = {
         zeroshot={"class": ("label", CIFAR10_CLASSES, "a picture of a {}.")}),
     "imagenet2012": Source(
         tfds_name="imagenet2012", captions_key=None, linear_label="label",
-        zeroshot={"class": ("label", IMAGENET_CLASSES, IMAGENET_TEMPLATES)},
+        zeroshot={"class": ("label", IMAGENET_CLASSES, IMAGENET_TEMPLATES),
+                  "laclip": ("label", IMAGENET_CLASSES,
+                             IMAGENET_TEMPLATES_LACLIP)},
         eval_split="validation",
         build_flags=" --manual_dir=DIR_WITH_ILSVRC2012_TARS"),
 }
