@@ -4,11 +4,15 @@ RN50 at 224 px, a randomly initialised 12-layer BERT, global batch 1024,
 250k steps of SGD + Lookahead (LRs 0.2 image / 0.001 text / 0.001 other,
 10k warmup, cosine to 0, clip 10), the reference augmentations.
 
-The argument picks one ablation of the paper (at most one of each key):
-  :batch=64|128|256|512   batch-size ablation: 200k steps, 2-layer text
+The argument picks one ablation of the paper (at most one of each key), set
+as the reference code's configs/done/ set them (4m4n5/CLIP-Lite@03ff4e9):
+  :batch=64|128|256|512   batch-size ablation: 200k steps, 2-layer text, flip
   :text_layers=2|4|6      text depth at batch 1024
-  :backbone=rn18|rn101|rn152  backbone at batch 512
-  :fraction=0.1|0.25|0.5|0.75 seeded subset of the images, steps scaled
+  :backbone=rn18|rn101|rn152  backbone at batch 512: 200k steps, 2-layer
+                          text, flip
+  :fraction=0.1|0.25|0.5|0.75 seeded subset of the images, steps and warmup
+                          scaled (the reference starts these from a
+                          pretrained BERT-base: add bert=DIR)
   :bert=DIR               start the text tower from a local Hugging Face
                           BERT-base directory (weights and tokenizer), as
                           the paper's data-fraction runs do; combine with
@@ -83,6 +87,7 @@ def get_config(arg: str | None = None):
     c.batch_size = args.batch
     c.total_steps = 200_000
     c.model.text.layers = 2
+    c.data.flip = True
   if args.text_layers:
     c.model.text.layers = args.text_layers
   if args.backbone:
@@ -91,6 +96,9 @@ def get_config(arg: str | None = None):
           f"backbone must be one of {sorted(_BACKBONES)}, got {args.backbone}")
     c.model.image.depth = _BACKBONES[args.backbone]
     c.batch_size = 512
+    c.total_steps = 200_000
+    c.model.text.layers = 2
+    c.data.flip = True
   if args.fraction:
     c.data.fraction = args.fraction
     c.total_steps = round(c.total_steps * args.fraction)

@@ -3,6 +3,11 @@
 #
 #   launch/coco_ablations.sh batch ROOT [SEEDS]     # batch 64/128/256/512 + 1024
 #   launch/coco_ablations.sh fraction ROOT [SEEDS]  # 10/25/50/75/100 % of the images
+#   launch/coco_ablations.sh text_layers ROOT [SEEDS]  # 2/4/6-layer BERT + 12
+#   launch/coco_ablations.sh backbone ROOT [SEEDS]  # ResNet-18/101/152 + 50
+#
+# Set BERT=DIR (a local BERT-base) to start the fraction runs from it, as
+# the paper's are.
 #
 # SEEDS defaults to "0 1 2". Every run is configs/coco_rn50_bert.py or
 # configs/clip_baseline.py with the ablation's argument (the paper's
@@ -14,19 +19,27 @@
 #   python experiments/experiments.py collect --root=ROOT
 set -euo pipefail
 cd "$(dirname "$0")/.."
-study=${1:?usage: launch/coco_ablations.sh batch|fraction ROOT [SEEDS]}
-root=${2:?usage: launch/coco_ablations.sh batch|fraction ROOT [SEEDS]}
+usage="usage: launch/coco_ablations.sh batch|fraction|text_layers|backbone ROOT [SEEDS]"
+study=${1:?$usage}
+root=${2:?$usage}
 seeds=${3:-0 1 2}
 case "$study" in
   batch) args=("batch=64" "batch=128" "batch=256" "batch=512" "") ;;
   fraction) args=("fraction=0.1" "fraction=0.25" "fraction=0.5"
-                  "fraction=0.75" "") ;;
-  *) echo "unknown study $study: batch or fraction" >&2; exit 2 ;;
+                  "fraction=0.75" "")
+            if [[ -n "${BERT:-}" ]]; then
+              args=("${args[@]/%/,bert=$BERT}"); args[-1]="bert=$BERT"
+            fi ;;
+  text_layers) args=("text_layers=2" "text_layers=4" "text_layers=6" "") ;;
+  backbone) args=("backbone=rn18" "backbone=rn101" "backbone=rn152" "") ;;
+  *) echo "unknown study $study: batch, fraction, text_layers or backbone" >&2
+     exit 2 ;;
 esac
 for seed in $seeds; do
   for arg in "${args[@]}"; do
     for config in coco_rn50_bert clip_baseline; do
-      name="${config}_${arg:-headline}_seed${seed}"
+      label=${arg%%bert=*}; label=${label%,}  # a path makes no name
+      name="${config}_${label:-headline}_seed${seed}"
       workdir="$root/${name//=/}"
       if [[ -f "$workdir/config.json" ]]; then
         total=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['total_steps'])" "$workdir/config.json")

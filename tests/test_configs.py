@@ -61,9 +61,16 @@ def test_grid_values_follow_the_paper():
   assert dict(head.optim.lr) == {"image": 0.2, "text": 0.001, "other": 0.001}
   assert head.model.image.depth == 50 and head.data.image_size == 224
   small = _load("coco_rn50_bert.py", "batch=128")
-  assert (small.batch_size, small.total_steps, small.model.text.layers) == (
-      128, 200_000, 2)
-  assert _load("coco_rn50_bert.py", "backbone=rn101").batch_size == 512
+  assert (small.batch_size, small.total_steps, small.model.text.layers,
+          small.data.flip) == (128, 200_000, 2, True)
+  assert not head.data.flip
+  deep = _load("coco_rn50_bert.py", "backbone=rn101")
+  assert (deep.batch_size, deep.total_steps, deep.model.text.layers,
+          deep.model.image.depth, deep.data.flip) == (512, 200_000, 2, 101,
+                                                      True)
+  layers = _load("coco_rn50_bert.py", "text_layers=4")
+  assert (layers.batch_size, layers.total_steps,
+          layers.model.text.layers) == (1024, 250_000, 4)
   frac = _load("coco_rn50_bert.py", "fraction=0.25")
   assert (frac.data.fraction, frac.total_steps) == (0.25, 62_500)
   assert _load("clip_baseline.py", "").loss.name == "infonce"
@@ -126,3 +133,39 @@ def test_coco_config_keeps_convolutions_off_ynnpack_and_products_on_it():
   assert _library_fused(None, conv, *conv_shapes)  # XLA's default
   assert not _library_fused(options, conv, *conv_shapes)
   assert _library_fused(options, jnp.matmul, (64, 96), (96, 128))
+
+
+@pytest.mark.parametrize("study,args", [
+    ("batch", ["batch=64", "batch=128", "batch=256", "batch=512", ""]),
+    ("text_layers", ["text_layers=2", "text_layers=4", "text_layers=6", ""]),
+    ("backbone", ["backbone=rn18", "backbone=rn101", "backbone=rn152", ""]),
+    ("fraction", ["fraction=0.1,bert=/m/bert", "fraction=0.25,bert=/m/bert",
+                  "fraction=0.5,bert=/m/bert", "fraction=0.75,bert=/m/bert",
+                  "bert=/m/bert"])])
+def test_the_ablation_launcher_covers_each_study(tmp_path, study, args):
+  """launch/coco_ablations.sh, run with launch/gpu_host.sh replaced by an
+  echo: each of the study's arguments for CLIP-Lite and CLIP, one workdir
+  each, every config loading."""
+  import os
+  import shutil
+  import subprocess
+  shutil.copytree(f"{REPO}/launch", tmp_path / "launch")
+  (tmp_path / "launch" / "gpu_host.sh").write_text('#!/bin/bash\necho "$@"\n')
+  result = subprocess.run(
+      ["bash", "launch/coco_ablations.sh", study, str(tmp_path / "runs"), "3"],
+      cwd=tmp_path, capture_output=True, text=True,
+      env=dict(os.environ, BERT="/m/bert"))
+  assert result.returncode == 0, result.stderr
+  runs = [line.split() for line in result.stdout.splitlines()
+          if not line.startswith("---")]
+  want = [(f"--config=configs/{config}.py" + (f":{arg}" if arg else ""),
+           f"--config.seed=3") for arg in args
+          for config in ("coco_rn50_bert", "clip_baseline")]
+  assert [(run[0], run[2]) for run in runs] == want
+  workdirs = [run[1] for run in runs]
+  assert len(set(workdirs)) == len(workdirs)
+  assert all("/m/bert" not in w for w in workdirs)
+  for config, _, _ in runs:
+    name, _, arg = config.removeprefix("--config=configs/").partition(":")
+    if "bert=" not in arg:  # a BERT directory is read when the model is built
+      _load(name, arg)
