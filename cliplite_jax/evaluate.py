@@ -63,9 +63,13 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
 def _add_absent_eval_fields(config: ml_collections.ConfigDict) -> None:
   """Gives a config saved before the suite and the few-shot probe existed
   their defaults, so that `--config.eval.suite=...` and
-  `--config.eval.fewshot.*` override it as any other."""
-  if "linear" not in config.eval:
-    return  # a multi-modality config: neither applies
+  `--config.eval.fewshot.*` override it as any other (a multi-modality
+  config: `eval.candidates` and `eval.bootstrap`)."""
+  if "linear" not in config.eval:  # a multi-modality config
+    for key in ("candidates", "bootstrap"):
+      if key not in config.eval:
+        config.eval[key] = 0
+    return
   for key, value in (("suite", ""), ("fewshot", dict(fewshot.DEFAULTS))):
     if key not in config.eval:
       config.eval[key] = value

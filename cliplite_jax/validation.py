@@ -313,6 +313,12 @@ def _multimodal_fields(c: _Checker) -> None:
             and math.isfinite(scale), "model.init_log_scale",
             "a finite number (the critic's initial log-scale)")
   c.one_of("loss.symile_sampling", ("n", "n_squared"))
+  c.integer("eval.bootstrap", 0)
+  candidates = c.get("eval.candidates")
+  c.require(candidates is None or (
+      isinstance(candidates, int) and not isinstance(candidates, bool)
+      and (candidates == 0 or candidates >= 2)), "eval.candidates",
+            "0 (every distinct value) or a number of candidates ≥ 2")
 
 
 # --- evaluation's pre-flight: what it will read, opened before any work ---

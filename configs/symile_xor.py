@@ -86,6 +86,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.fit_split = "train"
   c.eval.probes = ("zeroshot",)  # each modality from the other two
+  # Among every distinct value (0), or the true one and N − 1 drawn at
+  # random (Symile-MIMIC: 10); R > 0: a 95 % bootstrap interval over R
+  # resamples of the test queries (Symile's bootstrap_n: 10).
+  c.eval.candidates = 0
+  c.eval.bootstrap = 0
   c.eval.transfer = ()
   c.eval.batch_size = 1000
   c.eval.every_steps = 0

@@ -62,13 +62,27 @@ def test_symile_learns_xor_where_pairwise_clip_cannot(xor_data_dir, tmp_path):
   zero-shot probe, end to end on 256 XOR triples (p = 1): Symile's MIP
   predicts each modality from the other two; CLIP on every pair cannot
   (each pair is independent), so it stays near chance (1/32)."""
-  symile = train.train_and_evaluate(_xor_config(xor_data_dir),
-                                    str(tmp_path / "symile"))
+  config = _xor_config(xor_data_dir)
+  # Symile's evaluation: 1 + 9 candidates, a bootstrap interval.
+  config.eval.candidates, config.eval.bootstrap = 10, 200
+  symile = train.train_and_evaluate(config, str(tmp_path / "symile"))
   pairwise = train.train_and_evaluate(
       _xor_config(xor_data_dir, "pairwise_infonce"), str(tmp_path / "pairs"))
   for m in ("a_from_b+c", "b_from_a+c", "c_from_a+b"):
-    assert symile[f"zeroshot/symile_xor/{m}"] > 0.9, symile
-    assert pairwise[f"zeroshot/symile_xor/{m}"] < 0.2, pairwise
+    key = f"zeroshot/symile_xor/{m}"
+    assert symile[key] > 0.9, symile
+    assert symile[f"{key}_ci_low"] <= symile[key] <= symile[f"{key}_ci_high"]
+    assert symile[f"{key}_ci_high"] - symile[f"{key}_ci_low"] < 0.2
+    assert pairwise[key] < 0.2, pairwise
+    assert f"{key}_ci_low" not in pairwise
+  from cliplite_jax import evaluate
+  config.eval.candidates = 33
+  _, model, variables, tokenizer, mesh = run_dir.restore(
+      str(tmp_path / "symile"), config)
+  with pytest.raises(config_io.UserError, match=r"eval.candidates=33: 33 "
+                     r"candidates per query, but only \d+ distinct values of "
+                     r"a in symile_xor"):
+    evaluate.run_probes(config, model, variables, tokenizer, mesh)
 
 
 def test_multimodal_resume_is_bit_exact(xor_data_dir, tmp_path, capsys):
@@ -112,3 +126,47 @@ def test_top1_counts_ties_and_nan_as_wrong():
   for score in ("mip", "pairwise"):
     assert float(modalities.top1(query, candidates, targets, score)) == (
         pytest.approx(1 / 3))
+
+
+def test_n_candidates_and_bootstrap_intervals_match_numpy():
+  """Top-1 among the target and K drawn others, by hand in NumPy, and the
+  bootstrap's percentile interval against NumPy's own resampling."""
+  from cliplite_jax.probes import modalities
+  rng = np.random.default_rng(0)
+  query = [rng.normal(size=(300, 8)).astype(np.float32) for _ in range(2)]
+  candidates = rng.normal(size=(32, 8)).astype(np.float32)
+  targets = rng.integers(0, 32, 300).astype(np.int32)
+  negatives = modalities.draw_negatives(targets, 32, 9, seed=3)
+  assert negatives.shape == (300, 9)
+  for row, target in zip(negatives, targets):
+    assert len(set(row)) == 9 and target not in row and row.max() < 32
+  # Every other value is drawn about equally often: value v competes in
+  # 9/31 of the rows whose target is not v.
+  drawn = np.bincount(negatives.ravel(), minlength=32)
+  eligible = 300 - np.bincount(targets, minlength=32)
+  np.testing.assert_allclose(drawn / eligible, 9 / 31, atol=0.12)
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+  scores = np.einsum("nd,nd,cd->nc", unit(query[0]), unit(query[1]),
+                     unit(candidates))  # Symile's MIP of unit vectors
+  true = scores[np.arange(300), targets]
+  want = np.array([np.all(scores[n, negatives[n]] < true[n])
+                   for n in range(300)])
+  got = np.asarray(modalities.correct_rows(
+      [jnp.asarray(q) for q in query], jnp.asarray(candidates),
+      jnp.asarray(targets), "mip", jnp.asarray(negatives)))
+  np.testing.assert_array_equal(got, want)
+  # Among all 32 the same rows can only do worse.
+  every = np.asarray(modalities.correct_rows(
+      [jnp.asarray(q) for q in query], jnp.asarray(candidates),
+      jnp.asarray(targets), "mip"))
+  assert not np.any(every & ~got) and every.mean() < got.mean()
+  low, high = modalities.bootstrap_interval(got, 2000, seed=5)
+  boot = np.random.default_rng(5)
+  means = [got[boot.integers(0, 300, 300)].mean() for _ in range(2000)]
+  assert (low, high) == tuple(np.percentile(means, [2.5, 97.5]))
+  assert low < got.mean() < high
+  # About the normal approximation's ±1.96 standard errors.
+  se = np.sqrt(got.mean() * (1 - got.mean()) / 300)
+  assert high - low == pytest.approx(2 * 1.96 * se, rel=0.15)
+  with pytest.raises(ValueError, match="only 32 distinct values"):
+    modalities.draw_negatives(targets, 32, 32, seed=0)

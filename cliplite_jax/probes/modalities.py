@@ -6,6 +6,12 @@ example's query is its other modalities, scored against every candidate by
 the objective's critic, Symile's MIP(query..., candidate) or pairwise CLIP's
 Σ_q <query_q, candidate> (its other pairwise terms do not depend on the
 candidate); top-1 is the fraction whose own value scores highest.
+
+Symile's evaluation options: `eval.candidates` = N ≥ 2 scores each query
+among its own value and N − 1 others drawn at random (seeded, without
+replacement), as Symile-MIMIC's 1 + 9; `eval.bootstrap` = R > 0 adds a 95 %
+percentile interval over R resamples of the queries with replacement
+(`<key>_ci_low`, `<key>_ci_high`).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from cliplite_jax import features
+from cliplite_jax import config_io, features
 
 from cliplite_jax import objectives
 
@@ -30,30 +36,73 @@ from cliplite_jax.probes.ranking import ties_or_beats
 
 
 @functools.partial(jax.jit, static_argnames="score")
-def top1(query: list[jnp.ndarray], candidates: jnp.ndarray,
-         targets: jnp.ndarray, score: str = "mip") -> jnp.ndarray:
-  """Fraction of rows whose target candidate scores strictly highest.
+def correct_rows(query: list[jnp.ndarray], candidates: jnp.ndarray,
+                 targets: jnp.ndarray, score: str = "mip",
+                 negatives: jnp.ndarray | None = None) -> jnp.ndarray:
+  """Whether each row's target candidate scores strictly highest: bool [N].
 
   query: M − 1 arrays [N, D]; candidates: [C, D]; targets: int32 [N] rows of
-  `candidates`; score "mip" or "pairwise". A tie with another candidate (within
-  `ranking.TIE_TOLERANCE`) counts as wrong (a constant embedding must not score 1), and so does a
-  NaN score. float32 [].
+  `candidates`; score "mip" or "pairwise"; negatives: None (every other
+  candidate competes) or int32 [N, K], the rows of `candidates` each query
+  is scored against beside its target. A tie with another candidate (within
+  `ranking.TIE_TOLERANCE`) counts as wrong (a constant embedding must not
+  score 1), and so does a NaN score.
   """
   if score == "mip":
     scores = symile.zeroshot_scores(query, candidates)
   else:
     scores = sum(l2_normalize(q) for q in query) @ l2_normalize(candidates).T
   true = jnp.take_along_axis(scores, targets[:, None], axis=1)
-  others = jnp.arange(scores.shape[1])[None, :] != targets[:, None]
+  if negatives is None:
+    others = jnp.arange(scores.shape[1])[None, :] != targets[:, None]
+  else:
+    scores = jnp.take_along_axis(scores, negatives, axis=1)
+    others = jnp.ones(scores.shape, bool)
   beaten = jnp.any(others & ties_or_beats(scores, true), axis=1)
-  return jnp.mean(~beaten).astype(jnp.float32)
+  return ~beaten
+
+
+def top1(query: list[jnp.ndarray], candidates: jnp.ndarray,
+         targets: jnp.ndarray, score: str = "mip") -> jnp.ndarray:
+  """The fraction of `correct_rows` among every candidate, float32 []."""
+  return jnp.mean(correct_rows(query, candidates, targets, score)).astype(
+      jnp.float32)
+
+
+def draw_negatives(targets: np.ndarray, num_candidates: int, count: int,
+                   seed: int) -> np.ndarray:
+  """For each target (int [N] in [0, num_candidates)), `count` other
+  candidates drawn uniformly without replacement: int32 [N, count]."""
+  if not 1 <= count < num_candidates:
+    raise ValueError(f"{count + 1} candidates per query, but only "
+                     f"{num_candidates} distinct values")
+  rng = np.random.default_rng(seed)
+  # A random order of the other num_candidates − 1 values, per row: rank
+  # uniform keys, keep the first `count`, and skip over the target.
+  keys = rng.random((len(targets), num_candidates - 1))
+  drawn = np.argsort(keys, axis=1)[:, :count]
+  return (drawn + (drawn >= targets[:, None])).astype(np.int32)
+
+
+def bootstrap_interval(correct: np.ndarray, resamples: int, seed: int,
+                       level: float = 0.95) -> tuple[float, float]:
+  """The percentile interval of the mean of `correct` (bool or float [N])
+  over `resamples` resamples of its rows with replacement."""
+  rng = np.random.default_rng(seed)
+  values = np.asarray(correct, np.float64)
+  means = np.array([values[rng.integers(0, len(values), len(values))].mean()
+                    for _ in range(resamples)])
+  tail = 100 * (1 - level) / 2
+  low, high = np.percentile(means, [tail, 100 - tail])
+  return float(low), float(high)
 
 
 def evaluate(config: ml_collections.ConfigDict, model, variables,
              mesh: Mesh) -> dict[str, float]:
   """{"zeroshot/<dataset>/<m>_from_<others>": top-1} for every modality m
   on `config.eval.split` of `config.data.name` ({} unless "zeroshot" is in
-  `config.eval.probes`)."""
+  `config.eval.probes`), among every distinct value or `eval.candidates`,
+  with `eval.bootstrap`'s interval (see the module's docstring)."""
   if "zeroshot" not in config.eval.probes:
     return {}
   modalities = tuple(config.model.modalities)
@@ -71,6 +120,8 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
 
   emb = embed_all(values)
   score = objectives.OBJECTIVES[config.loss.name].modality_score
+  num_candidates = config.eval.get("candidates", 0)
+  resamples = config.eval.get("bootstrap", 0)
   ds = sources.display_name(config.data.name)
   metrics = {}
   for i, m in enumerate(modalities):
@@ -83,6 +134,20 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
     cand_emb = embed_all(padded)[i]
     query = [emb[j] for j in range(len(modalities)) if j != i]
     others = "+".join(o for o in modalities if o != m)
-    metrics[f"zeroshot/{ds}/{m}_from_{others}"] = float(top1(
-        query, cand_emb, np.asarray(targets, np.int32).reshape(-1), score))
+    targets = np.asarray(targets, np.int32).reshape(-1)
+    negatives = None
+    if num_candidates:
+      try:
+        negatives = draw_negatives(targets, len(candidates),
+                                   num_candidates - 1, seed=config.seed + i)
+      except ValueError as e:
+        raise config_io.UserError(f"eval.candidates={num_candidates}: {e} "
+                                  f"of {m} in {ds}") from e
+    correct = np.asarray(correct_rows(query, cand_emb, targets, score,
+                                      negatives))
+    key = f"zeroshot/{ds}/{m}_from_{others}"
+    metrics[key] = float(correct.mean())
+    if resamples:
+      metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = (
+          bootstrap_interval(correct, resamples, seed=config.seed + i))
   return metrics
