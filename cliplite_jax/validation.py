@@ -308,6 +308,7 @@ def _multimodal_fields(c: _Checker) -> None:
         for w in widths), f"model.towers.{m}.widths",
               "a tuple of hidden widths ≥ 1 (() for one affine map)")
   c.integer("model.embed_dim", 1)
+  c.one_of("model.missing", ("zeros", "indicator"))
   scale = c.get("model.init_log_scale")
   c.require(isinstance(scale, (int, float)) and not isinstance(scale, bool)
             and math.isfinite(scale), "model.init_log_scale",

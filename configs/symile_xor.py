@@ -20,6 +20,12 @@ The argument picks the variant (any combination):
   :sampling=n|n_squared         Symile's negatives: N − 1 per positive, or
                                 every combination (N² for three modalities;
                                 meant for small batches)
+  :missing=0|0.25|0.5           each modality of a training example missing
+                                with this probability (p = 1 only; Symile's
+                                binary_xor_missing); its bits are zeros
+  :fill=zeros|indicator         a missing modality goes in as its zeros, or
+                                with Symile's missingness indicator (a
+                                learned embedding of the flag concatenated)
 
 Usage (about 1 minute on 2 CPU cores):
   python -m cliplite_jax.main --config=configs/symile_xor.py:p=1 \
@@ -34,11 +40,18 @@ _PERCENTS = (0, 25, 50, 75, 100)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The XOR experiment for `arg` (see above)."""
-  args = config_io.parse_arg(arg, p=1.0, loss="symile", sampling="n")
+  args = config_io.parse_arg(arg, p=1.0, loss="symile", sampling="n",
+                             missing=0.0, fill="zeros")
   percent = round(args.p * 100)
   if percent not in _PERCENTS or abs(args.p * 100 - percent) > 1e-9:
     raise config_io.UserError(f"p must be one of 0, 0.25, 0.5, 0.75, 1; "
                               f"got {args.p}")
+  if args.missing not in (0, 0.25, 0.5) or (args.missing and percent != 100):
+    raise config_io.UserError(f"missing must be 0, 0.25 or 0.5 (with p=1); "
+                              f"got missing={args.missing}, p={args.p}")
+  if args.fill not in ("zeros", "indicator"):
+    raise config_io.UserError(f"fill must be zeros or indicator; got "
+                              f"{args.fill}")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000  # 100 epochs of 10,000 examples
@@ -54,6 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                     for m in c.model.modalities}
   c.model.embed_dim = 16
   c.model.init_log_scale = -0.3
+  # A missing modality's input: its zeros ("zeros"), or with Symile's
+  # missingness indicator ("indicator").
+  c.model.missing = args.fill
 
   c.loss = ml_collections.ConfigDict()
   # "symile", "symile_lite" (JSD on the MIP, one rolled negative) or
@@ -74,7 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1e6  # Symile clips nothing
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = f"symile_xor/p{percent:03d}"
+  c.data.name = (f"symile_xor/p100_m{round(args.missing * 100)}"
+                 if args.missing else f"symile_xor/p{percent:03d}")
   c.data.data_dir = ""
   c.data.train_split = "train"
   c.data.fraction = 1.0

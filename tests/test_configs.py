@@ -90,20 +90,30 @@ def test_grid_values_follow_the_paper():
 
 
 @pytest.mark.parametrize("arg", ["", "p=0", "p=0.5,loss=pairwise_infonce",
-                                 "loss=symile_lite,sampling=n_squared"])
+                                 "loss=symile_lite,sampling=n_squared",
+                                 "missing=0.25", "missing=0.5,fill=indicator"])
 def test_symile_xor_configs_build(arg):
   c = _load("symile_xor.py", arg)
   validation.check_train(c, num_devices=1)
   model = state_lib.build_model(c)
   state = state_lib.abstract_state(c, model, optim.build(c),
                                    parallel.make_mesh(1))
-  assert state.model_params["c_head"]["kernel"].shape == (5, 16)
-  p = float(dict(kv.split("=") for kv in arg.split(",") if kv).get("p", 1))
-  assert c.data.name == f"symile_xor/p{round(p * 100):03d}"
+  args = dict(kv.split("=") for kv in arg.split(",") if kv)
+  # The indicator's learned embedding [2, 5] goes in beside the 5 bits.
+  indicator = args.get("fill") == "indicator"
+  assert state.model_params["c_head"]["kernel"].shape == (
+      10 if indicator else 5, 16)
+  assert ("c_missing_embedding" in state.model_params) == indicator
+  p, missing = float(args.get("p", 1)), float(args.get("missing", 0))
+  assert c.data.name == (f"symile_xor/p100_m{round(missing * 100)}"
+                         if missing else f"symile_xor/p{round(p * 100):03d}")
 
 
 @pytest.mark.parametrize("name,arg", [("symile_xor.py", "p=0.3"),
                                       ("symile_xor.py", "q=1"),
+                                      ("symile_xor.py", "missing=0.3"),
+                                      ("symile_xor.py", "missing=0.25,p=0.5"),
+                                      ("symile_xor.py", "fill=mean"),
                                       ("nclip_baseline.py",
                                        "data=shapes,batch=256")])
 def test_bad_objective_config_arguments(name, arg):

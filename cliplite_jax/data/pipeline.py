@@ -288,13 +288,15 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   indices = subset_indices(len(examples), config.data.fraction,
                            config.data.fraction_seed)
   if multimodal.is_multimodal(config):
-    examples = vectors.InMemory(examples, tuple(config.model.modalities))
+    features = tuple(k for k in multimodal.input_keys(config)
+                     if k in examples[0])
+    examples = vectors.InMemory(examples, features)
   ds = grain.MapDataset.source(IndexedExamples(examples, indices))
   ds = EpochShuffle(ds, seed=config.seed, batch_size=epoch_chunk(config))
   # Augmentation randomness is keyed by the position in the global stream,
   # so it too is the same on any number of processes.
   if multimodal.is_multimodal(config):
-    transform = vectors.VectorTransform(tuple(config.model.modalities))
+    transform = vectors.VectorTransform(features)
   else:
     transform = TrainTransform(source, tokenizer, config.data,
                                load_rewrites(config.data.rewrites))

@@ -7,6 +7,13 @@ a and of c taken alone, yet determined by the pair: only a higher-order
 objective can predict it. At p = 0, b is independent of everything.
 Builder configs "p000", "p050", "p100" (p in percent; each with 10,000 /
 1,000 / 5,000 examples, d = 5, as Symile's experiment) and "tiny" for tests.
+
+Missing values, as Symile's `examples/binary_xor_missing.py`: in the configs
+"p100_m25" and "p100_m50" (and "tiny_m50"), each modality of each training
+and validation example is missing with probability 0.25 (0.5),
+independently; a missing modality's bits are zeros and its feature
+`<m>_missing` is 1. Test examples are complete (Symile's test set too), so
+zero-shot scores the same relation as at p = 1.
 """
 from __future__ import annotations
 
@@ -23,8 +30,11 @@ _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 @dataclasses.dataclass
 class XorConfig(tfds.core.BuilderConfig):
-  """p: probability that c = a XOR b; dim: bits per modality."""
+  """p: probability that c = a XOR b; dim: bits per modality; missing:
+  probability that a modality of a training or validation example is
+  missing (0: none, and no `<m>_missing` features)."""
   p: float = 1.0
+  missing: float = 0.0
   dim: int = 5
   num_train: int = 10000
   num_validation: int = 1000
@@ -38,8 +48,19 @@ def make_example(config: XorConfig, split: str, index: int) -> dict:
   a = rng.integers(0, 2, config.dim, dtype=np.uint8)
   b = rng.integers(0, 2, config.dim, dtype=np.uint8)
   mixed = bool(rng.random() < config.p)
-  return {"a": a, "b": b, "c": (a ^ b) if mixed else a.copy(),
-          "xor": mixed}
+  example = {"a": a, "b": b, "c": (a ^ b) if mixed else a.copy(),
+             "xor": mixed}
+  if config.missing:
+    # Drawn after the values: a config's complete examples are those of
+    # the config without missing values.
+    gone = rng.random(len(MODALITIES)) < config.missing
+    if split == "test":
+      gone[:] = False
+    for m, is_gone in zip(MODALITIES, gone):
+      example[f"{m}_missing"] = np.uint8(is_gone)
+      if is_gone:
+        example[m] = np.zeros_like(example[m])
+  return example
 
 
 class SymileXor(shapes.SeededSplits):
@@ -54,7 +75,15 @@ class SymileXor(shapes.SeededSplits):
                 description=f"p = {percent / 100}")
       for percent in (0, 25, 50, 75, 100)] + [
       XorConfig(name="tiny", p=1.0, num_train=256, num_validation=64,
-                num_test=128, description="For tests: p = 1, 256/64/128.")]
+                num_test=128, description="For tests: p = 1, 256/64/128.")
+  ] + [XorConfig(name=f"p100_m{percent}", p=1.0, missing=percent / 100,
+                 description=f"p = 1, each modality missing with "
+                             f"probability {percent / 100}")
+       for percent in (25, 50)] + [
+      XorConfig(name="tiny_m50", p=1.0, missing=0.5, num_train=256,
+                num_validation=64, num_test=128,
+                description="For tests: tiny, each modality missing with "
+                            "probability 0.5.")]
   DEFAULT_CONFIG_NAME = "p100"
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -63,7 +92,10 @@ class SymileXor(shapes.SeededSplits):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(
             {**{m: bits for m in MODALITIES},
-             "xor": tfds.features.Scalar(dtype=np.bool_)}),
+             "xor": tfds.features.Scalar(dtype=np.bool_),
+             **({f"{m}_missing": tfds.features.Scalar(dtype=np.uint8)
+                 for m in MODALITIES}
+                if self.builder_config.missing else {})}),
         supervised_keys=None,
         homepage="https://github.com/cliplite-jax/cliplite_jax")
 

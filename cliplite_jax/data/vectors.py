@@ -11,20 +11,21 @@ from cliplite_jax.data import sources
 
 
 class VectorTransform(grain.transforms.RandomMap):
-  """(index, example of `InMemory`) → {modality: float32 [d_m]}.
+  """(index, example of `InMemory`) → {feature: float32 [d]} of the
+  features given (modalities, and `<m>_missing` flags [1]).
 
   A random map, like the image–caption transform, so the pipeline around it
   (epoch shuffle, process rows, skip counting) is the same; it draws
   nothing.
   """
 
-  def __init__(self, modalities: tuple[str, ...]):
-    self._modalities = modalities
+  def __init__(self, features: tuple[str, ...]):
+    self._features = features  # the modalities (and their missing flags)
 
   def random_map(self, element, rng: np.random.Generator):
     del rng
     _, example = element
-    return {m: example[m] for m in self._modalities}
+    return {k: example[k] for k in self._features}
 
 
 def check_features(config: ml_collections.ConfigDict, examples) -> None:
@@ -44,6 +45,19 @@ def check_features(config: ml_collections.ConfigDict, examples) -> None:
           f"{m!r} has {size} values per example")
 
 
+# An example's `<modality>_missing` feature: 1 where that modality is
+# missing (its values are then zeros), as in Symile's experiments.
+MISSING_SUFFIX = "_missing"
+
+
+def missing_keys(examples, modalities: tuple[str, ...]) -> tuple[str, ...]:
+  """The `<m>_missing` features a split's first example has, for the
+  modalities given (none for a complete set)."""
+  first = examples[0]
+  return tuple(f"{m}{MISSING_SUFFIX}" for m in modalities
+               if f"{m}{MISSING_SUFFIX}" in first)
+
+
 def read_arrays(examples, modalities: tuple[str, ...],
                 chunk: int = 1000) -> dict[str, np.ndarray]:
   """Every example of a random-access source: {modality: float32 [N, d_m]},
@@ -61,8 +75,11 @@ def read_arrays(examples, modalities: tuple[str, ...],
 
 def modality_arrays(name: str, split: str, data_dir: str | None,
                     modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
-  """Every example of a split: {modality: float32 [N, d_m]}."""
-  return read_arrays(sources.open_split(name, split, data_dir), modalities)
+  """Every example of a split: {modality: float32 [N, d_m]}, and
+  {`<m>_missing`: float32 [N, 1]} where the split marks missing values."""
+  examples = sources.open_split(name, split, data_dir)
+  return read_arrays(examples, modalities + missing_keys(examples,
+                                                         modalities))
 
 
 class InMemory:

@@ -43,19 +43,32 @@ class MultiModal(nn.Module):
     towers: one module per modality ([B, ...] → [B, F_m]).
     embed_dim: D of every head.
     init_log_scale: initial log-scale (Symile's XOR: −0.3).
+    missing: "zeros" (a missing modality's zeros go in as they are) or
+      "indicator" (Symile's missingness indicator: each tower's input gets
+      a learned embedding [2, d_m] of whether the modality is missing
+      concatenated, from inputs["<m>_missing"], 0 where absent).
   """
   modalities: Sequence[str]
   towers: Sequence[nn.Module]
   embed_dim: int = 16
   init_log_scale: float = math.log(1 / 0.07)
+  missing: str = "zeros"
 
   @nn.compact
   def __call__(self, inputs: dict, train: bool = False) -> dict:
-    """{modality: [B, ...]} → {"embeddings": [M arrays float32 [B, D]],
-    "log_scale": []}."""
+    """{modality: [B, d_m], optionally "<m>_missing": [B] or [B, 1] (1:
+    missing)} → {"embeddings": [M arrays float32 [B, D]], "log_scale": []}."""
     embeddings = []
     for name, tower in zip(self.modalities, self.towers):
-      features = tower(inputs[name], train=train)
+      x = inputs[name].astype(jnp.float32)
+      if self.missing == "indicator":
+        flag = inputs.get(f"{name}_missing")
+        flag = (jnp.zeros(x.shape[0], jnp.int32) if flag is None
+                else flag.reshape(x.shape[0]).astype(jnp.int32))
+        table = self.param(f"{name}_missing_embedding",
+                           nn.initializers.normal(1.0), (2, x.shape[-1]))
+        x = jnp.concatenate([x * (1 - flag)[:, None], table[flag]], axis=-1)
+      features = tower(x, train=train)
       embeddings.append(heads.torch_linear(
           self.embed_dim, features.shape[-1], name=f"{name}_head")(features)
           .astype(jnp.float32))
@@ -73,6 +86,16 @@ def is_multimodal(config: ml_collections.ConfigDict) -> bool:
   return "modalities" in config.model
 
 
+def input_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The batch features the model reads: its modalities, and with
+  `model.missing="indicator"` their `<m>_missing` flags (where the data
+  has them)."""
+  modalities = tuple(config.model.modalities)
+  if config.model.get("missing", "zeros") != "indicator":
+    return modalities
+  return modalities + tuple(f"{m}_missing" for m in modalities)
+
+
 def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
   """{modality: per-example input shape} from `model.towers.<m>.input_dim`."""
   return {m: (config.model.towers[m].input_dim,)
@@ -81,11 +104,12 @@ def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple]:
 
 def build(config: ml_collections.ConfigDict) -> MultiModal:
   """The model of `config.model`: modalities, towers.<m> (name "mlp",
-  widths, input_dim), embed_dim, init_log_scale."""
+  widths, input_dim), embed_dim, init_log_scale, missing."""
   m = config.model
   towers = []
   for name in m.modalities:
     tower = m.towers[name]
     towers.append(TOWERS[tower.name](widths=tuple(tower.widths)))
   return MultiModal(modalities=tuple(m.modalities), towers=tuple(towers),
-                    embed_dim=m.embed_dim, init_log_scale=m.init_log_scale)
+                    embed_dim=m.embed_dim, init_log_scale=m.init_log_scale,
+                    missing=m.get("missing", "zeros"))

@@ -102,12 +102,19 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
   """{"zeroshot/<dataset>/<m>_from_<others>": top-1} for every modality m
   on `config.eval.split` of `config.data.name` ({} unless "zeroshot" is in
   `config.eval.probes`), among every distinct value or `eval.candidates`,
-  with `eval.bootstrap`'s interval (see the module's docstring)."""
+  with `eval.bootstrap`'s interval (see the module's docstring). A split
+  with missing values (`<m>_missing` features) is scored on its complete
+  examples."""
   if "zeroshot" not in config.eval.probes:
     return {}
   modalities = tuple(config.model.modalities)
   values = vectors.modality_arrays(config.data.name, config.eval.split,
                                    config.data.data_dir, modalities)
+  flags = [values.pop(k) for k in list(values)
+           if k.endswith(vectors.MISSING_SUFFIX)]
+  if flags:  # scored on the complete examples only, as Symile's are
+    complete = ~np.any(np.concatenate(flags, axis=1) > 0, axis=1)
+    values = {m: v[complete] for m, v in values.items()}
   variables = jax.device_put(variables, parallel.replicated(mesh))
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))

@@ -84,7 +84,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   ema_decay = optim.ema_decay(config)
   num_micro = config.get("accum_steps", 1)
   is_multimodal = multimodal.is_multimodal(config)
-  input_keys = (tuple(config.model.modalities) if is_multimodal
+  input_keys = (multimodal.input_keys(config) if is_multimodal
                 else ("images", "input_ids", "attention_mask"))
   pixels = None if is_multimodal else augment.pixel_stats(config)
 
@@ -105,7 +105,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
     return outputs, updates.get("batch_stats", batch_stats)
 
   def step_fn(state: state_lib.TrainState, batch):
-    inputs = {k: batch[k] for k in input_keys}
+    inputs = {k: batch[k] for k in input_keys if k in batch}
     if "color_jitter" in batch:  # drawn on the host, applied here
       inputs["images"] = augment.apply_color_jitter(
           batch["images"], batch["color_jitter"], batch["color_order"])
