@@ -3,15 +3,29 @@ training run per workdir (skipped when its evaluation exists), and the
 mean ± std table."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # experiments/
 REPO = os.path.dirname(HERE)
+
+
+def seeds_and_root(doc: str, name: str,
+                   default_seeds: str = "0,1,2") -> tuple[list[int], str]:
+  """The command line of a study script: --seeds (comma-separated) and
+  --root (default: the temporary folder's cliplite_NAME)."""
+  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  parser.add_argument("--seeds", default=default_seeds)
+  parser.add_argument("--root", default=os.path.join(
+      tempfile.gettempdir(), f"cliplite_{name}"))
+  args = parser.parse_args()
+  return [int(s) for s in args.seeds.split(",")], args.root
 
 
 def train(workdir: str, config: str, steps: int, seed: int,
@@ -37,6 +51,13 @@ def mean_std(runs: list[dict[str, float]], key: str) -> tuple[float, float]:
   """Mean and sample standard deviation (ddof 1; 0 for one run) of `key`."""
   values = [r[key] for r in runs]
   return float(np.mean(values)), sample_std(values)
+
+
+def summarise(results: dict[str, list[dict]], prefix: str,
+              targets) -> dict[str, dict[str, tuple[float, float]]]:
+  """{run name: {target: (mean, sample std) of PREFIX + target}}."""
+  return {name: {t: mean_std(r, prefix + t) for t in targets}
+          for name, r in results.items()}
 
 
 def sample_std(values) -> float:

@@ -17,9 +17,7 @@ interval) and writes experiments/symile_missing.json.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 
 import runs
 
@@ -30,22 +28,16 @@ TARGETS = ("a_from_b+c", "b_from_a+c", "c_from_a+b")
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--root", default=os.path.join(
-      tempfile.gettempdir(), "cliplite_symile_missing"))
-  args = parser.parse_args()
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds, root = runs.seeds_and_root(__doc__, "symile_missing", "0,1,2")
   results = {}
   for rate in RATES:
     for fill in FILLS:
       results[f"missing={rate:g} fill={fill}"] = [
-          runs.train(os.path.join(args.root, f"m{rate:g}_{fill}_seed{s}"),
+          runs.train(os.path.join(root, f"m{rate:g}_{fill}_seed{s}"),
                      f"configs/symile_xor.py:missing={rate:g},fill={fill}",
                      STEPS, s)
           for s in seeds]
-  summary = {name: {t: runs.mean_std(r, f"zeroshot/symile_xor/{t}")
-                    for t in TARGETS} for name, r in results.items()}
+  summary = runs.summarise(results, "zeroshot/symile_xor/", TARGETS)
   print(f"\n`symile`, p = 1, {STEPS} steps, batch 1000: top-1 of 32 on the "
         f"5,000 complete test examples, mean ± sample std (ddof 1) over "
         f"{len(seeds)} seeds {seeds}\n")

@@ -15,9 +15,7 @@ at q = 0.5. Workdirs stay under --root: rerunning skips finished runs.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 
 import runs
 
@@ -35,21 +33,15 @@ def best_possible(p: float) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--seeds", default="0")
-  parser.add_argument("--root", default=os.path.join(
-      tempfile.gettempdir(), "cliplite_symile_xor"))
-  args = parser.parse_args()
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds, root = runs.seeds_and_root(__doc__, "symile_xor", "0")
   results = {}
   for loss in OBJECTIVES:
     for p in PROBABILITIES:
       results[f"{loss} p={p:g}"] = [
-          runs.train(os.path.join(args.root, f"{loss}_p{p:g}_seed{s}"),
+          runs.train(os.path.join(root, f"{loss}_p{p:g}_seed{s}"),
                      f"configs/symile_xor.py:p={p:g},loss={loss}", STEPS, s)
           for s in seeds]
-  summary = {name: {t: runs.mean_std(r, f"zeroshot/symile_xor/{t}")
-                    for t in TARGETS} for name, r in results.items()}
+  summary = runs.summarise(results, "zeroshot/symile_xor/", TARGETS)
   print(f"\n{STEPS} steps, batch 1000: top-1 of 32 on {TEST_EXAMPLES} test "
         f"examples, mean ± sample std (ddof 1) over {len(seeds)} seeds "
         f"{seeds}\n")
