@@ -35,7 +35,7 @@ from cliplite_jax import cli, config_io, features, run_dir, validation
 from cliplite_jax.data import augment, sources, text as text_lib
 from cliplite_jax.models import multimodal, released
 from cliplite_jax.objectives import losses
-from cliplite_jax.probes import (fewshot, modalities, plots, probe_inputs,
+from cliplite_jax.probes import (evaluated, fewshot, modalities, plots, probe_inputs,
                                  registry, suite)
 from cliplite_jax.training import optim, parallel
 
@@ -80,9 +80,9 @@ def _two_tower_probes(config, model, variables, tokenizer, mesh) -> dict:
       model, variables, mesh, parallel.compiler_options(config),
       augment.pixel_stats(config))
   suite_sets = _announce_suite(config)
-  datasets = validation.evaluated_datasets(config, suite_sets)
-  evaluated = [name for name, _, _ in datasets]
-  in_suite = [k for k in suite_sets if k in evaluated]
+  datasets = evaluated.evaluated_datasets(config, suite_sets)
+  names = [name for name, _, _ in datasets]
+  in_suite = [k for k in suite_sets if k in names]
   metrics = {}
   for name, split, fit_split in datasets:
     start = time.perf_counter()
@@ -268,8 +268,8 @@ def _evaluate() -> None:
     config_io.existing_workdir(workdir)
   validation.check_eval(config)
   sources.canonical_datasets(config)
-  validation.check_evaluation(config)
-  validation.check_reads(validation.evaluation_reads(config),
+  evaluated.check_evaluation(config)
+  evaluated.check_reads(evaluated.evaluation_reads(config),
                          config.data.data_dir)
   if jax.process_index() == 0:
     check_writable(workdir)

@@ -194,6 +194,7 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
           f"loss.gather='ring' is for the objectives that gather every "
           f"embedding ({', '.join(rings)}); loss.name={name!r} gathers "
           f"{objectives.OBJECTIVES[name].gathers}")
+  _critic_fields(c, name)
   if c.get("loss.name") in objectives.NCLIP_LOSSES:
     c.integer("loss.nclip.prototypes", 1)
     for key in ("student_temperature", "teacher_temperature"):
@@ -290,6 +291,23 @@ def _two_tower_fields(c: _Checker) -> None:
   c.integer("data.max_tokens", 3, "an integer ≥ 3 ([CLS], a word, [SEP])")
 
 
+def _critic_fields(c: _Checker, loss_name: str) -> None:
+  c.one_of("loss.critic", ("dot", "concat"))
+  if c.get("loss.critic") != "concat":
+    return
+  c.require(loss_name == "jsd", "loss.critic", "'dot' unless loss.name is "
+            "'jsd' (concat is CLIP-Lite's JSD critic): it needs "
+            "loss.name='jsd'")
+  # The heads' embeddings take no part in a concat critic's score.
+  reads = [p for p in ("retrieval", "gap", "zeroshot")
+           if p in (c.get("eval.probes") or ())]
+  c.require(not reads, "loss.critic", (
+      f"'dot' for {', '.join(reads)}: concat scores pairs with an MLP on the "
+      f"towers' features and leaves the embeddings they read untrained; "
+      f"evaluate the features, e.g. --config.eval.probes='(\"linear\","
+      f"\"svm\")'"))
+
+
 def _multimodal_fields(c: _Checker) -> None:
   modalities = c.get("model.modalities")
   c.require(isinstance(modalities, (tuple, list)) and len(modalities) >= 2
@@ -315,95 +333,7 @@ def _multimodal_fields(c: _Checker) -> None:
             "a finite number (the critic's initial log-scale)")
   c.one_of("loss.symile_sampling", ("n", "n_squared"))
   c.integer("eval.bootstrap", 0)
-  candidates = c.get("eval.candidates")
-  c.require(candidates is None or (
-      isinstance(candidates, int) and not isinstance(candidates, bool)
-      and (candidates == 0 or candidates >= 2)), "eval.candidates",
+  c.integer("eval.candidates", 0, "0 (every distinct value) or a number of "
+            "candidates ≥ 2")
+  c.require(c.get("eval.candidates") != 1, "eval.candidates",
             "0 (every distinct value) or a number of candidates ≥ 2")
-
-
-# --- evaluation's pre-flight: what it will read, opened before any work ---
-
-def check_evaluation(config: ml_collections.ConfigDict) -> None:
-  """UserError for an unknown probe or dataset in the eval section, a
-  vector-modality set under an image–text model, or two datasets scored
-  under one name."""
-  from cliplite_jax.data import sources  # the heavy TFDS import, late
-  from cliplite_jax.models import multimodal
-  from cliplite_jax.probes import registry
-  unknown = sorted(set(config.eval.probes) - set(registry.PROBES))
-  if unknown:
-    raise config_io.UserError(f"eval.probes: unknown {unknown}; known: "
-                              f"{list(registry.PROBES)}")
-  for name in (config.data.name, *config.eval.get("transfer", ())):
-    try:
-      source, _ = sources.get(name)
-    except ValueError as e:
-      raise config_io.UserError(str(e)) from e
-    if source.modalities and not multimodal.is_multimodal(config):
-      raise config_io.UserError(
-          f"{name} holds the vector modalities "
-          f"{', '.join(source.modalities)}, not images: train on it with a "
-          f"multi-modality config such as configs/symile_xor.py")
-  for field, unset in (("transfer", "()"), ("suite", "''")):
-    if multimodal.is_multimodal(config) and config.eval.get(field):
-      raise config_io.UserError(
-          f"eval.{field}: a multi-modality model is scored on its own "
-          f"dataset only; set eval.{field}={unset}")
-  check_dataset_names(config)
-
-
-def evaluated_datasets(config: ml_collections.ConfigDict,
-                       suite_sets: list[str] | None = None
-                       ) -> list[tuple[str, str, str]]:
-  """(dataset name, scored split, probe-fitting split) of every dataset
-  evaluated: the training dataset, then `config.eval.transfer`, then the
-  sets of `eval.suite` that can be read (`suite_sets` when the caller has
-  them from `probes.suite.availability`, else found here)."""
-  from cliplite_jax.data import sources
-  # Configs saved before transfer sets existed fitted probes on "train".
-  out = [(config.data.name, config.eval.split,
-          config.eval.get("fit_split", "train"))]
-  names = [config.data.name, *config.eval.get("transfer", ())]
-  if config.eval.get("suite"):
-    if suite_sets is None:
-      from cliplite_jax.probes import registry, suite
-      fits = any(registry.PROBES[p].fits for p in config.eval.probes
-                 if p in registry.PROBES)
-      suite_sets = suite.availability(config, fits)[0]
-    # A set already scored under the same name (a prepared copy in
-    # eval.transfer) is not scored twice.
-    shown = {sources.display_name(n) for n in names}
-    names += [k for k in suite_sets if k not in shown]
-  for name in names[1:]:
-    source, _ = sources.get(name)
-    out.append((name, source.eval_split, source.fit_split))
-  return out
-
-
-def evaluation_reads(config: ml_collections.ConfigDict
-                     ) -> list[tuple[str, str]]:
-  """The (dataset, split) pairs evaluation reads: each dataset's scored
-  split when a configured probe supports it, its fitting split when one of
-  those probes fits."""
-  from cliplite_jax.data import sources
-  from cliplite_jax.probes import registry
-  reads = []
-  for name, split, fit_split in evaluated_datasets(config):
-    probes = set(config.eval.probes) & sources.get(name)[0].probes
-    reads += [(name, split)] if probes else []
-    reads += ([(name, fit_split)]
-              if any(registry.PROBES[p].fits for p in probes) else [])
-  return reads
-
-
-def check_reads(reads: list[tuple[str, str]], data_dir: str | None) -> None:
-  """Opens each (dataset, split): a missing split is a UserError, an
-  unprepared or damaged dataset a DatasetNotPreparedError, both naming the
-  fix."""
-  from cliplite_jax.data import sources
-  for name, split in reads:
-    try:
-      sources.open_split(name, split, data_dir)
-    except ValueError as e:
-      raise config_io.UserError(str(e)) from e

@@ -169,7 +169,7 @@ def test_the_ablation_launcher_covers_each_study(tmp_path, study, args):
   runs = [line.split() for line in result.stdout.splitlines()
           if not line.startswith("---")]
   want = [(f"--config=configs/{config}.py" + (f":{arg}" if arg else ""),
-           f"--config.seed=3") for arg in args
+           "--config.seed=3") for arg in args
           for config in ("coco_rn50_bert", "clip_baseline")]
   assert [(run[0], run[2]) for run in runs] == want
   workdirs = [run[1] for run in runs]
@@ -179,3 +179,34 @@ def test_the_ablation_launcher_covers_each_study(tmp_path, study, args):
     name, _, arg = config.removeprefix("--config=configs/").partition(":")
     if "bert=" not in arg:  # a BERT directory is read when the model is built
       _load(name, arg)
+
+
+def test_the_concat_critic_is_for_jsd_and_the_feature_probes():
+  c = _load("default.py", "")
+  c.loss.critic = "concat"
+  with pytest.raises(config_io.UserError) as error:
+    validation.check_train(c, num_devices=1)
+  message = str(error.value)
+  assert ("loss.critic='concat' must be 'dot' for retrieval, gap, zeroshot: "
+          "concat scores pairs with an MLP on the towers' features and "
+          "leaves the embeddings they read untrained") in message
+  assert "--config.eval.probes='(\"linear\",\"svm\")'" in message
+  assert "\n" not in message
+  c.eval.probes = ("linear", "svm")
+  validation.check_train(c, num_devices=1)
+  model = state_lib.build_model(c)
+  params = state_lib.abstract_state(c, model, optim.build(c),
+                                    parallel.make_mesh(1)).model_params
+  # The reference's GlobalDiscriminator on ResNet-18 ×1/4 (128) and BERT
+  # (128) features: 256 → 512 → 512 → 1.
+  critic = params["critic"]
+  assert critic["image_in"]["kernel"].shape == (128, 512)
+  assert critic["text_in"]["kernel"].shape == (128, 512)
+  assert critic["tail"]["dense0"]["kernel"].shape == (512, 512)
+  assert critic["tail"]["logit"]["kernel"].shape == (512, 1)
+  c.loss.name = "infonce"
+  with pytest.raises(config_io.UserError, match="it needs loss.name='jsd'"):
+    validation.check_train(c, num_devices=1)
+  c.loss.name, c.loss.critic = "jsd", "mlp"
+  with pytest.raises(config_io.UserError, match="loss.critic='mlp' must be"):
+    validation.check_train(c, num_devices=1)

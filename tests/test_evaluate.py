@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 import photos
-from cliplite_jax import config_io, evaluate, prepare, validation
+from cliplite_jax import config_io, evaluate, prepare
 from cliplite_jax.data import augment, eval_input, sources, text as text_lib
 from cliplite_jax.models import cliplite
-from cliplite_jax.probes import (held_out, linear, plots, registry, retrieval,
+from cliplite_jax.probes import (evaluated, held_out, linear, plots, registry, retrieval,
                                  svm, zeroshot)
 from cliplite_jax.training import parallel, state as state_lib, train
 from conftest import quick_init, run_module
@@ -195,7 +195,7 @@ def test_two_datasets_of_one_name_are_refused_before_any_work(
   tiny.batch_size = 8
   tiny.eval.probes = ("retrieval", "gap")
   with pytest.raises(config_io.UserError) as error:
-    validation.check_evaluation(tiny)
+    evaluated.check_evaluation(tiny)
   message = str(error.value)
   assert (f"data.name {first} and eval.transfer {second} would both be "
           f"scored as 'p_host'") in message
@@ -208,23 +208,23 @@ def test_two_datasets_of_one_name_are_refused_before_any_work(
   with pytest.raises(config_io.UserError,
                      match=f"{first} is evaluated twice .data.name and "
                            f"eval.transfer.*drop it from eval.transfer"):
-    validation.check_evaluation(tiny)
+    evaluated.check_evaluation(tiny)
   # A dataset no probe scores writes no keys: no clash.
   tiny.eval.transfer = (second,)
   tiny.eval.probes = ("svm",)
-  validation.check_evaluation(tiny)
+  evaluated.check_evaluation(tiny)
   # Another name for the same directory is another name in the keys.
   os.symlink(second, second + "_2")
   tiny.eval.transfer = (second + "_2",)
   tiny.eval.probes = ("retrieval", "gap")
-  validation.check_evaluation(tiny)
+  evaluated.check_evaluation(tiny)
   # Registered names clash by their name before "/" too.
   tiny.data.name, tiny.eval.transfer = "shapes_captions/tiny", (
       "shapes_captions/default",)
   with pytest.raises(config_io.UserError,
                      match="would both be scored as 'shapes_captions'.*drop "
                            "one from eval.transfer"):
-    validation.check_evaluation(tiny)
+    evaluated.check_evaluation(tiny)
 
 
 def test_evaluate_refuses_a_name_clash_in_one_line(two_p_hosts, tmp_path):
@@ -323,7 +323,7 @@ def test_a_new_probe_is_one_registry_row_and_its_function(setup, monkeypatch):
   config.eval.probes = ("toy",)
   config.eval.transfer = ("cifar10",)  # a class set: no captions, no toy
   config.data.name = "coco_captions"
-  validation.check_evaluation(config)
+  evaluated.check_evaluation(config)
   with fake_tfds({"coco_captions": lambda split: coco_examples(6),
                   "cifar10": cifar10_examples}):
     got = _run(config, model, variables, tokenizer)
@@ -332,4 +332,4 @@ def test_a_new_probe_is_one_registry_row_and_its_function(setup, monkeypatch):
   assert dict(plots._PANELS)["evaluation"]("toy/coco_captions/x")
   config.eval.probes = ("toys",)
   with pytest.raises(config_io.UserError, match="unknown \\['toys'\\]"):
-    validation.check_evaluation(config)
+    evaluated.check_evaluation(config)

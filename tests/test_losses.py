@@ -121,3 +121,92 @@ def test_infonce_and_sigmoid_match_numpy():
   np.testing.assert_allclose(
       losses.sigmoid_pairwise(img, txt, jnp.float32(t), jnp.float32(bias)),
       expected_sig, rtol=1e-5)
+
+
+def test_concat_critic_is_the_references_mlp_rolled_within_each_device():
+  """CLIP-Lite's concat critic (its `GlobalDiscriminator`: Linear(d_x + d_y
+  → 512), ReLU, Linear(512 → 512), ReLU, Linear(512 → 1) on the
+  concatenated features) as a torch MLP with our weights; the JSD on 4
+  devices is the mean of each device's bound, negatives rolled within it."""
+  import jax
+  import torch
+  from cliplite_jax.models import heads
+  from cliplite_jax.training import parallel
+  rng = np.random.default_rng(0)
+  img = rng.normal(size=(16, 12)).astype(np.float32)
+  txt = rng.normal(size=(16, 7)).astype(np.float32)
+  critic = heads.ConcatCritic(heads.CRITIC_WIDTHS["concat"])
+  params = critic.init(jax.random.key(0), img, txt)["params"]
+  half_x, half_y, joint = critic.apply({"params": params}, img, txt)
+  p = jax.tree.map(lambda a: torch.from_numpy(np.array(a)), params)
+  mlp = torch.nn.Sequential(torch.nn.Linear(19, 512), torch.nn.ReLU(),
+                            torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                            torch.nn.Linear(512, 1))
+  with torch.no_grad():
+    mlp[0].weight.copy_(torch.cat([p["image_in"]["kernel"],
+                                   p["text_in"]["kernel"]]).T)
+    mlp[0].bias.copy_(p["image_in"]["bias"])
+    mlp[2].weight.copy_(p["tail"]["dense0"]["kernel"].T)
+    mlp[2].bias.copy_(p["tail"]["dense0"]["bias"])
+    mlp[4].weight.copy_(p["tail"]["logit"]["kernel"].T)
+    mlp[4].bias.copy_(p["tail"]["logit"]["bias"])
+
+  def torch_scores(x, y):
+    with torch.no_grad():
+      return mlp(torch.cat([torch.from_numpy(x), torch.from_numpy(y)],
+                           dim=1))[:, 0].numpy()
+
+  np.testing.assert_allclose(joint, torch_scores(img, txt), rtol=1e-5,
+                             atol=1e-5)
+  # torch's init: U(±1/√(d_x + d_y)) for the whole first layer.
+  assert np.abs(np.asarray(params["image_in"]["kernel"])).max() <= 19**-0.5
+  outputs = {"critic_img": half_x, "critic_txt": half_y,
+             "critic_joint": joint,
+             "replicated": {"critic_tail": params["tail"]}}
+  cfg = ml_collections.ConfigDict({"critic": "concat"})
+  sharded = parallel.device_local(
+      lambda o: losses.concat_jsd(o, heads.CRITIC_WIDTHS[cfg.critic]),
+      parallel.make_mesh(4))
+  loss, metrics = jax.jit(sharded)(outputs)
+  want = []
+  for quarter in range(4):
+    rows = slice(4 * quarter, 4 * quarter + 4)
+    x, y = img[rows], txt[rows]
+    e_joint = np.mean(-_np_softplus(-torch_scores(x, y)))
+    e_marginal = np.mean(_np_softplus(torch_scores(x, np.roll(y, -1, 0))))
+    want.append(e_marginal - e_joint)
+  np.testing.assert_allclose(float(loss), np.mean(want), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["loss/jsd"]), np.mean(want),
+                             rtol=1e-5)
+
+
+def test_concat_critic_gradients_reach_its_replicated_parameters():
+  """The critic's tail parameters go into each device's objective whole
+  (outputs["replicated"]): their gradient through the 4-device
+  `device_local` equals that of the mean of the four quarters' bounds."""
+  import jax
+  from cliplite_jax.models import heads
+  from cliplite_jax.training import parallel
+  rng = np.random.default_rng(1)
+  img = rng.normal(size=(16, 12)).astype(np.float32)
+  txt = rng.normal(size=(16, 7)).astype(np.float32)
+  widths = heads.CRITIC_WIDTHS["concat"]
+  critic = heads.ConcatCritic(widths)
+  params = critic.init(jax.random.key(0), img, txt)["params"]
+
+  def outputs(p, rows):
+    half_x, half_y, joint = critic.apply({"params": p}, img[rows], txt[rows])
+    return {"critic_img": half_x, "critic_txt": half_y,
+            "critic_joint": joint, "replicated": {"critic_tail": p["tail"]}}
+
+  bound = lambda o: losses.concat_jsd(o, widths)  # noqa: E731
+  sharded = parallel.device_local(bound, parallel.make_mesh(4))
+  got = jax.jit(jax.grad(
+      lambda p: sharded(outputs(p, slice(None)))[0]))(params)
+  want = jax.grad(lambda p: sum(
+      bound(outputs(p, slice(4 * q, 4 * q + 4)))[0] for q in range(4)) / 4)(
+          params)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert float(np.abs(w).max()) > 0
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * float(
+        np.abs(w).max()))

@@ -40,7 +40,10 @@ def _reference_outputs(model, state, batch):
 
 
 def _slice(outputs, start, stop):
-  return {k: v[start:stop] if v.ndim else v for k, v in outputs.items()}
+  """Rows start:stop of the batch-shaped outputs (parameters the objective
+  applies, under "replicated", whole)."""
+  return {k: v if k == "replicated" or not v.ndim else v[start:stop]
+          for k, v in outputs.items()}
 
 
 def _ynnpack_ops(hlo_text: str) -> set[str]:
@@ -56,12 +59,15 @@ def _ynnpack_ops(hlo_text: str) -> set[str]:
   return kinds
 
 
-def test_sharded_step_rolls_captions_within_each_device(tiny):
+@pytest.mark.parametrize("critic", ["dot", "concat"])
+def test_sharded_step_rolls_captions_within_each_device(tiny, critic):
   """Also: a batch carrying colour jitter parameters trains on the images
   jittered by torchvision's float formulas (written out independently in
-  tests/test_augment.py), applied before normalising."""
+  tests/test_augment.py), applied before normalising. With the concat
+  critic, its parameters reach every device whole."""
   from test_augment import _torchvision_float
   assert jax.device_count() == 4
+  tiny.loss.critic = critic
   mesh = parallel.make_mesh(4)
   model, tx = cliplite.build(tiny), optim.build(tiny)
   state = state_lib.init_sharded(tiny, model, tx, mesh)

@@ -16,6 +16,11 @@ from cliplite_jax.objectives import noncontrastive
 # Parameter-tree names of the towers (the attribute names below).
 IMAGE_TOWER = "image_encoder"
 TEXT_TOWER = "text_encoder"
+# The key of model outputs that are the same on every device (parameters an
+# objective applies), not batch rows: a device-local objective sees them
+# whole (`parallel.device_local`).
+REPLICATED = "replicated"
+
 
 
 class CLIPLite(nn.Module):
@@ -38,6 +43,9 @@ class CLIPLite(nn.Module):
     lock_image, lock_text: LiT's locked towers: run in inference mode
       (BatchNorm's running statistics, no dropout) and pass no gradient back
       (so XLA drops their backward pass); the optimiser leaves them alone.
+    critic_widths: () for the paper's dot-product critic on the heads'
+      embeddings; else the widths of CLIP-Lite's "concat" critic
+      (`heads.ConcatCritic`, (512, 512)) on the towers' features.
   """
   image_encoder: nn.Module
   text_encoder: nn.Module
@@ -51,6 +59,7 @@ class CLIPLite(nn.Module):
   head: str = "milinear"
   lock_image: bool = False
   lock_text: bool = False
+  critic_widths: tuple[int, ...] = ()
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -66,6 +75,8 @@ class CLIPLite(nn.Module):
     if self.logit_bias is not None:
       self.bias = self.param(
           "logit_bias", nn.initializers.constant(self.logit_bias), ())
+    if self.critic_widths:
+      self.critic = heads.ConcatCritic(self.critic_widths)
     if self.num_prototypes:
       # Rows of norm ~1: the cosines are scale-free, but the step size a
       # prototype's direction takes is 1/norm.
@@ -102,12 +113,21 @@ class CLIPLite(nn.Module):
     enabled prior, "prior_img_real"/"prior_img_noise"
     (resp. txt) logits [B] of the discriminator on the raw tower features and
     on uniform noise U[0, 1) of the same shape (drawn from the "prior" rng).
+    With the concat critic: "critic_img", "critic_txt" [B, w0] (its first
+    layer's halves), "critic_joint" [B] (the positive pairs' scores) and,
+    under `REPLICATED`, "critic_tail" (the parameters of the rest, for the
+    objective to score rolled pairs with `heads.CriticTail`).
     """
     img_features, img_emb = self.encode_image(images, train)
     txt_features, txt_emb = self.encode_text(input_ids, attention_mask, train)
     out = {"img_emb": img_emb, "txt_emb": txt_emb, "log_scale": self.log_scale}
     if self.logit_bias is not None:
       out["logit_bias"] = self.bias
+    if self.critic_widths:
+      out["critic_img"], out["critic_txt"], out["critic_joint"] = (
+          self.critic(img_features, txt_features))
+      out[REPLICATED] = {"critic_tail":
+                         self.critic.variables["params"]["tail"]}
     if self.num_prototypes:
       out["img_proto_logits"] = noncontrastive.prototype_logits(
           img_emb, self.prototypes)
@@ -144,4 +164,5 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
       head=heads.head_kind(m),
       lock_image=m.image.get("locked", False),
       lock_text=m.text.get("locked", False),
+      critic_widths=heads.CRITIC_WIDTHS[config.loss.get("critic", "dot")],
       dtype=dtype)

@@ -80,6 +80,49 @@ class PriorDiscriminator(nn.Module):
     return torch_linear(1, x.shape[-1], name="logit")(x)[:, 0]
 
 
+class ConcatCritic(nn.Module):
+  """CLIP-Lite's "concat" critic (the reference's `GlobalDiscriminator`):
+  T(x, y) = MLP([f_x; f_y]) on the towers' raw features, Linear(d_x + d_y →
+  512) → ReLU → Linear(512 → 512) → ReLU → Linear(512 → 1), torch's init;
+  no normalisation, no temperature.
+
+  The first layer is kept as its two halves, W_x f_x + b and W_y f_y (their
+  sum is the layer on the concatenation), so that a negative pair (x_i,
+  y_j) costs the rest of the MLP only (`CriticTail`), which the objective
+  applies to rolled rows on each device.
+  """
+  widths: Sequence[int] = (512, 512)
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, y: jnp.ndarray):
+    """x: [B, d_x], y: [B, d_y] → (first-layer halves float32 [B, w0]
+    each, the positive pairs' scores T(x_i, y_i) float32 [B])."""
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    fan_in = x.shape[-1] + y.shape[-1]
+    half_x = torch_linear(self.widths[0], fan_in, name="image_in")(x)
+    half_y = torch_linear(self.widths[0], fan_in, use_bias=False,
+                          name="text_in")(y)
+    scores = CriticTail(self.widths, name="tail")(half_x + half_y)
+    return half_x, half_y, scores
+
+
+class CriticTail(nn.Module):
+  """The concat critic after its first layer: pre-activations [B, w0] →
+  ReLU → Linear per further width → ReLU → Linear(1): scores float32 [B]."""
+  widths: Sequence[int] = (512, 512)
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    for i, width in enumerate(self.widths[1:]):
+      h = torch_linear(width, h.shape[-1], name=f"dense{i}")(nn.relu(h))
+    return torch_linear(1, h.shape[-1], name="logit")(nn.relu(h))[:, 0]
+
+
+# `loss.critic` → the concat critic's widths; () is the paper's dot product
+# of the heads' normalised embeddings times exp(t).
+CRITIC_WIDTHS = {"dot": (), "concat": (512, 512)}
+
+
 class LinearProjection(nn.Module):
   """CLIP's projection: one bias-free Linear (`visual_projection`,
   `text_projection`), initialised as torch's; loaded from a released model

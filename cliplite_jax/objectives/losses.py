@@ -24,6 +24,30 @@ def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
   return x / norm
 
 
+def jsd_from_scores(joint: jnp.ndarray,
+                    marginal: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+  """The negated JSD bound from a critic's scores of the positive pairs and
+  of the negative pairs, float [B] each: E_marginal − E_joint (float32)."""
+  e_joint = jnp.mean(-jax.nn.softplus(-joint.astype(jnp.float32)))
+  e_marginal = jnp.mean(jax.nn.softplus(marginal.astype(jnp.float32)))
+  loss = e_marginal - e_joint
+  return loss, {"loss/jsd": loss, "jsd/e_joint": e_joint,
+                "jsd/e_marginal": e_marginal}
+
+
+def concat_jsd(outputs: dict, widths: tuple[int, ...]) -> tuple[jnp.ndarray,
+                                                                 dict]:
+  """The JSD bound with CLIP-Lite's concat critic of `widths`: the positive
+  pairs' scores from the model, the negatives' (x_i, y_{(i+1) mod B},
+  captions rolled within this batch as in `jsd_bound`) by the critic's tail
+  on the rolled sum of its first-layer halves."""
+  from cliplite_jax.models import heads  # models import objectives
+  rolled = outputs["critic_img"] + jnp.roll(outputs["critic_txt"], -1, axis=0)
+  marginal = heads.CriticTail(widths).apply(
+      {"params": outputs["replicated"]["critic_tail"]}, rolled)
+  return jsd_from_scores(outputs["critic_joint"], marginal)
+
+
 def jsd_bound(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
               log_scale: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
   """Negated Jensen-Shannon MI lower bound for one device-local batch.
@@ -44,11 +68,7 @@ def jsd_bound(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
   scale = jnp.exp(log_scale.astype(jnp.float32))
   joint = jnp.sum(img * txt, axis=-1) * scale
   marginal = jnp.sum(img * jnp.roll(txt, -1, axis=0), axis=-1) * scale
-  e_joint = jnp.mean(-jax.nn.softplus(-joint))
-  e_marginal = jnp.mean(jax.nn.softplus(marginal))
-  loss = e_marginal - e_joint
-  return loss, {"loss/jsd": loss, "jsd/e_joint": e_joint,
-                "jsd/e_marginal": e_marginal}
+  return jsd_from_scores(joint, marginal)
 
 
 def prior_loss(real_logits: jnp.ndarray,
@@ -105,9 +125,16 @@ def _temperature(outputs) -> jnp.ndarray:
 
 
 def cliplite_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
-  """L = (1 − w) L_jsd + w (L_prior_img + L_prior_txt) on one device's shard."""
-  l_jsd, metrics = jsd_bound(outputs["img_emb"], outputs["txt_emb"],
-                             outputs["log_scale"])
+  """L = (1 − w) L_jsd + w (L_prior_img + L_prior_txt) on one device's
+  shard; L_jsd with the dot-product critic, or the concat critic when the
+  model has one (`loss.critic`)."""
+  if "critic_joint" in outputs:
+    from cliplite_jax.models import heads
+    l_jsd, metrics = concat_jsd(outputs,
+                                heads.CRITIC_WIDTHS[cfg.get("critic", "dot")])
+  else:
+    l_jsd, metrics = jsd_bound(outputs["img_emb"], outputs["txt_emb"],
+                               outputs["log_scale"])
   priors = jnp.zeros((), jnp.float32)
   for name in ("img", "txt"):
     if f"prior_{name}_real" in outputs:

@@ -104,14 +104,17 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 def device_local(fn: Callable, mesh: Mesh) -> Callable:
   """Runs `fn(outputs) -> (loss, metrics)` on each device's shard, then averages.
 
-  Batch-shaped leaves of `outputs` (ndim ≥ 1) are split over every device, scalars
-  are replicated. Inside, `fn` sees only its own device's rows, so e.g. a roll
+  Batch-shaped leaves of `outputs` (ndim ≥ 1) are split over every device;
+  scalars, and everything under outputs["replicated"] (parameters the
+  objective applies, e.g. the concat critic's), are replicated. Inside, `fn` sees only its own device's rows, so e.g. a roll
   over the batch stays inside the shard and nothing crosses devices for the
   loss itself. The per-device (loss, metrics) are averaged with `pmean`; with
   equal shards this equals the mean of per-example terms over the global batch.
   """
   def wrapped(outputs):
-    specs = jax.tree.map(lambda x: P(BATCH) if x.ndim else P(), outputs)
+    specs = {key: jax.tree.map(
+        lambda x: P() if key == "replicated" or not x.ndim else P(BATCH),
+        value) for key, value in outputs.items()}
 
     def local(local_outputs):
       return jax.lax.pmean(fn(local_outputs), BATCH)

@@ -23,7 +23,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cliplite_jax import config_io, validation
+from cliplite_jax import config_io
+from cliplite_jax.probes import evaluated
 
 from cliplite_jax.data import pipeline, prepared, sources, vectors
 from cliplite_jax.models import multimodal
@@ -51,8 +52,8 @@ def check_data(config: ml_collections.ConfigDict) -> DataCheck:
   """Fails early, before anything is written, on an unreadable dataset or
   rewrites file, a class set to train on, a training split smaller than one
   batch, or a rewrites file that matches none of the training examples."""
-  validation.check_reads([(config.data.name, config.data.train_split)]
-                         + validation.evaluation_reads(config),
+  evaluated.check_reads([(config.data.name, config.data.train_split)]
+                         + evaluated.evaluation_reads(config),
                          config.data.data_dir)
   if multimodal.is_multimodal(config):
     vectors.check_features(config, sources.open_split(

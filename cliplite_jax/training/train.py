@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from cliplite_jax import config_io, evaluate, objectives, run_dir, validation
 from cliplite_jax.data import augment, pipeline, sources, vocabulary
 from cliplite_jax.models import hf_bert, multimodal, released
-from cliplite_jax.probes import suite
+from cliplite_jax.probes import evaluated, suite
 from cliplite_jax.training import (accumulate, checkpoint, checkpoint_saver,
                                    guards, metrics as metrics_lib, optim,
                                    parallel, prng, recovery, run_start,
@@ -209,7 +209,7 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
 
 def _validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   validation.check_train(config, mesh.devices.size)
-  validation.check_evaluation(config)
+  evaluated.check_evaluation(config)
 
 
 def _evaluate_and_log(config, model, state, tokenizer, mesh, workdir, writer,
