@@ -292,20 +292,28 @@ def _two_tower_fields(c: _Checker) -> None:
 
 
 def _critic_fields(c: _Checker, loss_name: str) -> None:
-  c.one_of("loss.critic", ("dot", "concat"))
-  if c.get("loss.critic") != "concat":
+  c.one_of("loss.critic", tuple(heads.CRITICS))
+  for term in ("image_image", "text_text"):
+    c.number(f"loss.{term}", 0, float("inf"))
+  pair_terms = [t for t in ("image_image", "text_text") if c.get(f"loss.{t}")]
+  critic = c.get("loss.critic") or "dot"
+  if critic == "dot" and not pair_terms or critic not in heads.CRITICS:
     return
-  c.require(loss_name == "jsd", "loss.critic", "'dot' unless loss.name is "
-            "'jsd' (concat is CLIP-Lite's JSD critic): it needs "
-            "loss.name='jsd'")
+  c.require(loss_name == "jsd", "loss.critic", "'dot' with no image_image or "
+            "text_text term unless loss.name is 'jsd' (these are CLIP-Lite's "
+            "JSD critics and terms): they need loss.name='jsd'")
+  cross, pairs = heads.CRITICS[critic]
+  c.require(cross == pairs or pair_terms, "loss.critic", (
+      f"'{cross}' when neither loss.image_image nor loss.text_text is on: "
+      f"'{critic}' also picks the critic of those terms"))
   # The heads' embeddings take no part in a concat critic's score.
   reads = [p for p in ("retrieval", "gap", "zeroshot")
            if p in (c.get("eval.probes") or ())]
-  c.require(not reads, "loss.critic", (
-      f"'dot' for {', '.join(reads)}: concat scores pairs with an MLP on the "
-      f"towers' features and leaves the embeddings they read untrained; "
-      f"evaluate the features, e.g. --config.eval.probes='(\"linear\","
-      f"\"svm\")'"))
+  c.require(cross == "dot" or not reads, "loss.critic", (
+      f"'dot' for {', '.join(reads)}: {critic} scores image–caption pairs "
+      f"with an MLP on the towers' features and leaves the embeddings they "
+      f"read untrained; evaluate the features, e.g. "
+      f"--config.eval.probes='(\"linear\",\"svm\")'"))
 
 
 def _multimodal_fields(c: _Checker) -> None:

@@ -165,6 +165,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.prior_img = True
   c.loss.prior_txt = True
   c.loss.init_logit_bias = -10.0  # SigLIP only
+  # JSD's critic T(x, y): "dot", the paper's <x/|x|, y/|y|> exp(t) on the
+  # heads' embeddings; "concat", the reference code's MLP on the towers'
+  # concatenated features (512, 512, 1), which trains no embedding;
+  # "condot" / "dotcon": concat for the image–text term and dot for the two
+  # below, or the reverse (docs/objectives.md).
+  c.loss.critic = "dot"
+  # The reference code's extra JSD terms, weighted (it adds them with 1):
+  # two augmented views of each image, two captions of it (0: off).
+  c.loss.image_image = 0.0
+  c.loss.text_text = 0.0
   # How infonce, sigmoid and xclip see the global batch: "all" gathers every
   # embedding onto every device; "ring" passes text shards round the
   # devices instead (flat memory per device; docs/objectives.md).

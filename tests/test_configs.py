@@ -188,8 +188,8 @@ def test_the_concat_critic_is_for_jsd_and_the_feature_probes():
     validation.check_train(c, num_devices=1)
   message = str(error.value)
   assert ("loss.critic='concat' must be 'dot' for retrieval, gap, zeroshot: "
-          "concat scores pairs with an MLP on the towers' features and "
-          "leaves the embeddings they read untrained") in message
+          "concat scores image–caption pairs with an MLP on the towers' "
+          "features and leaves the embeddings they read untrained") in message
   assert "--config.eval.probes='(\"linear\",\"svm\")'" in message
   assert "\n" not in message
   c.eval.probes = ("linear", "svm")
@@ -199,14 +199,39 @@ def test_the_concat_critic_is_for_jsd_and_the_feature_probes():
                                     parallel.make_mesh(1)).model_params
   # The reference's GlobalDiscriminator on ResNet-18 ×1/4 (128) and BERT
   # (128) features: 256 → 512 → 512 → 1.
-  critic = params["critic"]
+  critic = params["cross_critic"]
   assert critic["image_in"]["kernel"].shape == (128, 512)
   assert critic["text_in"]["kernel"].shape == (128, 512)
   assert critic["tail"]["dense0"]["kernel"].shape == (512, 512)
   assert critic["tail"]["logit"]["kernel"].shape == (512, 1)
   c.loss.name = "infonce"
-  with pytest.raises(config_io.UserError, match="it needs loss.name='jsd'"):
+  with pytest.raises(config_io.UserError, match="they need loss.name='jsd'"):
     validation.check_train(c, num_devices=1)
   c.loss.name, c.loss.critic = "jsd", "mlp"
   with pytest.raises(config_io.UserError, match="loss.critic='mlp' must be"):
+    validation.check_train(c, num_devices=1)
+  # condot / dotcon pick the critic of the image–image and text–text terms.
+  c.loss.critic = "dotcon"
+  with pytest.raises(config_io.UserError, match="'dot' when neither loss."
+                     "image_image nor loss.text_text is on: 'dotcon' also"):
+    validation.check_train(c, num_devices=1)
+  c.loss.image_image = 1.0
+  c.eval.probes = ("zeroshot", "linear")  # dotcon's image–text critic is dot
+  validation.check_train(c, num_devices=1)
+  params = state_lib.abstract_state(
+      c, state_lib.build_model(c), optim.build(c),
+      parallel.make_mesh(1)).model_params
+  assert "cross_critic" not in params
+  assert params["image_image_critic"]["image_in"]["kernel"].shape == (128, 512)
+  c.loss.critic, c.loss.text_text = "condot", 0.5
+  c.eval.probes = ("linear",)
+  params = state_lib.abstract_state(
+      c, state_lib.build_model(c), optim.build(c),
+      parallel.make_mesh(1)).model_params
+  # condot: concat across, a MILinearBlock per side (and a t) within.
+  assert params["cross_critic"]["text_in"]["kernel"].shape == (128, 512)
+  assert set(params["text_text_critic"]) == {"block_a", "block_b",
+                                             "log_scale"}
+  c.loss.image_image = -1.0
+  with pytest.raises(config_io.UserError, match="loss.image_image=-1.0"):
     validation.check_train(c, num_devices=1)

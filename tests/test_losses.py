@@ -135,7 +135,7 @@ def test_concat_critic_is_the_references_mlp_rolled_within_each_device():
   rng = np.random.default_rng(0)
   img = rng.normal(size=(16, 12)).astype(np.float32)
   txt = rng.normal(size=(16, 7)).astype(np.float32)
-  critic = heads.ConcatCritic(heads.CRITIC_WIDTHS["concat"])
+  critic = heads.ConcatCritic(heads.CONCAT_WIDTHS)
   params = critic.init(jax.random.key(0), img, txt)["params"]
   half_x, half_y, joint = critic.apply({"params": params}, img, txt)
   p = jax.tree.map(lambda a: torch.from_numpy(np.array(a)), params)
@@ -160,13 +160,10 @@ def test_concat_critic_is_the_references_mlp_rolled_within_each_device():
                              atol=1e-5)
   # torch's init: U(±1/√(d_x + d_y)) for the whole first layer.
   assert np.abs(np.asarray(params["image_in"]["kernel"])).max() <= 19**-0.5
-  outputs = {"critic_img": half_x, "critic_txt": half_y,
-             "critic_joint": joint,
-             "replicated": {"critic_tail": params["tail"]}}
-  cfg = ml_collections.ConfigDict({"critic": "concat"})
-  sharded = parallel.device_local(
-      lambda o: losses.concat_jsd(o, heads.CRITIC_WIDTHS[cfg.critic]),
-      parallel.make_mesh(4))
+  outputs = {"cross_a": half_x, "cross_b": half_y, "cross_joint": joint,
+             "replicated": {"cross_tail": params["tail"]}}
+  sharded = parallel.device_local(lambda o: losses.pair_jsd(o, "cross"),
+                                  parallel.make_mesh(4))
   loss, metrics = jax.jit(sharded)(outputs)
   want = []
   for quarter in range(4):
@@ -190,16 +187,15 @@ def test_concat_critic_gradients_reach_its_replicated_parameters():
   rng = np.random.default_rng(1)
   img = rng.normal(size=(16, 12)).astype(np.float32)
   txt = rng.normal(size=(16, 7)).astype(np.float32)
-  widths = heads.CRITIC_WIDTHS["concat"]
-  critic = heads.ConcatCritic(widths)
+  critic = heads.ConcatCritic(heads.CONCAT_WIDTHS)
   params = critic.init(jax.random.key(0), img, txt)["params"]
 
   def outputs(p, rows):
     half_x, half_y, joint = critic.apply({"params": p}, img[rows], txt[rows])
-    return {"critic_img": half_x, "critic_txt": half_y,
-            "critic_joint": joint, "replicated": {"critic_tail": p["tail"]}}
+    return {"cross_a": half_x, "cross_b": half_y, "cross_joint": joint,
+            "replicated": {"cross_tail": p["tail"]}}
 
-  bound = lambda o: losses.concat_jsd(o, widths)  # noqa: E731
+  bound = lambda o: losses.pair_jsd(o, "cross")  # noqa: E731
   sharded = parallel.device_local(bound, parallel.make_mesh(4))
   got = jax.jit(jax.grad(
       lambda p: sharded(outputs(p, slice(None)))[0]))(params)

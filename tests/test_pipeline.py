@@ -147,3 +147,25 @@ def test_bert_vocab_txt_directory_loads_as_uncased_wordpiece(tmp_path):
 def test_worker_processes_resume_exactly(tiny):
   tiny.data.num_workers = 2
   _assert_resumes_exactly(tiny, total=10, stop_after=4)
+
+
+def test_second_views_for_the_image_image_and_text_text_terms(tiny):
+  """With loss.image_image and loss.text_text on, each example also carries
+  a second augmented view of its image and another of its captions; the
+  first views are those of a run without them (the second are drawn
+  last)."""
+  tokenizer = _tokenizer(tiny)
+  plain = next(iter(pipeline.train_dataset(tiny, tokenizer)))
+  tiny.loss.image_image, tiny.loss.text_text = 1.0, 1.0
+  batch = next(iter(pipeline.train_dataset(tiny, tokenizer)))
+  for key in ("images", "input_ids", "attention_mask"):
+    np.testing.assert_array_equal(batch[key], plain[key])
+    assert batch[f"{key}_aug"].shape == batch[key].shape
+  # Independent crops of the same image: (almost) never the same pixels.
+  same = [np.array_equal(a, b) for a, b in zip(batch["images"],
+                                                batch["images_aug"])]
+  assert sum(same) <= 1
+  # Another of the image's five (distinct) captions, every time.
+  texts = [(tokenizer.decode(a.tolist()), tokenizer.decode(b.tolist()))
+           for a, b in zip(batch["input_ids"], batch["input_ids_aug"])]
+  assert all(a != b for a, b in texts), texts

@@ -282,31 +282,35 @@ def test_rule_rewrites_are_read_back_by_training(tiny, tmp_path):
 @pytest.mark.parametrize("min_words", [2, 0])
 def test_a_one_word_rewrite_falls_back_to_an_original(tiny, min_words):
   """LaCLIP's rule: a drawn rewrite of fewer than two words is replaced by
-  one of the image's own captions (drawn uniformly); 0 keeps it."""
+  one of the image's own captions (drawn uniformly); 0 keeps it. One that
+  cleans to nothing is replaced either way."""
   source, name = sources.get(tiny.data.name)
   example = sources.open_split(name, "train", tiny.data.data_dir)[0]
   originals = [text_lib.clean_caption(c.decode())
                for c in sources.decode_captions(source, example)]
   assert len(originals) == 5
-  rewrites = {sources.image_id(source, 0, example): ["blob",
-                                                     "a huge purple blob"]}
+  rewrites = {sources.image_id(source, 0, example): [
+      "blob", "a huge purple blob", "-- .."]}
   tokenizer = text_lib.fixed_length(text_lib.train_wordpiece(
       originals + ["blob", "a huge purple blob"], 200), 30)
   tiny.data.rewrite_min_words = min_words
   tiny.data.flip = False  # which would swap "left" and "right"
   transform = pipeline.TrainTransform(source, tokenizer, tiny.data, rewrites)
-  drawn = [tokenizer.decode(transform.random_map(
-      (0, example), np.random.default_rng(seed))["input_ids"].tolist())
-      for seed in range(1400)]
+  special = {"[CLS]", "[SEP]", "[PAD]"}
+  drawn = [" ".join(w for w in tokenizer.decode(transform.random_map(
+      (0, example), np.random.default_rng(seed))["input_ids"].tolist()
+  ).split() if w not in special) for seed in range(1400)]
   share = {text: drawn.count(text) / len(drawn) for text in set(drawn)}
   assert set(share) <= set(originals) | {"blob", "a huge purple blob"}
-  # 7 captions: 5 originals, a one-word rewrite, a two-word one.
-  assert share["a huge purple blob"] == pytest.approx(1 / 7, abs=0.03)
+  # 8 captions: 5 originals, a one-word rewrite, a longer one, an empty one.
+  assert share["a huge purple blob"] == pytest.approx(1 / 8, abs=0.03)
+  assert "" not in share
   if min_words:
     assert "blob" not in share
-    assert sum(share[c] for c in originals) == pytest.approx(6 / 7, abs=0.03)
+    assert sum(share[c] for c in originals) == pytest.approx(7 / 8, abs=0.03)
   else:
-    assert share["blob"] == pytest.approx(1 / 7, abs=0.03)
+    assert share["blob"] == pytest.approx(1 / 8, abs=0.03)
+    assert sum(share[c] for c in originals) == pytest.approx(6 / 8, abs=0.03)
 
 
 def test_unknown_example_sources_are_one_line(tiny_data_dir, tmp_path):

@@ -29,14 +29,19 @@ def _random_batch(config, rng):
 
 
 def _reference_outputs(model, state, batch):
-  """The first step's forward pass, unsharded, with the step's own keys."""
+  """The first step's forward pass, unsharded, with the step's own keys
+  (and the batch's second views, "*_aug", when it has them)."""
   dropout_rng, prior_rng = jax.random.split(jax.random.fold_in(state.rng, 0))
-  forward = jax.jit(lambda variables, batch: model.apply(
+  second = {k: batch[k] for k in ("input_ids_aug", "attention_mask_aug")
+            if k in batch}
+  if "images_aug" in batch:
+    second["images_aug"] = augment.normalize(batch["images_aug"])
+  forward = jax.jit(lambda variables, batch, second: model.apply(
       variables, augment.normalize(batch["images"]), batch["input_ids"],
-      batch["attention_mask"], train=True,
+      batch["attention_mask"], train=True, **second,
       rngs={"dropout": dropout_rng, "prior": prior_rng},
       mutable=["batch_stats"])[0])
-  return forward(jax.device_get(state.variables), batch)
+  return forward(jax.device_get(state.variables), batch, second)
 
 
 def _slice(outputs, start, stop):
@@ -59,20 +64,27 @@ def _ynnpack_ops(hlo_text: str) -> set[str]:
   return kinds
 
 
-@pytest.mark.parametrize("critic", ["dot", "concat"])
+@pytest.mark.parametrize("critic", ["dot", "condot", "dotcon"])
 def test_sharded_step_rolls_captions_within_each_device(tiny, critic):
   """Also: a batch carrying colour jitter parameters trains on the images
   jittered by torchvision's float formulas (written out independently in
-  tests/test_augment.py), applied before normalising. With the concat
-  critic, its parameters reach every device whole."""
+  tests/test_augment.py), applied before normalising. With the reference's
+  other critics and its image–image and text–text terms (second views in
+  the batch), each term rolls within each device too, and the concat
+  critics' parameters reach every device whole."""
   from test_augment import _torchvision_float
   assert jax.device_count() == 4
   tiny.loss.critic = critic
+  if critic != "dot":
+    tiny.loss.image_image, tiny.loss.text_text = 1.0, 0.5
   mesh = parallel.make_mesh(4)
   model, tx = cliplite.build(tiny), optim.build(tiny)
   state = state_lib.init_sharded(tiny, model, tx, mesh)
   rng = np.random.default_rng(0)
   batch = _random_batch(tiny, rng)
+  if critic != "dot":
+    second = _random_batch(tiny, rng)
+    batch.update({f"{k}_aug": v for k, v in second.items()})
   params = [augment.color_jitter_params(rng, p=0.8)
             for _ in range(tiny.batch_size)]
   batch["color_jitter"] = np.stack([f for f, _ in params])
@@ -93,7 +105,16 @@ def test_sharded_step_rolls_captions_within_each_device(tiny, critic):
 
   step = train.make_train_step(tiny, model, tx, mesh)
   new_state, metrics = step(state, parallel.shard_batch(batch, mesh))
-  for key in ("loss/total", "loss/jsd", "loss/prior_img", "loss/prior_txt"):
+  keys = ["loss/total", "loss/jsd", "loss/prior_img", "loss/prior_txt"]
+  if critic != "dot":
+    keys += ["loss/image_image", "loss/text_text"]
+    # The total is the weighted sum of the terms.
+    np.testing.assert_allclose(expected["loss/total"], 0.9 * (
+        expected["loss/jsd"] + expected["loss/image_image"]
+        + 0.5 * expected["loss/text_text"]) + 0.1 * (
+            expected["loss/prior_img"] + expected["loss/prior_txt"]),
+        rtol=1e-5)
+  for key in keys:
     np.testing.assert_allclose(metrics[key], expected[key], rtol=2e-5,
                                atol=2e-6, err_msg=key)
   assert abs(float(metrics["loss/jsd"]) - float(whole_batch_roll["loss/jsd"])) > 1e-4

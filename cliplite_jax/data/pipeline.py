@@ -125,43 +125,80 @@ class TrainTransform(grain.transforms.RandomMap):
   [4]: `augment.color_jitter_params` for `augment.apply_color_jitter` in the
   train step (`data.color_jitter_on_device` and a jitter probability > 0).
   One caption is drawn uniformly from the example's captions plus its
-  rewrites; a rewrite of fewer than `data.rewrite_min_words` words is
-  replaced by one of the captions, drawn uniformly (LaCLIP's rule); a
-  flipped image gets its caption's "left" and "right" swapped.
-  An example whose image does not decode or that has no non-empty caption
-  becomes `SKIPPED`.
+  rewrites, cleaned (`text.clean_caption`); a rewrite of fewer than
+  `data.rewrite_min_words` words, or an empty one, is replaced by one of
+  the captions, drawn uniformly (LaCLIP's rule); a flipped image gets its
+  caption's "left" and "right" swapped. With `second_caption` (CLIP-Lite's
+  text–text term), "input_ids_aug" / "attention_mask_aug": another of the
+  image's captions, drawn uniformly among those that differ from the first
+  (the same one if none does); with `second_image` (its image–image term),
+  "images_aug" (+ "color_jitter_aug", "color_order_aug"): a second,
+  independent augmented view. An example whose image does not decode or
+  that has no non-empty caption becomes `SKIPPED`.
   """
 
   def __init__(self, source: sources.Source, tokenizer: Tokenizer,
                data_config: ml_collections.ConfigDict,
-               rewrites: dict[str, list[str]] | None = None):
+               rewrites: dict[str, list[str]] | None = None,
+               second_image: bool = False, second_caption: bool = False):
     self._source = source
     self._tokenizer = tokenizer
     self._cfg = data_config
     self._rewrites = rewrites or {}
     self._jitter_on_device = device_jitter(data_config)
+    self._second_image, self._second_caption = second_image, second_caption
 
   def random_map(self, element, rng: np.random.Generator):
-    cfg = self._cfg
     index, example = element
     originals = sources.decode_captions(self._source, example)
-    captions = originals
+    captions = [text_lib.clean_caption(c, self._cfg.max_words)
+                for c in originals]
     if self._rewrites:
-      captions = originals + self._rewrites.get(
-          sources.image_id(self._source, index, example), [])
-    if not captions:
+      captions += [text_lib.clean_caption(c, self._cfg.max_words)
+                   for c in self._rewrites.get(
+                       sources.image_id(self._source, index, example), [])]
+    if not any(captions):
       return SKIPPED
+    caption = self._draw_caption(captions, len(originals), rng)
+    view = self._image_view(example, rng)
+    if view is None:
+      return SKIPPED
+    out, flipped = view
+    out.update(self._tokens(caption, flipped))
+    # The second views are drawn last: the first ones are those of a run
+    # without them.
+    if self._second_caption:
+      others = [c for c in captions if c and c != caption]
+      second = others[rng.integers(len(others))] if others else caption
+      out.update(self._tokens(second, flipped, "_aug"))
+    if self._second_image:
+      out.update({f"{k}_aug": v for k, v in
+                  self._image_view(example, rng)[0].items()})
+    return out
+
+  def _draw_caption(self, captions: list[str], num_originals: int,
+                    rng: np.random.Generator) -> str:
+    """Uniform over the (cleaned) captions and rewrites; an empty one, or a
+    rewrite of fewer than `data.rewrite_min_words` words, gives way to an
+    original drawn uniformly (LaCLIP's rule), where there is one."""
     drawn = rng.integers(len(captions))
     caption = captions[drawn]
-    if (drawn >= len(originals) and originals
-        and len(caption.split()) < cfg.get("rewrite_min_words", 2)):
-      caption = originals[rng.integers(len(originals))]  # LaCLIP's fallback
-    caption = text_lib.clean_caption(caption, cfg.max_words)
+    usable = [c for c in captions[:num_originals] if c]
+    short = (drawn >= num_originals
+             and len(caption.split()) < self._cfg.get("rewrite_min_words", 0))
+    if (short or not caption) and usable:
+      caption = usable[rng.integers(len(usable))]
+    return caption
+
+  def _image_view(self, example, rng: np.random.Generator):
+    """({"images": uint8 [S, S, 3], and jitter parameters when jitter runs
+    on the device}, flipped), or None when the image does not decode."""
+    cfg = self._cfg
     image = augment.decode_random_resized_crop(
         example[self._source.image_key], rng, cfg.image_size,
         tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
     if image is None:
-      return SKIPPED
+      return None
     out = {}
     if self._jitter_on_device:
       out["color_jitter"], out["color_order"] = augment.color_jitter_params(
@@ -169,14 +206,18 @@ class TrainTransform(grain.transforms.RandomMap):
     else:
       image = augment.color_jitter(image, rng, *cfg.color_jitter,
                                    p=cfg.color_jitter_prob)
-    if cfg.flip and rng.random() < 0.5:
-      image = np.ascontiguousarray(image[:, ::-1])
-      caption = text_lib.swap_left_right(caption)
-    encoding = self._tokenizer.encode(caption)
-    return {"images": image,
-            "input_ids": np.asarray(encoding.ids, np.int32),
-            "attention_mask": np.asarray(encoding.attention_mask, np.int32),
-            **out}
+    flipped = bool(cfg.flip and rng.random() < 0.5)
+    out["images"] = np.ascontiguousarray(image[:, ::-1]) if flipped else image
+    return out, flipped
+
+  def _tokens(self, caption: str, flipped: bool, suffix: str = "") -> dict:
+    """input_ids / attention_mask (+ suffix) of a caption, "left" and
+    "right" swapped when its image was flipped."""
+    encoding = self._tokenizer.encode(
+        text_lib.swap_left_right(caption) if flipped else caption)
+    return {f"input_ids{suffix}": np.asarray(encoding.ids, np.int32),
+            f"attention_mask{suffix}": np.asarray(encoding.attention_mask,
+                                                  np.int32)}
 
 
 def device_jitter(data_config: ml_collections.ConfigDict) -> bool:
@@ -298,8 +339,10 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   if multimodal.is_multimodal(config):
     transform = vectors.VectorTransform(features)
   else:
-    transform = TrainTransform(source, tokenizer, config.data,
-                               load_rewrites(config.data.rewrites))
+    transform = TrainTransform(
+        source, tokenizer, config.data, load_rewrites(config.data.rewrites),
+        second_image=bool(config.loss.get("image_image", 0.0)),
+        second_caption=bool(config.loss.get("text_text", 0.0)))
   ds = ds.random_map(transform, seed=config.seed)
   if process_count > 1:
     ds = ProcessRows(ds, epoch_chunk(config), process_index, process_count)

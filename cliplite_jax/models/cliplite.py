@@ -43,9 +43,13 @@ class CLIPLite(nn.Module):
     lock_image, lock_text: LiT's locked towers: run in inference mode
       (BatchNorm's running statistics, no dropout) and pass no gradient back
       (so XLA drops their backward pass); the optimiser leaves them alone.
-    critic_widths: () for the paper's dot-product critic on the heads'
-      embeddings; else the widths of CLIP-Lite's "concat" critic
-      (`heads.ConcatCritic`, (512, 512)) on the towers' features.
+    critic: a key of `heads.CRITICS` (`loss.critic`): "dot", the paper's
+      critic on the heads' embeddings, or the reference code's "concat",
+      "condot", "dotcon" (`heads.ConcatCritic` on the towers' features for
+      the image–text term, the image–image and text–text terms, or both).
+    image_image, text_text: CLIP-Lite's extra JSD terms (the reference's
+      SELF_SUPERVISED flags): critics between two augmented views of each
+      image, and between two captions of it.
   """
   image_encoder: nn.Module
   text_encoder: nn.Module
@@ -59,7 +63,9 @@ class CLIPLite(nn.Module):
   head: str = "milinear"
   lock_image: bool = False
   lock_text: bool = False
-  critic_widths: tuple[int, ...] = ()
+  critic: str = "dot"
+  image_image: bool = False
+  text_text: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -75,8 +81,14 @@ class CLIPLite(nn.Module):
     if self.logit_bias is not None:
       self.bias = self.param(
           "logit_bias", nn.initializers.constant(self.logit_bias), ())
-    if self.critic_widths:
-      self.critic = heads.ConcatCritic(self.critic_widths)
+    cross, pairs = heads.CRITICS[self.critic]
+    if cross == "concat":
+      self.cross_critic = heads.ConcatCritic(heads.CONCAT_WIDTHS)
+    for term in ("image_image", "text_text"):
+      if getattr(self, term):
+        setattr(self, f"{term}_critic", heads.ConcatCritic(
+            heads.CONCAT_WIDTHS) if pairs == "concat" else heads.DotCritic(
+                self.proj_dim, self.init_log_scale, self.dtype))
     if self.num_prototypes:
       # Rows of norm ~1: the cosines are scale-free, but the step size a
       # prototype's direction takes is 1/norm.
@@ -103,8 +115,9 @@ class CLIPLite(nn.Module):
       features = jax.lax.stop_gradient(features)
     return features, self.text_head(features, train=train)
 
-  def __call__(self, images, input_ids, attention_mask,
-               train: bool = False) -> dict[str, jnp.ndarray]:
+  def __call__(self, images, input_ids, attention_mask, train: bool = False,
+               images_aug=None, input_ids_aug=None,
+               attention_mask_aug=None) -> dict[str, jnp.ndarray]:
     """Forward pass for training.
 
     Returns a dict of float32 arrays: "img_emb", "txt_emb" [B, proj_dim],
@@ -113,21 +126,42 @@ class CLIPLite(nn.Module):
     enabled prior, "prior_img_real"/"prior_img_noise"
     (resp. txt) logits [B] of the discriminator on the raw tower features and
     on uniform noise U[0, 1) of the same shape (drawn from the "prior" rng).
-    With the concat critic: "critic_img", "critic_txt" [B, w0] (its first
-    layer's halves), "critic_joint" [B] (the positive pairs' scores) and,
-    under `REPLICATED`, "critic_tail" (the parameters of the rest, for the
-    objective to score rolled pairs with `heads.CriticTail`).
+    Each other critic P ("cross" for a concat image–text critic,
+    "image_image" on the features of `images` and `images_aug` — a second
+    augmented view — and "text_text" on those of the `*_aug` captions; at
+    init, without them, the first view stands in) adds "P_a", "P_b": a
+    concat critic's first layer's halves [B, w0] with "P_joint" [B] (the
+    positive pairs' scores) and, under `REPLICATED`, "P_tail" (the rest's
+    parameters, for the objective to score rolled pairs with
+    `heads.CriticTail`); a dot critic's two embeddings [B, D] with
+    "P_log_scale".
     """
     img_features, img_emb = self.encode_image(images, train)
     txt_features, txt_emb = self.encode_text(input_ids, attention_mask, train)
     out = {"img_emb": img_emb, "txt_emb": txt_emb, "log_scale": self.log_scale}
     if self.logit_bias is not None:
       out["logit_bias"] = self.bias
-    if self.critic_widths:
-      out["critic_img"], out["critic_txt"], out["critic_joint"] = (
-          self.critic(img_features, txt_features))
-      out[REPLICATED] = {"critic_tail":
-                         self.critic.variables["params"]["tail"]}
+    pairs = []
+    if heads.CRITICS[self.critic][0] == "concat":
+      pairs.append(("cross", img_features, txt_features))
+    if self.image_image:
+      second = images if images_aug is None else images_aug
+      pairs.append(("image_image", img_features,
+                    self.encode_image(second, train)[0]))
+    if self.text_text:
+      second = ((input_ids, attention_mask) if input_ids_aug is None
+                else (input_ids_aug, attention_mask_aug))
+      pairs.append(("text_text", txt_features,
+                    self.encode_text(*second, train)[0]))
+    for name, x, y in pairs:
+      critic = getattr(self, f"{name}_critic")
+      if isinstance(critic, heads.ConcatCritic):
+        out[f"{name}_a"], out[f"{name}_b"], out[f"{name}_joint"] = critic(x, y)
+        out.setdefault(REPLICATED, {})[f"{name}_tail"] = (
+            critic.variables["params"]["tail"])
+      else:
+        out[f"{name}_a"], out[f"{name}_b"], out[f"{name}_log_scale"] = critic(
+            x, y, train)
     if self.num_prototypes:
       out["img_proto_logits"] = noncontrastive.prototype_logits(
           img_emb, self.prototypes)
@@ -164,5 +198,7 @@ def build(config: ml_collections.ConfigDict) -> CLIPLite:
       head=heads.head_kind(m),
       lock_image=m.image.get("locked", False),
       lock_text=m.text.get("locked", False),
-      critic_widths=heads.CRITIC_WIDTHS[config.loss.get("critic", "dot")],
+      critic=config.loss.get("critic", "dot"),
+      image_image=bool(config.loss.get("image_image", 0.0)),
+      text_text=bool(config.loss.get("text_text", 0.0)),
       dtype=dtype)

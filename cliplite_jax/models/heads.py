@@ -118,9 +118,32 @@ class CriticTail(nn.Module):
     return torch_linear(1, h.shape[-1], name="logit")(nn.relu(h))[:, 0]
 
 
-# `loss.critic` → the concat critic's widths; () is the paper's dot product
-# of the heads' normalised embeddings times exp(t).
-CRITIC_WIDTHS = {"dot": (), "concat": (512, 512)}
+class DotCritic(nn.Module):
+  """CLIP-Lite's dot-product critic for a pair of views of one modality
+  (the reference's `GlobalDiscriminatorDot` for its image–image and
+  text–text terms): a MILinearBlock per side, each with its own weights,
+  and its own learnable log-scale t; T = <a/|a|, b/|b|> exp(t)."""
+  out_dim: int = 2048
+  init_log_scale: float = 2.6592600369327779  # log(1/0.07)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, y: jnp.ndarray, train: bool):
+    """x: [B, d], y: [B, d] → (float32 [B, out_dim] each, t [])."""
+    a = MILinearBlock(self.out_dim, self.dtype, name="block_a")(x, train)
+    b = MILinearBlock(self.out_dim, self.dtype, name="block_b")(y, train)
+    log_scale = self.param("log_scale",
+                           nn.initializers.constant(self.init_log_scale), ())
+    return a, b, log_scale
+
+
+# `loss.critic` → (the critic of the image–text term, that of the
+# image–image and text–text terms), as the reference's MODEL.LOSS.TYPE:
+# "dot" is the paper's <x/|x|, y/|y|> exp(t) on MILinearBlock outputs,
+# "concat" its MLP on concatenated features (`ConcatCritic`).
+CRITICS = {"dot": ("dot", "dot"), "concat": ("concat", "concat"),
+           "condot": ("concat", "dot"), "dotcon": ("dot", "concat")}
+CONCAT_WIDTHS = (512, 512)
 
 
 class LinearProjection(nn.Module):

@@ -35,17 +35,21 @@ def jsd_from_scores(joint: jnp.ndarray,
                 "jsd/e_marginal": e_marginal}
 
 
-def concat_jsd(outputs: dict, widths: tuple[int, ...]) -> tuple[jnp.ndarray,
-                                                                 dict]:
-  """The JSD bound with CLIP-Lite's concat critic of `widths`: the positive
-  pairs' scores from the model, the negatives' (x_i, y_{(i+1) mod B},
-  captions rolled within this batch as in `jsd_bound`) by the critic's tail
-  on the rolled sum of its first-layer halves."""
+def pair_jsd(outputs: dict, name: str) -> tuple[jnp.ndarray, dict]:
+  """The JSD bound of critic `name`'s pairs ("cross", "image_image",
+  "text_text"; `CLIPLite.__call__`'s outputs), negatives rolled by one
+  within this batch as in `jsd_bound`: a dot critic's embeddings by
+  `jsd_bound`; a concat critic's positive scores from the model, the
+  negatives' by its tail (`heads.CriticTail`) on the rolled sum of its
+  first layer's halves."""
+  first, second = outputs[f"{name}_a"], outputs[f"{name}_b"]
+  if f"{name}_log_scale" in outputs:
+    return jsd_bound(first, second, outputs[f"{name}_log_scale"])
   from cliplite_jax.models import heads  # models import objectives
-  rolled = outputs["critic_img"] + jnp.roll(outputs["critic_txt"], -1, axis=0)
-  marginal = heads.CriticTail(widths).apply(
-      {"params": outputs["replicated"]["critic_tail"]}, rolled)
-  return jsd_from_scores(outputs["critic_joint"], marginal)
+  rolled = first + jnp.roll(second, -1, axis=0)
+  marginal = heads.CriticTail(heads.CONCAT_WIDTHS).apply(
+      {"params": outputs["replicated"][f"{name}_tail"]}, rolled)
+  return jsd_from_scores(outputs[f"{name}_joint"], marginal)
 
 
 def jsd_bound(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
@@ -125,16 +129,21 @@ def _temperature(outputs) -> jnp.ndarray:
 
 
 def cliplite_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
-  """L = (1 − w) L_jsd + w (L_prior_img + L_prior_txt) on one device's
-  shard; L_jsd with the dot-product critic, or the concat critic when the
-  model has one (`loss.critic`)."""
-  if "critic_joint" in outputs:
-    from cliplite_jax.models import heads
-    l_jsd, metrics = concat_jsd(outputs,
-                                heads.CRITIC_WIDTHS[cfg.get("critic", "dot")])
+  """L = (1 − w) (L_jsd + λ_ii L_ii + λ_tt L_tt) + w (L_prior_img +
+  L_prior_txt) on one device's shard. L_jsd is the image–text bound, by the
+  dot-product critic on the embeddings or by a concat critic when the model
+  has one (`loss.critic`); L_ii and L_tt, the image–image and text–text
+  bounds, weighted by `loss.image_image` and `loss.text_text` (off at 0)."""
+  if "cross_joint" in outputs:
+    l_jsd, metrics = pair_jsd(outputs, "cross")
   else:
     l_jsd, metrics = jsd_bound(outputs["img_emb"], outputs["txt_emb"],
                                outputs["log_scale"])
+  for term in ("image_image", "text_text"):
+    if cfg.get(term, 0.0):
+      value = pair_jsd(outputs, term)[0]
+      metrics[f"loss/{term}"] = value
+      l_jsd = l_jsd + cfg[term] * value
   priors = jnp.zeros((), jnp.float32)
   for name in ("img", "txt"):
     if f"prior_{name}_real" in outputs:

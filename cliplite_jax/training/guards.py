@@ -29,7 +29,8 @@ _ABSENT_MEANS = {"model.head": "milinear",
                  "model.pixel_mean": list(augment.IMAGENET_MEAN),
                  "model.pixel_std": list(augment.IMAGENET_STD),
                  "model.image.posemb_grid": 0, "optim.ema_decay": 0.0,
-                 "loss.critic": "dot"}
+                 "loss.critic": "dot", "loss.image_image": 0.0,
+                 "loss.text_text": 0.0}
 # Loss fields only some objectives read: {prefix: those objectives}. A run of
 # another objective may resume with them changed (or added, as configs saved
 # before they existed lack them).

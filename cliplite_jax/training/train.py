@@ -84,31 +84,44 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   ema_decay = optim.ema_decay(config)
   num_micro = config.get("accum_steps", 1)
   is_multimodal = multimodal.is_multimodal(config)
-  input_keys = (multimodal.input_keys(config) if is_multimodal
-                else ("images", "input_ids", "attention_mask"))
+  # The second views of CLIP-Lite's image–image and text–text terms ride
+  # in the batch as "*_aug" (data.pipeline.TrainTransform).
+  input_keys = (multimodal.input_keys(config) if is_multimodal else tuple(
+      k + suffix for suffix in ("", "_aug")
+      for k in ("images", "input_ids", "attention_mask")))
   pixels = None if is_multimodal else augment.pixel_stats(config)
 
   def model_inputs(batch):
+    """The model's positional and keyword arguments of one batch."""
     if is_multimodal:
-      return (batch,)
+      return (batch,), {}
+    second = {}
+    if "images_aug" in batch:
+      second["images_aug"] = augment.normalize(batch["images_aug"], pixels)
+    if "input_ids_aug" in batch:
+      second.update(input_ids_aug=batch["input_ids_aug"],
+                    attention_mask_aug=batch["attention_mask_aug"])
     return (augment.normalize(batch["images"], pixels), batch["input_ids"],
-            batch["attention_mask"])
+            batch["attention_mask"]), second
 
   def forward(params, batch_stats, batch, rngs):
     """Model outputs and new BatchNorm statistics of one (micro-)batch."""
     dropout_rng, prior_rng = rngs
+    args, second_views = model_inputs(batch)
     outputs, updates = model.apply(
         {"params": params, "batch_stats": batch_stats},
-        *model_inputs(batch), train=True,
+        *args, **second_views, train=True,
         rngs={"dropout": dropout_rng, "prior": prior_rng},
         mutable=["batch_stats"])
     return outputs, updates.get("batch_stats", batch_stats)
 
   def step_fn(state: state_lib.TrainState, batch):
     inputs = {k: batch[k] for k in input_keys if k in batch}
-    if "color_jitter" in batch:  # drawn on the host, applied here
-      inputs["images"] = augment.apply_color_jitter(
-          batch["images"], batch["color_jitter"], batch["color_order"])
+    for suffix in ("", "_aug"):
+      if f"color_jitter{suffix}" in batch:  # drawn on the host, applied here
+        inputs[f"images{suffix}"] = augment.apply_color_jitter(
+            batch[f"images{suffix}"], batch[f"color_jitter{suffix}"],
+            batch[f"color_order{suffix}"])
     step_objective = objective
     if needs_key:  # one key per step, however it is accumulated
       key = objectives.loss_key(step_rngs(state.rng, state.step)[1])
