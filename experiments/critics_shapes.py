@@ -1,16 +1,19 @@
 r"""CLIP-Lite's critics on the embedded set, over seeds: the demo
 (configs/default.py, 1000 steps, batch 64) with `loss.critic` changed, the
-paper's dot-product critic against the reference code's concat critic (an
-MLP on the towers' concatenated features), both trained by this invocation.
+paper's dot-product critic against the reference code's others: concat (an
+MLP on the towers' concatenated features), and condot / dotcon, which also
+pick the critic of its image–image and text–text terms (on here with
+weight 1, as the reference adds them). All trained by this invocation.
 
   python experiments/critics_shapes.py [--seeds=0,1,2] [--root=DIR]
-  # ~3.5 min per run on 2 cores: 2 critics × 3 seeds ≈ 20 min
+  # 3.5 min per run on 2 cores, 5.5 with the extra terms (a second view
+  # of each image and caption): 4 critics × 3 seeds ≈ 55 min
 
 A concat critic trains no embedding, so both are scored by what reads the
 image tower's features: the linear probe (the colour of the largest shape)
 and the SVMs (which shapes are present). Prints a Markdown table of mean ±
-sample std (ddof 1) over seeds and the paired difference concat − dot with
-its 95 % t interval, and writes experiments/critics_shapes.json.
+sample std (ddof 1) over seeds and each critic's paired difference from
+dot with its 95 % t interval, and writes experiments/critics_shapes.json.
 """
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ import runs
 
 STEPS = 1000
 FEATURE_PROBES = '--config.eval.probes=("linear","svm")'
-CRITICS = {"dot": [], "concat": ["--config.loss.critic=concat"]}
+TERMS = ["--config.loss.image_image=1.0", "--config.loss.text_text=1.0"]
+CRITICS = {"dot": [], "concat": ["--config.loss.critic=concat"],
+           "condot": ["--config.loss.critic=condot", *TERMS],
+           "dotcon": ["--config.loss.critic=dotcon", *TERMS]}
 COLUMNS = {"linear": "linear/shapes_captions/top1",
            "SVM mAP": "svm/shapes_captions/map"}
 
@@ -37,11 +43,13 @@ def main() -> None:
   rows = [[f"`{name}`"] + ["{:.3f} ± {:.3f}".format(*summary[name][key])
                            for key in COLUMNS.values()]
           for name in CRITICS]
-  diffs = [runs.paired_difference([r[key] for r in results["concat"]],
-                                  [r[key] for r in results["dot"]])
-           for key in COLUMNS.values()]
-  rows.append(["concat − dot (95 % t interval)"] + [
-      f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for d in diffs])
+  for name in list(CRITICS)[1:]:
+    diffs = [runs.paired_difference([r[key] for r in results[name]],
+                                    [r[key] for r in results["dot"]])
+             for key in COLUMNS.values()]
+    rows.append([f"{name} − dot (95 % t interval)"] + [
+        f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+        for d in diffs])
   print(runs.markdown_table(["critic", *COLUMNS], rows))
   runs.write_json("critics_shapes", STEPS, seeds, summary, results)
 
