@@ -134,12 +134,15 @@ def estimate_total(name: str, split: str, data_dir: str | None,
 def settings_from_flags(name: str, examples: dict) -> dict:
   digest = hashlib.sha256(json.dumps(examples, sort_keys=True).encode())
   model = FLAGS.model if FLAGS.model == RULES else os.path.abspath(FLAGS.model)
-  return {"data": name, "split": FLAGS.split, "model": model,
-          "num": FLAGS.num, "examples_sha256": digest.hexdigest(),
-          "shots": FLAGS.shots, "temperature": FLAGS.temperature,
-          "top_p": FLAGS.top_p, "max_new_tokens": FLAGS.max_new_tokens,
-          "max_words": FLAGS.max_words, "batch_size": FLAGS.batch_size,
-          "seed": FLAGS.seed}
+  settings = {"data": name, "split": FLAGS.split, "model": model,
+              "num": FLAGS.num, "examples_sha256": digest.hexdigest(),
+              "shots": FLAGS.shots, "temperature": FLAGS.temperature,
+              "top_p": FLAGS.top_p, "max_new_tokens": FLAGS.max_new_tokens,
+              "max_words": FLAGS.max_words, "batch_size": FLAGS.batch_size,
+              "seed": FLAGS.seed}
+  if FLAGS.sources:  # their order says which rewrite uses which
+    settings["sources"] = list(examples)
+  return settings
 
 
 def check_flags() -> None:
@@ -155,6 +158,11 @@ def check_flags() -> None:
   if os.path.exists(FLAGS.out):
     raise rewriting.RewriteError(f"--out {FLAGS.out} exists: remove it or "
                                  f"name another file")
+  given = [f"--{f}" for f in ("examples", "sources") if FLAGS[f].present]
+  if FLAGS.model == RULES and given:
+    raise rewriting.RewriteError(
+        f"{' and '.join(given)}: in-context examples prompt a language "
+        f"model; --model=rules rewrites without them")
 
 
 def run() -> dict:

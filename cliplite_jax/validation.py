@@ -107,6 +107,16 @@ def _eval_fields(c: _Checker) -> None:
     c.integer("eval.fewshot.seeds", 1)
     c.number("eval.fewshot.l2_reg", 0, float("inf"), low_open=True,
              high_open=True)
+  # Symile's options (probes/modalities.py; multi-modality configs).
+  for key, what in (("candidates", "0 (every distinct value) or a number of "
+                     "candidates ≥ 2"),
+                    ("bootstrap", "0 (no interval) or a number of "
+                     "resamples ≥ 10")):
+    value = c.get(f"eval.{key}")
+    c.require(value is None or (isinstance(value, int) and not isinstance(
+        value, bool) and (value == 0 or value >= (2 if key == "candidates"
+                                                  else 10))),
+              f"eval.{key}", what)
   c.integer("data.num_threads", 0)
   if c.get("eval.suite"):
     from cliplite_jax.data import benchmark_sets
@@ -340,8 +350,3 @@ def _multimodal_fields(c: _Checker) -> None:
             and math.isfinite(scale), "model.init_log_scale",
             "a finite number (the critic's initial log-scale)")
   c.one_of("loss.symile_sampling", ("n", "n_squared"))
-  c.integer("eval.bootstrap", 0)
-  c.integer("eval.candidates", 0, "0 (every distinct value) or a number of "
-            "candidates ≥ 2")
-  c.require(c.get("eval.candidates") != 1, "eval.candidates",
-            "0 (every distinct value) or a number of candidates ≥ 2")

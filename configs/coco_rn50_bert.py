@@ -11,8 +11,9 @@ as the reference code's configs/done/ set them (4m4n5/CLIP-Lite@03ff4e9):
   :backbone=rn18|rn101|rn152  backbone at batch 512: 200k steps, 2-layer
                           text, flip
   :fraction=0.1|0.25|0.5|0.75 seeded subset of the images, steps and warmup
-                          scaled (the reference starts these from a
-                          pretrained BERT-base: add bert=DIR)
+                          scaled (10 %: 20k steps, as the reference's
+                          percent_10; it starts these from a pretrained
+                          BERT-base: add bert=DIR)
   :bert=DIR               start the text tower from a local Hugging Face
                           BERT-base directory (weights and tokenizer), as
                           the paper's data-fraction runs do; combine with
@@ -25,6 +26,7 @@ Usage (data prepared with `tfds build coco_captions/2014`):
 from cliplite_jax import config_io
 
 _BACKBONES = {"rn18": 18, "rn50": 50, "rn101": 101, "rn152": 152}
+_FRACTION_STEPS = {0.1: 20_000}
 
 
 def get_config(arg: str | None = None):
@@ -101,7 +103,9 @@ def get_config(arg: str | None = None):
     c.data.flip = True
   if args.fraction:
     c.data.fraction = args.fraction
-    c.total_steps = round(c.total_steps * args.fraction)
+    # The reference's percent_10 trains 20k steps, not 10 % of 250k.
+    c.total_steps = _FRACTION_STEPS.get(args.fraction,
+                                        round(c.total_steps * args.fraction))
     c.optim.warmup_steps = round(c.optim.warmup_steps * args.fraction)
     c.eval.every_steps = round(c.eval.every_steps * args.fraction)
   if args.bert:

@@ -1,4 +1,6 @@
 """Every config of the paper's grid builds, and its model initialises."""
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -73,6 +75,8 @@ def test_grid_values_follow_the_paper():
           layers.model.text.layers) == (1024, 250_000, 4)
   frac = _load("coco_rn50_bert.py", "fraction=0.25")
   assert (frac.data.fraction, frac.total_steps) == (0.25, 62_500)
+  tenth = _load("coco_rn50_bert.py", "fraction=0.1")  # the reference's 20k
+  assert (tenth.total_steps, tenth.optim.warmup_steps) == (20_000, 1_000)
   assert _load("clip_baseline.py", "").loss.name == "infonce"
   assert _load("siglip_baseline.py", "").loss.name == "sigmoid"
   for name, loss in (("nclip_baseline.py", "nclip"),
@@ -146,9 +150,10 @@ def test_coco_config_keeps_convolutions_off_ynnpack_and_products_on_it():
 
 
 @pytest.mark.parametrize("study,args", [
-    ("batch", ["batch=64", "batch=128", "batch=256", "batch=512", ""]),
+    ("batch", ["batch=64", "batch=128", "batch=256", "batch=512"]),
     ("text_layers", ["text_layers=2", "text_layers=4", "text_layers=6", ""]),
-    ("backbone", ["backbone=rn18", "backbone=rn101", "backbone=rn152", ""]),
+    ("backbone", ["backbone=rn18", "backbone=rn50", "backbone=rn101",
+                  "backbone=rn152"]),
     ("fraction", ["fraction=0.1,bert=/m/bert", "fraction=0.25,bert=/m/bert",
                   "fraction=0.5,bert=/m/bert", "fraction=0.75,bert=/m/bert",
                   "bert=/m/bert"])])
@@ -175,6 +180,9 @@ def test_the_ablation_launcher_covers_each_study(tmp_path, study, args):
   workdirs = [run[1] for run in runs]
   assert len(set(workdirs)) == len(workdirs)
   assert all("/m/bert" not in w for w in workdirs)
+  # A run from a pretrained BERT never shares a workdir with one without.
+  assert all(("bert=" in run[0].split(":")[-1]) == w.endswith("bert_seed3")
+             for run, w in zip(runs, workdirs) if study == "fraction")
   for config, _, _ in runs:
     name, _, arg = config.removeprefix("--config=configs/").partition(":")
     if "bert=" not in arg:  # a BERT directory is read when the model is built
@@ -235,3 +243,20 @@ def test_the_concat_critic_is_for_jsd_and_the_feature_probes():
   c.loss.image_image = -1.0
   with pytest.raises(config_io.UserError, match="loss.image_image=-1.0"):
     validation.check_train(c, num_devices=1)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("candidates", 1, "eval.candidates=1 must be 0 (every distinct value) or "
+     "a number of candidates ≥ 2"),
+    ("candidates", -3, "eval.candidates=-3 must be 0"),
+    ("bootstrap", 5, "eval.bootstrap=5 must be 0 (no interval) or a number "
+     "of resamples ≥ 10"),
+    ("bootstrap", -1, "eval.bootstrap=-1 must be 0")])
+def test_symiles_evaluation_options_are_checked_for_evaluate_too(
+    field, value, message):
+  c = _load("symile_xor.py", "")
+  c.eval[field] = value
+  for check in (validation.check_eval,
+                lambda c: validation.check_train(c, num_devices=1)):
+    with pytest.raises(config_io.UserError, match=re.escape(message)):
+      check(c)

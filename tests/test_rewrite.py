@@ -314,13 +314,22 @@ def test_a_one_word_rewrite_falls_back_to_an_original(tiny, min_words):
 
 
 def test_unknown_example_sources_are_one_line(tiny_data_dir, tmp_path):
+  model = str(tmp_path / "lm")
+  _tiny_lm(model)
   out = str(tmp_path / "r.json")
+  for flags, want in (
+      (["--sources=coco,gpt4"], "--sources gpt4: not in --examples laclip "
+       "(its sources: chatgpt, bard, human, coco)"),
+      (["--sources=bard,bard"], "--sources bard,bard: name each source "
+       "once, separated by commas")):
+    result = run_module("cliplite_jax.rewrite", *_rewrite_args(
+        tiny_data_dir, model, out, "--examples=laclip", *flags))
+    assert result.returncode == 1
+    line, = result.stderr.strip().splitlines()
+    assert line == f"cliplite_jax.rewrite: error: {want}"
   result = run_module("cliplite_jax.rewrite", *_rewrite_args(
-      tiny_data_dir, "rules", out, "--examples=laclip",
-      "--sources=coco,gpt4"))
-  assert result.returncode == 1
-  line, = result.stderr.strip().splitlines()
-  assert line == ("cliplite_jax.rewrite: error: --sources gpt4: not in "
-                  "--examples laclip (its sources: chatgpt, bard, human, "
-                  "coco)")
-  assert os.listdir(tmp_path) == []
+      tiny_data_dir, "rules", out, "--examples=laclip"))
+  assert result.stderr.strip() == (
+      "cliplite_jax.rewrite: error: --examples: in-context examples prompt "
+      "a language model; --model=rules rewrites without them")
+  assert sorted(os.listdir(tmp_path)) == ["lm"]

@@ -76,6 +76,9 @@ def read_examples(path: str | None = None,
   out = {str(source): _read_source(where, source, examples)
          for source, examples in raw.items()}
   if sources:
+    if any(not s for s in sources) or len(set(sources)) < len(sources):
+      raise RewriteError(f"--sources {','.join(sources)}: name each source "
+                         f"once, separated by commas")
     unknown = [s for s in sources if s not in out]
     if unknown:
       raise RewriteError(f"--sources {','.join(unknown)}: not in {where} "

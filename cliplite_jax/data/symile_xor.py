@@ -8,12 +8,15 @@ objective can predict it. At p = 0, b is independent of everything.
 Builder configs "p000", "p050", "p100" (p in percent; each with 10,000 /
 1,000 / 5,000 examples, d = 5, as Symile's experiment) and "tiny" for tests.
 
-Missing values, as Symile's `examples/binary_xor_missing.py`: in the configs
-"p100_m25" and "p100_m50" (and "tiny_m50"), each modality of each training
-and validation example is missing with probability 0.25 (0.5),
-independently; a missing modality's bits are zeros and its feature
-`<m>_missing` is 1. Test examples are complete (Symile's test set too), so
-zero-shot scores the same relation as at p = 1.
+Missing values, drawn as Symile's `examples/binary_xor_missing.py` draws
+them: in the configs "p100_m25" and "p100_m50" (and "tiny_m50"), each
+modality of each training and validation example is missing with
+probability 0.25 (0.5), independently, and its feature `<m>_missing` is 1.
+A missing modality's bits are zeros, which is also a real value (00000):
+the "zeros" baseline cannot tell the two apart, the missingness indicator
+can (that script, on 1-bit modalities, writes 0.5 and concatenates the
+flag). Test examples are complete (Symile's test set too), so zero-shot
+scores the same relation as at p = 1.
 """
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ class VectorTransform(grain.transforms.RandomMap):
 
 def check_features(config: ml_collections.ConfigDict, examples) -> None:
   """UserError unless the split's first example has every modality of
-  `config.model.modalities` with `model.towers.<m>.input_dim` values."""
+  `config.model.modalities` with `model.towers.<m>.input_dim` values (and
+  its missing flags, for `model.missing="indicator"`)."""
   first = examples[0]
   for m in config.model.modalities:
     if m not in first:
@@ -43,6 +44,13 @@ def check_features(config: ml_collections.ConfigDict, examples) -> None:
       raise config_io.UserError(
           f"model.towers.{m}.input_dim is {want}, but {config.data.name}'s "
           f"{m!r} has {size} values per example")
+  if (config.model.get("missing", "zeros") == "indicator"
+      and not missing_keys(examples, tuple(config.model.modalities))):
+    raise config_io.UserError(
+        f"model.missing='indicator' reads each modality's <m>_missing flag, "
+        f"but {config.data.name} has none (every example is complete): use "
+        f"model.missing='zeros', or a set with missing values such as "
+        f"symile_xor/p100_m25")
 
 
 # An example's `<modality>_missing` feature: 1 where that modality is

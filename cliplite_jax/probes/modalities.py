@@ -9,9 +9,10 @@ candidate); top-1 is the fraction whose own value scores highest.
 
 Symile's evaluation options: `eval.candidates` = N ≥ 2 scores each query
 among its own value and N − 1 others drawn at random (seeded, without
-replacement), as Symile-MIMIC's 1 + 9; `eval.bootstrap` = R > 0 adds a 95 %
-percentile interval over R resamples of the queries with replacement
-(`<key>_ci_low`, `<key>_ci_high`).
+replacement), as Symile-MIMIC's 1 + 9, under `<key>_of<N>`;
+`eval.bootstrap` = R ≥ 10 adds a 95 % percentile interval over R
+resamples of the queries with replacement (`<key>_ci_low`, `<key>_ci_high`,
+and R as `<key>_ci_resamples`).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def top1(query: list[jnp.ndarray], candidates: jnp.ndarray,
 
 
 def draw_negatives(targets: np.ndarray, num_candidates: int, count: int,
-                   seed: int) -> np.ndarray:
+                   seed) -> np.ndarray:
   """For each target (int [N] in [0, num_candidates)), `count` other
   candidates drawn uniformly without replacement: int32 [N, count]."""
   if not 1 <= count < num_candidates:
@@ -84,7 +85,7 @@ def draw_negatives(targets: np.ndarray, num_candidates: int, count: int,
   return (drawn + (drawn >= targets[:, None])).astype(np.int32)
 
 
-def bootstrap_interval(correct: np.ndarray, resamples: int, seed: int,
+def bootstrap_interval(correct: np.ndarray, resamples: int, seed,
                        level: float = 0.95) -> tuple[float, float]:
   """The percentile interval of the mean of `correct` (bool or float [N])
   over `resamples` resamples of its rows with replacement."""
@@ -143,18 +144,27 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
     others = "+".join(o for o in modalities if o != m)
     targets = np.asarray(targets, np.int32).reshape(-1)
     negatives = None
+    key = f"zeroshot/{ds}/{m}_from_{others}"
     if num_candidates:
+      key += f"_of{num_candidates}"
       try:
         negatives = draw_negatives(targets, len(candidates),
-                                   num_candidates - 1, seed=config.seed + i)
+                                   num_candidates - 1,
+                                   seed=(config.seed, i, _DRAW))
       except ValueError as e:
         raise config_io.UserError(f"eval.candidates={num_candidates}: {e} "
                                   f"of {m} in {ds}") from e
     correct = np.asarray(correct_rows(query, cand_emb, targets, score,
                                       negatives))
-    key = f"zeroshot/{ds}/{m}_from_{others}"
     metrics[key] = float(correct.mean())
     if resamples:
       metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = (
-          bootstrap_interval(correct, resamples, seed=config.seed + i))
+          bootstrap_interval(correct, resamples,
+                             seed=(config.seed, i, _BOOTSTRAP)))
+      metrics[f"{key}_ci_resamples"] = float(resamples)
   return metrics
+
+
+# Separate random streams (with the seed and the modality) for the
+# candidates drawn and the bootstrap's resamples.
+_DRAW, _BOOTSTRAP = 0, 1

@@ -56,7 +56,11 @@ def _model_line(config: ml_collections.ConfigDict, counts: dict) -> str:
     listed = ", ".join(
         f"{m}: {config.model.towers[m].name} {config.model.towers[m].input_dim}"
         f"→{config.model.embed_dim}" for m in config.model.modalities)
-    return f"model: {len(config.model.modalities)} modalities ({listed}); {total}"
+    missing = (", each with a missingness indicator (a learned embedding "
+               "beside its values)"
+               if config.model.get("missing", "zeros") == "indicator" else "")
+    return (f"model: {len(config.model.modalities)} modalities ({listed})"
+            f"{missing}; {total}")
   image, text = config.model.image, config.model.text
 
   def tower(name, fields, row):
