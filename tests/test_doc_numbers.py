@@ -138,8 +138,9 @@ def test_readme_demo_table_is_the_jsd_runs():
 
 # --- experiments/symile_xor.json -----------------------------------------
 
-def _xor_runs() -> dict[str, list[dict]]:
-  data = _json("experiments/symile_xor.json")
+def _xor_runs(study: str = "symile_xor") -> dict[str, list[dict]]:
+  """A study written by experiments/runs.py: {name: [metrics per seed]}."""
+  data = _json(f"experiments/{study}.json")
   return {name: [by_seed[str(s)] for s in data["seeds"]]
           for name, by_seed in data["runs"].items()}
 
@@ -177,6 +178,36 @@ def test_xor_table():
     assert row[2:] == expected, row
     kinds.add((target, row[1]))
   assert len(kinds) == len(rows) == 2 * len(symile_xor.OBJECTIVES) + 2
+
+
+def test_symile_missing_table():
+  """Each row's mean ± sample std, and the paired difference indicator −
+  zeros with its 95 % t interval (t = 4.303 at 2 degrees of freedom)."""
+  runs = _xor_runs("symile_missing")
+  table = next(t for t in _tables(_text(OBJECTIVES_PAGE))
+               if t[1][:2] == ["missing", "fill"])
+  header, rows = table[1], table[2]
+  targets = [h.replace(" from ", "_from_").replace(", ", "+")
+             for h in header[2:]]
+  assert len(rows) == 6
+  for row in rows:
+    rate, fill = row[0], row[1]
+    keys = [f"zeroshot/symile_xor/{t}" for t in targets]
+    if fill.startswith("indicator −"):
+      treat, base = (runs[f"missing={rate} fill={f}"]
+                     for f in ("indicator", "zeros"))
+      for cell, key in zip(row[2:], keys):
+        diff = (np.array([r[key] for r in treat])
+                - np.array([r[key] for r in base]))
+        half = 4.303 * np.std(diff, ddof=1) / np.sqrt(len(diff))
+        want = "{:+.3f} [{:+.3f}, {:+.3f}]".format(
+            diff.mean(), diff.mean() - half, diff.mean() + half)
+        assert cell.replace("−", "-") == want, (row, key)
+    else:
+      group = runs[f"missing={rate} fill={fill}"]
+      assert len(group) == 3
+      assert row[2:] == [_cell(*_mean_std([r[k] for r in group]))
+                         for k in keys], row
 
 
 # --- experiments/small_batch.json ----------------------------------------
@@ -262,7 +293,7 @@ def _all_cells() -> set[str]:
   cells = set()
   for runs in (*_objective_runs().values(),
                *_objective_runs("objectives_vit").values(),
-               *_xor_runs().values()):
+               *_xor_runs().values(), *_xor_runs("symile_missing").values()):
     cells.update(_cell(*_mean_std([r[key] for r in runs])) for key in runs[0])
   for study in STUDIES:
     for cond in _json(f"experiments/results/{study}.json").values():
