@@ -205,6 +205,7 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
           f"embedding ({', '.join(rings)}); loss.name={name!r} gathers "
           f"{objectives.OBJECTIVES[name].gathers}")
   _critic_fields(c, name)
+  _negatives_fields(c, name)
   if c.get("loss.name") in objectives.NCLIP_LOSSES:
     c.integer("loss.nclip.prototypes", 1)
     for key in ("student_temperature", "teacher_temperature"):
@@ -301,17 +302,51 @@ def _two_tower_fields(c: _Checker) -> None:
   c.integer("data.max_tokens", 3, "an integer ≥ 3 ([CLS], a word, [SEP])")
 
 
+def _negatives_fields(c: _Checker, loss_name: str) -> None:
+  c.one_of("loss.negatives", ("rolled", "clusters"))
+  if c.get("loss.negatives") != "clusters":
+    return
+  for key, low in (("k", 2), ("start_step", 1), ("every_steps", 1),
+                   ("iterations", 1)):
+    c.integer(f"loss.clusters.{key}", low)
+  k, batch = c.get("loss.clusters.k"), c.get("batch_size")
+  c.require(not isinstance(k, int) or not isinstance(batch, int)
+            or k <= batch, "loss.clusters.k", f"at most batch_size ({batch}): "
+            f"the k-means starts from k of the batch's captions")
+  head = c.get("model.head") or "milinear"
+  if head == "released":
+    head = heads.RELEASED.get(c.get("model.text.name") or "bert", head)
+  needs = {"loss.name": (loss_name, "jsd"),
+           "loss.critic": (c.get("loss.critic") or "dot", "dot"),
+           "accum_steps": (c.get("accum_steps") or 1, 1)}
+  for key, (value, want) in needs.items():
+    if value != want:
+      c.problems.append(
+          f"loss.negatives='clusters' needs {key}={want!r} (it clusters "
+          f"the heads' caption embeddings within one JSD step), not "
+          f"{value!r}")
+  c.require(head != "identity", "model.head", "a projection head (milinear "
+            "or linear) with loss.negatives='clusters': its centroids are "
+            "model.proj_dim wide")
+
+
 def _critic_fields(c: _Checker, loss_name: str) -> None:
   c.one_of("loss.critic", tuple(heads.CRITICS))
   for term in ("image_image", "text_text"):
-    c.number(f"loss.{term}", 0, float("inf"))
+    c.number(f"loss.{term}", 0, float("inf"), high_open=True)
   pair_terms = [t for t in ("image_image", "text_text") if c.get(f"loss.{t}")]
   critic = c.get("loss.critic") or "dot"
   if critic == "dot" and not pair_terms or critic not in heads.CRITICS:
     return
-  c.require(loss_name == "jsd", "loss.critic", "'dot' with no image_image or "
-            "text_text term unless loss.name is 'jsd' (these are CLIP-Lite's "
-            "JSD critics and terms): they need loss.name='jsd'")
+  for key in ([f"loss.{t}" for t in pair_terms]
+              + (["loss.critic"] if critic != "dot" else [])):
+    c.require(loss_name == "jsd", key, f"off unless loss.name is 'jsd' "
+              f"(CLIP-Lite's critics and terms), not {loss_name!r}")
+  for term, tower in (("image_image", "image"), ("text_text", "text")):
+    c.require(term not in pair_terms
+              or not c.get(f"model.{tower}.locked"), f"loss.{term}",
+              f"0 with a locked {tower} tower (the term would train only "
+              f"its own critic)")
   cross, pairs = heads.CRITICS[critic]
   c.require(cross == pairs or pair_terms, "loss.critic", (
       f"'{cross}' when neither loss.image_image nor loss.text_text is on: "

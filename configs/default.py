@@ -175,6 +175,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # two augmented views of each image, two captions of it (0: off).
   c.loss.image_image = 0.0
   c.loss.text_text = 0.0
+  # JSD's negative: "rolled" (the next pair's caption in the device's
+  # shard, the paper's) or "clusters" (the reference code's hard negatives:
+  # a caption of the same cluster of a k-means of the caption embeddings,
+  # refreshed every every_steps, from start_step on; objectives/clusters.py).
+  c.loss.negatives = "rolled"
+  c.loss.clusters = dict(k=8, start_step=1, every_steps=100, iterations=10)
   # How infonce, sigmoid and xclip see the global batch: "all" gathers every
   # embedding onto every device; "ring" passes text shards round the
   # devices instead (flat memory per device; docs/objectives.md).

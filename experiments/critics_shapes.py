@@ -3,11 +3,15 @@ r"""CLIP-Lite's critics on the embedded set, over seeds: the demo
 paper's dot-product critic against the reference code's others: concat (an
 MLP on the towers' concatenated features), and condot / dotcon, which also
 pick the critic of its image–image and text–text terms (on here with
-weight 1, as the reference adds them). All trained by this invocation.
+weight 1, as the reference adds them, so their rows also measure those
+terms), and the dot critic with cluster hard negatives (k = 8 over the
+batch's captions from step 500 of 1000, refreshed every 100 steps; the
+reference starts at half its schedule too). All trained by this
+invocation.
 
   python experiments/critics_shapes.py [--seeds=0,1,2] [--root=DIR]
   # 3.5 min per run on 2 cores, 5.5 with the extra terms (a second view
-  # of each image and caption): 4 critics × 3 seeds ≈ 55 min
+  # of each image and caption): 5 variants × 3 seeds ≈ 65 min
 
 A concat critic trains no embedding, so both are scored by what reads the
 image tower's features: the linear probe (the colour of the largest shape)
@@ -26,7 +30,9 @@ FEATURE_PROBES = '--config.eval.probes=("linear","svm")'
 TERMS = ["--config.loss.image_image=1.0", "--config.loss.text_text=1.0"]
 CRITICS = {"dot": [], "concat": ["--config.loss.critic=concat"],
            "condot": ["--config.loss.critic=condot", *TERMS],
-           "dotcon": ["--config.loss.critic=dotcon", *TERMS]}
+           "dotcon": ["--config.loss.critic=dotcon", *TERMS],
+           "clusters": ["--config.loss.negatives=clusters",
+                        "--config.loss.clusters.start_step=500"]}
 COLUMNS = {"linear": "linear/shapes_captions/top1",
            "SVM mAP": "svm/shapes_captions/map"}
 

@@ -200,6 +200,12 @@ def test_the_concat_critic_is_for_jsd_and_the_feature_probes():
           "features and leaves the embeddings they read untrained") in message
   assert "--config.eval.probes='(\"linear\",\"svm\")'" in message
   assert "\n" not in message
+  # evaluate refuses them too, for a concat run's workdir.
+  from cliplite_jax.probes import evaluated
+  with pytest.raises(config_io.UserError, match="this run's critic is "
+                     "'concat', an MLP on the towers' features: the "
+                     "embeddings retrieval, gap, zeroshot read were never"):
+    evaluated.check_evaluation(c)
   c.eval.probes = ("linear", "svm")
   validation.check_train(c, num_devices=1)
   model = state_lib.build_model(c)
@@ -213,7 +219,8 @@ def test_the_concat_critic_is_for_jsd_and_the_feature_probes():
   assert critic["tail"]["dense0"]["kernel"].shape == (512, 512)
   assert critic["tail"]["logit"]["kernel"].shape == (512, 1)
   c.loss.name = "infonce"
-  with pytest.raises(config_io.UserError, match="they need loss.name='jsd'"):
+  with pytest.raises(config_io.UserError, match="loss.critic='concat' must "
+                     "be off unless loss.name is 'jsd'"):
     validation.check_train(c, num_devices=1)
   c.loss.name, c.loss.critic = "jsd", "mlp"
   with pytest.raises(config_io.UserError, match="loss.critic='mlp' must be"):
@@ -240,8 +247,12 @@ def test_the_concat_critic_is_for_jsd_and_the_feature_probes():
   assert params["cross_critic"]["text_in"]["kernel"].shape == (128, 512)
   assert set(params["text_text_critic"]) == {"block_a", "block_b",
                                              "log_scale"}
-  c.loss.image_image = -1.0
-  with pytest.raises(config_io.UserError, match="loss.image_image=-1.0"):
+  for value in (-1.0, float("inf")):
+    c.loss.image_image = value
+    with pytest.raises(config_io.UserError, match=f"loss.image_image={value}"):
+      validation.check_train(c, num_devices=1)
+  c.loss.image_image, c.model.image.locked = 1.0, True
+  with pytest.raises(config_io.UserError, match="0 with a locked image tower"):
     validation.check_train(c, num_devices=1)
 
 

@@ -51,10 +51,15 @@ def test_two_processes_train_like_one_stop_together_and_resume_on_one(
     tiny_data_dir, tmp_path):
   """The multi-process essentials in three launches: 2 processes × 2
   devices see the global batches of 1 process × 4 (each process its own
-  rows); SIGTERM stops both at one step with a checkpoint and exit 0; that
-  checkpoint resumes on 1 process."""
-  # Long enough never to finish, no checkpoint before the signal's.
-  long_run = ["--config.checkpoint_every_steps=100000"]
+  rows) and draw the same cluster negatives; SIGTERM stops both at one step
+  with a checkpoint and exit 0; that checkpoint resumes on 1 process."""
+  # Long enough never to finish, no checkpoint before the signal's; with
+  # cluster hard negatives from step 2 (centroids refreshed every step):
+  # each device draws its negatives with its own key, on either topology.
+  long_run = ["--config.checkpoint_every_steps=100000",
+              "--config.loss.negatives=clusters", "--config.loss.clusters.k=2",
+              "--config.loss.clusters.start_step=2",
+              "--config.loss.clusters.every_steps=1"]
   single = str(tmp_path / "single")
   process = run_module("cliplite_jax.main",
                        *_args(tiny_data_dir, single, 100000,

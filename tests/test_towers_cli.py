@@ -17,9 +17,13 @@ from conftest import run_module, vit_run_args, wait_for_step
 from test_reliability import _final_params, _losses
 
 
-# The ViT runs keep a weight EMA: their kill -9 resume covers its
-# checkpointing, and what loads them must read it.
-EMA = "--config.optim.ema_decay=0.9"
+# The ViT runs keep a weight EMA and train with cluster hard negatives from
+# step 3 (centroids refreshed every 2 steps): their kill -9 resume covers
+# both states' checkpointing, and what loads them must read the EMA.
+KEPT_STATE = ("--config.optim.ema_decay=0.9",
+              "--config.loss.negatives=clusters", "--config.loss.clusters.k=2",
+              "--config.loss.clusters.start_step=3",
+              "--config.loss.clusters.every_steps=2")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def vit_run(tiny_data_dir, tmp_path_factory):
   text, the trained byte BPE) with a weight EMA."""
   workdir = str(tmp_path_factory.mktemp("vit") / "run")
   result = run_module("cliplite_jax.main", *vit_run_args(tiny_data_dir,
-                                                         workdir, EMA))
+                                                         workdir, *KEPT_STATE))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "model: image ViT-Ti/8 (width 32, depth 2, heads 2, mlp_dim 64)" in (
       result.stdout), result.stdout
@@ -43,12 +47,13 @@ def test_vit_run_killed_at_a_random_step_resumes_bit_exact(
   print(f"KILL_SEED={seed}: killing at step {kill_at}")
   workdir = str(tmp_path / "run")
   process = run_module("cliplite_jax.main",
-                       *vit_run_args(tiny_data_dir, workdir, EMA), popen=True)
+                       *vit_run_args(tiny_data_dir, workdir, *KEPT_STATE),
+                       popen=True)
   wait_for_step(workdir, kill_at, process)
   process.send_signal(signal.SIGKILL)
   process.wait()
   result = run_module("cliplite_jax.main", *vit_run_args(tiny_data_dir,
-                                                         workdir, EMA))
+                                                         workdir, *KEPT_STATE))
   assert result.returncode == 0, result.stderr[-3000:]
   assert _losses(workdir) == _losses(vit_run), (
       f"killed at {kill_at} (KILL_SEED={seed})")
@@ -56,6 +61,8 @@ def test_vit_run_killed_at_a_random_step_resumes_bit_exact(
   ref_step, ref_state = _final_params(vit_run)
   assert step == ref_step == 8
   assert state.ema is not None
+  np.testing.assert_allclose(  # refreshed: unit rows
+      np.linalg.norm(np.asarray(state.centroids), axis=1), 1, rtol=1e-5)
   jax.tree.map(np.testing.assert_array_equal, state, ref_state)
 
 

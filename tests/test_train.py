@@ -64,25 +64,32 @@ def _ynnpack_ops(hlo_text: str) -> set[str]:
   return kinds
 
 
-@pytest.mark.parametrize("critic", ["dot", "condot", "dotcon"])
+@pytest.mark.parametrize("critic", ["dot", "condot", "dotcon", "clusters"])
 def test_sharded_step_rolls_captions_within_each_device(tiny, critic):
   """Also: a batch carrying colour jitter parameters trains on the images
   jittered by torchvision's float formulas (written out independently in
   tests/test_augment.py), applied before normalising. With the reference's
   other critics and its image–image and text–text terms (second views in
   the batch), each term rolls within each device too, and the concat
-  critics' parameters reach every device whole."""
+  critics' parameters reach every device whole. With cluster negatives,
+  each device draws its rows' negatives from its own rows, with its own
+  key."""
   from test_augment import _torchvision_float
+  from cliplite_jax.objectives import clusters
   assert jax.device_count() == 4
-  tiny.loss.critic = critic
-  if critic != "dot":
+  if critic == "clusters":
+    tiny.loss.negatives = "clusters"
+    tiny.loss.clusters = dict(k=2, start_step=0, every_steps=1, iterations=3)
+  else:
+    tiny.loss.critic = critic
+  if critic in ("condot", "dotcon"):
     tiny.loss.image_image, tiny.loss.text_text = 1.0, 0.5
   mesh = parallel.make_mesh(4)
   model, tx = cliplite.build(tiny), optim.build(tiny)
   state = state_lib.init_sharded(tiny, model, tx, mesh)
   rng = np.random.default_rng(0)
   batch = _random_batch(tiny, rng)
-  if critic != "dot":
+  if critic in ("condot", "dotcon"):
     second = _random_batch(tiny, rng)
     batch.update({f"{k}_aug": v for k, v in second.items()})
   params = [augment.color_jitter_params(rng, p=0.8)
@@ -97,16 +104,28 @@ def test_sharded_step_rolls_captions_within_each_device(tiny, critic):
   # objective on each quarter of the batch separately.
   outputs = _reference_outputs(model, state, dict(batch, images=jittered))
   quarter = tiny.batch_size // 4
-  per_device = [losses.cliplite_objective(
-      _slice(outputs, i * quarter, (i + 1) * quarter), tiny.loss)[1]
-      for i in range(4)]
+  by_device = [{} for _ in range(4)]
+  if critic == "clusters":  # two clusters of this batch's captions
+    centroids = clusters.kmeans(outputs["txt_emb"], 2, 3, jax.random.key(5))
+    state = state.replace(centroids=centroids)
+    key = objectives.loss_key(train.step_rngs(state.rng, state.step)[1])
+    by_device = [{"replicated": {
+        "centroids": centroids, "cluster_key": jax.random.fold_in(key, i),
+        "clusters_on": True}} for i in range(4)]
+  per_device = [losses.cliplite_objective(dict(
+      _slice(outputs, i * quarter, (i + 1) * quarter), **by_device[i]),
+      tiny.loss)[1] for i in range(4)]
   expected = {k: np.mean([m[k] for m in per_device]) for k in per_device[0]}
-  whole_batch_roll = losses.cliplite_objective(outputs, tiny.loss)[1]
+  if critic != "clusters":
+    whole_batch_roll = losses.cliplite_objective(outputs, tiny.loss)[1]
 
   step = train.make_train_step(tiny, model, tx, mesh)
   new_state, metrics = step(state, parallel.shard_batch(batch, mesh))
   keys = ["loss/total", "loss/jsd", "loss/prior_img", "loss/prior_txt"]
-  if critic != "dot":
+  if critic == "clusters":
+    keys.append("negatives/same_cluster")
+    assert 0 < expected["negatives/same_cluster"] <= 1
+  elif critic != "dot":
     keys += ["loss/image_image", "loss/text_text"]
     # The total is the weighted sum of the terms.
     np.testing.assert_allclose(expected["loss/total"], 0.9 * (
@@ -117,7 +136,9 @@ def test_sharded_step_rolls_captions_within_each_device(tiny, critic):
   for key in keys:
     np.testing.assert_allclose(metrics[key], expected[key], rtol=2e-5,
                                atol=2e-6, err_msg=key)
-  assert abs(float(metrics["loss/jsd"]) - float(whole_batch_roll["loss/jsd"])) > 1e-4
+  if critic != "clusters":
+    assert abs(float(metrics["loss/jsd"])
+               - float(whole_batch_roll["loss/jsd"])) > 1e-4
   assert int(new_state.step) == 1
 
 

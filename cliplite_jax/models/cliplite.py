@@ -101,19 +101,23 @@ class CLIPLite(nn.Module):
 
     Embeddings are projected but not normalised; both are float32.
     """
-    features = self.image_encoder(images, train=train and not self.lock_image)
-    if self.lock_image:
-      features = jax.lax.stop_gradient(features)
+    features = self._image_features(images, train)
     return features, self.image_head(features, train=train)
+
+  def _image_features(self, images, train: bool):
+    features = self.image_encoder(images, train=train and not self.lock_image)
+    return jax.lax.stop_gradient(features) if self.lock_image else features
 
   def encode_text(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
                   train: bool = False):
     """int32 [B, L] ids and mask → (features [B, d_txt], embeddings [B, proj_dim])."""
+    features = self._text_features(input_ids, attention_mask, train)
+    return features, self.text_head(features, train=train)
+
+  def _text_features(self, input_ids, attention_mask, train: bool):
     features = self.text_encoder(input_ids, attention_mask,
                                  train=train and not self.lock_text)["features"]
-    if self.lock_text:
-      features = jax.lax.stop_gradient(features)
-    return features, self.text_head(features, train=train)
+    return jax.lax.stop_gradient(features) if self.lock_text else features
 
   def __call__(self, images, input_ids, attention_mask, train: bool = False,
                images_aug=None, input_ids_aug=None,
@@ -146,13 +150,15 @@ class CLIPLite(nn.Module):
       pairs.append(("cross", img_features, txt_features))
     if self.image_image:
       second = images if images_aug is None else images_aug
+      # The tower alone: the heads (and their BatchNorm statistics) see
+      # the first views only, as the reference's.
       pairs.append(("image_image", img_features,
-                    self.encode_image(second, train)[0]))
+                    self._image_features(second, train)))
     if self.text_text:
       second = ((input_ids, attention_mask) if input_ids_aug is None
                 else (input_ids_aug, attention_mask_aug))
       pairs.append(("text_text", txt_features,
-                    self.encode_text(*second, train)[0]))
+                    self._text_features(*second, train)))
     for name, x, y in pairs:
       critic = getattr(self, f"{name}_critic")
       if isinstance(critic, heads.ConcatCritic):

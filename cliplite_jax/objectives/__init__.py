@@ -29,8 +29,9 @@ class Objective:
     so it needs at least 2 rows there (with 1 the negative is the positive).
   multimodal: trains `models.multimodal.MultiModal` (else `CLIPLite`).
   needs_key: reads outputs["loss_key"], a PRNG key for sampling negatives.
-  takes_axis: a device-local fn that all-reduces something (nCLIP's batch
-    mean) over the mesh axes named by its `axis_name` argument.
+  takes_axis: a device-local fn that takes the mesh axis its devices lie
+    on as `axis_name`: to all-reduce something over it (nCLIP's batch
+    mean), or to draw apart on each device (cluster negatives).
   priors: the image–text model gets Deep InfoMax prior discriminators
     (`loss.prior_img` / `loss.prior_txt`), weighted by `loss.prior_weight`.
   logit_bias: the image–text model gets a learnable logit bias, started at
@@ -131,7 +132,8 @@ _NCLIP = "Zhou et al., CVPR 2023"
 _SYMILE = "Saporta et al., NeurIPS 2024"
 OBJECTIVES = {
     "jsd": Objective(losses.cliplite_objective, device_local=True, rolls=True,
-                     priors=True, gathers="nothing", paper=_CLIPLITE),
+                     takes_axis=True, priors=True, gathers="nothing",
+                     paper=_CLIPLITE),
     "infonce": Objective(losses.clip_objective, device_local=False,
                          gathers="every embedding [B, D]", ring=True,
                          paper="Radford et al., 2021 (CLIP)"),

@@ -53,11 +53,14 @@ def pair_jsd(outputs: dict, name: str) -> tuple[jnp.ndarray, dict]:
 
 
 def jsd_bound(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
-              log_scale: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+              log_scale: jnp.ndarray,
+              negatives: jnp.ndarray | None = None
+              ) -> tuple[jnp.ndarray, dict]:
   """Negated Jensen-Shannon MI lower bound for one device-local batch.
 
   T(x, y) = <x/‖x‖, y/‖y‖> · exp(log_scale). The negative for pair i is the
-  caption of pair (i + 1) mod B: captions rolled by one within this batch.
+  caption of pair (i + 1) mod B: captions rolled by one within this batch;
+  or, given `negatives` (int32 [B]), the caption of pair negatives[i].
 
   Args:
     img_emb, txt_emb: projected, un-normalised embeddings [B, D], any float.
@@ -71,7 +74,9 @@ def jsd_bound(img_emb: jnp.ndarray, txt_emb: jnp.ndarray,
   img, txt = l2_normalize(img_emb), l2_normalize(txt_emb)
   scale = jnp.exp(log_scale.astype(jnp.float32))
   joint = jnp.sum(img * txt, axis=-1) * scale
-  marginal = jnp.sum(img * jnp.roll(txt, -1, axis=0), axis=-1) * scale
+  other = (jnp.roll(txt, -1, axis=0) if negatives is None
+           else jnp.take(txt, negatives, axis=0))
+  marginal = jnp.sum(img * other, axis=-1) * scale
   return jsd_from_scores(joint, marginal)
 
 
@@ -128,17 +133,46 @@ def _temperature(outputs) -> jnp.ndarray:
   return jnp.exp(-outputs["log_scale"].astype(jnp.float32))
 
 
-def cliplite_objective(outputs: dict, cfg) -> tuple[jnp.ndarray, dict]:
+def _cluster_negatives(outputs: dict, cfg, axis_name):
+  """With `loss.negatives="clusters"` (and its start step reached: the
+  step's "clusters_on"), each row's negative in this device's shard
+  (`clusters.same_cluster_negatives` on the caption embeddings' clusters),
+  and the fraction drawn from the row's own cluster; else (None, 0)."""
+  if cfg.get("negatives", "rolled") != "clusters":
+    return None, None
+  from cliplite_jax.objectives import clusters
+  shared = outputs["replicated"]
+  key = shared["cluster_key"]
+  if axis_name is not None:  # each device draws its own
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  rows = outputs["txt_emb"].shape[0]
+  picked, found = clusters.same_cluster_negatives(
+      clusters.assign(jax.lax.stop_gradient(outputs["txt_emb"]),
+                      shared["centroids"]), key)
+  rolled = (jnp.arange(rows) + 1) % rows
+  on = shared["clusters_on"]
+  return (jnp.where(on, picked, rolled),
+          jnp.where(on, jnp.mean(found.astype(jnp.float32)), 0.0))
+
+
+def cliplite_objective(outputs: dict, cfg,
+                       axis_name=None) -> tuple[jnp.ndarray, dict]:
   """L = (1 − w) (L_jsd + λ_ii L_ii + λ_tt L_tt) + w (L_prior_img +
   L_prior_txt) on one device's shard. L_jsd is the image–text bound, by the
   dot-product critic on the embeddings or by a concat critic when the model
   has one (`loss.critic`); L_ii and L_tt, the image–image and text–text
-  bounds, weighted by `loss.image_image` and `loss.text_text` (off at 0)."""
+  bounds, weighted by `loss.image_image` and `loss.text_text` (off at 0).
+  With `loss.negatives="clusters"`, the image–text negatives are cluster
+  hard negatives (`objectives.clusters`; `axis_name`: the mesh axis whose
+  devices draw apart)."""
   if "cross_joint" in outputs:
     l_jsd, metrics = pair_jsd(outputs, "cross")
   else:
+    negatives, same_cluster = _cluster_negatives(outputs, cfg, axis_name)
     l_jsd, metrics = jsd_bound(outputs["img_emb"], outputs["txt_emb"],
-                               outputs["log_scale"])
+                               outputs["log_scale"], negatives)
+    if negatives is not None:
+      metrics["negatives/same_cluster"] = same_cluster
   for term in ("image_image", "text_text"):
     if cfg.get(term, 0.0):
       value = pair_jsd(outputs, term)[0]

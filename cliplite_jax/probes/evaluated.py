@@ -16,6 +16,16 @@ def check_evaluation(config: ml_collections.ConfigDict) -> None:
   from cliplite_jax.data import sources  # the heavy TFDS import, late
   from cliplite_jax.models import multimodal
   from cliplite_jax.probes import registry
+  from cliplite_jax.models import heads
+  critic = config.get("loss", {}).get("critic", "dot")
+  reads = [p for p in ("retrieval", "gap", "zeroshot")
+           if p in config.eval.probes]
+  if heads.CRITICS.get(critic, ("dot",))[0] == "concat" and reads:
+    raise config_io.UserError(
+        f"this run's critic is {critic!r}, an MLP on the towers' features: "
+        f"the embeddings {', '.join(reads)} read were never trained; "
+        f"evaluate the features, e.g. "
+        f"--config.eval.probes='(\"linear\",\"svm\")'")
   unknown = sorted(set(config.eval.probes) - set(registry.PROBES))
   if unknown:
     raise config_io.UserError(f"eval.probes: unknown {unknown}; known: "

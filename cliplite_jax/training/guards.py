@@ -12,6 +12,7 @@ import ml_collections
 from etils import epath
 
 from cliplite_jax import config_io, objectives
+from cliplite_jax.objectives import clusters
 from cliplite_jax.data import augment
 from cliplite_jax.training import optim
 
@@ -30,7 +31,9 @@ _ABSENT_MEANS = {"model.head": "milinear",
                  "model.pixel_std": list(augment.IMAGENET_STD),
                  "model.image.posemb_grid": 0, "optim.ema_decay": 0.0,
                  "loss.critic": "dot", "loss.image_image": 0.0,
-                 "loss.text_text": 0.0}
+                 "loss.text_text": 0.0, "loss.negatives": "rolled",
+                 **{f"loss.clusters.{k}": v
+                    for k, v in clusters.DEFAULTS.items()}}
 # Loss fields only some objectives read: {prefix: those objectives}. A run of
 # another objective may resume with them changed (or added, as configs saved
 # before they existed lack them).
@@ -183,6 +186,14 @@ def check_config_change(config: ml_collections.ConfigDict, workdir: str,
         f"the checkpoints in {workdir} {held}; optim.ema_decay={new_ema} "
         f"would change what they hold: keep the saved value or use a new "
         f"--workdir")
+  saved_negatives, new_negatives = (c.loss.get("negatives", "rolled")
+                                    for c in (saved_config, config))
+  if "clusters" in (saved_negatives, new_negatives) and (
+      saved_negatives != new_negatives):  # the state holds centroids, or not
+    raise config_io.UserError(
+        f"the checkpoints in {workdir} were trained with "
+        f"loss.negatives={saved_negatives!r}; {new_negatives!r} would change "
+        f"what they hold: keep the saved value or use a new --workdir")
   if allow:
     return
   saved = _flatten(saved_config.to_dict())

@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from cliplite_jax import config_io, objectives
+from cliplite_jax.objectives import clusters
 from cliplite_jax.models import cliplite, hf_bert, multimodal, released, text
 from cliplite_jax.training import optim, parallel
 
@@ -26,7 +27,9 @@ class TrainState:
   BatchNorm running statistics; opt_state: optax state; rng: the base key,
   folded with `step` to give each step's keys; ema: with `optim.ema_decay`
   > 0, the exponential moving average of the model's variables
-  ({"params", "batch_stats"}, float32), else None.
+  ({"params", "batch_stats"}, float32), else None; centroids: with
+  `loss.negatives="clusters"`, the caption clusters' centroids float32 [k,
+  D] (`objectives.clusters`), else None.
   """
   step: jax.Array
   params: Any
@@ -34,6 +37,7 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   ema: Any = None
+  centroids: Any = None
 
   @property
   def model_params(self):
@@ -86,7 +90,17 @@ def create_train_state(config: ml_collections.ConfigDict, model,
                     batch_stats=variables["batch_stats"],
                     opt_state=tx.init(params), rng=state_rng,
                     ema=(jax.tree.map(jnp.copy, variables)
-                         if optim.ema_decay(config) else None))
+                         if optim.ema_decay(config) else None),
+                    centroids=_no_centroids(config))
+
+
+def _no_centroids(config: ml_collections.ConfigDict):
+  """Cluster negatives' centroids before the first k-means (zeros
+  [k, model.proj_dim]), or None without them."""
+  cluster = clusters.settings(config.loss)
+  if cluster is None:
+    return None
+  return jnp.zeros((cluster["k"], config.model.proj_dim), jnp.float32)
 
 
 def _fresh_variables(config, model, rng, loaded):

@@ -13,6 +13,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from cliplite_jax import config_io, evaluate, objectives, run_dir, validation
+from cliplite_jax.objectives import clusters
 from cliplite_jax.data import augment, pipeline, sources, vocabulary
 from cliplite_jax.models import hf_bert, multimodal, released
 from cliplite_jax.probes import evaluated, suite
@@ -82,6 +83,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
   device_local = objectives.OBJECTIVES[config.loss.name].device_local
   schedules = optim.schedules(config)
   ema_decay = optim.ema_decay(config)
+  cluster = clusters.settings(config.loss)  # None: rolled negatives
   num_micro = config.get("accum_steps", 1)
   is_multimodal = multimodal.is_multimodal(config)
   # The second views of CLIP-Lite's image–image and text–text terms ride
@@ -123,19 +125,23 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
             batch[f"images{suffix}"], batch[f"color_jitter{suffix}"],
             batch[f"color_order{suffix}"])
     step_objective = objective
+    key = objectives.loss_key(step_rngs(state.rng, state.step)[1])
     if needs_key:  # one key per step, however it is accumulated
-      key = objectives.loss_key(step_rngs(state.rng, state.step)[1])
       step_objective = lambda outputs: objective(  # noqa: E731
           dict(outputs, loss_key=key))
+    if cluster is not None:  # the clusters' state goes in whole
+      shared = clusters.step_inputs(state.centroids, state.step, cluster, key)
+      step_objective = lambda outputs: objective(dict(  # noqa: E731
+          outputs, replicated={**outputs.get("replicated", {}), **shared}))
     if num_micro == 1:
       def loss_fn(params):
         outputs, batch_stats = forward(params, state.batch_stats, inputs,
                                        step_rngs(state.rng, state.step))
         loss, metrics = step_objective(outputs)
-        return loss, (metrics, batch_stats)
+        return loss, (metrics, batch_stats, outputs.get("txt_emb"))
 
-      grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
-          state.model_params)
+      grads, (metrics, batch_stats, txt_emb) = jax.grad(
+          loss_fn, has_aux=True)(state.model_params)
     else:
       micro_batches = jax.tree.map(
           lambda x: parallel.split_micro_batches(x, num_micro, mesh), inputs)
@@ -168,6 +174,10 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
     if state.ema is not None:
       new_state = new_state.replace(ema=optim.ema_update(
           state.ema, new_state.trained_variables, ema_decay))
+    if cluster is not None:
+      new_state = new_state.replace(centroids=clusters.refreshed(
+          state.centroids, txt_emb, state.step, cluster,
+          jax.random.fold_in(key, 1)))
     return new_state, metrics
 
   state_shardings = state_lib.state_shardings(config, model, tx, mesh)
