@@ -210,6 +210,32 @@ def test_symile_missing_table():
                          for k in keys], row
 
 
+def test_critics_table():
+  """experiments/critics_shapes.json's rows in docs/objectives.md: each
+  variant's mean ± sample std, and its paired difference from dot with the
+  95 % t interval (t = 4.303 at 2 degrees of freedom)."""
+  runs = _xor_runs("critics_shapes")
+  table = next(t for t in _tables(_text(OBJECTIVES_PAGE))
+               if t[1][0] == "critic")
+  keys = {"linear": "linear/shapes_captions/top1",
+          "SVM mAP": "svm/shapes_captions/map"}
+  header, rows = table[1], table[2]
+  assert len(rows) == 2 * len(runs) - 1
+  for row in rows:
+    name = row[0].split(" − ")[0].strip("`")
+    for title, cell in zip(header[1:], row[1:]):
+      values = [r[keys[title]] for r in runs[name]]
+      if " − dot" in row[0]:
+        diff = np.array(values) - np.array([r[keys[title]]
+                                            for r in runs["dot"]])
+        half = 4.303 * np.std(diff, ddof=1) / np.sqrt(len(diff))
+        want = "{:+.3f} [{:+.3f}, {:+.3f}]".format(
+            diff.mean(), diff.mean() - half, diff.mean() + half)
+        assert cell.replace("−", "-") == want, (row, title)
+      else:
+        assert cell == _cell(*_mean_std(values)), (row, title)
+
+
 # --- experiments/small_batch.json ----------------------------------------
 
 def test_results_small_batch_table():
@@ -293,7 +319,8 @@ def _all_cells() -> set[str]:
   cells = set()
   for runs in (*_objective_runs().values(),
                *_objective_runs("objectives_vit").values(),
-               *_xor_runs().values(), *_xor_runs("symile_missing").values()):
+               *_xor_runs().values(), *_xor_runs("symile_missing").values(),
+               *_xor_runs("critics_shapes").values()):
     cells.update(_cell(*_mean_std([r[key] for r in runs])) for key in runs[0])
   for study in STUDIES:
     for cond in _json(f"experiments/results/{study}.json").values():
