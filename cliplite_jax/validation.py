@@ -351,14 +351,26 @@ def _critic_fields(c: _Checker, loss_name: str) -> None:
   c.require(cross == pairs or pair_terms, "loss.critic", (
       f"'{cross}' when neither loss.image_image nor loss.text_text is on: "
       f"'{critic}' also picks the critic of those terms"))
-  # The heads' embeddings take no part in a concat critic's score.
-  reads = [p for p in ("retrieval", "gap", "zeroshot")
-           if p in (c.get("eval.probes") or ())]
-  c.require(cross == "dot" or not reads, "loss.critic", (
+  reads = untrained_embedding_probes(c._config)
+  c.require(not reads, "loss.critic", (
       f"'dot' for {', '.join(reads)}: {critic} scores image–caption pairs "
       f"with an MLP on the towers' features and leaves the embeddings they "
       f"read untrained; evaluate the features, e.g. "
       f"--config.eval.probes='(\"linear\",\"svm\")'"))
+
+
+def untrained_embedding_probes(config: ml_collections.ConfigDict
+                               ) -> list[str]:
+  """The probes of `eval.probes` that score the heads' embeddings, when the
+  image–text critic (`loss.critic`) is a concat one, which scores the
+  towers' features and leaves those embeddings untrained; else []."""
+  from cliplite_jax.probes import registry  # the probes' jitted code, late
+  critic = config.get("loss", {}).get("critic", "dot")
+  if heads.CRITICS.get(critic, ("dot",))[0] != "concat":
+    return []
+  probes = config.eval.get("probes", ())
+  return [name for name, probe in registry.PROBES.items()
+          if probe.embeddings and name in probes]
 
 
 def _multimodal_fields(c: _Checker) -> None:

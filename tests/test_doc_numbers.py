@@ -138,7 +138,7 @@ def test_readme_demo_table_is_the_jsd_runs():
 
 # --- experiments/symile_xor.json -----------------------------------------
 
-def _xor_runs(study: str = "symile_xor") -> dict[str, list[dict]]:
+def _study_runs(study: str = "symile_xor") -> dict[str, list[dict]]:
   """A study written by experiments/runs.py: {name: [metrics per seed]}."""
   data = _json(f"experiments/{study}.json")
   return {name: [by_seed[str(s)] for s in data["seeds"]]
@@ -147,7 +147,7 @@ def _xor_runs(study: str = "symile_xor") -> dict[str, list[dict]]:
 
 def test_xor_json_summary_is_its_runs():
   data = _json("experiments/symile_xor.json")
-  for name, runs in _xor_runs().items():
+  for name, runs in _study_runs().items():
     for target in symile_xor.TARGETS:
       np.testing.assert_allclose(
           data["mean_std"][name][target],
@@ -156,7 +156,7 @@ def test_xor_json_summary_is_its_runs():
 
 
 def test_xor_table():
-  runs = _xor_runs()
+  runs = _study_runs()
   _, header, rows = _table(_text(OBJECTIVES_PAGE), ["predict", "objective"])
   probabilities = [float(h.removeprefix("p = ")) for h in header[2:]]
   assert probabilities == list(symile_xor.PROBABILITIES)
@@ -183,7 +183,7 @@ def test_xor_table():
 def test_symile_missing_table():
   """Each row's mean ± sample std, and the paired difference indicator −
   zeros with its 95 % t interval (t = 4.303 at 2 degrees of freedom)."""
-  runs = _xor_runs("symile_missing")
+  runs = _study_runs("symile_missing")
   table = next(t for t in _tables(_text(OBJECTIVES_PAGE))
                if t[1][:2] == ["missing", "fill"])
   header, rows = table[1], table[2]
@@ -214,7 +214,7 @@ def test_critics_table():
   """experiments/critics_shapes.json's rows in docs/objectives.md: each
   variant's mean ± sample std, and its paired difference from dot with the
   95 % t interval (t = 4.303 at 2 degrees of freedom)."""
-  runs = _xor_runs("critics_shapes")
+  runs = _study_runs("critics_shapes")
   table = next(t for t in _tables(_text(OBJECTIVES_PAGE))
                if t[1][0] == "critic")
   keys = {"linear": "linear/shapes_captions/top1",
@@ -319,8 +319,8 @@ def _all_cells() -> set[str]:
   cells = set()
   for runs in (*_objective_runs().values(),
                *_objective_runs("objectives_vit").values(),
-               *_xor_runs().values(), *_xor_runs("symile_missing").values(),
-               *_xor_runs("critics_shapes").values()):
+               *_study_runs().values(), *_study_runs("symile_missing").values(),
+               *_study_runs("critics_shapes").values()):
     cells.update(_cell(*_mean_std([r[key] for r in runs])) for key in runs[0])
   for study in STUDIES:
     for cond in _json(f"experiments/results/{study}.json").values():

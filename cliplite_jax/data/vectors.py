@@ -8,6 +8,7 @@ import numpy as np
 
 from cliplite_jax import config_io
 from cliplite_jax.data import sources
+from cliplite_jax.models import multimodal
 
 
 class VectorTransform(grain.transforms.RandomMap):
@@ -53,17 +54,12 @@ def check_features(config: ml_collections.ConfigDict, examples) -> None:
         f"symile_xor/p100_m25")
 
 
-# An example's `<modality>_missing` feature: 1 where that modality is
-# missing (its values are then zeros), as in Symile's experiments.
-MISSING_SUFFIX = "_missing"
-
-
 def missing_keys(examples, modalities: tuple[str, ...]) -> tuple[str, ...]:
-  """The `<m>_missing` features a split's first example has, for the
-  modalities given (none for a complete set)."""
+  """The `<m>_missing` features (`multimodal.missing_key`) a split's first
+  example has, for the modalities given (none for a complete set)."""
   first = examples[0]
-  return tuple(f"{m}{MISSING_SUFFIX}" for m in modalities
-               if f"{m}{MISSING_SUFFIX}" in first)
+  return tuple(multimodal.missing_key(m) for m in modalities
+               if multimodal.missing_key(m) in first)
 
 
 def read_arrays(examples, modalities: tuple[str, ...],

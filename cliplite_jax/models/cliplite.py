@@ -12,15 +12,11 @@ import ml_collections
 from cliplite_jax import objectives
 from cliplite_jax.models import heads, towers
 from cliplite_jax.objectives import noncontrastive
+from cliplite_jax.training import parallel
 
 # Parameter-tree names of the towers (the attribute names below).
 IMAGE_TOWER = "image_encoder"
 TEXT_TOWER = "text_encoder"
-# The key of model outputs that are the same on every device (parameters an
-# objective applies), not batch rows: a device-local objective sees them
-# whole (`parallel.device_local`).
-REPLICATED = "replicated"
-
 
 
 class CLIPLite(nn.Module):
@@ -135,7 +131,8 @@ class CLIPLite(nn.Module):
     augmented view — and "text_text" on those of the `*_aug` captions; at
     init, without them, the first view stands in) adds "P_a", "P_b": a
     concat critic's first layer's halves [B, w0] with "P_joint" [B] (the
-    positive pairs' scores) and, under `REPLICATED`, "P_tail" (the rest's
+    positive pairs' scores) and, under `parallel.REPLICATED`, "P_tail" (the
+    rest's
     parameters, for the objective to score rolled pairs with
     `heads.CriticTail`); a dot critic's two embeddings [B, D] with
     "P_log_scale".
@@ -163,7 +160,7 @@ class CLIPLite(nn.Module):
       critic = getattr(self, f"{name}_critic")
       if isinstance(critic, heads.ConcatCritic):
         out[f"{name}_a"], out[f"{name}_b"], out[f"{name}_joint"] = critic(x, y)
-        out.setdefault(REPLICATED, {})[f"{name}_tail"] = (
+        out.setdefault(parallel.REPLICATED, {})[f"{name}_tail"] = (
             critic.variables["params"]["tail"])
       else:
         out[f"{name}_a"], out[f"{name}_b"], out[f"{name}_log_scale"] = critic(

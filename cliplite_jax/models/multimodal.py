@@ -62,7 +62,7 @@ class MultiModal(nn.Module):
     for name, tower in zip(self.modalities, self.towers):
       x = inputs[name].astype(jnp.float32)
       if self.missing == "indicator":
-        flag = inputs.get(f"{name}_missing")
+        flag = inputs.get(missing_key(name))
         flag = (jnp.zeros(x.shape[0], jnp.int32) if flag is None
                 else flag.reshape(x.shape[0]).astype(jnp.int32))
         table = self.param(f"{name}_missing_embedding",
@@ -93,7 +93,13 @@ def input_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   modalities = tuple(config.model.modalities)
   if config.model.get("missing", "zeros") != "indicator":
     return modalities
-  return modalities + tuple(f"{m}_missing" for m in modalities)
+  return modalities + tuple(missing_key(m) for m in modalities)
+
+
+def missing_key(modality: str) -> str:
+  """The feature flagging `modality` as missing in an example (1: missing,
+  its values then zeros), as data/symile_xor.py writes it."""
+  return f"{modality}_missing"
 
 
 def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple]:

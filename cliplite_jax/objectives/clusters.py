@@ -82,7 +82,7 @@ def settings(loss_config) -> dict | None:
 def step_inputs(centroids: jax.Array, step: jax.Array, cluster: dict,
                 key: jax.Array) -> dict:
   """What the objective reads of this step's clusters, under the outputs'
-  "replicated": the centroids [k, D], whether cluster negatives are on
+  `parallel.REPLICATED`: the centroids [k, D], whether cluster negatives are on
   (bool []) and the key they are drawn with."""
   return {"centroids": centroids, "cluster_key": key,
           "clusters_on": step >= cluster["start_step"]}

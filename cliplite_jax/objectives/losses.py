@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from cliplite_jax.objectives import ring
+from cliplite_jax.training import parallel
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
@@ -48,7 +49,7 @@ def pair_jsd(outputs: dict, name: str) -> tuple[jnp.ndarray, dict]:
   from cliplite_jax.models import heads  # models import objectives
   rolled = first + jnp.roll(second, -1, axis=0)
   marginal = heads.CriticTail(heads.CONCAT_WIDTHS).apply(
-      {"params": outputs["replicated"][f"{name}_tail"]}, rolled)
+      {"params": outputs[parallel.REPLICATED][f"{name}_tail"]}, rolled)
   return jsd_from_scores(outputs[f"{name}_joint"], marginal)
 
 
@@ -137,11 +138,11 @@ def _cluster_negatives(outputs: dict, cfg, axis_name):
   """With `loss.negatives="clusters"` (and its start step reached: the
   step's "clusters_on"), each row's negative in this device's shard
   (`clusters.same_cluster_negatives` on the caption embeddings' clusters),
-  and the fraction drawn from the row's own cluster; else (None, 0)."""
+  and the fraction drawn from the row's own cluster; else (None, None)."""
   if cfg.get("negatives", "rolled") != "clusters":
     return None, None
   from cliplite_jax.objectives import clusters
-  shared = outputs["replicated"]
+  shared = outputs[parallel.REPLICATED]
   key = shared["cluster_key"]
   if axis_name is not None:  # each device draws its own
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from cliplite_jax import config_io
-from cliplite_jax.validation import check_dataset_names
+from cliplite_jax import config_io, validation
 
 
 def check_evaluation(config: ml_collections.ConfigDict) -> None:
@@ -16,13 +15,11 @@ def check_evaluation(config: ml_collections.ConfigDict) -> None:
   from cliplite_jax.data import sources  # the heavy TFDS import, late
   from cliplite_jax.models import multimodal
   from cliplite_jax.probes import registry
-  from cliplite_jax.models import heads
-  critic = config.get("loss", {}).get("critic", "dot")
-  reads = [p for p in ("retrieval", "gap", "zeroshot")
-           if p in config.eval.probes]
-  if heads.CRITICS.get(critic, ("dot",))[0] == "concat" and reads:
+  reads = validation.untrained_embedding_probes(config)
+  if reads:
     raise config_io.UserError(
-        f"this run's critic is {critic!r}, an MLP on the towers' features: "
+        f"this run's critic is {config.loss.critic!r}, an MLP on the "
+        f"towers' features: "
         f"the embeddings {', '.join(reads)} read were never trained; "
         f"evaluate the features, e.g. "
         f"--config.eval.probes='(\"linear\",\"svm\")'")
@@ -45,7 +42,7 @@ def check_evaluation(config: ml_collections.ConfigDict) -> None:
       raise config_io.UserError(
           f"eval.{field}: a multi-modality model is scored on its own "
           f"dataset only; set eval.{field}={unset}")
-  check_dataset_names(config)
+  validation.check_dataset_names(config)
 
 
 def evaluated_datasets(config: ml_collections.ConfigDict,

@@ -31,6 +31,7 @@ from cliplite_jax import objectives
 from cliplite_jax.training import parallel
 
 from cliplite_jax.data import sources, vectors
+from cliplite_jax.models import multimodal
 from cliplite_jax.objectives import symile
 from cliplite_jax.objectives.losses import l2_normalize
 from cliplite_jax.probes.ranking import ties_or_beats
@@ -111,8 +112,8 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
   modalities = tuple(config.model.modalities)
   values = vectors.modality_arrays(config.data.name, config.eval.split,
                                    config.data.data_dir, modalities)
-  flags = [values.pop(k) for k in list(values)
-           if k.endswith(vectors.MISSING_SUFFIX)]
+  flags = [values.pop(multimodal.missing_key(m)) for m in modalities
+           if multimodal.missing_key(m) in values]
   if flags:  # scored on the complete examples only, as Symile's are
     complete = ~np.any(np.concatenate(flags, axis=1) > 0, axis=1)
     values = {m: v[complete] for m, v in values.items()}

@@ -28,19 +28,24 @@ from cliplite_jax.probes import (fewshot, linear, modality_gap, retrieval, svm,
 @dataclasses.dataclass(frozen=True)
 class Probe:
   """supports(source) → bool; score(dataset view) → metrics; fits: whether
-  it trains on the dataset's fit split (evaluation reads that split too)."""
+  it trains on the dataset's fit split (evaluation reads that split too);
+  embeddings: whether it scores the heads' embeddings (else the towers'
+  features), which a model whose critic ignores them leaves untrained."""
   supports: Callable[..., bool]
   score: Callable[..., dict]
   fits: bool = False
+  embeddings: bool = False
 
 
 PROBES: dict[str, Probe] = {
-    "retrieval": Probe(lambda s: bool(s.captions_key), retrieval.score),
-    "gap": Probe(lambda s: bool(s.captions_key), modality_gap.score),
+    "retrieval": Probe(lambda s: bool(s.captions_key), retrieval.score,
+                       embeddings=True),
+    "gap": Probe(lambda s: bool(s.captions_key), modality_gap.score,
+                 embeddings=True),
     # A multi-modality set is scored by predicting each modality from the
     # others (probes/modalities.py), under the same name.
     "zeroshot": Probe(lambda s: bool(s.zeroshot or s.modalities),
-                      zeroshot.score),
+                      zeroshot.score, embeddings=True),
     "svm": Probe(lambda s: bool(s.svm_targets), svm.score, fits=True),
     "linear": Probe(lambda s: bool(s.linear_label), linear.score, fits=True),
     "fewshot": Probe(lambda s: bool(s.linear_label), fewshot.score, fits=True),

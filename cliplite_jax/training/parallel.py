@@ -16,6 +16,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA, FSDP = "data", "fsdp"
 BATCH = (DATA, FSDP)  # the batch axis is split over every device
+# The key of model outputs that are the same on every device (parameters an
+# objective applies), not batch rows: a device-local objective sees them
+# whole.
+REPLICATED = "replicated"
 # Leaves smaller than this stay replicated under fsdp: splitting them saves
 # little memory and costs a collective each.
 MIN_FSDP_SIZE = 2**12
@@ -105,15 +109,15 @@ def device_local(fn: Callable, mesh: Mesh) -> Callable:
   """Runs `fn(outputs) -> (loss, metrics)` on each device's shard, then averages.
 
   Batch-shaped leaves of `outputs` (ndim ≥ 1) are split over every device;
-  scalars, and everything under outputs["replicated"] (parameters the
-  objective applies, e.g. the concat critic's), are replicated. Inside, `fn` sees only its own device's rows, so e.g. a roll
-  over the batch stays inside the shard and nothing crosses devices for the
-  loss itself. The per-device (loss, metrics) are averaged with `pmean`; with
+  scalars, and everything under outputs[REPLICATED] (parameters the
+  objective applies, e.g. the concat critic's), are replicated. Inside, `fn`
+  sees only its own device's rows, so e.g. a roll over the batch stays
+  inside the shard and nothing crosses devices for the loss itself. The per-device (loss, metrics) are averaged with `pmean`; with
   equal shards this equals the mean of per-example terms over the global batch.
   """
   def wrapped(outputs):
     specs = {key: jax.tree.map(
-        lambda x: P() if key == "replicated" or not x.ndim else P(BATCH),
+        lambda x: P() if key == REPLICATED or not x.ndim else P(BATCH),
         value) for key, value in outputs.items()}
 
     def local(local_outputs):

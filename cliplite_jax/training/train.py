@@ -132,7 +132,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
     if cluster is not None:  # the clusters' state goes in whole
       shared = clusters.step_inputs(state.centroids, state.step, cluster, key)
       step_objective = lambda outputs: objective(dict(  # noqa: E731
-          outputs, replicated={**outputs.get("replicated", {}), **shared}))
+          outputs, **{parallel.REPLICATED: {
+              **outputs.get(parallel.REPLICATED, {}), **shared}}))
     if num_micro == 1:
       def loss_fn(params):
         outputs, batch_stats = forward(params, state.batch_stats, inputs,
