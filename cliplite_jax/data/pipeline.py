@@ -151,15 +151,21 @@ class TrainTransform(grain.transforms.RandomMap):
   def random_map(self, element, rng: np.random.Generator):
     index, example = element
     originals = sources.decode_captions(self._source, example)
-    captions = [text_lib.clean_caption(c, self._cfg.max_words)
-                for c in originals]
+    raw = originals
     if self._rewrites:
-      captions += [text_lib.clean_caption(c, self._cfg.max_words)
-                   for c in self._rewrites.get(
-                       sources.image_id(self._source, index, example), [])]
-    if not any(captions):
+      raw = originals + self._rewrites.get(
+          sources.image_id(self._source, index, example), [])
+    # Cleaned when first read: most examples read one or two of them.
+    cleaned = {}
+
+    def caption_at(i: int) -> str:
+      if i not in cleaned:
+        cleaned[i] = text_lib.clean_caption(raw[i], self._cfg.max_words)
+      return cleaned[i]
+
+    if not any(caption_at(i) for i in range(len(raw))):
       return SKIPPED
-    caption = self._draw_caption(captions, len(originals), rng)
+    caption = self._draw_caption(caption_at, len(raw), len(originals), rng)
     view = self._image_view(example, rng)
     if view is None:
       return SKIPPED
@@ -168,7 +174,8 @@ class TrainTransform(grain.transforms.RandomMap):
     # The second views are drawn last: the first ones are those of a run
     # without them.
     if self._second_caption:
-      others = [c for c in captions if c and c != caption]
+      others = [c for c in map(caption_at, range(len(raw)))
+                if c and c != caption]
       second = others[rng.integers(len(others))] if others else caption
       out.update(self._tokens(second, flipped, "_aug"))
     if self._second_image:
@@ -176,18 +183,20 @@ class TrainTransform(grain.transforms.RandomMap):
                   self._image_view(example, rng)[0].items()})
     return out
 
-  def _draw_caption(self, captions: list[str], num_originals: int,
+  def _draw_caption(self, caption_at, count: int, num_originals: int,
                     rng: np.random.Generator) -> str:
-    """Uniform over the (cleaned) captions and rewrites; an empty one, or a
-    rewrite of fewer than `data.rewrite_min_words` words, gives way to an
-    original drawn uniformly (LaCLIP's rule), where there is one."""
-    drawn = rng.integers(len(captions))
-    caption = captions[drawn]
-    usable = [c for c in captions[:num_originals] if c]
+    """Uniform over the `count` (cleaned: `caption_at(i)`) captions and
+    rewrites, the originals first; an empty one, or a rewrite of fewer than
+    `data.rewrite_min_words` words, gives way to an original drawn
+    uniformly (LaCLIP's rule), where there is one."""
+    drawn = rng.integers(count)
+    caption = caption_at(drawn)
     short = (drawn >= num_originals
              and len(caption.split()) < self._cfg.get("rewrite_min_words", 0))
-    if (short or not caption) and usable:
-      caption = usable[rng.integers(len(usable))]
+    if short or not caption:
+      usable = [c for c in map(caption_at, range(num_originals)) if c]
+      if usable:
+        caption = usable[rng.integers(len(usable))]
     return caption
 
   def _image_view(self, example, rng: np.random.Generator):
