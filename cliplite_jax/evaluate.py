@@ -52,7 +52,7 @@ def run_probes(config: ml_collections.ConfigDict, model, variables,
   then the EMA's). A `MultiModal` model is scored by predicting each
   modality from the others."""
   if multimodal.is_multimodal(config):
-    metrics = modalities.evaluate(config, model, variables, mesh)
+    metrics = modalities.evaluate(config, model, variables, mesh, tokenizer)
   else:
     metrics = _two_tower_probes(config, model, variables, tokenizer, mesh)
   if metrics and optim.ema_decay(config):

@@ -92,7 +92,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
   step, state = recovery.restore_reading(mngr, step, abstract,
                                          follow_latest)
   tokenizer = None
-  if not multimodal.is_multimodal(config):
+  if multimodal.has_text(config):
     tokenizer = read_tokenizer(config, workdir)
     if tokenizer is None:
       raise config_io.UserError(f"{os.path.join(workdir, TOKENIZER_FILE)} "

@@ -14,7 +14,7 @@ import shlex
 import ml_collections
 
 from cliplite_jax import config_io, objectives
-from cliplite_jax.models import heads, towers
+from cliplite_jax.models import heads, multimodal, towers
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adamw")
@@ -184,7 +184,7 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   c.one_of("loss.name", tuple(objectives.OBJECTIVES))
   is_multimodal = "modalities" in config.model
   if is_multimodal:
-    _multimodal_fields(c)
+    multimodal.check_fields(c)
   else:
     _two_tower_fields(c)
   name = c.get("loss.name")
@@ -231,6 +231,8 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
                            towers.DEFAULT_IMAGE)
     towers.check_relations(c, "model.text", towers.TEXT_TOWERS,
                            towers.DEFAULT_TEXT)
+  else:
+    multimodal.check_relations(c)
   total, warmup = c.get("total_steps"), c.get("optim.warmup_steps")
   c.require(warmup < total, "optim.warmup_steps",
             f"in [0, total_steps={total})")
@@ -373,27 +375,3 @@ def untrained_embedding_probes(config: ml_collections.ConfigDict
           if probe.embeddings and name in probes]
 
 
-def _multimodal_fields(c: _Checker) -> None:
-  modalities = c.get("model.modalities")
-  c.require(isinstance(modalities, (tuple, list)) and len(modalities) >= 2
-            and len(set(modalities)) == len(modalities), "model.modalities",
-            "a tuple of ≥ 2 distinct modality (feature) names")
-  towers = c.get("model.towers") or {}
-  for m in modalities or ():
-    if m not in towers:
-      c.problems.append(f"model.towers has no entry for modality {m!r}")
-      continue
-    c.one_of(f"model.towers.{m}.name", ("mlp",))
-    c.integer(f"model.towers.{m}.input_dim", 1)
-    widths = c.get(f"model.towers.{m}.widths")
-    c.require(isinstance(widths, (tuple, list)) and all(
-        isinstance(w, int) and not isinstance(w, bool) and w >= 1
-        for w in widths), f"model.towers.{m}.widths",
-              "a tuple of hidden widths ≥ 1 (() for one affine map)")
-  c.integer("model.embed_dim", 1)
-  c.one_of("model.missing", ("zeros", "indicator"))
-  scale = c.get("model.init_log_scale")
-  c.require(isinstance(scale, (int, float)) and not isinstance(scale, bool)
-            and math.isfinite(scale), "model.init_log_scale",
-            "a finite number (the critic's initial log-scale)")
-  c.one_of("loss.symile_sampling", ("n", "n_squared"))

@@ -318,7 +318,8 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   Each batch is a dict of numpy arrays with leading size
   `config.batch_size // process_count`: "images" uint8 [b, S, S, 3],
   "input_ids" and "attention_mask" int32 [b, L] (for a `MultiModal` model:
-  float32 [b, d_m] per modality instead), and "skipped" int32 [b]
+  float32 [b, d_m] per vector modality and a text modality's ids and mask
+  instead: `vectors.VectorTransform`), and "skipped" int32 [b]
   (unusable examples dropped before each element; see `SkipAndCount`).
   Epochs run over the `data.fraction` subset of the split; every batch holds
   distinct images unless examples were skipped right at an epoch boundary.
@@ -340,13 +341,15 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
   if multimodal.is_multimodal(config):
     features = tuple(k for k in multimodal.input_keys(config)
                      if k in examples[0])
-    examples = vectors.InMemory(examples, features)
+    examples = vectors.in_memory(examples, features)
   ds = grain.MapDataset.source(IndexedExamples(examples, indices))
   ds = EpochShuffle(ds, seed=config.seed, batch_size=epoch_chunk(config))
   # Augmentation randomness is keyed by the position in the global stream,
   # so it too is the same on any number of processes.
   if multimodal.is_multimodal(config):
-    transform = vectors.VectorTransform(features)
+    transform = vectors.VectorTransform(
+        features, multimodal.text_modalities(config), tokenizer,
+        missing_token=config.model.get("missing", "zeros") == "indicator")
   else:
     transform = TrainTransform(
         source, tokenizer, config.data, load_rewrites(config.data.rewrites),

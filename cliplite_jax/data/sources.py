@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from cliplite_jax.data import (benchmark_sets, decode as image_decoder,
-                               prepared, shapes, symile_xor)
+                               feature_sets, prepared, shapes, symile_xor)
 
 
 class DatasetNotPreparedError(RuntimeError):
@@ -192,11 +192,15 @@ SOURCES = _with_benchmark(SOURCES)
 
 def get(name: str) -> tuple[Source, str]:
   """`name` is "dataset" or "dataset/builder_config" → (Source, TFDS name),
-  or the path of a prepared dataset → (Source, path).
+  or the path of a prepared dataset → (Source, path), or a feature set
+  "features:PATH" (`feature_sets`) → (Source, name).
 
   Raises ValueError for an unknown name, DatasetNotPreparedError for a path
   that holds no prepared dataset.
   """
+  if feature_sets.is_name(name):
+    return Source(tfds_name=name, image_key=None, captions_key=None,
+                  modalities=feature_sets.modalities(name)), name
   if prepared.is_prepared_name(name):
     return from_card(name), name
   base, _, builder_config = name.partition("/")
@@ -238,6 +242,8 @@ def canonical(name: str) -> str:
   then works from any directory); other names as they are."""
   if prepared.is_prepared_name(name) and "://" not in name:
     return os.path.abspath(os.path.expanduser(name))
+  if feature_sets.is_name(name):
+    return feature_sets.PREFIX + feature_sets.location(name)
   return name
 
 
@@ -252,7 +258,10 @@ def canonical_datasets(config) -> None:
 
 def display_name(name: str) -> str:
   """The dataset's name in metric keys: "coco_captions" for
-  "coco_captions/2014", a prepared dataset's directory name for its path."""
+  "coco_captions/2014", a prepared dataset's directory name for its path
+  (a feature set's too)."""
+  if feature_sets.is_name(name):
+    return os.path.basename(feature_sets.location(name))
   if prepared.is_prepared_name(name):
     return os.path.basename(str(prepared.resolve(name)).rstrip("/"))
   return name.partition("/")[0]
@@ -263,8 +272,10 @@ def open_split(name: str, split: str, data_dir: str | None):
 
   Raises DatasetNotPreparedError (naming the fix) for a dataset that is not
   prepared under `data_dir` and cannot be built locally; ValueError for a
-  split the dataset does not have.
+  split the dataset does not have (or a feature set's FeatureSetError).
   """
+  if feature_sets.is_name(name):
+    return feature_sets.FeatureSplit(name, split)
   if prepared.is_prepared_name(name):
     try:
       return prepared.Examples(name, split)

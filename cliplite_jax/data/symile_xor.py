@@ -21,6 +21,7 @@ scores the same relation as at p = 1.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -108,3 +109,35 @@ def prepare(data_dir: str | None, config_name: str = "p100") -> None:
   (TFDS's default when None or ""); a no-op when already prepared."""
   shapes.build_locally(SymileXor(config=config_name, data_dir=data_dir or None),
                        announce=False)
+
+
+_WORDS = ("zero", "one")
+
+
+def write_feature_set(directory: str, config_name: str = "tiny",
+                      text: str = "c") -> None:
+  """The XOR set `config_name` written as a feature set
+  (`data/feature_sets.py`): DIRECTORY/<split>/<m>.npy float32 [N, d] for
+  the vector modalities, `<text>.txt` with the text modality's bits as words
+  ("one zero one one zero"), and `<m>_missing.npy` uint8 [N] where the
+  config has missing values (a missing text is an empty line). A worked
+  example of the layout, and the set the feature-set tests train on."""
+  config = next(c for c in SymileXor.BUILDER_CONFIGS if c.name == config_name)
+  sizes = {"train": config.num_train, "validation": config.num_validation,
+           "test": config.num_test}
+  for split, size in sizes.items():
+    rows = [make_example(config, split, i) for i in range(size)]
+    folder = os.path.join(directory, split)
+    os.makedirs(folder, exist_ok=True)
+    for m in MODALITIES:
+      if m == text:
+        lines = ["" if row.get(f"{m}_missing", 0) else
+                 " ".join(_WORDS[bit] for bit in row[m]) for row in rows]
+        with open(os.path.join(folder, f"{m}.txt"), "w") as f:
+          f.write("\n".join(lines) + "\n")
+      else:
+        np.save(os.path.join(folder, f"{m}.npy"),
+                np.stack([row[m] for row in rows]).astype(np.float32))
+      if config.missing:
+        np.save(os.path.join(folder, f"{m}_missing.npy"),
+                np.array([row[f"{m}_missing"] for row in rows], np.uint8))

@@ -13,6 +13,9 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers import processors
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Symile's token for a missing text modality (its Symile-M3 code adds it to
+# the tokenizer, and a missing text is this token alone).
+MISSING_TOKEN = "[MISSING]"
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b")
 
@@ -78,6 +81,14 @@ def _bert_uncased(wordpiece: models.WordPiece) -> Tokenizer:
   cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
   tokenizer.post_processor = processors.TemplateProcessing(
       single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+  return tokenizer
+
+
+def with_missing_token(tokenizer: Tokenizer) -> Tokenizer:
+  """`tokenizer` with `MISSING_TOKEN` as one special token (never split,
+  kept when decoding is asked to keep specials), appended to its vocabulary
+  unless already there, as Symile adds it."""
+  tokenizer.add_special_tokens([MISSING_TOKEN])
   return tokenizer
 
 

@@ -1,5 +1,6 @@
-"""Training examples of vector-valued modalities (the `MultiModal` models):
-each example's modality features as float32 vectors, no augmentation."""
+"""Training examples of the `MultiModal` models: each example's vector
+modalities as float32 vectors, its text modality as token ids, no
+augmentation."""
 from __future__ import annotations
 
 import grain
@@ -7,38 +8,71 @@ import ml_collections
 import numpy as np
 
 from cliplite_jax import config_io
-from cliplite_jax.data import sources
+from cliplite_jax.data import feature_sets, sources, text as text_lib
 from cliplite_jax.models import multimodal
 
 
 class VectorTransform(grain.transforms.RandomMap):
-  """(index, example of `InMemory`) → {feature: float32 [d]} of the
-  features given (modalities, and `<m>_missing` flags [1]).
+  """(index, example of `InMemory` or a feature set) → {feature: float32
+  [d]} of the features given (modalities, and `<m>_missing` flags [1]), a
+  text modality's text as "<m>" and "<m>_attention_mask" int32 [L].
 
+  With `missing_token`, a text flagged missing is Symile's [MISSING] token
+  alone (`text.MISSING_TOKEN`), whatever the set holds in its place.
   A random map, like the image–caption transform, so the pipeline around it
   (epoch shuffle, process rows, skip counting) is the same; it draws
   nothing.
   """
 
-  def __init__(self, features: tuple[str, ...]):
+  def __init__(self, features: tuple[str, ...], texts: tuple[str, ...] = (),
+               tokenizer=None, missing_token: bool = False):
     self._features = features  # the modalities (and their missing flags)
+    self._texts, self._tokenizer = texts, tokenizer
+    self._missing_token = missing_token
 
   def random_map(self, element, rng: np.random.Generator):
     del rng
     _, example = element
-    return {k: example[k] for k in self._features}
+    out = {k: example[k] for k in self._features if k not in self._texts}
+    for m in self._texts:
+      ids, mask = encode_text(self._tokenizer, example, m,
+                              self._missing_token)
+      out[m], out[multimodal.attention_mask_key(m)] = ids, mask
+    return out
+
+
+def encode_text(tokenizer, example: dict, modality: str,
+                missing_token: bool) -> tuple[np.ndarray, np.ndarray]:
+  """An example's text modality as (ids, attention mask) int32 [L]; with
+  `missing_token`, [MISSING] alone where its `<m>_missing` flag is 1."""
+  value = example[modality]
+  if missing_token and example.get(multimodal.missing_key(modality), 0):
+    value = text_lib.MISSING_TOKEN
+  encoding = tokenizer.encode(value)
+  return (np.asarray(encoding.ids, np.int32),
+          np.asarray(encoding.attention_mask, np.int32))
 
 
 def check_features(config: ml_collections.ConfigDict, examples) -> None:
   """UserError unless the split's first example has every modality of
-  `config.model.modalities` with `model.towers.<m>.input_dim` values (and
-  its missing flags, for `model.missing="indicator"`)."""
+  `config.model.modalities` with `model.towers.<m>.input_dim` values, or
+  text for a text tower (and its missing flags, for
+  `model.missing="indicator"`)."""
   first = examples[0]
+  texts = multimodal.text_modalities(config)
   for m in config.model.modalities:
     if m not in first:
       raise config_io.UserError(
           f"model.modalities names {m!r}, but {config.data.name} has "
           f"features {sorted(first)}")
+    is_text = isinstance(first[m], (str, bytes))
+    if (m in texts) != is_text:
+      raise config_io.UserError(
+          f"model.towers.{m}.name is {config.model.towers[m].name!r}, but "
+          f"{config.data.name}'s {m!r} is "
+          f"{'text: give it a text tower (bert)' if is_text else 'a vector: give it the mlp tower'}")
+    if is_text:
+      continue
     size = np.asarray(first[m]).size
     want = config.model.towers[m].input_dim
     if size != want:
@@ -78,12 +112,29 @@ def read_arrays(examples, modalities: tuple[str, ...],
 
 
 def modality_arrays(name: str, split: str, data_dir: str | None,
-                    modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+                    modalities: tuple[str, ...], texts: tuple[str, ...] = (),
+                    tokenizer=None) -> dict[str, np.ndarray]:
   """Every example of a split: {modality: float32 [N, d_m]}, and
-  {`<m>_missing`: float32 [N, 1]} where the split marks missing values."""
+  {`<m>_missing`: float32 [N, 1]} where the split marks missing values;
+  a text modality m as its ids and "<m>_attention_mask", int32 [N, L]."""
   examples = sources.open_split(name, split, data_dir)
-  return read_arrays(examples, modalities + missing_keys(examples,
-                                                         modalities))
+  arrays = read_arrays(examples, tuple(m for m in modalities if m not in texts)
+                       + missing_keys(examples, modalities))
+  for m in texts:
+    encoded = [encode_text(tokenizer, examples[i], m, missing_token=False)
+               for i in range(len(examples))]
+    arrays[m] = np.stack([ids for ids, _ in encoded])
+    arrays[multimodal.attention_mask_key(m)] = np.stack(
+        [mask for _, mask in encoded])
+  return arrays
+
+
+def in_memory(examples, features: tuple[str, ...]):
+  """`examples` to train from: a feature set as it is (memory-mapped), a
+  TFDS split of vectors read into memory (`InMemory`)."""
+  if isinstance(examples, feature_sets.FeatureSplit):
+    return examples
+  return InMemory(examples, features)
 
 
 class InMemory:

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from cliplite_jax import config_io, run_dir
 from cliplite_jax.data import clip_tokenizer, sources, text as text_lib
 from cliplite_jax.data.pipeline import load_rewrites
+from cliplite_jax.models import multimodal
 
 
 # A trained WordPiece vocabulary reads at most this many examples' captions
@@ -24,21 +25,28 @@ TOKENIZER_EXAMPLES = 200_000
 def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
   """Every cleaned caption of `split` (for training a tokenizer), or of
   `TOKENIZER_EXAMPLES` evenly spaced examples of a larger split; with
-  `data.rewrites`, those examples' rewrites too (training draws them)."""
-  source, _ = sources.get(config.data.name)
+  `data.rewrites`, those examples' rewrites too (training draws them).
+  For a multi-modality model: its text modality's texts, as they are."""
   examples = sources.open_split(config.data.name, split, config.data.data_dir)
+  if multimodal.is_multimodal(config):
+    (m,) = multimodal.text_modalities(config)
+    return [examples[int(i)][m] for i in _spaced(len(examples))]
+  source, _ = sources.get(config.data.name)
   rewrites = (load_rewrites(config.data.rewrites)
               if config.data.get("rewrites") else {})
-  n = len(examples)
-  indices = (range(n) if n <= TOKENIZER_EXAMPLES else
-             np.linspace(0, n - 1, TOKENIZER_EXAMPLES).astype(np.int64))
   captions = []
-  for i in indices:
+  for i in _spaced(len(examples)):
     example = examples[int(i)]
     captions += sources.decode_captions(source, example)
     if rewrites:
       captions += rewrites.get(sources.image_id(source, int(i), example), [])
   return [text_lib.clean_caption(c, config.data.max_words) for c in captions]
+
+
+def _spaced(n: int):
+  """All of range(n), or `TOKENIZER_EXAMPLES` of it evenly spaced."""
+  return (range(n) if n <= TOKENIZER_EXAMPLES else
+          np.linspace(0, n - 1, TOKENIZER_EXAMPLES).astype(np.int64))
 
 
 # Tokenizers trained on the training captions, by `data.tokenizer` name:
@@ -72,23 +80,30 @@ def new_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
   """The tokenizer `config.data.tokenizer` names, made without writing
   anything: a TRAINED name trains one on the training captions, anything else
   is loaded from its local path. UserError if it cannot be read or has more
-  tokens than `model.text.vocab_size`."""
+  tokens than the text tower's `vocab_size`. A multi-modality model's
+  tokenizer also has Symile's `[MISSING]` token (`text.MISSING_TOKEN`),
+  which a trained vocabulary counts in its size."""
+  fields = multimodal.text_fields(config)
+  key = ("model.text" if not multimodal.is_multimodal(config) else
+         f"model.towers.{multimodal.text_modalities(config)[0]}")
+  missing_token = multimodal.is_multimodal(config)
   trainer = TRAINED.get(config.data.tokenizer)
   if trainer is not None:
     try:
       tokenizer = trainer(all_captions(config, config.data.train_split),
-                          config.model.text.vocab_size)
+                          fields.vocab_size - missing_token)
     except ValueError as e:
       raise config_io.UserError(f"data.tokenizer={config.data.tokenizer!r}: "
                                 f"{e}") from e
   else:
     tokenizer = run_dir.named_tokenizer(config)
+  if missing_token:
+    tokenizer = text_lib.with_missing_token(tokenizer)
   vocab = tokenizer.get_vocab_size()
-  if vocab > config.model.text.vocab_size:
+  if vocab > fields.vocab_size:
     raise config_io.UserError(
-        f"the tokenizer has {vocab} tokens but model.text.vocab_size is "
-        f"{config.model.text.vocab_size}; set --config.model.text.vocab_size="
-        f"{vocab}")
+        f"the tokenizer has {vocab} tokens but {key}.vocab_size is "
+        f"{fields.vocab_size}; set --config.{key}.vocab_size={vocab}")
   return tokenizer
 
 

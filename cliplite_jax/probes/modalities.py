@@ -100,31 +100,35 @@ def bootstrap_interval(correct: np.ndarray, resamples: int, seed,
 
 
 def evaluate(config: ml_collections.ConfigDict, model, variables,
-             mesh: Mesh) -> dict[str, float]:
+             mesh: Mesh, tokenizer=None) -> dict[str, float]:
   """{"zeroshot/<dataset>/<m>_from_<others>": top-1} for every modality m
   on `config.eval.split` of `config.data.name` ({} unless "zeroshot" is in
   `config.eval.probes`), among every distinct value or `eval.candidates`,
   with `eval.bootstrap`'s interval (see the module's docstring). A split
   with missing values (`<m>_missing` features) is scored on its complete
-  examples."""
+  examples. A text modality is read with `tokenizer` (the run's); its
+  candidates are its distinct token sequences."""
   if "zeroshot" not in config.eval.probes:
     return {}
   modalities = tuple(config.model.modalities)
+  texts = multimodal.text_modalities(config)
   values = vectors.modality_arrays(config.data.name, config.eval.split,
-                                   config.data.data_dir, modalities)
+                                   config.data.data_dir, modalities, texts,
+                                   tokenizer)
   flags = [values.pop(multimodal.missing_key(m)) for m in modalities
            if multimodal.missing_key(m) in values]
   if flags:  # scored on the complete examples only, as Symile's are
     complete = ~np.any(np.concatenate(flags, axis=1) > 0, axis=1)
     values = {m: v[complete] for m, v in values.items()}
+  keys = tuple(values)  # the modalities, and a text's attention mask
   variables = jax.device_put(variables, parallel.replicated(mesh))
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def embed(*inputs):
-    return model.apply(variables, dict(zip(modalities, inputs)))["embeddings"]
+    return model.apply(variables, dict(zip(keys, inputs)))["embeddings"]
 
   def embed_all(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return features.batched_apply(embed, tuple(inputs[m] for m in modalities),
+    return features.batched_apply(embed, tuple(inputs[k] for k in keys),
                                   config.eval.batch_size, mesh)
 
   emb = embed_all(values)
@@ -134,12 +138,18 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
   ds = sources.display_name(config.data.name)
   metrics = {}
   for i, m in enumerate(modalities):
-    candidates, targets = np.unique(values[m], axis=0, return_inverse=True)
+    own = [k for k in (m, multimodal.attention_mask_key(m)) if k in values]
+    # A text's value is its ids and mask together.
+    distinct, targets = np.unique(
+        np.concatenate([values[k] for k in own], axis=1), axis=0,
+        return_inverse=True)
+    split_at = np.cumsum([values[k].shape[1] for k in own])[:-1]
+    candidates = dict(zip(own, np.split(distinct, split_at, axis=1)))
     # The towers are per-example and independent: the candidates go through
     # m's tower with zeros in the other modalities' places.
-    padded = {o: (candidates if o == m else
-                  np.zeros((len(candidates), values[o].shape[1]), np.float32))
-              for o in modalities}
+    padded = {k: candidates[k] if k in candidates else
+              np.zeros((len(distinct),) + values[k].shape[1:],
+                       values[k].dtype) for k in keys}
     cand_emb = embed_all(padded)[i]
     query = [emb[j] for j in range(len(modalities)) if j != i]
     others = "+".join(o for o in modalities if o != m)
@@ -149,7 +159,7 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
     if num_candidates:
       key += f"_of{num_candidates}"
       try:
-        negatives = draw_negatives(targets, len(candidates),
+        negatives = draw_negatives(targets, len(distinct),
                                    num_candidates - 1,
                                    seed=(config.seed, i, _DRAW))
       except ValueError as e:

@@ -67,10 +67,9 @@ def build_model(config: ml_collections.ConfigDict):
 def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 2):
   """The model's positional inputs for `init`: (images float32 [b, S, S, 3],
   ids int32 [b, L], mask int32 [b, L]), or for a `MultiModal` model
-  ({modality: float32 [b, d_m]},)."""
+  (`multimodal.dummy_inputs`,)."""
   if multimodal.is_multimodal(config):
-    return ({m: jnp.zeros((batch, *shape), jnp.float32)
-             for m, shape in multimodal.input_shapes(config).items()},)
+    return (multimodal.dummy_inputs(config, batch),)
   size, length = config.data.image_size, config.data.max_tokens
   return (jnp.zeros((batch, size, size, 3), jnp.float32),
           jnp.zeros((batch, length), jnp.int32),

@@ -53,11 +53,18 @@ def _model_line(config: ml_collections.ConfigDict, counts: dict) -> str:
   total = (f"{_millions(counts['all']['total'])} parameters, "
            f"{_millions(counts['all']['trainable'])} trained")
   if multimodal.is_multimodal(config):
-    listed = ", ".join(
-        f"{m}: {config.model.towers[m].name} {config.model.towers[m].input_dim}"
-        f"→{config.model.embed_dim}" for m in config.model.modalities)
+    texts = multimodal.text_modalities(config)
+
+    def described(m):
+      fields = config.model.towers[m]
+      if m in texts:
+        return (f"{m}: text, {towers.text_tower(fields).describe(fields)}"
+                f"→{config.model.embed_dim}")
+      return f"{m}: {fields.name} {fields.input_dim}→{config.model.embed_dim}"
+    listed = ", ".join(described(m) for m in config.model.modalities)
     missing = (", each with a missingness indicator (a learned embedding "
-               "beside its values)"
+               "beside its values" + (", [MISSING] for text" if texts else "")
+               + ")"
                if config.model.get("missing", "zeros") == "indicator" else "")
     return (f"model: {len(config.model.modalities)} modalities ({listed})"
             f"{missing}; {total}")

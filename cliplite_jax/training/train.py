@@ -282,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   loaded = (None if run_dir.has_checkpoint(workdir)
             else state_lib.checked_initial(config, model))
   fresh_tokenizer = None
-  has_text = not multimodal.is_multimodal(config)
+  has_text = multimodal.has_text(config)
   if has_text and not (epath.Path(workdir) / "tokenizer.json").exists():
     fresh_tokenizer = vocabulary.new_tokenizer(config)  # checked, not written
   config_io.make_workdir(workdir)
