@@ -45,7 +45,8 @@ if __name__ == "__main__":
   native_logs.quiet()  # before readers import TensorFlow (tfds:NAME)
 
 from cliplite_jax import cli, progress
-from cliplite_jax.data import formats, prepare_units, prepared, readers
+from cliplite_jax.data import (formats, prepare_beam, prepare_units, prepared,
+                               readers)
 from cliplite_jax.data.prepare_output import (check_out, create_out,
                                               finished_card, lock_out)
 from cliplite_jax.data.prepare_options import (Options, PrepareError,
@@ -76,7 +77,16 @@ flags.DEFINE_string("split_fractions", "", "e.g. validation=0.05,test=0.05: "
                     "seeded shares of images for sources without splits.")
 flags.DEFINE_integer("split_seed", 0, "Seed of the --split_fractions draw.")
 flags.DEFINE_integer("examples_per_shard", 5000, "Target examples per unit.")
-flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Parallel processes.")
+flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Parallel processes "
+                     "(the local pool's, or DirectRunner's).")
+flags.DEFINE_enum("runner", "local", ["local"] + list(prepare_beam.RUNNERS),
+                  "Who converts the units: this machine's process pool "
+                  "(local), or an Apache Beam pipeline on DirectRunner, "
+                  "Dataflow, Flink or Spark (pip install 'cliplite_jax[beam]').")
+flags.DEFINE_string("beam_options", "", "Beam pipeline options passed "
+                    "through, as shell words, e.g. \"--project=P "
+                    "--region=R --temp_location=gs://B/tmp "
+                    "--setup_file=./setup.py\".")
 
 
 def options_from_flags() -> Options:
@@ -231,6 +241,7 @@ def _run_locked(opts: Options, root: epath.Path, spec: dict,
   work.mkdir(parents=True, exist_ok=True)
   (work / "spec.json").write_text(json.dumps(spec, indent=1))
   units, fixed = plan(work, opts)
+  prepare_beam.check_units(opts.runner, out, [unit.kind for unit in units])
   # Units stage their files here (local outputs) or in a local temporary
   # directory, each in a folder of its own; what an interrupted run staged
   # is removed here (its workers ended with it).
@@ -246,12 +257,17 @@ def _run_locked(opts: Options, root: epath.Path, spec: dict,
           f"units already done", file=sys.stderr)
   context = multiprocessing.get_context("spawn")
   counter = context.Value("q", 0)
+  examples = [0]  # read by a Beam run's units, as their markers appear
   meter = progress.Progress(
       "prepare", len(units), unit="units", done=len(units) - len(pending),
-      tally=lambda: counter.value, tally_unit="examples")
+      tally=lambda: counter.value + examples[0], tally_unit="examples")
   with meter:
     workers = max(1, min(opts.num_workers, len(pending)))
-    if workers == 1:
+    if opts.runner != "local":
+      if pending:
+        prepare_beam.convert_all(pending, opts.runner, opts.beam_options,
+                                 workers, meter, examples)
+    elif workers == 1:
       prepare_units.set_counter(counter)
       for job in pending:
         prepare_units.convert(*job)

@@ -34,6 +34,8 @@ class Options:
   split_seed: int = 0
   examples_per_shard: int = 5000
   num_workers: int = 1
+  runner: str = "local"
+  beam_options: str = ""
 
 
 def parse_fractions(text: str) -> dict[str, float]:
@@ -91,7 +93,9 @@ def spec(opts: Options) -> dict:
   """The options that decide the output (sources as absolute paths, with
   their files' fingerprints): a rerun must match them."""
   spec = dataclasses.asdict(opts)
-  for key in ("out", "num_workers"):
+  # Who converts does not change what is written: a run continues on
+  # another runner.
+  for key in ("out", "num_workers", "runner", "beam_options"):
     del spec[key]
   parsed = [parse_source(text) for text in opts.source]
   spec["source"] = [f"{split}={kind}:{where}" if split else f"{kind}:{where}"
