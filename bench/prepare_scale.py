@@ -12,7 +12,11 @@ Open: a prepared set of M examples (tiny records written directly, 2,000
 shards) is opened as training opens it (`prepared.Examples`), at two sizes;
 reported are the open time, the first random read, and peak RSS.
 
-  python bench/prepare_scale.py [--sizes=20000,100000] [--open_sizes=1000000,10000000]
+Each size's collection is prepared by each of `--runners` in turn (prepare's
+local pool, Beam's DirectRunner), with examples per CPU-second of the whole
+process tree beside the wall time.
+
+  python bench/prepare_scale.py [--sizes=20000,100000] [--open_sizes=1000000,10000000] [--runners=local,direct]
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -80,29 +85,44 @@ def peak_tree_rss(process: subprocess.Popen) -> tuple[int, float]:
   return peak, time.time() - start
 
 
-def bench_prepare(sizes: list[int], workers: int) -> list[dict]:
+def bench_prepare(sizes: list[int], workers: int,
+                  runners: list[str]) -> list[dict]:
+  """Each size's collection made once and prepared by each runner in turn
+  (the same flags): wall time, examples/s, examples per CPU-second of the
+  whole process tree (per core), peak RSS."""
   results = []
   for n in sizes:
     tmp = tempfile.mkdtemp(prefix="prepare_scale_")
     try:
       captions = make_collection(os.path.join(tmp, "raw"), n)
-      command = [sys.executable, "-m", "cliplite_jax.prepare",
-                 f"--source={captions}", f"--out={tmp}/out",
-                 "--split_fractions=test=0.01", f"--num_workers={workers}"]
-      process = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True,
-                                 cwd=os.path.join(os.path.dirname(__file__),
-                                                  ".."))
-      peak, seconds = peak_tree_rss(process)
-      assert process.returncode == 0, process.stdout.read()
-      with open(f"{tmp}/out/dataset_card.json") as f:
-        card = json.load(f)
-      prepared = sum(s["examples"] for s in card["splits"].values())
-      assert prepared == n, (prepared, n)
-      results.append({"examples": n, "seconds": round(seconds, 1),
-                      "examples_per_s": round(n / seconds),
-                      "peak_rss_mib": round(peak / 2**20)})
-      print(results[-1], flush=True)
+      for runner in runners:
+        out = f"{tmp}/out_{runner}"
+        command = [sys.executable, "-m", "cliplite_jax.prepare",
+                   f"--source={captions}", f"--out={out}",
+                   "--split_fractions=test=0.01", f"--num_workers={workers}",
+                   f"--runner={runner}"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True,
+                                   cwd=os.path.join(os.path.dirname(__file__),
+                                                    ".."))
+        peak, seconds = peak_tree_rss(process)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime
+               + after.ru_stime - before.ru_stime)
+        assert process.returncode == 0, process.stdout.read()
+        with open(f"{out}/dataset_card.json") as f:
+          card = json.load(f)
+        prepared = sum(s["examples"] for s in card["splits"].values())
+        assert prepared == n, (prepared, n)
+        results.append({"runner": runner, "examples": n,
+                        "seconds": round(seconds, 1),
+                        "examples_per_s": round(n / seconds),
+                        "cpu_seconds": round(cpu, 1),
+                        "examples_per_cpu_s": round(n / cpu),
+                        "peak_rss_mib": round(peak / 2**20)})
+        print(results[-1], flush=True)
+        shutil.rmtree(out, ignore_errors=True)
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
   return results
@@ -183,10 +203,13 @@ def main():
   parser.add_argument("--sizes", default="20000,100000")
   parser.add_argument("--open_sizes", default="1000000,10000000")
   parser.add_argument("--workers", type=int, default=os.cpu_count())
+  parser.add_argument("--runners", default="local",
+                      help="prepare's --runner values to compare on each "
+                           "size's collection, e.g. local,direct")
   args = parser.parse_args()
   print(f"{os.cpu_count()} cores")
   prepare = bench_prepare([int(s) for s in args.sizes.split(",") if s],
-                          args.workers)
+                          args.workers, args.runners.split(","))
   opened = bench_open([int(s) for s in args.open_sizes.split(",") if s])
   print(json.dumps({"prepare": prepare, "open": opened}, indent=1))
 

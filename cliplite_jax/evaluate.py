@@ -32,7 +32,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from cliplite_jax import cli, config_io, features, run_dir, validation
-from cliplite_jax.data import augment, sources, text as text_lib
+from cliplite_jax.data import augment, sources, text as text_lib, vectors
 from cliplite_jax.models import multimodal, released
 from cliplite_jax.objectives import losses
 from cliplite_jax.probes import (evaluated, fewshot, modalities, plots, probe_inputs,
@@ -271,6 +271,10 @@ def _evaluate() -> None:
   evaluated.check_evaluation(config)
   evaluated.check_reads(evaluated.evaluation_reads(config),
                          config.data.data_dir)
+  if multimodal.is_multimodal(config) and "zeroshot" in config.eval.probes:
+    vectors.check_features(config, sources.open_split(
+        config.data.name, config.eval.split, config.data.data_dir),
+        config.eval.split)
   if jax.process_index() == 0:
     check_writable(workdir)
   if scores_released:

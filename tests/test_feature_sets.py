@@ -26,7 +26,7 @@ def _write_folder(root, split, columns):
   for name, values in columns.items():
     if isinstance(values, list):
       with open(os.path.join(folder, f"{name}.txt"), "w") as f:
-        f.write("\n".join(values) + "\n")
+        f.write("".join(value + "\n" for value in values))
     else:
       np.save(os.path.join(folder, f"{name}.npy"), values)
 
@@ -71,12 +71,18 @@ def test_folder_and_parquet_read_the_same_examples(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.update(image=c["image"][:5]), "differ in their number of "
      "examples"),
-    (lambda c: c["audio"].__setitem__((2, 1), np.nan), "audio has a NaN"),
+    (lambda c: c["audio"].__setitem__((2, 1), np.nan), "audio of example 2 "
+     "is NaN"),
     (lambda c: c.update(audio_missing=np.full(6, 2, np.uint8)),
      "audio_missing must hold one 0 or 1"),
     (lambda c: c.update(caption=c["caption"][:4]), "differ in their number"),
     (lambda c: c.update(image=np.zeros((6, 2, 2))), r"image must be numbers "
      r"\[N, d\] or \[N\]"),
+    (lambda c: c["image"].__setitem__((4, 0), 1e300), "image of example 4 "
+     "is NaN, infinite or beyond float32's range"),
+    (lambda c: c.update(audio=np.float32(3)), "audio is a single number"),
+    (lambda c: [c.update({k: v[:0]}) for k, v in list(c.items())],
+     "has no examples"),
 ])
 def test_a_damaged_split_is_one_clear_error(tmp_path, change, message):
   columns = _columns()
@@ -84,6 +90,44 @@ def test_a_damaged_split_is_one_clear_error(tmp_path, change, message):
   _write_folder(str(tmp_path), "train", columns)
   with pytest.raises(feature_sets.FeatureSetError, match=message):
     feature_sets.FeatureSplit(f"features:{tmp_path}", "train")
+
+
+def test_files_a_split_cannot_mean_are_one_clear_error(tmp_path):
+  name = f"features:{tmp_path}"
+  _write_folder(str(tmp_path), "train", _columns())
+  np.save(tmp_path / "train" / "caption.npy", np.zeros((6, 2)))
+  with pytest.raises(feature_sets.FeatureSetError, match="both caption.npy "
+                     "and caption.txt"):
+    feature_sets.FeatureSplit(name, "train")
+  os.remove(tmp_path / "train" / "caption.npy")
+  (tmp_path / "train" / "caption.txt").write_bytes(b"caf\xe9\n" * 6)
+  with pytest.raises(feature_sets.FeatureSetError, match="caption.txt is not "
+                     "UTF-8"):
+    feature_sets.FeatureSplit(name, "train")
+  # Windows line endings and a byte-order mark are text files as any other.
+  (tmp_path / "train" / "caption.txt").write_bytes(
+      "\ufeffa\r\nb\r\n\r\nd\r\ne\r\nf\r\n".encode())
+  assert [feature_sets.FeatureSplit(name, "train")[i]["caption"]
+          for i in range(6)] == ["a", "b", "", "d", "e", "f"]
+  os.makedirs(tmp_path / ".ipynb_checkpoints")
+  assert feature_sets.splits(name) == ["train"]
+  pq.write_table(pa.table({"v": pa.array([["x"], ["y"]])}),
+                 tmp_path / "test.parquet")
+  with pytest.raises(feature_sets.FeatureSetError, match="column v must hold "
+                     "lists of numbers"):
+    feature_sets.FeatureSplit(name, "test")
+  pq.write_table(pa.table({"v": [[1.0], [2.0]], "when": pa.array(
+      [0, 1], pa.timestamp("s"))}), tmp_path / "test.parquet")
+  with pytest.raises(feature_sets.FeatureSetError, match="column when is "
+                     "timestamp"):
+    feature_sets.FeatureSplit(name, "test")
+  # pandas' Categorical text and its index column.
+  pq.write_table(pa.table({"v": [[1.0], [2.0]], "t": pa.array(
+      ["a b", "c"]).dictionary_encode(), "__index_level_0__": [0, 1]}),
+      tmp_path / "test.parquet")
+  split = feature_sets.FeatureSplit(name, "test")
+  assert split.texts == ["t"] and split.vectors == {"v": 1}
+  assert split[1]["t"] == "c"
 
 
 def test_a_missing_split_names_the_splits_there(tmp_path):
@@ -117,6 +161,12 @@ def test_a_missing_text_is_the_missing_token_alone():
         .random_map((0, dict(example, t_missing=np.uint8(flag))), None)
     np.testing.assert_array_equal(out["t"], tokenizer.encode("one zero").ids)
     assert missing_id not in out["t"]
+  # A present text that spells the token out is read as words.
+  out = transform.random_map((0, dict(example, t="one [MISSING]",
+                                      t_missing=np.uint8(0))), None)
+  np.testing.assert_array_equal(out["t"],
+                                tokenizer.encode("one [missing]").ids)
+  assert missing_id not in out["t"]
 
 
 def test_a_text_modality_is_its_tower_then_its_head():
@@ -234,6 +284,22 @@ def test_symile_learns_xor_with_one_modality_given_as_text(tmp_path):
     with pytest.raises(config_io.UserError, match=message):
       train.train_and_evaluate(wrong, str(tmp_path / "wrong"))
   assert not (tmp_path / "wrong").exists()
+
+  # A test split unlike the training split stops the run before it starts.
+  np.save(os.path.join(root, "test", "a.npy"),
+          np.zeros((128, 6), np.float32))
+  with pytest.raises(config_io.UserError, match=r"input_dim is 5, but "
+                     r"features:\S+ test's 'a' has 6 values"):
+    train.train_and_evaluate(config, str(tmp_path / "wrong"))
+  assert not (tmp_path / "wrong").exists()
+  # One distinct text after tokenising: top-1 would be 1 by construction.
+  np.save(os.path.join(root, "test", "a.npy"), a)
+  with open(os.path.join(root, "test", "c.txt"), "w") as f:
+    f.write("uno cero\n" * len(rows))
+  with pytest.raises(config_io.UserError, match="one distinct value of c "
+                     "after tokenising"):
+    evaluate.run_probes(config, model, variables, tokenizer,
+                        run_dir.restore(workdir, config)[4])
 
 
 def test_a_batch_carries_missing_texts_as_the_token_and_the_flags(tmp_path):

@@ -51,8 +51,9 @@ def splits(name: str) -> list[str]:
   if not os.path.isdir(root):
     raise FeatureSetError(f"feature set {root} is not a directory")
   found = {entry.removesuffix(".parquet") for entry in os.listdir(root)
-           if entry.endswith(".parquet")
-           or os.path.isdir(os.path.join(root, entry))}
+           if not entry.startswith((".", "_"))
+           and (entry.endswith(".parquet")
+                or os.path.isdir(os.path.join(root, entry)))}
   return sorted(found)
 
 
@@ -88,15 +89,19 @@ def _check_flags(column: str, flags: np.ndarray, where: str) -> np.ndarray:
 
 
 def _check_vectors(column: str, values: np.ndarray, where: str) -> np.ndarray:
-  if values.dtype.kind not in "fiub" or values.ndim > 2:
+  if values.dtype.kind not in "fiub" or not 1 <= values.ndim <= 2:
     raise FeatureSetError(f"{where}: {column} must be numbers [N, d] or [N] "
                           f"(got {values.dtype} {list(values.shape)})")
   values = values.reshape(len(values), -1)
-  # Checked in blocks, so a memory-mapped file is read once, not loaded.
+  # Checked in blocks, so a memory-mapped file is read once, not loaded; as
+  # float32, the values the towers get.
   for start in range(0, len(values), 65536):
-    if not np.isfinite(values[start:start + 65536]).all():
-      raise FeatureSetError(f"{where}: {column} has a NaN or infinite value "
-                            f"at or after example {start}")
+    with np.errstate(over="ignore", invalid="ignore"):
+      block = values[start:start + 65536].astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+    if bad.size:
+      raise FeatureSetError(f"{where}: {column} of example {start + bad[0]} "
+                            f"is NaN, infinite or beyond float32's range")
   return values
 
 
@@ -104,17 +109,28 @@ def _read_folder(folder: str) -> dict[str, np.ndarray | list[str]]:
   columns = {}
   for entry in sorted(os.listdir(folder)):
     path, (stem, ext) = os.path.join(folder, entry), os.path.splitext(entry)
+    if ext not in (".npy", ".txt") or entry.startswith("."):
+      continue
+    if stem in columns:
+      raise FeatureSetError(f"{folder} holds both {stem}.npy and {stem}.txt: "
+                            f"keep the one modality {stem} is")
     if ext == ".npy":
       try:
         columns[stem] = np.load(path, mmap_mode="r", allow_pickle=False)
       except ValueError as e:
         raise FeatureSetError(f"{path} is not a readable .npy file of "
                               f"numbers ({e})") from e
-    elif ext == ".txt":
-      with open(path, encoding="utf-8") as f:
-        columns[stem] = f.read().split("\n")
-      if columns[stem] and columns[stem][-1] == "":  # the final newline
-        columns[stem].pop()
+      continue
+    try:
+      with open(path, encoding="utf-8-sig", newline="") as f:
+        # One text per line: \n or \r\n ends it; a \r alone is text.
+        columns[stem] = [line.removesuffix("\r")
+                         for line in f.read().split("\n")]
+    except UnicodeDecodeError as e:
+      raise FeatureSetError(f"{path} is not UTF-8 (byte {e.start}: "
+                            f"{e.reason})") from e
+    if columns[stem] and columns[stem][-1] == "":  # the final newline
+      columns[stem].pop()
   return columns
 
 
@@ -128,20 +144,34 @@ def _read_parquet(path: str) -> dict[str, np.ndarray | list[str]]:
                           f"({e})") from e
   columns = {}
   for field in table.schema:
-    column = table.column(field.name)
-    if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+    if field.name.startswith("__"):  # pandas' index, not a modality
+      continue
+    column, kind = table.column(field.name), field.type
+    if pa.types.is_dictionary(kind):  # pandas' Categorical
+      column, kind = column.cast(kind.value_type), kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+      # A null text is empty; flag a missing one with <m>_missing.
       columns[field.name] = [s if s is not None else ""
                              for s in column.to_pylist()]
-    elif (pa.types.is_list(field.type) or pa.types.is_large_list(field.type)
-          or pa.types.is_fixed_size_list(field.type)):
+    elif (pa.types.is_list(kind) or pa.types.is_large_list(kind)
+          or pa.types.is_fixed_size_list(kind)):
       rows = column.to_pylist()
       widths = {len(r) for r in rows if r is not None}
       if len(widths) > 1 or any(r is None for r in rows):
         raise FeatureSetError(f"{path}: column {field.name} must hold one "
                               f"list of the same length per row")
-      columns[field.name] = np.asarray(rows, np.float32)
-    else:
+      try:
+        columns[field.name] = np.asarray(rows, np.float64)
+      except (TypeError, ValueError) as e:
+        raise FeatureSetError(f"{path}: column {field.name} must hold lists "
+                              f"of numbers ({e})") from e
+    elif (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+          or pa.types.is_boolean(kind)):
       columns[field.name] = column.to_numpy(zero_copy_only=False)
+    else:
+      raise FeatureSetError(f"{path}: column {field.name} is {kind}; a "
+                            f"modality is a string column (text) or a list "
+                            f"of numbers, a flag a number or a bool")
   return columns
 
 
@@ -169,11 +199,19 @@ class FeatureSplit:
                             f"(splits: {splits(name) or 'none'})")
     if not columns:
       raise FeatureSetError(f"{where} holds no .npy or .txt files")
+    for key, values in columns.items():
+      if not isinstance(values, list) and values.ndim == 0:
+        raise FeatureSetError(f"{where}: {key} is a single number, not one "
+                              f"value per example")
     sizes = {k: len(v) for k, v in columns.items()}
     if len(set(sizes.values())) > 1:
       raise FeatureSetError(f"{where}: the modalities differ in their number "
-                            f"of examples: {sizes}")
+                            f"of examples: {sizes} (a text file holds one "
+                            f"text per line, an empty line for an empty "
+                            f"text)")
     self._size = next(iter(sizes.values()))
+    if not self._size:
+      raise FeatureSetError(f"{where} has no examples")
     self._columns, self.vectors, self.texts = {}, {}, []
     for key, values in columns.items():
       if key.endswith(_MISSING) and key.removesuffix(_MISSING) in columns:

@@ -44,32 +44,38 @@ class VectorTransform(grain.transforms.RandomMap):
 def encode_text(tokenizer, example: dict, modality: str,
                 missing_token: bool) -> tuple[np.ndarray, np.ndarray]:
   """An example's text modality as (ids, attention mask) int32 [L]; with
-  `missing_token`, [MISSING] alone where its `<m>_missing` flag is 1."""
+  `missing_token`, [MISSING] alone where its `<m>_missing` flag is 1 (a
+  present text's literal "[MISSING]" is read lower-cased, as words)."""
   value = example[modality]
   if missing_token and example.get(multimodal.missing_key(modality), 0):
     value = text_lib.MISSING_TOKEN
+  else:  # a text that spells the token out is still text
+    value = value.replace(text_lib.MISSING_TOKEN,
+                          text_lib.MISSING_TOKEN.lower())
   encoding = tokenizer.encode(value)
   return (np.asarray(encoding.ids, np.int32),
           np.asarray(encoding.attention_mask, np.int32))
 
 
-def check_features(config: ml_collections.ConfigDict, examples) -> None:
+def check_features(config: ml_collections.ConfigDict, examples,
+                   split: str = "") -> None:
   """UserError unless the split's first example has every modality of
   `config.model.modalities` with `model.towers.<m>.input_dim` values, or
   text for a text tower (and its missing flags, for
-  `model.missing="indicator"`)."""
+  `model.missing="indicator"`). `split` names the split in the errors."""
   first = examples[0]
   texts = multimodal.text_modalities(config)
+  where = f"{config.data.name}{' ' + split if split else ''}"
   for m in config.model.modalities:
     if m not in first:
       raise config_io.UserError(
-          f"model.modalities names {m!r}, but {config.data.name} has "
+          f"model.modalities names {m!r}, but {where} has "
           f"features {sorted(first)}")
     is_text = isinstance(first[m], (str, bytes))
     if (m in texts) != is_text:
       raise config_io.UserError(
           f"model.towers.{m}.name is {config.model.towers[m].name!r}, but "
-          f"{config.data.name}'s {m!r} is "
+          f"{where}'s {m!r} is "
           f"{'text: give it a text tower (bert)' if is_text else 'a vector: give it the mlp tower'}")
     if is_text:
       continue
@@ -77,9 +83,11 @@ def check_features(config: ml_collections.ConfigDict, examples) -> None:
     want = config.model.towers[m].input_dim
     if size != want:
       raise config_io.UserError(
-          f"model.towers.{m}.input_dim is {want}, but {config.data.name}'s "
+          f"model.towers.{m}.input_dim is {want}, but {where}'s "
           f"{m!r} has {size} values per example")
-  if (config.model.get("missing", "zeros") == "indicator"
+  # The flags are what training reads; an evaluated split may be complete.
+  if (split in ("", config.data.train_split)
+      and config.model.get("missing", "zeros") == "indicator"
       and not missing_keys(examples, tuple(config.model.modalities))):
     raise config_io.UserError(
         f"model.missing='indicator' reads each modality's <m>_missing flag, "

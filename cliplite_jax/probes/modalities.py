@@ -119,6 +119,10 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
            if multimodal.missing_key(m) in values]
   if flags:  # scored on the complete examples only, as Symile's are
     complete = ~np.any(np.concatenate(flags, axis=1) > 0, axis=1)
+    if not complete.any():
+      raise config_io.UserError(
+          f"{config.data.name} {config.eval.split} has no complete example "
+          f"(every one misses a modality): zero-shot scores complete ones")
     values = {m: v[complete] for m, v in values.items()}
   keys = tuple(values)  # the modalities, and a text's attention mask
   variables = jax.device_put(variables, parallel.replicated(mesh))
@@ -143,6 +147,11 @@ def evaluate(config: ml_collections.ConfigDict, model, variables,
     distinct, targets = np.unique(
         np.concatenate([values[k] for k in own], axis=1), axis=0,
         return_inverse=True)
+    if len(distinct) < 2:
+      raise config_io.UserError(
+          f"{config.data.name} {config.eval.split} has one distinct value of "
+          f"{m}{' after tokenising' if m in texts else ''}: predicting it "
+          f"would score 1 by construction")
     split_at = np.cumsum([values[k].shape[1] for k in own])[:-1]
     candidates = dict(zip(own, np.split(distinct, split_at, axis=1)))
     # The towers are per-example and independent: the candidates go through

@@ -56,8 +56,13 @@ def check_data(config: ml_collections.ConfigDict) -> DataCheck:
                          + evaluated.evaluation_reads(config),
                          config.data.data_dir)
   if multimodal.is_multimodal(config):
-    vectors.check_features(config, sources.open_split(
-        config.data.name, config.data.train_split, config.data.data_dir))
+    # The split zero-shot reads too: a mismatch there would surface only
+    # after training.
+    splits = [config.data.train_split] + (
+        [config.eval.split] if "zeroshot" in config.eval.probes else [])
+    for split in splits:
+      vectors.check_features(config, sources.open_split(
+          config.data.name, split, config.data.data_dir), split)
   elif sources.get(config.data.name)[0].captions_key is None:
     raise config_io.UserError(
         f"data.name {config.data.name} is a class set, without captions: "
