@@ -69,6 +69,10 @@ flags.DEFINE_string("text_key", "", "tfds: the text (or sequence of text) "
 flags.DEFINE_string("label_key", "", "tfds: the class label feature (a class "
                     "set).")
 flags.DEFINE_string("data_dir", "", "tfds: its data_dir.")
+flags.DEFINE_string("caption_fields", "", "Other caption kinds to keep beside "
+                    "the captions, e.g. blip2_caption,rewrite: JSONL keys, "
+                    "CSV/TSV columns or webdataset json keys; training draws "
+                    "them by data.caption_fields' probabilities.")
 flags.DEFINE_string("class_names", "", "A file of class names, one per line, "
                     "in label order (default: folder or TFDS label names).")
 flags.DEFINE_string("templates", "", "A file of zero-shot prompt templates, "
@@ -105,6 +109,14 @@ def plan(work: epath.Path, opts: Options
   buckets = _bucket_dir(work)
   for number, text in enumerate(opts.source):
     split, kind, location = parse_source(text)
+    reserved = {"captions", "caption", "image", "split", "label", "rewrites"}
+    if reserved & set(formats.fields_of(opts)):
+      raise PrepareError(f"--caption_fields: {sorted(reserved)} are "
+                         f"reserved names")
+    if formats.fields_of(opts) and not formats.FORMATS[kind].fields:
+      raise PrepareError(f"--caption_fields reads JSONL, CSV/TSV and "
+                         f"webdataset sources; {kind}:{location} has no "
+                         f"other caption fields")
     described.append(f"{kind}:{location}" + (f" → {split}" if split else ""))
     common = dict(split=split, fractions=fractions, seed=opts.split_seed)
     fmt = formats.FORMATS[kind]

@@ -14,6 +14,7 @@ import shlex
 import ml_collections
 
 from cliplite_jax import config_io, objectives
+from cliplite_jax.data import mixture
 from cliplite_jax.models import heads, multimodal, towers
 
 DTYPES = ("float32", "bfloat16")
@@ -222,6 +223,7 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   c.number("optim.ema_decay", 0, 1, high_open=True)
   c.integer("optim.warmup_steps", 0)
   c.number("data.fraction", 0, 1, low_open=True)
+  mixture.check_fields(c, config)
   c.integer("data.num_workers", 0)
   _eval_fields(c)
   c.raise_if_any()  # the relations below assume sane values

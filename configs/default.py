@@ -241,7 +241,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tokenizer.json or a BERT vocab.txt (e.g. bert-base-uncased, paper: 30522
   # tokens).
   c.data.tokenizer = "wordpiece" if args.text == "bert" else "bpe"
+  # Several caption sets mixed by weight, "NAME=WEIGHT,NAME=WEIGHT" (TFDS
+  # names or prepared sets' paths; data.name, the set evaluated, among them);
+  # "": data.name alone.
+  c.data.mixture = ""
   c.data.rewrites = ""  # LaCLIP: JSON {image id: [rewritten captions]}; off
+  # Caption kinds drawn by probability, "captions=0.5,rewrites=0.5": the
+  # set's captions, data.rewrites' and a prepared set's --caption_fields
+  # (a field, then one of its captions); "": uniform over every caption.
+  c.data.caption_fields = ""
   # LaCLIP's rule: a drawn rewrite of fewer words is replaced by an original
   # caption (0: every rewrite is used as it is).
   c.data.rewrite_min_words = 2

@@ -121,6 +121,20 @@ def tiny_config(data_dir: str):
   return c
 
 
+@pytest.fixture(scope="session")
+def photo_set(tmp_path_factory):
+  """The real-photo set (tests/photos.py) prepared from folder + JSONL:
+  train 9, test 3."""
+  import photos
+  from cliplite_jax import prepare
+  root = tmp_path_factory.mktemp("user_photos")
+  captions = photos.write_jsonl(str(root / "raw"))
+  out = str(root / "my_photos")
+  prepare.run(prepare.Options(source=[captions], out=out,
+                              examples_per_shard=4))
+  return out
+
+
 @pytest.fixture
 def tiny(tiny_data_dir):
   return tiny_config(tiny_data_dir)

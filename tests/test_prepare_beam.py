@@ -1,7 +1,6 @@
 """prepare on Apache Beam's DirectRunner: the same shards, bytes and card
 as the local pool, and a pipeline killed halfway then rerun holds every
 example exactly once."""
-import collections
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ from cliplite_jax import prepare
 from cliplite_jax.data import prepare_beam, prepared
 from cliplite_jax.data.prepare_options import Options, PrepareError
 from conftest import run_module, wait_until
+from test_prepare_kill import _all_keys
 
 
 def _same_output(local, beam) -> None:
@@ -81,15 +81,6 @@ def test_direct_runner_writes_the_local_pools_examples_on_20k(tmp_path):
   card = prepared.read_card(outs["direct"])
   kept = sum(s["examples"] for s in card["splits"].values())
   assert kept == 20_000 - 1 - len(range(0, 20_000, 997))  # broken, no caption
-
-
-def _all_keys(out) -> collections.Counter:
-  card = prepared.read_card(str(out))
-  counts = collections.Counter()
-  for split in card["splits"]:
-    examples = prepared.Examples(str(out), split)
-    counts.update(examples[i]["key"] for i in range(len(examples)))
-  return counts
 
 
 def test_a_pipeline_killed_halfway_then_rerun_has_every_example_once(

@@ -21,17 +21,6 @@ from fakes import class_jpeg, fake_tfds
 from test_evaluate import _direct_image, _direct_text
 
 
-@pytest.fixture(scope="module")
-def photo_set(tmp_path_factory):
-  """The photos prepared from folder + JSONL: train 9, test 3."""
-  root = tmp_path_factory.mktemp("user_photos")
-  captions = photos.write_jsonl(str(root / "raw"))
-  out = str(root / "my_photos")
-  prepare.run(prepare.Options(source=[captions], out=out,
-                              examples_per_shard=4))
-  return out
-
-
 def test_prepare_train_and_evaluate_from_the_command_line(tmp_path,
                                                           tiny_data_dir):
   raw = photos.write_jsonl(str(tmp_path / "raw"))

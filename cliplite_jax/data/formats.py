@@ -41,6 +41,7 @@ class Format:
   classes(location) → [str] | None: a row source's class names (a class set).
   plan(location, options, common) → Planned: a unit source's units.
   items(**unit args) → Iterator[Item]: one unit's examples.
+  fields: reads prepare's --caption_fields (other caption kinds).
   """
   matches: Callable[[str], bool] = lambda location: False
   explicit: bool = False
@@ -50,6 +51,7 @@ class Format:
   classes: Callable | None = None
   plan: Callable | None = None
   items: Callable | None = None
+  fields: bool = False
 
 
 def _ends(*suffixes: str) -> Callable[[str], bool]:
@@ -61,14 +63,19 @@ def _captions_root(location: str, opts) -> str:
   return opts.images or os.path.dirname(os.path.abspath(location))
 
 
+def fields_of(opts) -> tuple[str, ...]:
+  """--caption_fields as a tuple of names."""
+  return tuple(f.strip() for f in opts.caption_fields.split(",") if f.strip())
+
+
 def _csv(delimiter: str) -> Callable:
   return lambda location, opts: readers.csv_rows(
       location, opts.image_column, opts.caption_column, opts.split_column,
-      delimiter)
+      delimiter, fields_of(opts))
 
 
 def _plan_webdataset(location: str, opts, common: dict) -> Planned:
-  return Planned([dict(shard=s, **common)
+  return Planned([dict(shard=s, fields=fields_of(opts), **common)
                   for s in readers.webdataset_shards(location)], "captions")
 
 
@@ -107,12 +114,13 @@ def _tfds_items(name, tfds_split, start, end, image_key, text_key, label_key,
 # Tried in this order for a spec without a prefix.
 FORMATS: dict[str, Format] = {
     "jsonl": Format(_ends(".jsonl"), fingerprinted=True,
-                    rows=lambda location, opts: readers.jsonl_rows(location),
-                    root=_captions_root),
+                    rows=lambda location, opts: readers.jsonl_rows(
+                        location, fields_of(opts)),
+                    root=_captions_root, fields=True),
     "csv": Format(_ends(".csv"), fingerprinted=True, rows=_csv(","),
-                  root=_captions_root),
+                  root=_captions_root, fields=True),
     "tsv": Format(_ends(".tsv"), fingerprinted=True, rows=_csv("\t"),
-                  root=_captions_root),
+                  root=_captions_root, fields=True),
     "karpathy": Format(_ends(".json"), fingerprinted=True,
                        rows=lambda location, opts:
                        readers.karpathy_rows(location),
@@ -125,9 +133,9 @@ FORMATS: dict[str, Format] = {
     "webdataset": Format(lambda location: (location.lower().endswith(".tar")
                                            or "*" in location
                                            or os.path.isdir(location)),
-                         plan=_plan_webdataset,
-                         items=lambda shard, **_: readers.webdataset_items(
-                             shard)),
+                         plan=_plan_webdataset, fields=True,
+                         items=lambda shard, fields=(), **_:
+                         readers.webdataset_items(shard, fields)),
     "tfds": Format(explicit=True, plan=_plan_tfds, items=_tfds_items),
 }
 

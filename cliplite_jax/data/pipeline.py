@@ -9,7 +9,6 @@ its iterator state (saved in every checkpoint) resumes it mid-epoch.
 from __future__ import annotations
 
 import json
-import sys
 
 import grain
 import ml_collections
@@ -18,101 +17,11 @@ from absl import flags
 from tokenizers import Tokenizer
 
 from cliplite_jax import config_io
-from cliplite_jax.data import augment, sources, text as text_lib, vectors
+from cliplite_jax.data import (augment, mixture, sources, text as text_lib,
+                               vectors)
+from cliplite_jax.data.streams import (EpochShuffle, IndexedExamples,
+                                       ProcessRows, subset_indices)
 from cliplite_jax.models import multimodal
-
-
-class EpochShuffle(grain.MapDataset):
-  """Infinite stream of full batches' worth of elements, reshuffled per epoch.
-
-  Element i is parent[perm_e[i mod n]] with e = i // n, n = the largest
-  multiple of `batch_size` ≤ len(parent) and perm_e a permutation seeded by
-  (seed, e).
-  """
-
-  def __init__(self, parent: grain.MapDataset, seed: int, batch_size: int):
-    super().__init__(parent)
-    self._epoch_size = len(parent) // batch_size * batch_size
-    if self._epoch_size == 0:
-      raise ValueError(f"dataset of {len(parent)} examples is smaller than "
-                       f"one batch of {batch_size}")
-    self._seed = seed
-    self._cached = (-1, None)
-
-  def __len__(self) -> int:
-    return sys.maxsize
-
-  def __str__(self) -> str:
-    return f"EpochShuffle(seed={self._seed})"
-
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if self._cached[0] != epoch:
-      rng = np.random.default_rng([self._seed, epoch])
-      self._cached = (epoch, rng.permutation(len(self._parent)))
-    return self._cached[1]
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    epoch, position = divmod(index, self._epoch_size)
-    return self._parent[int(self._permutation(epoch)[position])]
-
-
-class ProcessRows(grain.MapDataset):
-  """This process's rows of each global batch of an infinite `parent` stream.
-
-  Element j is parent[g·B + p·b + r] with (g, r) = divmod(j, b), B the global
-  batch, b = B / process count and p the process index: the processes' rows
-  of global batch g are consecutive, as the devices' are within a process,
-  so a run sees the same global batches on any number of processes.
-  """
-
-  def __init__(self, parent: grain.MapDataset, global_batch: int,
-               process_index: int, process_count: int):
-    super().__init__(parent)
-    self._global_batch = global_batch
-    self._local_batch = global_batch // process_count
-    self._offset = process_index * self._local_batch
-
-  def __len__(self) -> int:
-    return sys.maxsize
-
-  def __str__(self) -> str:
-    return f"ProcessRows(offset={self._offset}, rows={self._local_batch})"
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    batch, row = divmod(index, self._local_batch)
-    return self._parent[batch * self._global_batch + self._offset + row]
-
-
-class IndexedExamples:
-  """A random-access view of `examples[indices]` yielding (index, example)."""
-
-  def __init__(self, examples, indices: np.ndarray):
-    self._examples, self._indices = examples, indices
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, i):
-    index = int(self._indices[i])
-    return index, self._examples[index]
-
-
-def subset_indices(num_examples: int, fraction: float, seed: int) -> np.ndarray:
-  """The seeded, sorted subset of round(fraction · N) example indices (int64).
-
-  Subsets of one seed are nested: the 10 % subset lies inside the 25 % one.
-  """
-  if not 0 < fraction <= 1:
-    raise ValueError(f"data.fraction must be in (0, 1], got {fraction}")
-  if fraction == 1:
-    return np.arange(num_examples)
-  count = max(1, round(fraction * num_examples))
-  order = np.random.default_rng([seed, num_examples]).permutation(num_examples)
-  return np.sort(order[:count])
 
 
 class TrainTransform(grain.transforms.RandomMap):
@@ -147,14 +56,19 @@ class TrainTransform(grain.transforms.RandomMap):
     self._rewrites = rewrites or {}
     self._jitter_on_device = device_jitter(data_config)
     self._second_image, self._second_caption = second_image, second_caption
+    # Caption kinds drawn by probability (`data.caption_fields`), or none:
+    # uniform over captions and rewrites.
+    self._fields = caption_fields(data_config)
 
   def random_map(self, element, rng: np.random.Generator):
     index, example = element
     originals = sources.decode_captions(self._source, example)
-    raw = originals
-    if self._rewrites:
-      raw = originals + self._rewrites.get(
-          sources.image_id(self._source, index, example), [])
+    rewritten = (self._rewrites.get(
+        sources.image_id(self._source, index, example), [])
+        if self._rewrites else [])
+    if self._fields:
+      return self._from_fields(example, originals, rewritten, rng)
+    raw = originals + rewritten
     # Cleaned when first read: most examples read one or two of them.
     cleaned = {}
 
@@ -166,6 +80,38 @@ class TrainTransform(grain.transforms.RandomMap):
     if not any(caption_at(i) for i in range(len(raw))):
       return SKIPPED
     caption = self._draw_caption(caption_at, len(raw), len(originals), rng)
+    return self._views(example, caption, caption_at, len(raw), rng)
+
+  def _from_fields(self, example, originals, rewritten, rng):
+    """`random_map` with `data.caption_fields`: a field drawn by its
+    probability among those the example has a caption in (renormalised),
+    then one of its captions uniformly; a rewrite shorter than
+    `data.rewrite_min_words` gives way to an original (LaCLIP's rule)."""
+    pools = {"captions": originals, "rewrites": rewritten}
+    clean = lambda c: text_lib.clean_caption(c, self._cfg.max_words)  # noqa: E731
+    usable = {}
+    for name, _ in self._fields:
+      found = pools.get(name, example.get("fields", {}).get(name, []))
+      usable[name] = [c for c in map(clean, found) if c]
+    names = [n for n, _ in self._fields if usable[n]]
+    if not names:
+      return SKIPPED
+    weights = np.array([p for n, p in self._fields if usable[n]])
+    name = names[rng.choice(len(names), p=weights / weights.sum())]
+    caption = usable[name][rng.integers(len(usable[name]))]
+    if (name == "rewrites"
+        and len(caption.split()) < self._cfg.get("rewrite_min_words", 0)):
+      fallback = [c for c in map(clean, originals) if c]
+      if fallback:
+        caption = fallback[rng.integers(len(fallback))]
+    every = [c for n in names for c in usable[n]]
+    return self._views(example, caption, every.__getitem__, len(every), rng)
+
+  def _views(self, example, caption: str, caption_at, count: int,
+             rng: np.random.Generator):
+    """The image view(s) and the tokens of `caption` (and of a second one
+    among the `count` captions `caption_at(i)`), or SKIPPED when the image
+    does not decode."""
     view = self._image_view(example, rng)
     if view is None:
       return SKIPPED
@@ -174,7 +120,7 @@ class TrainTransform(grain.transforms.RandomMap):
     # The second views are drawn last: the first ones are those of a run
     # without them.
     if self._second_caption:
-      others = [c for c in map(caption_at, range(len(raw)))
+      others = [c for c in map(caption_at, range(count))
                 if c and c != caption]
       second = others[rng.integers(len(others))] if others else caption
       out.update(self._tokens(second, flipped, "_aug"))
@@ -227,6 +173,15 @@ class TrainTransform(grain.transforms.RandomMap):
     return {f"input_ids{suffix}": np.asarray(encoding.ids, np.int32),
             f"attention_mask{suffix}": np.asarray(encoding.attention_mask,
                                                   np.int32)}
+
+
+def caption_fields(data_config: ml_collections.ConfigDict
+                   ) -> list[tuple[str, float]]:
+  """`data.caption_fields` ("captions=0.5,rewrites=0.5") as [(field,
+  probability)], or [] when unset."""
+  text = data_config.get("caption_fields", "")
+  return mixture.parse(text, "data.caption_fields",
+                       "captions=0.5,rewrites=0.5") if text else []
 
 
 def device_jitter(data_config: ml_collections.ConfigDict) -> bool:
@@ -333,6 +288,11 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
     raise ValueError(f"batch_size {config.batch_size} is not divisible by "
                      f"the process count {process_count}")
   local_batch = config.batch_size // process_count
+  if mixture.is_mixture(config):
+    ds, limit = mixture.mixed_stream(config, lambda source: _transform(
+        config, source, tokenizer))
+    return _batched(config, ds, limit, "data.mixture", local_batch,
+                    process_index, process_count)
   source, _ = sources.get(config.data.name)
   examples = sources.open_split(config.data.name, config.data.train_split,
                                 config.data.data_dir)
@@ -351,17 +311,31 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
         features, multimodal.text_modalities(config), tokenizer,
         missing_token=config.model.get("missing", "zeros") == "indicator")
   else:
-    transform = TrainTransform(
-        source, tokenizer, config.data, load_rewrites(config.data.rewrites),
-        second_image=bool(config.loss.get("image_image", 0.0)),
-        second_caption=bool(config.loss.get("text_text", 0.0)))
+    transform = _transform(config, source, tokenizer)
   ds = ds.random_map(transform, seed=config.seed)
+  return _batched(config, ds, max(len(indices), 1),
+                  f"{config.data.name} {config.data.train_split}",
+                  local_batch, process_index, process_count)
+
+
+def _transform(config: ml_collections.ConfigDict, source: sources.Source,
+               tokenizer: Tokenizer) -> TrainTransform:
+  return TrainTransform(
+      source, tokenizer, config.data, load_rewrites(config.data.rewrites),
+      second_image=bool(config.loss.get("image_image", 0.0)),
+      second_caption=bool(config.loss.get("text_text", 0.0)))
+
+
+def _batched(config: ml_collections.ConfigDict, ds: grain.MapDataset,
+             limit: int, what: str, local_batch: int, process_index: int,
+             process_count: int) -> grain.IterDataset:
+  """This process's rows of the transformed global stream `ds`, read
+  ahead, skipped examples dropped and counted, in batches."""
   if process_count > 1:
     ds = ProcessRows(ds, epoch_chunk(config), process_index, process_count)
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=config.data.num_threads, prefetch_buffer_size=2))
-  ds = SkipAndCount(ds, limit=max(len(indices), 1),
-                    what=f"{config.data.name} {config.data.train_split}")
+  ds = SkipAndCount(ds, limit=limit, what=what)
   ds = ds.batch(local_batch, drop_remainder=True)
   if config.data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags in workers

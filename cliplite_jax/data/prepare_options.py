@@ -36,6 +36,7 @@ class Options:
   num_workers: int = 1
   runner: str = "local"
   beam_options: str = ""
+  caption_fields: str = ""
 
 
 def parse_fractions(text: str) -> dict[str, float]:
@@ -97,6 +98,8 @@ def spec(opts: Options) -> dict:
   # another runner.
   for key in ("out", "num_workers", "runner", "beam_options"):
     del spec[key]
+  if not spec["caption_fields"]:  # as specs written before it existed
+    del spec["caption_fields"]
   parsed = [parse_source(text) for text in opts.source]
   spec["source"] = [f"{split}={kind}:{where}" if split else f"{kind}:{where}"
                     for split, kind, where in parsed]

@@ -163,9 +163,12 @@ def _row_items(bucket: str, root: str):
   with open(bucket) as f:
     for line in f:
       row = json.loads(line)
-      entry = grouped.setdefault(row["image"], row | {"captions": [],
-                                                      "splits": []})
+      entry = grouped.setdefault(row["image"], row | {
+          "captions": [], "splits": [],
+          "fields": {f: [] for f in row.get("fields", {})}})
       entry["captions"] += row["captions"]
+      for field, captions in row.get("fields", {}).items():
+        entry["fields"][field] += captions
       if row["split"] is not None and row["split"] not in entry["splits"]:
         entry["splits"].append(row["split"])
   for image, row in grouped.items():
@@ -173,6 +176,7 @@ def _row_items(bucket: str, root: str):
     splits = row["splits"] or [None]  # rows without a split name none
     item.captions, item.split, item.label = (row["captions"], splits[0],
                                              row["label"])
+    item.fields = row["fields"]
     item.other_splits = tuple(splits[1:])
     yield item
 
@@ -244,11 +248,16 @@ def convert(unit: Unit, out: str, name: str, marker: str,
         writers[split] = (ArrayRecordWriter(path, "group_size:1"), path)
         stats[split] = {"examples": 0, "captions": 0,
                         "hist": [0] * (MAX_WORDS_BIN + 1)}
+      fields = {f: [c.strip() for c in cs if c and c.strip()]
+                for f, cs in item.fields.items()}
       writers[split][0].write(prepared.encode_record(
-          item.key, item.image, captions, item.label))
+          item.key, item.image, captions, item.label, fields))
       s = stats[split]
       s["examples"] += 1
       s["captions"] += len(captions)
+      for field, kept in fields.items():
+        s.setdefault("fields", {}).setdefault(field, 0)
+        s["fields"][field] += len(kept)
       for caption in captions:
         s["hist"][min(len(caption.split()), MAX_WORDS_BIN)] += 1
     for split, (writer, path) in writers.items():
@@ -303,6 +312,9 @@ def card(done: list[dict], fixed: dict, spec: dict) -> dict:
       entry["shards"].append({k: s[k] for k in ("file", "examples", "bytes",
                                                  "crc32") if k in s})
       entry["hist"] = [x + y for x, y in zip(entry["hist"], s["hist"])]
+      for field, n in s.get("fields", {}).items():  # --caption_fields
+        entry.setdefault("fields", {}).setdefault(field, 0)
+        entry["fields"][field] += n
     for why, n in marker["skipped"].items():
       counts[why] = counts.get(why, 0) + n
     problems += marker["problems"]
@@ -311,6 +323,10 @@ def card(done: list[dict], fixed: dict, spec: dict) -> dict:
     conflicts["examples"] += marked["examples"]
   for entry in splits.values():
     entry["caption_words"] = prepared.word_statistics(entry.pop("hist"))
+  fields = spec.get("caption_fields", "")
+  if fields:
+    fixed = dict(fixed, caption_fields=[f.strip() for f in fields.split(",")
+                                        if f.strip()])
   return {"format": prepared.FORMAT, "version": prepared.VERSION, **fixed,
           "splits": splits,
           "skipped": {"counts": counts, "examples": problems[:PROBLEMS_SHOWN]},

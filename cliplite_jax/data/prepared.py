@@ -8,7 +8,8 @@ A prepared dataset is a directory (local or gs://):
   dataset_card.md              the same for people
   SPLIT-IIIII-of-NNNNN.array_record
                                records: msgpack {"key": str, "image": bytes,
-                               "captions": [str], "label": int (class sets)}
+                               "captions": [str], "label": int (class sets),
+                               "fields": {name: [str]} (--caption_fields)}
 
 Opening one reads the card (the shards' record counts are in it) and checks
 each shard of the opened split against the size and CRC32 the card records,
@@ -233,11 +234,14 @@ class Examples:
 
 
 def encode_record(key: str, image: bytes, captions: list[str],
-                  label: int | None = None) -> bytes:
+                  label: int | None = None,
+                  fields: dict[str, list[str]] | None = None) -> bytes:
   """One record of a prepared shard (see the module docstring)."""
   record = {"key": key, "image": image, "captions": list(captions)}
   if label is not None:
     record["label"] = int(label)
+  if fields:
+    record["fields"] = {f: list(c) for f, c in fields.items()}
   return msgpack.packb(record, use_bin_type=True)
 
 

@@ -36,6 +36,8 @@ class Row:
   captions: list[str]
   split: str | None = None
   label: int | None = None
+  # Other caption kinds (prepare's --caption_fields): {field: [captions]}.
+  fields: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -50,6 +52,7 @@ class Item:
   problem: str | None = None
   # Splits other rows of the same image named (the first row's is kept).
   other_splits: tuple[str, ...] = ()
+  fields: dict = dataclasses.field(default_factory=dict)
 
 
 class SourceError(ValueError):
@@ -65,6 +68,13 @@ def _as_captions(value, where: str) -> list[str]:
     return list(value)
   raise SourceError(f"{where}: captions must be a string or a list of "
                     f"strings, got {type(value).__name__}")
+
+
+def caption_fields(found, fields: tuple[str, ...], where: str) -> dict:
+  """{field: [captions]} of the `fields` a row (a dict-like `found`) has,
+  each a string or a list of strings; absent or empty ones are []."""
+  return {f: _as_captions(found.get(f) or None, f"{where}: {f}")
+          for f in fields}
 
 
 # A split name becomes part of file names and of "a+b" split expressions.
@@ -116,9 +126,9 @@ def _open_text(path: str) -> Iterator[Iterator[str]]:
     yield lines()
 
 
-def jsonl_rows(path: str) -> Iterator[Row]:
+def jsonl_rows(path: str, fields: tuple[str, ...] = ()) -> Iterator[Row]:
   """{"image": "rel/path.jpg", "captions": [...] or "caption": "...",
-  optional "split", optional "label"} per line."""
+  optional "split", optional "label", and each of `fields`} per line."""
   with _open_text(path) as lines:
     for number, line in enumerate(lines, 1):
       if not line.strip():
@@ -133,11 +143,13 @@ def jsonl_rows(path: str) -> Iterator[Row]:
                           f'"image" path')
       captions = _as_captions(obj.get("captions", obj.get("caption")), where)
       yield Row(obj["image"], captions, check_split(obj.get("split"), where),
-                _check_label(obj.get("label"), where))
+                _check_label(obj.get("label"), where),
+                caption_fields(obj, fields, where))
 
 
 def csv_rows(path: str, image_column: str, caption_column: str,
-             split_column: str, delimiter: str) -> Iterator[Row]:
+             split_column: str, delimiter: str,
+             fields: tuple[str, ...] = ()) -> Iterator[Row]:
   """One caption per row; a header names the columns. A TSV's fields are
   taken as they are (no quoting: a caption may start with a quote)."""
   quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -145,17 +157,18 @@ def csv_rows(path: str, image_column: str, caption_column: str,
     reader = csv.DictReader(lines, delimiter=delimiter, quoting=quoting)
     try:
       yield from _csv_rows(path, reader, image_column, caption_column,
-                           split_column)
+                           split_column, fields)
     except csv.Error as e:  # e.g. a file whose lines end in a lone \r
       raise SourceError(f"{path}:{max(reader.line_num, 1)}: {e}; save the "
                         f"file with \\n or \\r\\n line ends") from None
 
 
 def _csv_rows(path: str, reader: csv.DictReader, image_column: str,
-              caption_column: str, split_column: str) -> Iterator[Row]:
+              caption_column: str, split_column: str,
+              fields: tuple[str, ...]) -> Iterator[Row]:
   """`csv_rows` of an open reader."""
   columns = reader.fieldnames or []
-  for needed in (image_column, caption_column):
+  for needed in (image_column, caption_column, *fields):
     if needed not in columns:
       raise SourceError(
           f"{path}: no column {needed!r} (it has {columns}); name the "
@@ -166,7 +179,8 @@ def _csv_rows(path: str, reader: csv.DictReader, image_column: str,
       raise SourceError(f"{where}: fewer fields than the header's "
                         f"{len(columns)}")
     yield Row(row[image_column], _as_captions(row[caption_column], where),
-              check_split(row.get(split_column) or None, where))
+              check_split(row.get(split_column) or None, where),
+              fields=caption_fields(row, fields, where))
 
 
 def karpathy_rows(path: str) -> Iterator[Row]:
@@ -241,25 +255,32 @@ def webdataset_shards(spec: str) -> list[str]:
   return files
 
 
-def webdataset_items(shard: str) -> Iterator[Item]:
+def webdataset_items(shard: str,
+                     fields: tuple[str, ...] = ()) -> Iterator[Item]:
   """img2dataset's layout: members KEY.jpg (or another image extension)
   with KEY.txt and/or KEY.json beside it. The captions are the json's
-  "captions" list (or its "caption"), else the txt."""
+  "captions" list (or its "caption"), else the txt; `fields`, the json's
+  keys of those names."""
   def finish(key, parts):
     image = next((data for ext, data in parts.items()
                   if ext in IMAGE_EXTENSIONS), None)
-    captions = []
+    captions, found = [], {f: [] for f in fields}
     if ".json" in parts:
       try:
         meta = json.loads(parts[".json"])
         captions = _as_captions(meta.get("captions", meta.get("caption")),
                                 f"{shard}:{key}.json")
       except (ValueError, AttributeError, SourceError):
-        captions = []
+        captions, meta = [], {}
+      try:
+        found = caption_fields(meta, fields, f"{shard}:{key}.json")
+      except (AttributeError, SourceError):
+        pass  # a field that is not text: none for this example
     if not captions and ".txt" in parts:
       captions = [parts[".txt"].decode("utf-8", errors="replace")]
     return Item(key, image, captions,
-                problem=None if image is not None else "missing")
+                problem=None if image is not None else "missing",
+                fields=found)
 
   key, parts = None, {}
   with epath.Path(shard).open("rb") as f:

@@ -11,7 +11,7 @@ from etils import epath
 from tokenizers import Tokenizer
 
 from cliplite_jax import config_io, run_dir
-from cliplite_jax.data import clip_tokenizer, sources, text as text_lib
+from cliplite_jax.data import clip_tokenizer, mixture, sources, text as text_lib
 from cliplite_jax.data.pipeline import load_rewrites
 from cliplite_jax.models import multimodal
 
@@ -22,20 +22,29 @@ from cliplite_jax.models import multimodal
 TOKENIZER_EXAMPLES = 200_000
 
 
-def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
+def all_captions(config: ml_collections.ConfigDict, split: str,
+                 limit: int = TOKENIZER_EXAMPLES) -> list[str]:
   """Every cleaned caption of `split` (for training a tokenizer), or of
-  `TOKENIZER_EXAMPLES` evenly spaced examples of a larger split; with
+  `limit` (`TOKENIZER_EXAMPLES`) evenly spaced examples of a larger split
+  (a mixture: of each source, its weight's share of `limit`); with
   `data.rewrites`, those examples' rewrites too (training draws them).
   For a multi-modality model: its text modality's texts, as they are."""
+  if mixture.is_mixture(config):  # each source's share, by its weight
+    captions = []
+    for name, weight in mixture.sources_of(config):
+      part = config.copy_and_resolve_references()
+      part.data.name, part.data.mixture = name, ""
+      captions += all_captions(part, split, max(1, round(limit * weight)))
+    return captions
   examples = sources.open_split(config.data.name, split, config.data.data_dir)
   if multimodal.is_multimodal(config):
     (m,) = multimodal.text_modalities(config)
-    return [examples[int(i)][m] for i in _spaced(len(examples))]
+    return [examples[int(i)][m] for i in _spaced(len(examples), limit)]
   source, _ = sources.get(config.data.name)
   rewrites = (load_rewrites(config.data.rewrites)
               if config.data.get("rewrites") else {})
   captions = []
-  for i in _spaced(len(examples)):
+  for i in _spaced(len(examples), limit):
     example = examples[int(i)]
     captions += sources.decode_captions(source, example)
     if rewrites:
@@ -43,10 +52,10 @@ def all_captions(config: ml_collections.ConfigDict, split: str) -> list[str]:
   return [text_lib.clean_caption(c, config.data.max_words) for c in captions]
 
 
-def _spaced(n: int):
-  """All of range(n), or `TOKENIZER_EXAMPLES` of it evenly spaced."""
-  return (range(n) if n <= TOKENIZER_EXAMPLES else
-          np.linspace(0, n - 1, TOKENIZER_EXAMPLES).astype(np.int64))
+def _spaced(n: int, limit: int):
+  """All of range(n), or `limit` of it evenly spaced."""
+  return (range(n) if n <= limit else
+          np.linspace(0, n - 1, limit).astype(np.int64))
 
 
 # Tokenizers trained on the training captions, by `data.tokenizer` name:

@@ -161,7 +161,7 @@ def _position_on_this_topology(mngr: ocp.CheckpointManager, step: int,
   a different number of processes (None when it was not).
 
   Each process's saved `next_index` counts its own rows of the global
-  stream (see `pipeline.ProcessRows`); the global batches all processes had
+  stream (see `streams.ProcessRows`); the global batches all processes had
   started is the largest next_index / rows-per-process, rounded up, and the
   new processes start at that global batch. Exact unless examples were
   skipped in the last batch; never repeats one.

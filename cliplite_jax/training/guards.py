@@ -18,7 +18,8 @@ from cliplite_jax.training import optim
 
 # Sections of the config that a checkpoint's contents depend on: resuming
 # with other values would load mismatched weights or train something else.
-_CHECKPOINT_DEFINING = ("model", "loss", "data.name", "data.image_size",
+_CHECKPOINT_DEFINING = ("model", "loss", "data.name", "data.mixture",
+                        "data.image_size",
                         "data.max_tokens", "data.tokenizer", "optim.ema_decay")
 # Memory/speed choices under those prefixes, and where the initial weights
 # were read (read once, at step 0): changing them changes no result.
@@ -32,6 +33,7 @@ _ABSENT_MEANS = {"model.head": "milinear",
                  "model.image.posemb_grid": 0, "optim.ema_decay": 0.0,
                  "loss.critic": "dot", "loss.image_image": 0.0,
                  "loss.text_text": 0.0, "loss.negatives": "rolled",
+                 "data.mixture": "",
                  **{f"loss.clusters.{k}": v
                     for k, v in clusters.DEFAULTS.items()}}
 # Loss fields only some objectives read: {prefix: those objectives}. A run of

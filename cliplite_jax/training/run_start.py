@@ -26,7 +26,7 @@ from etils import epath
 from cliplite_jax import config_io
 from cliplite_jax.probes import evaluated
 
-from cliplite_jax.data import pipeline, prepared, sources, vectors
+from cliplite_jax.data import mixture, pipeline, prepared, sources, vectors
 from cliplite_jax.models import multimodal
 from cliplite_jax.training import optim
 
@@ -43,15 +43,19 @@ REWRITES_SAMPLE = 2000
 class DataCheck:
   """What `check_data` found: `num_examples`, the training examples (the
   fraction's); `rewrites_line`, the start-up summary's line about
-  `data.rewrites` (None without)."""
+  `data.rewrites` (None without); `mixture_line`, the one about
+  `data.mixture`'s sources (None without)."""
   num_examples: int
   rewrites_line: str | None = None
+  mixture_line: str | None = None
 
 
 def check_data(config: ml_collections.ConfigDict) -> DataCheck:
   """Fails early, before anything is written, on an unreadable dataset or
   rewrites file, a class set to train on, a training split smaller than one
   batch, or a rewrites file that matches none of the training examples."""
+  if mixture.is_mixture(config):
+    return _check_mixture(config)
   evaluated.check_reads([(config.data.name, config.data.train_split)]
                          + evaluated.evaluation_reads(config),
                          config.data.data_dir)
@@ -79,11 +83,61 @@ def check_data(config: ml_collections.ConfigDict) -> DataCheck:
         f"training examples (data.fraction {config.data.fraction}), fewer "
         f"than one batch of {needed}: lower --config.batch_size"
         + (" or data.num_workers" if config.data.num_workers > 0 else ""))
+  _check_caption_fields(config, config.data.name)
   rewrites = pipeline.load_rewrites(config.data.get("rewrites"))
   line = None
   if config.data.get("rewrites") and not multimodal.is_multimodal(config):
     line = _check_rewrites(config, examples, indices, rewrites)
   return DataCheck(len(indices), line)
+
+
+def _check_caption_fields(config: ml_collections.ConfigDict,
+                          name: str) -> None:
+  """UserError when `data.caption_fields` names a field the training set
+  `name` was not prepared with (`prepare --caption_fields`)."""
+  wanted = [f for f, _ in pipeline.caption_fields(config.data)
+            if f not in ("captions", "rewrites")]
+  if not wanted:
+    return
+  kept = (prepared.read_card(name).get("caption_fields", [])
+          if prepared.is_prepared_name(name) else [])
+  missing = [f for f in wanted if f not in kept]
+  if missing:
+    raise config_io.UserError(
+        f"data.caption_fields draws {', '.join(missing)}, which {name} does "
+        f"not keep (its fields: {', '.join(['captions'] + kept)}; prepare "
+        f"it with --caption_fields={','.join(wanted)})")
+
+
+def _check_mixture(config: ml_collections.ConfigDict) -> DataCheck:
+  """`check_data` for `data.mixture`: every source readable, a caption
+  set, with training examples; the summary's line of sizes, weights and
+  the epochs of each the run covers."""
+  named = mixture.sources_of(config)
+  evaluated.check_reads([(name, config.data.train_split) for name, _ in named]
+                        + evaluated.evaluation_reads(config),
+                        config.data.data_dir)
+  sizes = []
+  for name, _ in named:
+    if sources.get(name)[0].captions_key is None:
+      raise config_io.UserError(
+          f"data.mixture: {name} is a class set, without captions: training "
+          f"needs image-caption pairs")
+    _check_caption_fields(config, name)
+    examples = sources.open_split(name, config.data.train_split,
+                                  config.data.data_dir)
+    sizes.append(len(pipeline.subset_indices(
+        len(examples), config.data.fraction, config.data.fraction_seed)))
+  if sum(sizes) < pipeline.epoch_chunk(config):
+    raise config_io.UserError(
+        f"data.mixture's sources have {sum(sizes)} training examples in all, "
+        f"fewer than one batch of {pipeline.epoch_chunk(config)}: lower "
+        f"--config.batch_size")
+  line = "mixture: " + "; ".join(
+      f"{sources.display_name(name)} weight {weight:.3g}, {size} examples, "
+      f"{mixture.epochs_covered(size, weight, config.total_steps, config.batch_size):.2f}"
+      f" epochs" for (name, weight), size in zip(named, sizes))
+  return DataCheck(sum(sizes), mixture_line=line)
 
 
 def rewrite_coverage(source: sources.Source, examples, indices: np.ndarray,

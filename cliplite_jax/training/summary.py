@@ -6,7 +6,7 @@ import jax
 import ml_collections
 
 from cliplite_jax import objectives
-from cliplite_jax.data import pipeline
+from cliplite_jax.data import mixture, pipeline
 from cliplite_jax.models import cliplite, multimodal, towers
 from cliplite_jax.training import optim
 
@@ -36,9 +36,16 @@ def parameter_counts(config: ml_collections.ConfigDict,
 def epoch_examples(num_examples: int, config: ml_collections.ConfigDict
                    ) -> int:
   """Examples one epoch of the training stream holds: the (sub)set cut to
-  whole global batches (per worker process), as `pipeline.EpochShuffle`."""
+  whole global batches (per worker process), as `streams.EpochShuffle`."""
   chunk = pipeline.epoch_chunk(config)
   return num_examples // chunk * chunk
+
+
+def _data_name(config: ml_collections.ConfigDict) -> str:
+  """The training set, or how many sources a mixture has."""
+  if mixture.is_mixture(config):
+    return f"a mixture of {len(mixture.sources_of(config))} sources,"
+  return config.data.name
 
 
 def _count(n: int, noun: str) -> str:
@@ -119,8 +126,8 @@ def startup_lines(config: ml_collections.ConfigDict, params, mesh,
       + " × ".join(f"{a} {n}" for a, n in mesh.shape.items()),
       f"batch: {config.batch_size} global, {per_device} per device, "
       f"{per_device // accum} per micro-batch",
-      f"data: {config.data.name} {config.data.train_split}, {num_examples} "
-      f"examples (fraction {config.data.fraction:g}); "
+      f"data: {_data_name(config)} {config.data.train_split}, "
+      f"{num_examples} examples (fraction {config.data.fraction:g}); "
       f"{_count(config.total_steps, 'step')} = "
       f"{config.total_steps * config.batch_size / max(epoch, 1):.1f} epochs",
       f"optimiser: {config.optim.name}, lr {lr}, warmup "

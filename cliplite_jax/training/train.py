@@ -14,7 +14,8 @@ from jax.sharding import Mesh
 
 from cliplite_jax import config_io, evaluate, objectives, run_dir, validation
 from cliplite_jax.objectives import clusters
-from cliplite_jax.data import augment, pipeline, sources, vocabulary
+from cliplite_jax.data import (augment, mixture, pipeline, sources,
+                               vocabulary)
 from cliplite_jax.models import hf_bert, multimodal, released
 from cliplite_jax.probes import evaluated, suite
 from cliplite_jax.training import (accumulate, checkpoint, checkpoint_saver,
@@ -92,6 +93,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
       k + suffix for suffix in ("", "_aug")
       for k in ("images", "input_ids", "attention_mask")))
   pixels = None if is_multimodal else augment.pixel_stats(config)
+  source_names = [sources.display_name(name)
+                  for name, _ in mixture.sources_of(config)]
 
   def model_inputs(batch):
     """The model's positional and keyword arguments of one batch."""
@@ -169,6 +172,10 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh: Mesh):
         jnp.subtract, weights, state.model_params))
     if "skipped" in batch:
       metrics["data/skipped"] = jnp.sum(batch["skipped"]).astype(jnp.float32)
+    if "source" in batch:  # a mixture: the share of the batch each gave
+      for position, name in enumerate(source_names):
+        metrics[f"data/source/{name}"] = jnp.mean(
+            (batch["source"] == position).astype(jnp.float32))
     metrics.update({f"lr/{g}": s(state.step) for g, s in schedules.items()})
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=batch_stats, opt_state=opt_state)
@@ -315,7 +322,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   lines = summary.startup_lines(
       config, optim.model_params(state.params), mesh, workdir,
       first_step if last_saved is not None else None, num_examples)
-  lines += [data_check.rewrites_line] if data_check.rewrites_line else []
+  lines += [line for line in (data_check.mixture_line,
+                              data_check.rewrites_line) if line]
   writer.write_text(first_step, "run", "\n\n".join(lines))
   if jax.process_index() == 0:
     print("\n".join(lines), flush=True)
