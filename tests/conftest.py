@@ -135,6 +135,34 @@ def photo_set(tmp_path_factory):
   return out
 
 
+def assert_stream_resumes_and_splits(config, tokenizer, total: int,
+                                     stop_after: int) -> None:
+  """The training stream of `config`: a fresh iterator given the state
+  after `stop_after` batches yields the uninterrupted batches bit for bit,
+  and two processes' rows, side by side, are the one process's batches."""
+  import numpy as np
+  from cliplite_jax.data import pipeline
+  straight = iter(pipeline.train_dataset(config, tokenizer))
+  batches = [next(straight) for _ in range(total)]
+  interrupted = iter(pipeline.train_dataset(config, tokenizer))
+  for _ in range(stop_after):
+    next(interrupted)
+  resumed = iter(pipeline.train_dataset(config, tokenizer))
+  resumed.set_state(interrupted.get_state())
+  for expected in batches[stop_after:]:
+    got = next(resumed)
+    assert set(got) == set(expected)
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])
+  halves = [iter(pipeline.train_dataset(config, tokenizer, index, 2))
+            for index in range(2)]
+  for expected in batches[:stop_after]:
+    rows = [next(half) for half in halves]
+    for key in expected:
+      np.testing.assert_array_equal(
+          np.concatenate([r[key] for r in rows]), expected[key])
+
+
 @pytest.fixture
 def tiny(tiny_data_dir):
   return tiny_config(tiny_data_dir)

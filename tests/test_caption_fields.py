@@ -3,8 +3,8 @@ and training draws a field by `data.caption_fields`' probabilities, then
 one of its captions: measured shares, exact resume, 2 processes = 1."""
 import json
 import os
-import tarfile
 import io
+import tarfile
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from cliplite_jax import config_io, prepare
 from cliplite_jax.data import pipeline, prepared, text as text_lib
 from cliplite_jax.data.prepare_options import PrepareError
 from cliplite_jax.training import run_start
+from conftest import assert_stream_resumes_and_splits
 
 COUNT = 40
 
@@ -120,25 +121,7 @@ def test_a_run_with_fields_resumes_exactly_and_is_the_same_on_two_processes(
     tiny, fielded):
   config = _config(tiny, fielded)
   config.batch_size = 16
-  tokenizer = _tokenizer(config)
-  straight = iter(pipeline.train_dataset(config, tokenizer))
-  batches = [next(straight) for _ in range(6)]
-  interrupted = iter(pipeline.train_dataset(config, tokenizer))
-  for _ in range(3):
-    next(interrupted)
-  resumed = iter(pipeline.train_dataset(config, tokenizer))
-  resumed.set_state(interrupted.get_state())
-  for expected in batches[3:]:
-    got = next(resumed)
-    for key in expected:
-      np.testing.assert_array_equal(got[key], expected[key])
-  halves = [iter(pipeline.train_dataset(config, tokenizer, index, 2))
-            for index in range(2)]
-  for expected in batches[:3]:
-    rows = [next(half) for half in halves]
-    for key in expected:
-      np.testing.assert_array_equal(
-          np.concatenate([r[key] for r in rows]), expected[key])
+  assert_stream_resumes_and_splits(config, _tokenizer(config), 6, 3)
 
 
 def test_a_field_the_set_does_not_keep_is_refused_at_start(tiny, fielded):

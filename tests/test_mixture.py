@@ -12,6 +12,7 @@ from cliplite_jax.data import (mixture, pipeline, sources, text as text_lib,
                                vocabulary)
 from cliplite_jax.training import train
 from cliplite_jax.validation import check_train
+from conftest import assert_stream_resumes_and_splits
 
 
 @pytest.fixture
@@ -55,26 +56,7 @@ def test_a_mixture_resumes_exactly_and_is_the_same_on_two_processes(mixed):
   """Mid-mixture, mid-epoch of both sources: a fresh iterator given the
   state after 5 batches yields the uninterrupted batches bit for bit; two
   processes' rows, side by side, are the one process's batches."""
-  tokenizer = _tokenizer(mixed)
-  straight = iter(pipeline.train_dataset(mixed, tokenizer))
-  batches = [next(straight) for _ in range(9)]
-  interrupted = iter(pipeline.train_dataset(mixed, tokenizer))
-  for _ in range(5):
-    next(interrupted)
-  resumed = iter(pipeline.train_dataset(mixed, tokenizer))
-  resumed.set_state(interrupted.get_state())
-  for expected in batches[5:]:
-    got = next(resumed)
-    assert set(got) == set(expected)
-    for key in expected:
-      np.testing.assert_array_equal(got[key], expected[key])
-  halves = [iter(pipeline.train_dataset(mixed, tokenizer, index, 2))
-            for index in range(2)]
-  for expected in batches[:4]:
-    rows = [next(half) for half in halves]
-    for key in expected:
-      np.testing.assert_array_equal(
-          np.concatenate([r[key] for r in rows]), expected[key])
+  assert_stream_resumes_and_splits(mixed, _tokenizer(mixed), 9, 5)
 
 
 def test_a_mixture_is_checked_before_anything_is_written(mixed, photo_set,
