@@ -38,14 +38,17 @@ setup(
         "rewrite": ["transformers>=5", "torch"],
         # python -m cliplite_jax.prepare --runner=direct|dataflow|flink|spark.
         "beam": ["apache-beam>=2.60"],
+        # data.resize="opencv": the faster antialiased resize.
+        "opencv": ["opencv-python-headless"],
         # scikit-image and scikit-learn: their bundled sample photographs
         # are the real-photo test set of prepared datasets.
         # pytest-xdist: the suite runs in 2 processes, a test file each.
         # open-clip-torch: the reference for importing open_clip checkpoints.
         # apache-beam: prepare on Beam's DirectRunner, checked against the
-        # local pool.
+        # local pool; opencv: its resize, checked against PIL's.
         "test": ["pytest", "pytest-xdist", "scikit-learn", "scikit-image", "transformers>=5",
                  "torch==2.14.1", "torchvision==0.29.1",
-                 "open-clip-torch==3.3.0", "apache-beam>=2.60"],
+                 "open-clip-torch==3.3.0", "apache-beam>=2.60",
+                 "opencv-python-headless"],
     },
 )

@@ -11,7 +11,9 @@ applied in the train step (`data.color_jitter_on_device`). tf.data runs the
 same steps with `decode_and_crop_jpeg`, `tf.image` ops (jitter on the host)
 and the same HF tokenizer; a third pipeline is tf.data with tf.image's
 default, aliased resize (4 pixels per output), cheaper and not
-torchvision's. All get the same number of threads and run interleaved in
+torchvision's; a fourth is our pipeline with `data.resize="opencv"` (a
+triangle prefilter and bilinear sampling: antialiased, not PIL's pixels).
+All get the same number of threads and run interleaved in
 this process; each reports images per wall-clock second and images per
 CPU-second of the process (the per-core rate, whatever threads ran). First,
 the CPU time per image of each host operation, old and new.
@@ -164,6 +166,10 @@ def per_op_ms(config, tokenizer, examples, repeats: int = 3) -> dict:
           lambda i: augment.decode_random_resized_crop(
               jpegs[i], np.random.default_rng(i), cfg.image_size,
               tuple(cfg.crop_scale)),
+      "decode + crop + resize, fused, opencv resize":
+          lambda i: augment.decode_random_resized_crop(
+              jpegs[i], np.random.default_rng(i), cfg.image_size,
+              tuple(cfg.crop_scale), resize="opencv"),
       "colour jitter, PIL (host path)": lambda i: augment.color_jitter(
           crops[i], np.random.default_rng(i), *cfg.color_jitter, p=1.0),
       "colour jitter parameters (device path's host part)":
@@ -206,8 +212,12 @@ def main():
   config, examples, tokenizer = coco_setup(args.batch_size, args.threads, 256)
   for name, ms in per_op_ms(config, tokenizer, examples).items():
     print(f"  {name:52s} {ms:5.2f} ms per image (CPU)")
+  opencv = config.copy_and_resolve_references()
+  opencv.data.resize = "opencv"
   pipelines = {
       "grain": lambda: bench_grain(config, tokenizer, examples, args.batches),
+      "grain, opencv resize": lambda: bench_grain(opencv, tokenizer, examples,
+                                                  args.batches),
       "tf.data": lambda: bench_tfdata(config, tokenizer, examples,
                                       args.batches, args.threads),
       "tf.data, aliased resize": lambda: bench_tfdata(

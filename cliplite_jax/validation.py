@@ -7,6 +7,7 @@ all problems found are reported together.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import shlex
@@ -14,7 +15,7 @@ import shlex
 import ml_collections
 
 from cliplite_jax import config_io, objectives
-from cliplite_jax.data import mixture
+from cliplite_jax.data import augment, mixture
 from cliplite_jax.models import heads, multimodal, towers
 
 DTYPES = ("float32", "bfloat16")
@@ -223,6 +224,12 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
   c.number("optim.ema_decay", 0, 1, high_open=True)
   c.integer("optim.warmup_steps", 0)
   c.number("data.fraction", 0, 1, low_open=True)
+  if c.get("data.resize") is not None:
+    c.one_of("data.resize", augment.RESIZES)
+    if c.get("data.resize") == "opencv":
+      if importlib.util.find_spec("cv2") is None:
+        c.problems.append("data.resize='opencv' needs OpenCV: pip install "
+                          "'cliplite_jax[opencv]' (or use 'pil')")
   mixture.check_fields(c, config)
   c.integer("data.num_workers", 0)
   _eval_fields(c)

@@ -151,7 +151,8 @@ class TrainTransform(grain.transforms.RandomMap):
     cfg = self._cfg
     image = augment.decode_random_resized_crop(
         example[self._source.image_key], rng, cfg.image_size,
-        tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
+        tuple(cfg.crop_scale), tuple(cfg.crop_ratio),
+        cfg.get("resize", "pil"))
     if image is None:
       return None
     out = {}
