@@ -86,7 +86,7 @@ flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Parallel processes "
 flags.DEFINE_enum("runner", "local", ["local"] + list(prepare_beam.RUNNERS),
                   "Who converts the units: this machine's process pool "
                   "(local), or an Apache Beam pipeline on DirectRunner, "
-                  "Dataflow, Flink or Spark (pip install 'cliplite_jax[beam]').")
+                  "Dataflow, Flink or Spark (pip install -e '.[beam]').")
 flags.DEFINE_string("beam_options", "", "Beam pipeline options passed "
                     "through, as shell words, e.g. \"--project=P "
                     "--region=R --temp_location=gs://B/tmp "
@@ -252,6 +252,7 @@ def _run_locked(opts: Options, root: epath.Path, spec: dict,
   # unfinished work, not a stranger's files in --out.
   work.mkdir(parents=True, exist_ok=True)
   (work / "spec.json").write_text(json.dumps(spec, indent=1))
+  prepare_beam.require(opts.runner, opts.beam_options)
   units, fixed = plan(work, opts)
   prepare_beam.check_units(opts.runner, out, [unit.kind for unit in units])
   # Units stage their files here (local outputs) or in a local temporary
@@ -317,6 +318,10 @@ def _run_locked(opts: Options, root: epath.Path, spec: dict,
   _bucket_dir(work).rmtree(missing_ok=True)
   work.rmtree(missing_ok=True)
   print(f"prepared {out}: {_summary(card)}")
+  for field in card.get("caption_fields", []):
+    if not any(s.get("fields", {}).get(field) for s in card["splits"].values()):
+      print(f"prepare: warning: --caption_fields {field!r} was found in no "
+            f"example (a typo?)", file=sys.stderr)
   conflicts = card["split_conflicts"]
   if conflicts["count"]:
     print(f"prepare: warning: {conflicts['count']} images are listed in more "

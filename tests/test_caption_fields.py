@@ -77,6 +77,15 @@ def test_prepare_keeps_each_field_from_jsonl_csv_and_webdataset(
     assert (record["captions"], record["fields"]["gen"]) == want
 
 
+def test_a_field_found_in_no_example_is_warned_of(tmp_path, capsys):
+  (tmp_path / "a.png").write_bytes(_png(0))
+  (tmp_path / "c.jsonl").write_text(json.dumps(
+      {"image": "a.png", "caption": "one", "gen": "uno"}) + "\n")
+  prepare.run(prepare.Options(source=[str(tmp_path / "c.jsonl")],
+                              out=str(tmp_path / "o"), caption_fields="gne"))
+  assert "'gne' was found in no example (a typo?)" in capsys.readouterr().err
+
+
 def test_fields_prepare_cannot_keep_are_one_line(tmp_path):
   (tmp_path / "k.json").write_text(json.dumps({"images": []}))
   for fields, source, message in (

@@ -30,6 +30,7 @@ def _tokenizer(config):
 def test_weights_are_normalised_and_bad_entries_are_one_line():
   assert mixture.parse("a=3,/x/b=1") == [("a", 0.75), ("/x/b", 0.25)]
   assert mixture.parse("gs://b/set=2") == [("gs://b/set", 1.0)]
+  assert mixture.parse(" a = 1 , b=1") == [("a", 0.5), ("b", 0.5)]
   for bad, message in (("a", "not NAME=WEIGHT"), ("a=0", "positive"),
                        ("a=-1", "positive"), ("a=x", "positive"),
                        ("a=inf", "positive"), ("=1", "not NAME=WEIGHT"),

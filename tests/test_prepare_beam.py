@@ -132,6 +132,8 @@ def test_beam_options_pass_through_and_bad_ones_are_one_line(tmp_path):
   assert prepare_beam.pipeline_options(
       "spark", "", 2).get_all_options()["runner"] == "SparkRunner"
   source = photos.write_jsonl(str(tmp_path / "jsonl"))
+  with pytest.raises(PrepareError, match="give it as prepare's --runner"):
+    prepare_beam.pipeline_options("direct", "--runner=DataflowRunner", 2)
   with pytest.raises(PrepareError, match="--beam_options: No closing"):
     prepare.run(Options(source=[source], out=str(tmp_path / "o"),
                         runner="direct", beam_options="--job_name='a"))

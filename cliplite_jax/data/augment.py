@@ -65,7 +65,7 @@ DECODE_ERRORS = decode.DECODE_ERRORS
 # `data.resize`: how a crop is resized. "pil": PIL's antialiased bilinear
 # (torchvision's), the reference; "opencv": the same filter's support as a
 # separable triangle prefilter, then bilinear sampling, in OpenCV (3–6×
-# faster on a COCO-sized crop, within a grey level of PIL on average).
+# faster on a COCO-sized crop, within 2 grey levels of PIL on average).
 RESIZES = ("pil", "opencv")
 
 
@@ -86,7 +86,7 @@ def _triangle(scale: float) -> np.ndarray | None:
 def resize_opencv(crop: np.ndarray, size: int) -> np.ndarray:
   """uint8 [h, w, 3] → uint8 [size, size, 3], antialiased: each shrunk
   axis blurred by `_triangle`, then bilinear sampling at the output
-  pixels' centres (OpenCV's and PIL's alignment). Within a grey level of
+  pixels' centres (OpenCV's and PIL's alignment). Within 2 grey levels of
   PIL's resize on average (tests/test_augment.py)."""
   import cv2  # the [opencv] extra; only for data.resize="opencv"
   height, width = crop.shape[:2]

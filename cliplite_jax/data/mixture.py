@@ -37,6 +37,7 @@ def parse(text: str, key: str = "data.mixture",
   entries, names = [], set()
   for item in filter(None, (part.strip() for part in text.split(","))):
     name, eq, weight = item.rpartition("=")
+    name = name.strip()
     try:
       value = float(weight)
     except ValueError:

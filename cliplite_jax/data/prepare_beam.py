@@ -59,6 +59,9 @@ def pipeline_options(runner: str, beam_options: str, num_workers: int):
     args = shlex.split(beam_options)
   except ValueError as e:
     raise PrepareError(f"--beam_options: {e}") from e
+  if any(a == "--runner" or a.startswith("--runner=") for a in args):
+    raise PrepareError("--beam_options names a runner: give it as prepare's "
+                       "--runner=direct|dataflow|flink|spark")
   args = [f"--runner={RUNNERS[runner]}"] + args
   if runner == "direct":
     if not any(a.startswith("--direct_num_workers") for a in args):
@@ -76,22 +79,38 @@ def _convert(job) -> str:
   return job[2]
 
 
+def require(runner: str, beam_options: str) -> None:
+  """PrepareError, before any work, when `runner` needs Apache Beam and it
+  is not installed, or `beam_options` do not parse."""
+  if runner == "local":
+    return
+  _import_beam(runner)
+  pipeline_options(runner, beam_options, 1)
+
+
+def _import_beam(runner: str):
+  """apache_beam, or PrepareError naming the extra to install."""
+  # Beam's import warns of clients it does not use here (BigQuery's).
+  logging.disable(logging.WARNING)
+  try:
+    import apache_beam
+  except ImportError as e:
+    raise PrepareError(f"--runner={runner} needs Apache Beam: pip install "
+                       f"-e '.[beam]' in the clone ({e})") from e
+  finally:
+    logging.disable(logging.NOTSET)
+  return apache_beam
+
+
 def convert_all(jobs: list[tuple], runner: str, beam_options: str,
                 num_workers: int, meter, examples: list[int]) -> None:
   """Runs `prepare_units.convert(*job)` for every job on the Beam `runner`,
   returning when the pipeline has finished; `meter` (progress.Progress)
   advances as the units' markers appear, and `examples[0]` counts the
   examples those units read (kept or skipped)."""
-  # Beam's import and its runner log warnings about services it does not
-  # use here (BigQuery clients, worker state directories).
-  logging.disable(logging.WARNING)
-  try:
-    import apache_beam as beam
-  except ImportError as e:
-    raise PrepareError(f"--runner={runner} needs Apache Beam: pip install "
-                       f"'cliplite_jax[beam]' ({e})") from e
-  finally:
-    logging.disable(logging.NOTSET)
+  beam = _import_beam(runner)
+  # Its runner logs warnings about what it does not use here (worker state
+  # directories, options meant for other runners).
   logging.getLogger("apache_beam").setLevel(logging.ERROR)
   options = pipeline_options(runner, beam_options, num_workers)
   watching = threading.Event()
@@ -114,17 +133,21 @@ def convert_all(jobs: list[tuple], runner: str, beam_options: str,
 def _watch_markers(jobs, meter, examples: list[int], stop: threading.Event,
                    every_s: float = 1.0) -> None:
   """Advances `meter` by each unit whose marker has appeared, and
-  `examples[0]` by the examples that unit read."""
-  pending = {job[3] for job in jobs}  # the markers' paths
+  `examples[0]` by the examples that unit read: one listing of the work
+  folder per sweep (on gs://, one request, not one per unit). A sweep
+  that fails (a transient storage error) is tried again at the next."""
+  pending = {epath.Path(job[3]).name: epath.Path(job[3]) for job in jobs}
+  folder = next(iter(pending.values())).parent if pending else None
   while pending:
     finished = stop.wait(every_s)
-    for marker in sorted(pending):
-      path = epath.Path(marker)
-      if path.exists():
-        counts = json.loads(path.read_text())
+    try:
+      present = {p.name for p in folder.glob("unit-*.json")}
+      for name in sorted(present & set(pending)):
+        counts = json.loads(pending.pop(name).read_text())
         examples[0] += (sum(s["examples"] for s in counts["splits"].values())
                         + sum(counts["skipped"].values()))
-        pending.discard(marker)
         meter.add(1)
+    except (OSError, ValueError, KeyError):
+      pass
     if finished:
       return

@@ -342,6 +342,9 @@ def card_markdown(card: dict) -> str:
            f"Created {card['created']} by `python -m cliplite_jax.prepare` "
            f"from:", ""]
   lines += [f"- `{s}`" for s in card["sources"]]
+  if card.get("caption_fields"):
+    lines += ["", "Caption fields kept beside the captions: "
+              + ", ".join(f"`{f}`" for f in card["caption_fields"]) + "."]
   lines += ["", "| split | examples | captions | shards | words per caption "
             "(mean / median / p95 / max) |", "|---|---|---|---|---|"]
   for name, s in sorted(card["splits"].items()):
