@@ -107,12 +107,12 @@ def plan(work: epath.Path, opts: Options
   units, classes, kinds, described = [], None, set(), []
   row_sources, fixed_warnings = [], []
   buckets = _bucket_dir(work)
+  reserved = {"captions", "caption", "image", "split", "label", "rewrites"}
+  if reserved & set(formats.fields_of(opts)):
+    raise PrepareError(f"--caption_fields: {sorted(reserved)} are reserved "
+                       f"names")
   for number, text in enumerate(opts.source):
     split, kind, location = parse_source(text)
-    reserved = {"captions", "caption", "image", "split", "label", "rewrites"}
-    if reserved & set(formats.fields_of(opts)):
-      raise PrepareError(f"--caption_fields: {sorted(reserved)} are "
-                         f"reserved names")
     if formats.fields_of(opts) and not formats.FORMATS[kind].fields:
       raise PrepareError(f"--caption_fields reads JSONL, CSV/TSV and "
                          f"webdataset sources; {kind}:{location} has no "

@@ -229,7 +229,7 @@ def check_train(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if c.get("data.resize") == "opencv":
       if importlib.util.find_spec("cv2") is None:
         c.problems.append("data.resize='opencv' needs OpenCV: pip install "
-                          "'cliplite_jax[opencv]' (or use 'pil')")
+                          "-e '.[opencv]' in the clone (or use 'pil')")
   mixture.check_fields(c, config)
   c.integer("data.num_workers", 0)
   _eval_fields(c)

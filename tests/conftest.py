@@ -135,11 +135,11 @@ def photo_set(tmp_path_factory):
   return out
 
 
-def assert_stream_resumes_and_splits(config, tokenizer, total: int,
-                                     stop_after: int) -> None:
+def assert_stream_resumes(config, tokenizer, total: int,
+                          stop_after: int) -> list[dict]:
   """The training stream of `config`: a fresh iterator given the state
-  after `stop_after` batches yields the uninterrupted batches bit for bit,
-  and two processes' rows, side by side, are the one process's batches."""
+  after `stop_after` batches yields the uninterrupted batches bit for bit.
+  Returns the `total` uninterrupted batches."""
   import numpy as np
   from cliplite_jax.data import pipeline
   straight = iter(pipeline.train_dataset(config, tokenizer))
@@ -154,6 +154,16 @@ def assert_stream_resumes_and_splits(config, tokenizer, total: int,
     assert set(got) == set(expected)
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key])
+  return batches
+
+
+def assert_stream_resumes_and_splits(config, tokenizer, total: int,
+                                     stop_after: int) -> None:
+  """`assert_stream_resumes`, and two processes' rows, side by side, are
+  the one process's first `stop_after` batches."""
+  import numpy as np
+  from cliplite_jax.data import pipeline
+  batches = assert_stream_resumes(config, tokenizer, total, stop_after)
   halves = [iter(pipeline.train_dataset(config, tokenizer, index, 2))
             for index in range(2)]
   for expected in batches[:stop_after]:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from cliplite_jax.data import (augment, pipeline, sources, text as text_lib,
                                vocabulary)
+from conftest import assert_stream_resumes
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -50,19 +51,7 @@ def test_epoch_shuffle_batches_distinct_and_reshuffled():
 def _assert_resumes_exactly(config, total: int, stop_after: int):
   """A fresh iterator given the state after `stop_after` batches continues
   with exactly the batches an uninterrupted one yields."""
-  tokenizer = _tokenizer(config)
-  dataset = pipeline.train_dataset(config, tokenizer)
-  straight = iter(dataset)
-  batches = [next(straight) for _ in range(total)]
-  interrupted = iter(dataset)
-  for _ in range(stop_after):
-    next(interrupted)
-  resumed = iter(pipeline.train_dataset(config, tokenizer))
-  resumed.set_state(interrupted.get_state())
-  for expected in batches[stop_after:]:
-    got = next(resumed)
-    for key in expected:
-      np.testing.assert_array_equal(got[key], expected[key])
+  assert_stream_resumes(config, _tokenizer(config), total, stop_after)
 
 
 def test_iterator_state_resumes_exactly(tiny):

@@ -63,9 +63,14 @@ def _captions_root(location: str, opts) -> str:
   return opts.images or os.path.dirname(os.path.abspath(location))
 
 
+def field_names(text: str) -> tuple[str, ...]:
+  """--caption_fields' value ("blip2,rewrite") as a tuple of names."""
+  return tuple(f.strip() for f in text.split(",") if f.strip())
+
+
 def fields_of(opts) -> tuple[str, ...]:
-  """--caption_fields as a tuple of names."""
-  return tuple(f.strip() for f in opts.caption_fields.split(",") if f.strip())
+  """The options' --caption_fields as a tuple of names."""
+  return field_names(opts.caption_fields)
 
 
 def _csv(delimiter: str) -> Callable:

@@ -289,9 +289,10 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
     raise ValueError(f"batch_size {config.batch_size} is not divisible by "
                      f"the process count {process_count}")
   local_batch = config.batch_size // process_count
+  rewrites = load_rewrites(config.data.get("rewrites", ""))
   if mixture.is_mixture(config):
     ds, limit = mixture.mixed_stream(config, lambda source: _transform(
-        config, source, tokenizer))
+        config, source, tokenizer, rewrites))
     return _batched(config, ds, limit, "data.mixture", local_batch,
                     process_index, process_count)
   source, _ = sources.get(config.data.name)
@@ -312,7 +313,7 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
         features, multimodal.text_modalities(config), tokenizer,
         missing_token=config.model.get("missing", "zeros") == "indicator")
   else:
-    transform = _transform(config, source, tokenizer)
+    transform = _transform(config, source, tokenizer, rewrites)
   ds = ds.random_map(transform, seed=config.seed)
   return _batched(config, ds, max(len(indices), 1),
                   f"{config.data.name} {config.data.train_split}",
@@ -320,9 +321,10 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
 
 
 def _transform(config: ml_collections.ConfigDict, source: sources.Source,
-               tokenizer: Tokenizer) -> TrainTransform:
+               tokenizer: Tokenizer,
+               rewrites: dict[str, list[str]]) -> TrainTransform:
   return TrainTransform(
-      source, tokenizer, config.data, load_rewrites(config.data.rewrites),
+      source, tokenizer, config.data, rewrites,
       second_image=bool(config.loss.get("image_image", 0.0)),
       second_caption=bool(config.loss.get("text_text", 0.0)))
 

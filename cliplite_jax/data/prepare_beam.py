@@ -74,11 +74,6 @@ def pipeline_options(runner: str, beam_options: str, num_workers: int):
   return PipelineOptions(args)
 
 
-def _convert(job) -> str:
-  prepare_units.convert(*job)
-  return job[2]
-
-
 def require(runner: str, beam_options: str) -> None:
   """PrepareError, before any work, when `runner` needs Apache Beam and it
   is not installed, or `beam_options` do not parse."""
@@ -124,7 +119,7 @@ def convert_all(jobs: list[tuple], runner: str, beam_options: str,
            | "Units" >> beam.Create(jobs)
            # One unit per element, spread over the workers.
            | "Spread" >> beam.Reshuffle()
-           | "Convert" >> beam.Map(_convert))
+           | "Convert" >> beam.Map(prepare_units.convert_job))
   finally:
     watching.set()
     watcher.join()

@@ -323,10 +323,9 @@ def card(done: list[dict], fixed: dict, spec: dict) -> dict:
     conflicts["examples"] += marked["examples"]
   for entry in splits.values():
     entry["caption_words"] = prepared.word_statistics(entry.pop("hist"))
-  fields = spec.get("caption_fields", "")
+  fields = formats.field_names(spec.get("caption_fields", ""))
   if fields:
-    fixed = dict(fixed, caption_fields=[f.strip() for f in fields.split(",")
-                                        if f.strip()])
+    fixed = dict(fixed, caption_fields=list(fields))
   return {"format": prepared.FORMAT, "version": prepared.VERSION, **fixed,
           "splits": splits,
           "skipped": {"counts": counts, "examples": problems[:PROBLEMS_SHOWN]},

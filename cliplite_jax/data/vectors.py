@@ -41,18 +41,20 @@ class VectorTransform(grain.transforms.RandomMap):
     return out
 
 
+def text_of(example: dict, modality: str, missing_token: bool) -> str:
+  """An example's text modality as the tokenizer reads it: with
+  `missing_token`, [MISSING] alone where its `<m>_missing` flag is 1; a
+  present text's literal "[MISSING]" lower-cased, read as words."""
+  if missing_token and example.get(multimodal.missing_key(modality), 0):
+    return text_lib.MISSING_TOKEN
+  return example[modality].replace(text_lib.MISSING_TOKEN,
+                                   text_lib.MISSING_TOKEN.lower())
+
+
 def encode_text(tokenizer, example: dict, modality: str,
                 missing_token: bool) -> tuple[np.ndarray, np.ndarray]:
-  """An example's text modality as (ids, attention mask) int32 [L]; with
-  `missing_token`, [MISSING] alone where its `<m>_missing` flag is 1 (a
-  present text's literal "[MISSING]" is read lower-cased, as words)."""
-  value = example[modality]
-  if missing_token and example.get(multimodal.missing_key(modality), 0):
-    value = text_lib.MISSING_TOKEN
-  else:  # a text that spells the token out is still text
-    value = value.replace(text_lib.MISSING_TOKEN,
-                          text_lib.MISSING_TOKEN.lower())
-  encoding = tokenizer.encode(value)
+  """`text_of` the example, tokenised: (ids, attention mask) int32 [L]."""
+  encoding = tokenizer.encode(text_of(example, modality, missing_token))
   return (np.asarray(encoding.ids, np.int32),
           np.asarray(encoding.attention_mask, np.int32))
 
@@ -129,11 +131,9 @@ def modality_arrays(name: str, split: str, data_dir: str | None,
   arrays = read_arrays(examples, tuple(m for m in modalities if m not in texts)
                        + missing_keys(examples, modalities))
   for m in texts:
-    encoded = [encode_text(tokenizer, examples[i], m, missing_token=False)
-               for i in range(len(examples))]
-    arrays[m] = np.stack([ids for ids, _ in encoded])
-    arrays[multimodal.attention_mask_key(m)] = np.stack(
-        [mask for _, mask in encoded])
+    arrays[m], arrays[multimodal.attention_mask_key(m)] = text_lib.tokenize(
+        tokenizer, [text_of(examples[i], m, missing_token=False)
+                    for i in range(len(examples))])
   return arrays
 
 

@@ -69,19 +69,17 @@ class MultiModal(nn.Module):
       if name in self.texts:
         features = tower(inputs[name], inputs[attention_mask_key(name)],
                          train=train)["features"]
-        embeddings.append(heads.torch_linear(
-            self.embed_dim, features.shape[-1], name=f"{name}_head")(
-                features).astype(jnp.float32))
-        continue
-      x = inputs[name].astype(jnp.float32)
-      if self.missing == "indicator":
-        flag = inputs.get(missing_key(name))
-        flag = (jnp.zeros(x.shape[0], jnp.int32) if flag is None
-                else flag.reshape(x.shape[0]).astype(jnp.int32))
-        table = self.param(f"{name}_missing_embedding",
-                           nn.initializers.normal(1.0), (2, x.shape[-1]))
-        x = jnp.concatenate([x * (1 - flag)[:, None], table[flag]], axis=-1)
-      features = tower(x, train=train)
+      else:
+        x = inputs[name].astype(jnp.float32)
+        if self.missing == "indicator":
+          flag = inputs.get(missing_key(name))
+          flag = (jnp.zeros(x.shape[0], jnp.int32) if flag is None
+                  else flag.reshape(x.shape[0]).astype(jnp.int32))
+          table = self.param(f"{name}_missing_embedding",
+                             nn.initializers.normal(1.0), (2, x.shape[-1]))
+          x = jnp.concatenate([x * (1 - flag)[:, None], table[flag]],
+                              axis=-1)
+        features = tower(x, train=train)
       embeddings.append(heads.torch_linear(
           self.embed_dim, features.shape[-1], name=f"{name}_head")(features)
           .astype(jnp.float32))
